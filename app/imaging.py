@@ -1,0 +1,113 @@
+"""Decode untrusted image bytes into an RGB uint8 array, or fail with a typed error.
+
+Handles PNG, JPEG, WebP, GIF (first frame) and BMP; EXIF orientation; palette, grey, LA/RGBA (alpha is
+composited onto a background colour), CMYK and 16-bit images. A pixel-count limit is checked from the
+header, before any pixel is decoded, so decompression bombs are refused cheaply.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from app.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaError
+
+SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
+DEFAULT_MAX_PIXELS = 40_000_000
+
+# We do our own limit check; PIL's global one would raise a warning or a bare error instead.
+Image.MAX_IMAGE_PIXELS = None
+
+
+def parse_hex_color(color: str) -> tuple[int, int, int]:
+    """'#638596' or '638596' -> (99, 133, 150)."""
+    value = color.lstrip("#")
+    if len(value) != 6:
+        raise ValueError(f"colour must be #RRGGBB, got {color!r}")
+    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+
+
+def composite_rgba(rgba: np.ndarray, background: tuple[int, int, int]) -> np.ndarray:
+    """Alpha-composite an HxWx4 uint8 array onto a solid background, returning HxWx3 uint8."""
+    alpha = rgba[..., 3:4].astype(np.float32) / 255.0
+    bg = np.asarray(background, dtype=np.float32)
+    out = rgba[..., :3].astype(np.float32) * alpha + bg * (1.0 - alpha)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Scale 16/32-bit grey or float images into 8-bit 'L'."""
+    arr = np.asarray(img)
+    if arr.dtype == np.uint8:
+        return img.convert("L")
+    arr = arr.astype(np.float64)
+    if img.mode == "F":
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo or 1.0) * 255.0
+    else:
+        arr = arr / (256.0 if arr.max() > 255 else 1.0)
+    return Image.fromarray(np.clip(np.rint(arr), 0, 255).astype(np.uint8), mode="L")
+
+
+def image_to_rgb(img: Image.Image, background: tuple[int, int, int]) -> np.ndarray:
+    """Any PIL mode -> HxWx3 uint8, with transparency composited onto `background`."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        img = _to_8bit(img)
+    has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+        img.mode in ("P", "L", "RGB") and "transparency" in img.info
+    )
+    if has_alpha:
+        return composite_rgba(np.asarray(img.convert("RGBA")), background)
+    return np.asarray(img.convert("RGB"))
+
+
+def decode_image(
+    data: bytes,
+    background: tuple[int, int, int] | str = (255, 255, 255),
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+) -> np.ndarray:
+    """Decode image bytes into a contiguous HxWx3 uint8 RGB array.
+
+    Raises InvalidImageError (400), UnsupportedMediaError (415) or ImageTooLargeError (413).
+    """
+    if isinstance(background, str):
+        background = parse_hex_color(background)
+    if not data:
+        raise InvalidImageError("empty body: no image bytes were sent")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise InvalidImageError("cannot identify an image in the bytes sent") from exc
+    except Exception as exc:  # PIL raises assorted errors on hostile headers
+        raise InvalidImageError(f"cannot read image header: {exc}") from exc
+    if img.format not in SUPPORTED_FORMATS:
+        raise UnsupportedMediaError(
+            f"image format {img.format} is not supported; send one of {', '.join(sorted(SUPPORTED_FORMATS))}"
+        )
+    width, height = img.size
+    if width <= 0 or height <= 0:
+        raise InvalidImageError(f"image has no pixels ({width}x{height})")
+    if width * height > max_pixels:
+        raise ImageTooLargeError(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {max_pixels}"
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if getattr(img, "n_frames", 1) > 1:
+                img.seek(0)
+            img.load()
+            img = ImageOps.exif_transpose(img) or img
+            rgb = image_to_rgb(img, background)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise InvalidImageError(f"image data is corrupt or truncated: {exc}") from exc
+    return np.ascontiguousarray(rgb)
+
+
+def read_image_file(path: str, background: tuple[int, int, int] | str = (255, 255, 255)) -> np.ndarray:
+    """Read and decode an image file from disk (same code path as bytes from the network)."""
+    with open(path, "rb") as fh:
+        return decode_image(fh.read(), background)
