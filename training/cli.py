@@ -66,6 +66,134 @@ def data_import(
     _report(import_folder(src, out or Path("data") / name, collection=collection))
 
 
+_TRAIN_HINT = "this command needs torch and timm: pip install 'nftlens[train]'"
+
+
+def _need_train_extra() -> None:
+    try:
+        import timm  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as exc:
+        typer.echo(f"error: {_TRAIN_HINT} ({exc})", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command("train")
+def train_cmd(
+    config: Path = typer.Option(
+        None, "--config", "-c", exists=True, help="YAML run config (see training/configs/)"
+    ),
+    data: list[Path] = typer.Option(None, help="dataset folder(s); overrides the config"),
+    arch: str = typer.Option(
+        None, help="any timm model name, e.g. resnet18, resnet50, vgg16, efficientnet_lite0"
+    ),
+    pretrained: str = typer.Option(None, help="none | timm | file:PATH | efficientnet-lite0"),
+    epochs: int = typer.Option(None),
+    batch_size: int = typer.Option(None),
+    lr: float = typer.Option(None),
+    size: int = typer.Option(None, help="input side (preprocess.resize.size)"),
+    label_field: str = typer.Option(None, help="label | collection"),
+    out: Path = typer.Option(None, help="run folder (checkpoints, config.yaml, history.json)"),
+    device: str = typer.Option(None, help="auto | cpu | cuda"),
+    seed: int = typer.Option(None),
+    max_steps: int = typer.Option(None, help="cap steps per epoch (smoke runs)"),
+    resume: bool = typer.Option(False, help="continue from OUT/last.pt"),
+) -> None:
+    """Fine-tune a timm model; the best checkpoint by validation macro-F1 is OUT/best.pt."""
+    _need_train_extra()
+    from training.models import WeightsError
+    from training.train import TrainConfig, load_config, train
+
+    overrides = {
+        "data": [str(d) for d in data] if data else None,
+        "arch": arch,
+        "pretrained": pretrained,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "label_field": label_field,
+        "out": str(out) if out else None,
+        "device": device,
+        "seed": seed,
+        "max_steps": max_steps,
+    }
+    if config:
+        cfg = load_config(config, **overrides)
+    else:
+        cfg = TrainConfig.model_validate({k: v for k, v in overrides.items() if v is not None})
+    if size:
+        cfg.preprocess.resize.size = size
+    try:
+        best = train(cfg, resume=resume)
+    except WeightsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(f"best checkpoint: {best}")
+
+
+@app.command("export")
+def export_cmd(
+    checkpoint: Path = typer.Argument(..., exists=True, help="a best.pt from `nftlens train`"),
+    out: Path = typer.Option(Path("models/custom"), help="model folder to write model.onnx + model.json"),
+    parity_images: int = typer.Option(32, help="real test images for the torch vs ONNX Runtime check"),
+) -> None:
+    """Export to ONNX (probabilities + embedding), check it, and write the manifest."""
+    _need_train_extra()
+    from training.export import export, load_checkpoint
+    from training.train import TrainConfig, gather
+
+    _, ckpt = load_checkpoint(checkpoint)
+    paths, _, _, _ = gather(TrainConfig.model_validate(ckpt["config"]), "test")
+    manifest = export(checkpoint, out, paths[:: max(1, len(paths) // parity_images)][:parity_images])
+    typer.echo(
+        f"wrote {out}/model.onnx ({manifest.embedding_dim}-d embedding, {len(manifest.labels)} labels)"
+    )
+    typer.echo(f"parity: {manifest.metrics['export_parity']}")
+
+
+@app.command("evaluate")
+def evaluate_cmd(
+    model_dir: Path = typer.Argument(..., exists=True, help="folder with model.onnx + model.json"),
+    data: list[Path] = typer.Option(..., help="dataset folder(s) to evaluate on"),
+    split: str = typer.Option("test", help="train | val | test | all (all: a held-out dataset)"),
+    label_field: str = typer.Option("label", help="label | collection"),
+    out: Path = typer.Option(None, help="report folder (default MODEL_DIR/report)"),
+    robustness: bool = typer.Option(True, help="robustness table over the standard corruptions"),
+    denoise_sweep: bool = typer.Option(False, help="also compare denoise methods at test time"),
+    update_manifest: bool = typer.Option(
+        True, help="record metrics.test and the unknown threshold in model.json"
+    ),
+) -> None:
+    """Accuracy, P/R/F1, confusion matrix, robustness, embedding quality and unknown AUROC (ONNX Runtime)."""
+    from training.evaluate import evaluate
+
+    r = evaluate(
+        model_dir, [str(d) for d in data], label_field, split, out, robustness, denoise_sweep, update_manifest
+    )
+    c = r["clean"]
+    typer.echo(
+        f"accuracy {c['accuracy']:.4f}  macro-F1 {c['macro_f1']:.4f}  P@10 {r['retrieval']['precision_at_10_collection']:.4f}"
+    )
+    typer.echo(f"report: {out or model_dir / 'report'}/report.md")
+
+
+report_app = typer.Typer(no_args_is_help=True, help="Combine evaluation reports.")
+app.add_typer(report_app, name="report")
+
+
+@report_app.command("compare")
+def report_compare(
+    reports: list[str] = typer.Argument(..., help="NAME=REPORT_DIR pairs (folders holding metrics.json)"),
+    out: Path = typer.Option(Path("models/default/report/comparison"), help="output folder"),
+) -> None:
+    """Robustness and quality of several evaluated models side by side (JSON, Markdown, PNG)."""
+    from training.reports import compare_reports
+
+    pairs = dict(r.split("=", 1) for r in reports)
+    compare_reports({k: Path(v) for k, v in pairs.items()}, out)
+    typer.echo((out / "comparison.md").read_text())
+
+
 def main() -> None:
     app()
 

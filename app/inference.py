@@ -1,0 +1,80 @@
+"""ONNX Runtime session wrapper: execution providers are chosen here and nowhere else."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from app.errors import ModelIntegrityError
+from app.manifest import ModelManifest, load_manifest
+
+log = logging.getLogger(__name__)
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+DEFAULT_PROVIDERS = ("CUDAExecutionProvider", "CPUExecutionProvider")
+
+
+def choose_providers(requested: list[str] | None = None, require_gpu: bool = False) -> list[str]:
+    """Requested providers (default CUDA → CPU) that this onnxruntime build offers, CPU always last.
+
+    Missing ones are dropped with a logged warning; `require_gpu` raises instead of falling back to CPU.
+    """
+    available = ort.get_available_providers()
+    wanted = list(requested or DEFAULT_PROVIDERS)
+    chosen = [p for p in wanted if p in available]
+    for p in wanted:
+        if p not in available:
+            log.warning("execution provider %s is not available in this onnxruntime build (%s)", p, available)
+    if "CPUExecutionProvider" not in chosen:
+        chosen.append("CPUExecutionProvider")
+    if require_gpu and not any(p in GPU_PROVIDERS for p in chosen):
+        raise ModelIntegrityError(f"require_gpu is set but no GPU provider is available (have {available})")
+    return chosen
+
+
+class OnnxModel:
+    """A verified model: manifest + InferenceSession. `run` takes preprocessed [N,3,S,S] float32."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        providers: list[str] | None = None,
+        require_gpu: bool = False,
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 1,
+    ):
+        self.model_dir = Path(model_dir)
+        self.manifest: ModelManifest = load_manifest(self.model_dir)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        chosen = choose_providers(providers, require_gpu)
+        self.session = ort.InferenceSession(
+            str(self.model_dir / self.manifest.onnx_file), sess_options=options, providers=chosen
+        )
+        active = self.session.get_providers()
+        self.provider: str = active[0]
+        if require_gpu and self.provider not in GPU_PROVIDERS:
+            raise ModelIntegrityError(f"require_gpu is set but the session runs on {self.provider}")
+        if chosen[0] != self.provider:
+            log.warning("asked for %s first, but ONNX Runtime runs on %s", chosen[0], self.provider)
+        log.info("model %s %s on %s", self.manifest.name, self.manifest.version, self.provider)
+
+    @property
+    def labels(self) -> list[str]:
+        return self.manifest.labels
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """[N,3,S,S] float32 -> (probabilities [N,C], embeddings [N,D])."""
+        probs, emb = self.session.run(self.manifest.outputs, {self.manifest.input_name: batch})
+        return probs, emb
+
+    def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
+        s = self.manifest.input_size
+        for n in batch_sizes:
+            self.run(np.zeros((n, 3, s, s), dtype=np.float32))

@@ -1,0 +1,107 @@
+"""Export a checkpoint to ONNX (probabilities + embedding), verify it, and write the manifest."""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import shlex
+import sys
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+from app.manifest import ONNX_FILE, ModelManifest, sha256_of
+from app.preprocessing import PreprocessConfig, load_tensor
+from training.models import ExportHead, create_model
+
+OPSET = 17
+
+
+class ParityError(RuntimeError):
+    """ONNX Runtime and torch disagree beyond the tolerances."""
+
+
+def library_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "timm", "onnx", "onnxruntime", "numpy", "opencv-python-headless", "pillow"):
+        with contextlib.suppress(PackageNotFoundError):
+            out[pkg] = version(pkg)
+    return out
+
+
+def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = create_model(ckpt["arch"], len(ckpt["labels"]), "none")
+    model.load_state_dict(ckpt["model"])
+    return model.eval(), ckpt
+
+
+def parity_check(
+    wrapped: torch.nn.Module, onnx_path: Path, images: list[Path], cfg: PreprocessConfig
+) -> dict[str, float]:
+    """Compare torch and ONNX Runtime on real images: max |Δprob| <= 1e-4, min embedding cosine >= 0.9999."""
+    batch = np.stack([load_tensor(p.read_bytes(), cfg) for p in images])
+    with torch.no_grad():
+        t_prob, t_emb = (t.numpy() for t in wrapped(torch.from_numpy(batch)))
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    o_prob, o_emb = sess.run(["probabilities", "embedding"], {"input": batch})
+    cos = (t_emb * o_emb).sum(1) / (np.linalg.norm(t_emb, axis=1) * np.linalg.norm(o_emb, axis=1))
+    result = {
+        "images": len(images),
+        "max_abs_prob_diff": float(np.abs(t_prob - o_prob).max()),
+        "min_embedding_cosine": float(cos.min()),
+    }
+    if result["max_abs_prob_diff"] > 1e-4 or result["min_embedding_cosine"] < 0.9999:
+        raise ParityError(f"torch vs ONNX Runtime disagree: {result}")
+    return result
+
+
+def export(
+    checkpoint: str | Path, out_dir: str | Path, parity_images: list[Path], command: str | None = None
+) -> ModelManifest:
+    """Write model.onnx + model.json into `out_dir` and return the manifest."""
+    model, ckpt = load_checkpoint(checkpoint)
+    cfg = PreprocessConfig.model_validate(ckpt["config"]["preprocess"])
+    size = cfg.resize.size
+    wrapped = ExportHead(model).eval()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path = out_dir / ONNX_FILE
+    torch.onnx.export(
+        wrapped,
+        (torch.zeros(2, 3, size, size),),
+        str(onnx_path),
+        opset_version=OPSET,
+        dynamo=False,
+        input_names=["input"],
+        output_names=["probabilities", "embedding"],
+        dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}, "embedding": {0: "batch"}},
+    )
+    onnx.checker.check_model(onnx.load(str(onnx_path)), full_check=True)
+    parity = parity_check(wrapped, onnx_path, parity_images, cfg)
+    with torch.no_grad():
+        emb_dim = int(wrapped(torch.zeros(1, 3, size, size))[1].shape[1])
+    train_cfg = ckpt["config"]
+    manifest = ModelManifest(
+        name=train_cfg["name"],
+        version=train_cfg["version"],
+        architecture=ckpt["arch"],
+        labels=ckpt["labels"],
+        input_size=size,
+        embedding_dim=emb_dim,
+        preprocessing=cfg,
+        sha256=sha256_of(onnx_path),
+        data_cards=ckpt.get("data_cards", []),
+        metrics={"val": {k: ckpt["val"][k] for k in ("accuracy", "macro_f1")}, "export_parity": parity},
+        training={"config": train_cfg, "best_epoch": ckpt["epoch"] + 1, "opset": OPSET},
+        command=command or " ".join(shlex.quote(a) for a in ["nftlens", *sys.argv[1:]]),
+        library_versions=library_versions(),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+    manifest.write(out_dir)
+    return manifest

