@@ -27,3 +27,70 @@ def serve(
     }
     settings = Settings(**overrides)
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+
+
+catalog_app = typer.Typer(no_args_is_help=True, help="Build and maintain the token catalog.")
+serve_app.add_typer(catalog_app, name="catalog")
+
+
+def _open(model_dir: str | None, catalog: str | None):
+    from app.catalog import open_catalog
+    from app.config import Settings
+    from app.inference import OnnxModel
+
+    s = Settings(**{k: v for k, v in {"model_dir": model_dir, "catalog": catalog}.items() if v})
+    model = OnnxModel(s.model_dir, s.providers, s.require_gpu, s.intra_op_threads)
+    m = model.manifest
+    return model, open_catalog(s.catalog, m.embedding_dim, f"{m.name}@{m.version}", s.faiss_index)
+
+
+@catalog_app.command("index")
+def catalog_index(
+    source: str = typer.Argument(
+        ..., help="dataset folder (manifest.csv), a manifest CSV, or a folder of images"
+    ),
+    collection: str = typer.Option(
+        None, help="collection name (required for a plain folder; overrides the manifest)"
+    ),
+    model_dir: str = typer.Option(None, help="model folder (NFTLENS_MODEL_DIR)"),
+    catalog: str = typer.Option(None, help="catalog path (NFTLENS_CATALOG)"),
+    batch: int = typer.Option(64, help="images per inference batch"),
+    if_empty: bool = typer.Option(False, help="do nothing when the catalog already holds this collection"),
+) -> None:
+    """Embed many images into the catalog (batched inference, progress bar)."""
+    from pathlib import Path
+
+    from app.indexing import index_source
+
+    model, cat = _open(model_dir, catalog)
+    try:
+        if if_empty and collection and cat.collections().get(collection):
+            typer.echo(f"catalog already holds {cat.collections()[collection]} {collection} tokens; skipping")
+            return
+        result = index_source(model, cat, Path(source), collection, batch)
+        typer.echo(
+            f"{result['indexed']} indexed, {result['failed']} undecodable; catalog holds {cat.count()} tokens"
+        )
+    finally:
+        cat.close()
+
+
+@catalog_app.command("reindex")
+def catalog_reindex(
+    model_dir: str = typer.Option(None, help="model folder (NFTLENS_MODEL_DIR)"),
+    catalog: str = typer.Option(None, help="catalog path (NFTLENS_CATALOG)"),
+    all_tokens: bool = typer.Option(
+        False, "--all", help="re-embed every token, not only other models' vectors"
+    ),
+) -> None:
+    """Re-embed stored images with the current model so no search mixes model versions."""
+    from app.indexing import reindex
+
+    model, cat = _open(model_dir, catalog)
+    try:
+        result = reindex(model, cat, everything=all_tokens)
+        typer.echo(
+            f"{result['indexed']} re-embedded, {result['failed']} failed; {cat.stale_count()} still stale"
+        )
+    finally:
+        cat.close()

@@ -1,0 +1,68 @@
+"""POST /classify and /classify/batch."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from app.api.deps import get_service
+from app.api.uploads import image_body_doc, read_upload, read_uploads
+from app.errors import NftlensError
+from app.service import Prediction, Service
+
+router = APIRouter(tags=["classify"])
+
+
+def render(service: Service, pred: Prediction, top_k: int, embedding: bool) -> dict:
+    m = service.model.manifest
+    body = {
+        "model": {"name": m.name, "version": m.version},
+        "predictions": service.top_k(pred.probabilities, top_k),
+        "provider": service.model.provider,
+        "timings_ms": pred.timings_ms,
+    }
+    unknown = service.unknown(pred.probabilities)
+    if unknown is not None:
+        body["unknown"] = unknown
+    if embedding:
+        body["embedding"] = pred.embedding.tolist()
+    return body
+
+
+@router.post("/classify", openapi_extra=image_body_doc())
+async def classify(
+    request: Request,
+    top_k: int = Query(5, ge=1, le=1000, description="how many labels to return"),
+    embedding: bool = Query(True, description="include the L2-normalised embedding"),
+    service: Service = Depends(get_service),
+) -> dict:
+    """Class probabilities (sorted) and the embedding of one image."""
+    data, _ = await read_upload(request, service.settings.max_upload_bytes)
+    return render(service, await service.predict(data), top_k, embedding)
+
+
+@router.post("/classify/batch", openapi_extra=image_body_doc("files", many=True))
+async def classify_batch(
+    request: Request,
+    top_k: int = Query(5, ge=1, le=1000),
+    embedding: bool = Query(True),
+    service: Service = Depends(get_service),
+) -> dict:
+    """Several images; each item carries its result or its own error, and one bad file fails only itself."""
+    parts = await read_uploads(request, service.settings.max_upload_bytes, service.settings.max_batch_files)
+
+    async def one(name: str, data: bytes | NftlensError) -> dict:
+        try:
+            if isinstance(data, NftlensError):
+                raise data
+            return {
+                "filename": name,
+                "status": 200,
+                **render(service, await service.predict(data), top_k, embedding),
+            }
+        except NftlensError as exc:
+            service.metrics.errors.labels(exc.error).inc()
+            return {"filename": name, "status": exc.status_code, "error": exc.error, "detail": exc.detail}
+
+    return {"results": await asyncio.gather(*(one(n, d) for n, d in parts))}

@@ -1,0 +1,87 @@
+"""GET /similar (by token id) and POST /similar (by uploaded image)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from app.api.deps import NAME_PATTERN, get_service
+from app.api.uploads import image_body_doc, read_upload
+from app.catalog import SearchFilter
+from app.errors import ConflictError, NotFoundError
+from app.service import Service
+
+router = APIRouter(tags=["similar"])
+
+
+def _collections(raw: str | None) -> set[str] | None:
+    return {c.strip() for c in raw.split(",") if c.strip()} if raw else None
+
+
+async def _search(service: Service, vector, k: int, flt: SearchFilter) -> list[dict]:
+    hits = await service.blocking(service.catalog.search, vector, k, flt)
+    return [
+        {
+            "collection": h.collection,
+            "token_id": h.token_id,
+            "score": round(h.score, 6),
+            "metadata": h.metadata,
+        }
+        for h in hits
+    ]
+
+
+@router.get("/similar")
+async def similar_by_token(
+    collection: str = Query(..., pattern=NAME_PATTERN),
+    token_id: str = Query(..., pattern=NAME_PATTERN),
+    k: int = Query(10, ge=1, le=1000, description="how many neighbours"),
+    same_collection: bool | None = Query(
+        None, description="true: only the token's collection; false: only others"
+    ),
+    collections: str | None = Query(None, description="comma-separated collections to search in"),
+    min_score: float | None = Query(
+        None, ge=-1, le=1, description="drop neighbours below this cosine similarity"
+    ),
+    service: Service = Depends(get_service),
+) -> dict:
+    """The k tokens most similar to a stored token (cosine similarity), the token itself excluded."""
+    token = await service.blocking(service.catalog.get, collection, token_id, True)
+    if token is None:
+        raise NotFoundError(
+            f"no token {collection}/{token_id} in the catalog; add it with PUT /tokens/{collection}/{token_id}"
+        )
+    if token.model != service.model_key:
+        raise ConflictError(
+            f"{collection}/{token_id} was embedded by {token.model}, not {service.model_key}: run `nftlens catalog reindex`"
+        )
+    flt = SearchFilter(
+        collections=_collections(collections), exclude=(collection, token_id), min_score=min_score
+    )
+    if same_collection is True:
+        flt.collections = (flt.collections or {collection}) & {collection}
+    elif same_collection is False:
+        flt.exclude_collections = {collection}
+    return {
+        "query": {"collection": collection, "token_id": token_id},
+        "model": service.model_key,
+        "results": await _search(service, token.vector, k, flt),
+    }
+
+
+@router.post("/similar", openapi_extra=image_body_doc())
+async def similar_by_image(
+    request: Request,
+    k: int = Query(10, ge=1, le=1000),
+    collections: str | None = Query(None, description="comma-separated collections to search in"),
+    min_score: float | None = Query(None, ge=-1, le=1),
+    service: Service = Depends(get_service),
+) -> dict:
+    """The k stored tokens most similar to an uploaded image."""
+    data, _ = await read_upload(request, service.settings.max_upload_bytes)
+    pred = await service.predict(data)
+    flt = SearchFilter(collections=_collections(collections), min_score=min_score)
+    return {
+        "model": service.model_key,
+        "timings_ms": pred.timings_ms,
+        "results": await _search(service, pred.embedding, k, flt),
+    }

@@ -1,0 +1,62 @@
+"""The catalog interface: a durable record of tokens and a cosine-similarity search over their vectors."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass
+class Token:
+    collection: str
+    token_id: str
+    metadata: dict = field(default_factory=dict)
+    model: str = ""  # "name@version" of the model that made the vector
+    created_at: str = ""
+    updated_at: str = ""
+    vector: np.ndarray | None = None
+
+
+@dataclass
+class Neighbour:
+    collection: str
+    token_id: str
+    score: float
+    metadata: dict
+
+
+@dataclass
+class SearchFilter:
+    """Which tokens a search may return."""
+
+    collections: set[str] | None = None  # only these collections
+    exclude_collections: set[str] | None = None  # never these
+    exclude: tuple[str, str] | None = None  # the query token itself
+    min_score: float | None = None
+
+    def allows(self, collection: str, token_id: str, score: float) -> bool:
+        if self.exclude == (collection, token_id):
+            return False
+        if self.collections is not None and collection not in self.collections:
+            return False
+        if self.exclude_collections and collection in self.exclude_collections:
+            return False
+        return self.min_score is None or score >= self.min_score
+
+
+class Catalog(Protocol):
+    """What the service needs from a token index. Vectors are L2-normalised; score = cosine similarity."""
+
+    model_key: str
+
+    def upsert(self, token: Token, vector: np.ndarray, image: bytes | None = None) -> None: ...
+    def upsert_many(self, items: list[tuple[Token, np.ndarray, bytes | None]]) -> None: ...
+    def get(self, collection: str, token_id: str, with_vector: bool = False) -> Token | None: ...
+    def delete(self, collection: str, token_id: str) -> bool: ...
+    def search(self, vector: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Neighbour]: ...
+    def count(self) -> int: ...
+    def stale_count(self) -> int: ...
+    def iter_images(self, only_stale: bool = True, batch: int = 256): ...
+    def close(self) -> None: ...

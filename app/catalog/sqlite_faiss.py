@@ -1,0 +1,242 @@
+"""Embedded catalog: SQLite (WAL) is the durable record; a FAISS index in memory serves searches.
+
+Each write commits to SQLite before it is acknowledged, then updates FAISS. At start the index is rebuilt
+from the rows embedded by the current model; rows from another model version are kept but never searched
+until `nftlens catalog reindex` re-embeds them.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import faiss
+import numpy as np
+
+from app.catalog.base import Neighbour, SearchFilter, Token
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    collection  TEXT NOT NULL,
+    token_id    TEXT NOT NULL,
+    metadata    TEXT NOT NULL DEFAULT '{}',
+    model       TEXT NOT NULL,
+    dim         INTEGER NOT NULL,
+    vector      BLOB NOT NULL,
+    image       BLOB,
+    created_at  TEXT NOT NULL,
+    updated_at  TEXT NOT NULL,
+    UNIQUE (collection, token_id)
+);
+CREATE INDEX IF NOT EXISTS tokens_model ON tokens (model);
+"""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def make_index(dim: int, kind: str = "flat") -> faiss.Index:
+    """Inner product on unit vectors = cosine. Flat is exact; HNSW trades exactness for speed at scale."""
+    base = (
+        faiss.IndexFlatIP(dim) if kind == "flat" else faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
+    )
+    if kind == "hnsw":
+        base.hnsw.efSearch = 64
+        base.hnsw.efConstruction = 80
+    return faiss.IndexIDMap2(base)
+
+
+class SqliteFaissCatalog:
+    def __init__(self, path: str | Path, dim: int, model_key: str, index: str = "flat"):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.dim, self.model_key, self.index_kind = dim, model_key, index
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
+        self._db.executescript(SCHEMA)
+        self._deleted: set[int] = set()  # HNSW cannot remove: deleted ids are filtered out of results
+        self._rebuild()
+
+    # -- index -------------------------------------------------------------------------------------
+    def _rebuild(self) -> None:
+        with self._lock:
+            self._index = make_index(self.dim, self.index_kind)
+            self._deleted.clear()
+            rows = self._db.execute(
+                "SELECT id, vector FROM tokens WHERE model = ? AND dim = ?", (self.model_key, self.dim)
+            ).fetchall()
+            if rows:
+                ids = np.array([r[0] for r in rows], dtype=np.int64)
+                vecs = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
+                self._index.add_with_ids(vecs, ids)
+
+    def _index_remove(self, row_id: int) -> None:
+        if self.index_kind == "flat":
+            self._index.remove_ids(np.array([row_id], dtype=np.int64))
+        else:
+            self._deleted.add(row_id)
+
+    def _index_add(self, ids: list[int], vecs: np.ndarray) -> None:
+        if self.index_kind != "flat":
+            self._deleted.difference_update(ids)
+        self._index.add_with_ids(
+            np.ascontiguousarray(vecs, dtype=np.float32), np.asarray(ids, dtype=np.int64)
+        )
+
+    # -- writes ------------------------------------------------------------------------------------
+    def upsert(self, token: Token, vector: np.ndarray, image: bytes | None = None) -> None:
+        self.upsert_many([(token, vector, image)])
+
+    def upsert_many(self, items: list[tuple[Token, np.ndarray, bytes | None]]) -> None:
+        """Insert or replace tokens in one transaction; the index follows after the commit."""
+        now = _now()
+        with self._lock:
+            old_ids, new_ids, vecs = [], [], []
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for token, vector, image in items:
+                    vec = np.asarray(vector, dtype=np.float32).reshape(-1)
+                    if vec.shape[0] != self.dim:
+                        raise ValueError(f"vector has {vec.shape[0]} dims, catalog expects {self.dim}")
+                    prev = self._db.execute(
+                        "SELECT id, created_at FROM tokens WHERE collection=? AND token_id=?",
+                        (token.collection, token.token_id),
+                    ).fetchone()
+                    if prev:
+                        old_ids.append(prev[0])
+                        self._db.execute("DELETE FROM tokens WHERE id=?", (prev[0],))
+                    cur = self._db.execute(
+                        "INSERT INTO tokens (collection, token_id, metadata, model, dim, vector, image, created_at, updated_at)"
+                        " VALUES (?,?,?,?,?,?,?,?,?)",
+                        (
+                            token.collection,
+                            token.token_id,
+                            json.dumps(token.metadata),
+                            self.model_key,
+                            self.dim,
+                            vec.tobytes(),
+                            image,
+                            prev[1] if prev else now,
+                            now,
+                        ),
+                    )
+                    new_ids.append(cur.lastrowid)
+                    vecs.append(vec)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            for row_id in old_ids:
+                self._index_remove(row_id)
+            if new_ids:
+                self._index_add(new_ids, np.stack(vecs))
+
+    def delete(self, collection: str, token_id: str) -> bool:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT id FROM tokens WHERE collection=? AND token_id=?", (collection, token_id)
+            ).fetchone()
+            if not row:
+                return False
+            self._db.execute("DELETE FROM tokens WHERE id=?", (row[0],))
+            self._index_remove(row[0])
+            return True
+
+    # -- reads -------------------------------------------------------------------------------------
+    def get(self, collection: str, token_id: str, with_vector: bool = False) -> Token | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT collection, token_id, metadata, model, created_at, updated_at, vector FROM tokens"
+                " WHERE collection=? AND token_id=?",
+                (collection, token_id),
+            ).fetchone()
+        if not row:
+            return None
+        return Token(
+            row[0],
+            row[1],
+            json.loads(row[2]),
+            row[3],
+            row[4],
+            row[5],
+            np.frombuffer(row[6], dtype=np.float32).copy() if with_vector else None,
+        )
+
+    def search(self, vector: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Neighbour]:
+        """The k most similar current-model tokens passing `flt`, best first."""
+        flt = flt or SearchFilter()
+        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
+        with self._lock:
+            total = self._index.ntotal
+            if total == 0 or k <= 0:
+                return []
+            fetch = min(total, k + 1 + len(self._deleted))
+            while True:
+                scores, ids = self._index.search(query, fetch)
+                hits = [
+                    (int(i), float(s))
+                    for i, s in zip(ids[0], scores[0], strict=True)
+                    if i >= 0 and i not in self._deleted
+                ]
+                meta = self._rows_by_id([i for i, _ in hits])
+                out = []
+                for i, s in hits:
+                    if i in meta and flt.allows(meta[i][0], meta[i][1], s):
+                        out.append(Neighbour(meta[i][0], meta[i][1], s, meta[i][2]))
+                # results are sorted by score: stop when enough pass the filter, the scores fell below
+                # min_score, or the whole index was searched
+                below = flt.min_score is not None and hits and hits[-1][1] < flt.min_score
+                if len(out) >= k or fetch >= total or below:
+                    return out[:k]
+                fetch = min(total, fetch * 4)
+
+    def _rows_by_id(self, ids: list[int]) -> dict[int, tuple[str, str, dict]]:
+        out = {}
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            q = f"SELECT id, collection, token_id, metadata FROM tokens WHERE id IN ({','.join('?' * len(chunk))})"
+            for r in self._db.execute(q, chunk):
+                out[r[0]] = (r[1], r[2], json.loads(r[3]))
+        return out
+
+    def count(self) -> int:
+        with self._lock:
+            return self._db.execute("SELECT COUNT(*) FROM tokens").fetchone()[0]
+
+    def stale_count(self) -> int:
+        with self._lock:
+            return self._db.execute(
+                "SELECT COUNT(*) FROM tokens WHERE model != ?", (self.model_key,)
+            ).fetchone()[0]
+
+    def collections(self) -> dict[str, int]:
+        with self._lock:
+            return dict(
+                self._db.execute("SELECT collection, COUNT(*) FROM tokens GROUP BY collection").fetchall()
+            )
+
+    def iter_images(self, only_stale: bool = True, batch: int = 256):
+        """Yield lists of (Token, image bytes) for re-embedding; rows without stored image bytes are skipped."""
+        where = "WHERE image IS NOT NULL" + (" AND model != ?" if only_stale else "")
+        args = (self.model_key,) if only_stale else ()
+        with self._lock:
+            keys = self._db.execute(f"SELECT id FROM tokens {where} ORDER BY id", args).fetchall()
+        for start in range(0, len(keys), batch):
+            ids = [k[0] for k in keys[start : start + batch]]
+            with self._lock:
+                rows = self._db.execute(
+                    f"SELECT collection, token_id, metadata, image FROM tokens WHERE id IN ({','.join('?' * len(ids))})",
+                    ids,
+                ).fetchall()
+            yield [(Token(r[0], r[1], json.loads(r[2])), r[3]) for r in rows]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()

@@ -1,0 +1,112 @@
+"""Bulk (re-)embedding into the catalog with batched inference, outside the HTTP path."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from app.catalog import Catalog, Token
+from app.errors import NftlensError
+from app.inference import OnnxModel
+from app.preprocessing import load_tensor
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"}
+_BASE = {"path", "collection", "token_id", "label", "split"}
+
+
+def items_from_source(source: Path, collection: str | None = None) -> list[tuple[Token, Path]]:
+    """Tokens to index from a standard dataset folder / manifest.csv, or a plain folder of images.
+
+    From a manifest, metadata keeps the label and the non-empty, non-zero attribute columns.
+    """
+    source = Path(source)
+    manifest = source if source.suffix == ".csv" else source / "manifest.csv"
+    if manifest.is_file():
+        out = []
+        with open(manifest, newline="") as fh:
+            for r in csv.DictReader(fh):
+                attrs = {k: v for k, v in r.items() if k not in _BASE and v not in ("", "0", None)}
+                meta = {"label": r.get("label", ""), "attributes": attrs}
+                out.append(
+                    (Token(collection or r["collection"], r["token_id"], meta), manifest.parent / r["path"])
+                )
+        return out
+    if not source.is_dir():
+        raise FileNotFoundError(
+            f"{source}: neither a dataset folder with manifest.csv nor a folder of images"
+        )
+    if not collection:
+        raise ValueError("indexing a plain folder of images needs --collection")
+    files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return [(Token(collection, p.stem, {}), p) for p in files]
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def embed_into_catalog(
+    model: OnnxModel,
+    catalog: Catalog,
+    items: Iterable[tuple[Token, bytes]],
+    total: int,
+    batch: int = 64,
+    desc: str = "index",
+    threads: int = 4,
+) -> dict[str, int]:
+    """Embed (token, image bytes) pairs in batches and upsert them; undecodable images are counted, skipped."""
+    cfg = model.manifest.preprocessing
+    done = failed = 0
+    pending: list[tuple[Token, bytes]] = []
+
+    def flush(pool: ThreadPoolExecutor) -> None:
+        nonlocal done, failed
+        tensors = list(pool.map(lambda it: _safe_tensor(it[1], cfg), pending))
+        ok = [(it, t) for it, t in zip(pending, tensors, strict=True) if t is not None]
+        failed += len(pending) - len(ok)
+        if ok:
+            _, emb = model.run(np.stack([t for _, t in ok]))
+            catalog.upsert_many([(tok, emb[i], data) for i, ((tok, data), _) in enumerate(ok)])
+            done += len(ok)
+        bar.update(len(pending))
+        pending.clear()
+
+    with ThreadPoolExecutor(threads) as pool, tqdm(total=total, desc=desc, unit="img") as bar:
+        for item in items:
+            pending.append(item)
+            if len(pending) >= batch:
+                flush(pool)
+        if pending:
+            flush(pool)
+    return {"indexed": done, "failed": failed}
+
+
+def _safe_tensor(data: bytes, cfg):
+    try:
+        return load_tensor(data, cfg)
+    except NftlensError:
+        return None
+
+
+def index_source(
+    model: OnnxModel, catalog: Catalog, source: Path, collection: str | None = None, batch: int = 64
+) -> dict[str, int]:
+    items = items_from_source(source, collection)
+    return embed_into_catalog(model, catalog, ((t, p.read_bytes()) for t, p in items), len(items), batch)
+
+
+def reindex(model: OnnxModel, catalog: Catalog, everything: bool = False, batch: int = 64) -> dict[str, int]:
+    """Re-embed stored images made by another model version (or all, with `everything`)."""
+    total = catalog.count() if everything else catalog.stale_count()
+
+    def rows():
+        for chunk in catalog.iter_images(only_stale=not everything, batch=batch):
+            yield from chunk
+
+    return embed_into_catalog(model, catalog, rows(), total, batch, desc="reindex")

@@ -1,0 +1,29 @@
+"""Prometheus metrics, one registry per app instance."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "nftlens_requests_total", "HTTP requests", ["route", "method", "status"], registry=r
+        )
+        self.latency = Histogram(
+            "nftlens_request_seconds", "HTTP request latency", ["route"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.errors = Counter("nftlens_errors_total", "error responses by error code", ["error"], registry=r)
+        self.batch_size = Histogram(
+            "nftlens_batch_size", "images per ONNX Runtime call", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.inference = Histogram(
+            "nftlens_inference_seconds", "ONNX Runtime call duration", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.queue_depth = Gauge("nftlens_queue_depth", "inputs waiting for a batch", registry=r)
+        self.catalog_size = Gauge("nftlens_catalog_tokens", "tokens in the catalog", registry=r)
