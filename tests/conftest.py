@@ -32,3 +32,17 @@ def shared_data() -> Path:
             f"shared NFT data not found at {SHARED_DATA} (it exists only in the project's dev/CI machines)"
         )
     return SHARED_DATA
+
+
+DEFAULT_MODEL = ROOT / "models" / "default"
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory, punks, nouns) -> Path:
+    """The shipped default model; without it (before one is trained), a tiny model exported here."""
+    if (DEFAULT_MODEL / "model.json").is_file():
+        return DEFAULT_MODEL
+    pytest.importorskip("torch", reason="no models/default and no torch to export a small model")
+    from tests.tiny_model import export_tiny_model
+
+    return export_tiny_model(tmp_path_factory.mktemp("tiny"), [punks.root, nouns.root])

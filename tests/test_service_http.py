@@ -1,0 +1,287 @@
+"""The service over real HTTP: a uvicorn process, the real ONNX model, a real SQLite + FAISS catalog."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import re
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.inference import OnnxModel
+from app.manifest import load_manifest
+from app.preprocessing import load_tensor
+from tests.server import running_server
+from tests.test_imaging import _png_header_only
+
+PUNK_IDS = ["7804", "3100", "5217", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12"]
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def server(model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("srv")
+    with running_server(
+        model_dir,
+        tmp / "catalog.db",
+        tmp,
+        NFTLENS_MAX_WAIT_MS="25",
+        NFTLENS_MAX_UPLOAD_BYTES=str(2 * 1024 * 1024),
+    ) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def images(punks, nouns) -> dict[str, bytes]:
+    out = {f"punk{i}": punks.image_path(punks.rows[int(i)]).read_bytes() for i in PUNK_IDS}
+    out.update({f"noun{i}": nouns.image_path(nouns.rows[i]).read_bytes() for i in range(8)})
+    return out
+
+
+def _is_error(r: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error", "detail"} and body["detail"], body
+    if code:
+        assert body["error"] == code
+    return body
+
+
+def test_health_ready_model(client, model_dir):
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready").json()
+    assert ready["ready"] and ready["provider"] == "CPUExecutionProvider"
+    manifest = client.get("/model").json()
+    assert (
+        manifest["sha256"] == load_manifest(model_dir).sha256
+        and manifest["provider"] == "CPUExecutionProvider"
+    )
+    assert "/classify" in client.get("/openapi.json").json()["paths"]
+
+
+def test_classify_real_punk_and_noun(client, images, model_dir):
+    manifest = load_manifest(model_dir)
+    for name, expected in (("punk7804", "cryptopunks"), ("noun0", "nouns")):
+        r = client.post(
+            "/classify", files={"file": (f"{name}.png", images[name], "image/png")}, params={"top_k": 3}
+        )
+        assert r.status_code == 200, r.text
+        body = r.json()
+        probs = [p["probability"] for p in body["predictions"]]
+        assert len(probs) == min(3, len(manifest.labels)) and probs == sorted(probs, reverse=True)
+        if manifest.metrics["val"]["macro_f1"] > 0.9:  # a model that learned (the shipped one) must get these
+            assert body["predictions"][0]["label"] == expected
+        assert body["provider"] == "CPUExecutionProvider"
+        assert set(body["timings_ms"]) == {"decode", "preprocess", "inference", "total"}
+        emb = np.array(body["embedding"])
+        assert emb.shape == (manifest.embedding_dim,) and abs(np.linalg.norm(emb) - 1) < 1e-4
+    raw = client.post(
+        "/classify",
+        content=images["noun1"],
+        headers={"content-type": "image/png"},
+        params={"embedding": "false"},
+    )
+    assert raw.status_code == 200 and "embedding" not in raw.json()
+
+
+def test_classify_embedding_equals_exported_model(client, images, model_dir):
+    """Parity extends to the service: same file, same preprocessing, same ONNX model."""
+    model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
+    for name in ("punk3100", "noun2"):
+        body = client.post(
+            "/classify", files={"file": ("x.png", images[name], "image/png")}, params={"top_k": 100}
+        ).json()
+        probs, emb = model.run(load_tensor(images[name], model.manifest.preprocessing)[None])
+        served = np.array(body["embedding"], dtype=np.float32)
+        assert float(served @ emb[0]) >= 0.99999
+        by_label = {p["label"]: p["probability"] for p in body["predictions"]}
+        np.testing.assert_allclose([by_label[lab] for lab in model.labels], probs[0], atol=1e-5)
+
+
+def test_batch_endpoint_isolates_bad_items(client, images):
+    files = [
+        ("files", ("a.png", images["punk1"], "image/png")),
+        ("files", ("bad.png", b"garbage!", "image/png")),
+        ("files", ("b.png", images["noun3"], "image/png")),
+        ("files", ("c.txt", b"hello", "text/plain")),
+    ]
+    results = client.post("/classify/batch", files=files).json()["results"]
+    assert [r["status"] for r in results] == [200, 400, 200, 415]
+    assert results[1]["error"] == "invalid_image" and results[0]["predictions"]
+
+
+def test_tokens_crud_and_similar(client, images, model_dir):
+    labels = load_manifest(model_dir).labels
+    for name, data in images.items():
+        coll, tid = ("cryptopunks", name[4:]) if name.startswith("punk") else ("nouns", name[4:])
+        meta = json.dumps({"name": f"{coll} #{tid}", "attributes": {"source": "test"}})
+        r = client.put(
+            f"/tokens/{coll}/{tid}", files={"file": ("i.png", data, "image/png")}, data={"metadata": meta}
+        )
+        assert r.status_code == 200, r.text
+    got = client.get("/tokens/cryptopunks/7804").json()
+    assert got["metadata"]["name"] == "cryptopunks #7804" and "vector" not in got
+    assert len(client.get("/tokens/cryptopunks/7804", params={"vector": "true"}).json()["vector"]) > 0
+
+    sim = client.get("/similar", params={"collection": "cryptopunks", "token_id": "7804", "k": 5}).json()[
+        "results"
+    ]
+    assert len(sim) == 5 and ("cryptopunks", "7804") not in {(s["collection"], s["token_id"]) for s in sim}
+    assert [s["score"] for s in sim] == sorted((s["score"] for s in sim), reverse=True)
+    if "cryptopunks" in labels:  # a model trained on the collections groups them
+        assert {s["collection"] for s in sim} == {"cryptopunks"}
+    others = client.get(
+        "/similar", params={"collection": "cryptopunks", "token_id": "1", "same_collection": "false"}
+    ).json()["results"]
+    assert others and {s["collection"] for s in others} == {"nouns"}
+    only = client.get(
+        "/similar", params={"collection": "nouns", "token_id": "0", "collections": "nouns", "k": 100}
+    ).json()["results"]
+    assert len(only) == 7 and {s["collection"] for s in only} == {"nouns"}
+    high = client.get(
+        "/similar", params={"collection": "nouns", "token_id": "0", "min_score": 0.9, "k": 100}
+    ).json()["results"]
+    assert all(s["score"] >= 0.9 for s in high)
+    by_image = client.post(
+        "/similar", files={"file": ("q.png", images["punk5"], "image/png")}, params={"k": 1}
+    ).json()
+    assert by_image["results"][0]["token_id"] == "5" and by_image["results"][0]["score"] > 0.9999
+
+    assert client.delete("/tokens/cryptopunks/12").json()["deleted"] is True
+    _is_error(client.get("/tokens/cryptopunks/12"), 404, "not_found")
+    _is_error(client.delete("/tokens/cryptopunks/12"), 404, "not_found")
+    ids = {
+        s["token_id"]
+        for s in client.get(
+            "/similar", params={"collection": "cryptopunks", "token_id": "1", "k": 100}
+        ).json()["results"]
+    }
+    assert "12" not in ids
+    _is_error(
+        client.get("/similar", params={"collection": "cryptopunks", "token_id": "99999"}), 404, "not_found"
+    )
+
+
+def test_bad_input_gets_clear_4xx_and_loses_nothing(client, images):
+    before = client.get("/ready").json()["catalog"]["tokens"]
+    full = images["punk1"]
+    big = np.random.default_rng(0).integers(0, 255, (1100, 1100, 3), dtype=np.uint8)
+    cases = [
+        (dict(files={"file": ("g.png", b"\x00garbage bytes" * 20, "image/png")}), 400, "invalid_image"),
+        (dict(files={"file": ("t.png", full[: len(full) // 2], "image/png")}), 400, "invalid_image"),
+        (dict(files={"file": ("e.png", b"", "image/png")}), 400, "invalid_image"),
+        (dict(content=b"", headers={"content-type": "image/png"}), 400, "invalid_image"),
+        (dict(files={"file": ("h.png", _png_header_only(70000, 70000), "image/png")}), 413, "too_large"),
+        (dict(content=_png(Image.fromarray(big)), headers={"content-type": "image/png"}), 413, "too_large"),
+        (dict(content=b"just text", headers={"content-type": "text/plain"}), 415, "unsupported_media_type"),
+        (dict(files={"file": ("x.txt", b"text", "text/plain")}), 415, "unsupported_media_type"),
+        (dict(files={"file": ("x.tif", b"II*\x00" + b"\x00" * 100, "image/tiff")}), 400, None),
+        (
+            dict(data={"nofile": "1"}, files={"other": ("a.png", full, "image/png")}),
+            422,
+            "invalid_parameters",
+        ),
+    ]
+    for kwargs, status, code in cases:
+        _is_error(client.post("/classify", **kwargs), status, code)
+        _is_error(client.put("/tokens/cryptopunks/1", **kwargs), status, code)
+    tiff = io.BytesIO()
+    Image.new("RGB", (4, 4)).save(tiff, format="TIFF")
+    _is_error(
+        client.post("/classify", files={"file": ("x.tif", tiff.getvalue(), "image/tiff")}),
+        415,
+        "unsupported_media_type",
+    )
+    _is_error(
+        client.post("/classify", params={"top_k": "abc"}, files={"file": ("a.png", full, "image/png")}),
+        422,
+        "invalid_parameters",
+    )
+    _is_error(client.get("/similar", params={"collection": "cryptopunks", "token_id": "1", "k": 0}), 422)
+    _is_error(client.get("/similar", params={"collection": "bad name!", "token_id": "1"}), 422)
+    _is_error(
+        client.put(
+            "/tokens/cryptopunks/1",
+            files={"file": ("a.png", full, "image/png")},
+            data={"metadata": "{not json"},
+        ),
+        422,
+    )
+    _is_error(client.get("/nope"), 404)
+    assert client.get("/ready").json()["catalog"]["tokens"] == before
+    assert client.get("/tokens/cryptopunks/1").status_code == 200
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(m) for m in re.findall(rf"^{name}(?:{{[^}}]*}})? ([0-9.e+-]+)$", text, re.M))
+
+
+def test_concurrent_requests_are_batched(server, images):
+    before = httpx.get(f"{server.url}/metrics").text
+
+    async def fire() -> list[int]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=60) as c:
+            rs = await asyncio.gather(
+                *(
+                    c.post(
+                        "/classify", files={"file": ("p.png", images[f"punk{PUNK_IDS[i % 15]}"], "image/png")}
+                    )
+                    for i in range(48)
+                )
+            )
+            return [r.status_code for r in rs]
+
+    assert asyncio.run(fire()) == [200] * 48
+    after = httpx.get(f"{server.url}/metrics").text
+    batches = _metric(after, "nftlens_batch_size_count") - _metric(before, "nftlens_batch_size_count")
+    images_run = _metric(after, "nftlens_batch_size_sum") - _metric(before, "nftlens_batch_size_sum")
+    assert images_run == 48 and batches < 48, f"{images_run} images in {batches} batches"
+    assert 'nftlens_requests_total{method="POST",route="/classify",status="200"}' in after
+    assert "nftlens_catalog_tokens" in after and "nftlens_queue_depth" in after
+
+
+def test_api_key_guards_writes(model_dir, tmp_path, images):
+    with (
+        running_server(model_dir, tmp_path / "c.db", tmp_path, NFTLENS_API_KEY="s3cret") as srv,
+        httpx.Client(base_url=srv.url) as c,
+    ):
+        f = {"file": ("a.png", images["punk1"], "image/png")}
+        _is_error(c.put("/tokens/cryptopunks/1", files=f), 401, "unauthorized")
+        _is_error(c.put("/tokens/cryptopunks/1", files=f, headers={"X-API-Key": "wrong"}), 401)
+        assert c.put("/tokens/cryptopunks/1", files=f, headers={"X-API-Key": "s3cret"}).status_code == 200
+        assert c.get("/tokens/cryptopunks/1").status_code == 200  # reads stay open
+        _is_error(c.delete("/tokens/cryptopunks/1"), 401)
+        assert c.delete("/tokens/cryptopunks/1", headers={"X-API-Key": "s3cret"}).status_code == 200
+
+
+def test_acknowledged_writes_survive_a_crash_and_restart(model_dir, tmp_path, images):
+    db = tmp_path / "c.db"
+    with running_server(model_dir, db, tmp_path) as srv:
+        for i in ("1", "2", "3"):
+            r = httpx.put(
+                f"{srv.url}/tokens/cryptopunks/{i}",
+                files={"file": ("a.png", images[f"punk{i}"], "image/png")},
+            )
+            assert r.status_code == 200
+        srv.kill()  # SIGKILL right after the acknowledgements
+    with running_server(model_dir, db, tmp_path) as srv:
+        assert httpx.get(f"{srv.url}/ready").json()["catalog"]["tokens"] == 3
+        sim = httpx.get(f"{srv.url}/similar", params={"collection": "cryptopunks", "token_id": "1"}).json()[
+            "results"
+        ]
+        assert {s["token_id"] for s in sim} == {"2", "3"}
