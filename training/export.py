@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import platform
 import shlex
-import sys
 from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -61,6 +60,12 @@ def parity_check(
     return result
 
 
+def reproduce_command(checkpoint: Path, out_dir: Path) -> str:
+    """The commands that rebuild this model: train from the run's saved config, then export."""
+    config = shlex.quote(str(checkpoint.parent / "config.yaml"))
+    return f"nftlens train --config {config} && nftlens export {shlex.quote(str(checkpoint))} --out {shlex.quote(str(out_dir))}"
+
+
 def export(
     checkpoint: str | Path, out_dir: str | Path, parity_images: list[Path], command: str | None = None
 ) -> ModelManifest:
@@ -99,7 +104,7 @@ def export(
         data_cards=ckpt.get("data_cards", []),
         metrics={"val": {k: ckpt["val"][k] for k in ("accuracy", "macro_f1")}, "export_parity": parity},
         training={"config": train_cfg, "best_epoch": ckpt["epoch"] + 1, "opset": OPSET},
-        command=command or " ".join(shlex.quote(a) for a in ["nftlens", *sys.argv[1:]]),
+        command=command or reproduce_command(Path(checkpoint), out_dir),
         library_versions=library_versions(),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
     )

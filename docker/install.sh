@@ -1,0 +1,25 @@
+#!/bin/sh
+# Install nftlens for serving into a virtual environment: the Dockerfile's install step.
+# CI runs this same script (tests/test_container_recipe.py), so the image recipe is tested without Docker.
+#   usage: docker/install.sh cpu|gpu VENV [SOURCE_DIR]
+set -eu
+target="${1:?usage: install.sh cpu|gpu VENV [SOURCE_DIR]}"
+venv="${2:?usage: install.sh cpu|gpu VENV [SOURCE_DIR]}"
+src="${3:-.}"
+python3 -m venv "$venv"
+"$venv/bin/python" -m pip install --no-cache-dir --disable-pip-version-check -q --upgrade pip
+"$venv/bin/python" -m pip install --no-cache-dir --disable-pip-version-check -q "$src"
+if [ "$target" = gpu ]; then
+  # onnxruntime and onnxruntime-gpu ship the same module: remove the CPU one before adding the GPU one.
+  "$venv/bin/python" -m pip uninstall -y -q onnxruntime
+  "$venv/bin/python" -m pip install --no-cache-dir --disable-pip-version-check -q onnxruntime-gpu
+fi
+"$venv/bin/python" - "$target" <<'PY'
+import importlib.util, sys
+import onnxruntime
+assert importlib.util.find_spec("torch") is None, "torch must never be in the serving install"
+providers = onnxruntime.get_available_providers()
+if sys.argv[1] == "gpu":
+    assert "CUDAExecutionProvider" in providers, providers
+print("serving install ok: onnxruntime", onnxruntime.__version__, providers)
+PY

