@@ -17,7 +17,7 @@ install: $(BIN)/uv            ## serving install: no torch
 	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[data]'
 
 install-train: $(BIN)/uv      ## + torch, timm, test tools
-	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[train,dev]'
+	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[train,milvus,dev]'
 
 install-gpu: install          ## swap onnxruntime for onnxruntime-gpu (never both in one env)
 	$(BIN)/uv pip uninstall --python $(BIN)/python onnxruntime

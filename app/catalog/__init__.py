@@ -9,7 +9,17 @@ __all__ = ["Catalog", "Neighbour", "SearchFilter", "Token", "SqliteFaissCatalog"
 
 
 def open_catalog(url: str, dim: int, model_key: str, index: str = "flat") -> Catalog:
-    """`path/to/catalog.db` (or `sqlite:///path`) -> SQLite + FAISS."""
-    if url.startswith("milvus://"):
-        raise ValueError("the Milvus catalog is not available in this build; use a SQLite path")
+    """Pick the backend from the URL.
+
+    - `path/to/catalog.db` or `sqlite:///path`: SQLite + FAISS, embedded (the default)
+    - `milvus://host:19530[/collection]`: a Milvus server shared by several replicas
+    - `milvus-lite:///path/to/file.db`: Milvus Lite, a local file (tests, laptops)
+    """
+    if url.startswith(("milvus://", "milvus-lite://")):
+        from app.catalog.milvus import MilvusCatalog
+
+        if url.startswith("milvus-lite://"):
+            return MilvusCatalog(url.removeprefix("milvus-lite://"), dim, model_key)
+        hostport, _, name = url.removeprefix("milvus://").partition("/")
+        return MilvusCatalog(f"http://{hostport}", dim, model_key, name or "nftlens_tokens")
     return SqliteFaissCatalog(url.removeprefix("sqlite:///"), dim, model_key, index)
