@@ -47,7 +47,7 @@ model: install-train data     ## reproduce the default model (needs $(SHARED): t
 	@test -f $(DATA)/nft-collections/manifest.csv || $(BIN)/nftlens data import $(SHARED)/nft-collections --out $(DATA)/nft-collections
 	$(BIN)/nftlens train --config training/configs/default-effnet.yaml
 	$(BIN)/nftlens export runs/default-effnet/best.pt --out models/default
-	$(BIN)/nftlens evaluate models/default --data $(DATA)/nft-collections --split all --label-field collection --denoise-sweep
+	$(BIN)/nftlens evaluate models/default --data $(DATA)/nft-collections --split all --label-field collection --denoise-sweep --out reports/default
 
 clean:
 	rm -rf $(VENV) catalog runs .pytest_cache

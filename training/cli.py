@@ -194,6 +194,43 @@ def report_compare(
     typer.echo((out / "comparison.md").read_text())
 
 
+@app.command("bench")
+def bench_cmd(
+    what: str = typer.Argument("all", help="model | service | catalog | all"),
+    model_dir: Path = typer.Option(Path("models/default"), exists=True),
+    images: Path = typer.Option(
+        Path("data/cryptopunks"), help="dataset folder whose images the load generator sends"
+    ),
+    clients: int = typer.Option(16, help="concurrent clients"),
+    requests: int = typer.Option(400, help="requests per mode"),
+    sizes: str = typer.Option("10000,100000", help="catalog sizes (add 1000000 for the 1M FAISS run)"),
+    seconds: float = typer.Option(4.0, help="time per model measurement"),
+    out: Path = typer.Option(Path("reports/bench"), help="writes bench.json and BENCH.md here"),
+) -> None:
+    """Throughput and latency figures (JSON + Markdown), with ratios measured in the same run."""
+    import json
+
+    from training import bench
+    from training.datasets import load_dataset
+
+    report: dict = {"machine": bench.machine()}
+    if what in ("model", "service", "all"):
+        report["model"] = bench.bench_model(model_dir, seconds=seconds)
+    if what in ("service", "all"):
+        ds = load_dataset(images)
+        paths = [ds.image_path(r) for r in ds.rows[:: max(1, len(ds.rows) // 200)]]
+        report["service"] = bench.bench_service(model_dir, paths, clients, requests, raw_ort=report["model"])
+    if what in ("catalog", "all"):
+        from app.manifest import load_manifest
+
+        dim = load_manifest(model_dir).embedding_dim
+        report["catalog"] = bench.bench_catalog(dim, tuple(int(s) for s in sizes.split(",")))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "BENCH.md").write_text(bench.render_markdown(report))
+    typer.echo((out / "BENCH.md").read_text())
+
+
 def main() -> None:
     app()
 

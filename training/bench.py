@@ -1,0 +1,342 @@
+"""Benchmarks that print figures (never timed tests): model, service and catalog.
+
+Every ratio compares figures measured in the same run on the same machine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from app.catalog import SearchFilter, Token, open_catalog
+from app.inference import OnnxModel
+
+
+def machine() -> dict:
+    import onnxruntime as ort
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "onnxruntime": ort.__version__,
+        "ort_providers": ort.get_available_providers(),
+    }
+
+
+def _rate(fn, batch: int, seconds: float, min_iters: int = 5) -> dict:
+    for _ in range(2):
+        fn()
+    times = []
+    t_end = time.perf_counter() + seconds
+    while len(times) < min_iters or time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    return {"batch": batch, "iterations": len(times), "ms_per_batch": med * 1000, "images_per_s": batch / med}
+
+
+def bench_model(
+    model_dir: Path, batch_sizes=(1, 8, 32), seconds: float = 4.0, providers: list[str] | None = None
+) -> dict:
+    """ONNX Runtime vs PyTorch eager (same timm architecture, same input size), images/s per batch size."""
+    model = OnnxModel(model_dir, providers=providers)
+    m = model.manifest
+    rng = np.random.default_rng(0)
+    out: dict = {
+        "model": f"{m.name}@{m.version}",
+        "architecture": m.architecture,
+        "input_size": m.input_size,
+        "provider": model.provider,
+        "onnxruntime": [],
+        "torch_eager": [],
+    }
+    for bs in batch_sizes:
+        x = rng.normal(size=(bs, 3, m.input_size, m.input_size)).astype(np.float32)
+        out["onnxruntime"].append(_rate(lambda x=x: model.run(x), bs, seconds))
+    try:
+        import torch
+
+        from training.models import ExportHead, create_model
+    except ImportError:
+        out["torch_eager"] = "skipped: the [train] extra is not installed"
+        return out
+    net = ExportHead(create_model(m.architecture, len(m.labels))).eval()
+    out["torch_threads"] = torch.get_num_threads()
+    for bs in batch_sizes:
+        x = torch.from_numpy(rng.normal(size=(bs, 3, m.input_size, m.input_size)).astype(np.float32))
+
+        def run(x=x):
+            with torch.inference_mode():
+                net(x)
+
+        out["torch_eager"].append(_rate(run, bs, seconds))
+    for o, t in zip(out["onnxruntime"], out["torch_eager"], strict=True):
+        o["speedup_vs_torch"] = o["images_per_s"] / t["images_per_s"]
+    return out
+
+
+def _metric_counts(text: str, name: str) -> dict[str, float]:
+    return {
+        le: float(v) for le, v in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} ([0-9.e+-]+)$', text, re.M)
+    }
+
+
+async def _load(url: str, images: list[bytes], clients: int, requests: int) -> tuple[list[float], float, int]:
+    import httpx
+
+    latencies: list[float] = []
+    errors = 0
+    counter = iter(range(requests))
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        nonlocal errors
+        for i in counter:
+            t0 = time.perf_counter()
+            r = await client.post(
+                "/classify",
+                params={"embedding": "false"},
+                files={"file": ("i.png", images[i % len(images)], "image/png")},
+            )
+            latencies.append(time.perf_counter() - t0)
+            errors += r.status_code != 200
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client) for _ in range(clients)))
+        wall = time.perf_counter() - t0
+    return latencies, wall, errors
+
+
+def bench_service(
+    model_dir: Path,
+    images: list[Path],
+    clients: int = 16,
+    requests: int = 400,
+    max_batch: int = 16,
+    max_wait_ms: float = 5.0,
+    raw_ort: dict | None = None,
+) -> dict:
+    """A bounded load against a real local server (loopback only), with and without dynamic batching."""
+    import httpx
+
+    from training.serverproc import running_server
+
+    data = [p.read_bytes() for p in images]
+    results: dict = {
+        "clients": clients,
+        "requests": requests,
+        "images": len(data),
+        "max_batch": max_batch,
+        "max_wait_ms": max_wait_ms,
+        "modes": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode, batching in (("batching", "true"), ("no_batching", "false")):
+            env = {
+                "NFTLENS_BATCHING": batching,
+                "NFTLENS_MAX_BATCH": str(max_batch),
+                "NFTLENS_MAX_WAIT_MS": str(max_wait_ms),
+                "NFTLENS_PROVIDERS": '["CPUExecutionProvider"]',
+            }
+            with running_server(model_dir, Path(tmp) / f"{mode}.db", Path(tmp), **env) as srv:
+                asyncio.run(_load(srv.url, data, clients, min(requests, 2 * clients)))  # warm-up
+                before = httpx.get(f"{srv.url}/metrics").text
+                lat, wall, errors = asyncio.run(_load(srv.url, data, clients, requests))
+                after = httpx.get(f"{srv.url}/metrics").text
+            b0, b1 = _metric_counts(before, "nftlens_batch_size"), _metric_counts(after, "nftlens_batch_size")
+            cumulative = {le: b1[le] - b0.get(le, 0) for le in b1}
+            hist, prev = {}, 0.0
+            for le, c in cumulative.items():
+                hist[f"<={le}"] = int(c - prev)
+                prev = c
+            ms = np.array(lat) * 1000
+            results["modes"][mode] = {
+                "throughput_rps": requests / wall,
+                "errors": errors,
+                "latency_ms": {
+                    "p50": float(np.percentile(ms, 50)),
+                    "p95": float(np.percentile(ms, 95)),
+                    "p99": float(np.percentile(ms, 99)),
+                },
+                "batch_size_histogram": hist,
+            }
+    if raw_ort:
+        best = max(r["images_per_s"] for r in raw_ort["onnxruntime"])
+        results["raw_ort_best_images_per_s"] = best
+        for r in results["modes"].values():
+            r["ratio_to_raw_ort"] = r["throughput_rps"] / best
+    b, n = results["modes"]["batching"], results["modes"]["no_batching"]
+    results["batching_speedup"] = b["throughput_rps"] / n["throughput_rps"]
+    return results
+
+
+def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    v = rng.standard_normal((n, dim), dtype=np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    return v
+
+
+def bench_catalog(
+    dim: int,
+    sizes=(10_000, 100_000),
+    queries: int = 200,
+    backends=("faiss-flat", "faiss-hnsw", "sqlite-faiss", "milvus-lite"),
+    k: int = 10,
+) -> dict:
+    """Index build rate and search latency per backend and size (synthetic unit vectors)."""
+    import faiss
+
+    from app.catalog.sqlite_faiss import make_index
+
+    rng = np.random.default_rng(0)
+    out: dict = {"dim": dim, "k": k, "queries": queries, "results": []}
+    for n in sizes:
+        vecs = _unit(rng, n, dim)
+        qs = vecs[rng.choice(n, queries, replace=False)] + 0.05 * _unit(rng, queries, dim)
+        qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+        truth = None
+        for backend in backends:
+            row: dict = {"backend": backend, "vectors": n}
+            if backend.startswith("faiss"):
+                index = make_index(dim, backend.removeprefix("faiss-"))
+                t0 = time.perf_counter()
+                index.add_with_ids(vecs, np.arange(n, dtype=np.int64))
+                row["build_vectors_per_s"] = n / (time.perf_counter() - t0)
+                lat, found = [], []
+                for q in qs:
+                    t0 = time.perf_counter()
+                    _, ids = index.search(q[None], k)
+                    lat.append(time.perf_counter() - t0)
+                    found.append(ids[0])
+                if backend == "faiss-flat":
+                    truth = found
+                elif truth is not None:
+                    row["recall_at_k_vs_flat"] = float(
+                        np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth, strict=True)])
+                    )
+                del index
+            else:
+                if n > 100_000:
+                    continue  # the full catalogs store every row durably: sized for what one box serves
+                with tempfile.TemporaryDirectory() as tmp:
+                    url = f"milvus-lite://{tmp}/m.db" if backend == "milvus-lite" else f"{tmp}/c.db"
+                    try:
+                        cat = open_catalog(url, dim, "bench@1")
+                    except RuntimeError as exc:
+                        row["skipped"] = str(exc)
+                        out["results"].append(row)
+                        continue
+                    t0 = time.perf_counter()
+                    for s in range(0, n, 2000):
+                        cat.upsert_many(
+                            [(Token("c", str(i), {}), vecs[i], None) for i in range(s, min(n, s + 2000))]
+                        )
+                    row["build_vectors_per_s"] = n / (time.perf_counter() - t0)
+                    lat = []
+                    for q in qs:
+                        t0 = time.perf_counter()
+                        cat.search(q, k, SearchFilter(exclude=("c", "0")))
+                        lat.append(time.perf_counter() - t0)
+                    cat.close()
+            ms = np.array(lat) * 1000
+            row["search_ms"] = {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95))}
+            out["results"].append(row)
+        del vecs
+        faiss.omp_set_num_threads(os.cpu_count() or 1)
+    return out
+
+
+def render_markdown(report: dict) -> str:
+    from training.reports import markdown_table
+
+    m = report["machine"]
+    lines = [
+        "# nftlens benchmarks",
+        "",
+        f"Machine: {m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']} ({', '.join(m['ort_providers'])}).",
+        "",
+    ]
+    if "model" in report:
+        r = report["model"]
+        lines += [
+            f"## Model: {r['model']} ({r['architecture']}, {r['input_size']} px) on {r['provider']}",
+            "",
+        ]
+        rows = [
+            {
+                "batch": o["batch"],
+                "ORT img/s": o["images_per_s"],
+                "ORT ms/batch": o["ms_per_batch"],
+                **(
+                    {"torch img/s": t["images_per_s"], "ORT / torch": o["speedup_vs_torch"]}
+                    if isinstance(t, dict)
+                    else {}
+                ),
+            }
+            for o, t in zip(
+                r["onnxruntime"],
+                r["torch_eager"] if isinstance(r["torch_eager"], list) else [None] * 9,
+                strict=False,
+            )
+        ]
+        lines += [markdown_table(rows, list(rows[0])), ""]
+    if "service" in report:
+        s = report["service"]
+        lines += [
+            f"## Service: {s['clients']} concurrent clients, {s['requests']} requests, max_batch {s['max_batch']}, max_wait {s['max_wait_ms']} ms",
+            "",
+        ]
+        rows = [
+            {
+                "mode": k,
+                "req/s": v["throughput_rps"],
+                "p50 ms": v["latency_ms"]["p50"],
+                "p95 ms": v["latency_ms"]["p95"],
+                "p99 ms": v["latency_ms"]["p99"],
+                "÷ raw ORT": v.get("ratio_to_raw_ort", ""),
+                "errors": v["errors"],
+                "batches": ", ".join(f"{b}: {c}" for b, c in v["batch_size_histogram"].items() if c),
+            }
+            for k, v in s["modes"].items()
+        ]
+        lines += [
+            markdown_table(rows, list(rows[0])),
+            "",
+            f"Dynamic batching speed-up: {s['batching_speedup']:.2f}x",
+            "",
+        ]
+    if "catalog" in report:
+        c = report["catalog"]
+        lines += [f"## Catalog: {c['dim']}-d vectors, top-{c['k']}, {c['queries']} queries", ""]
+        rows = [
+            {
+                "backend": r["backend"],
+                "vectors": r["vectors"],
+                "build vec/s": r.get("build_vectors_per_s", ""),
+                "search p50 ms": r.get("search_ms", {}).get("p50", ""),
+                "search p95 ms": r.get("search_ms", {}).get("p95", ""),
+                "recall@k vs flat": r.get("recall_at_k_vs_flat", ""),
+            }
+            for r in c["results"]
+        ]
+        lines += [markdown_table(rows, list(rows[0])), ""]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,72 @@
+"""Run `nftlens serve` in a subprocess and wait until it is ready (benchmarks and tests)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen, url: str, log: Path):
+        self.proc, self.url, self.log = proc, url, log
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown hooks run (a crash)."""
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+@contextmanager
+def running_server(model_dir: Path, catalog: Path | str, log_dir: Path, timeout: float = 90, **env: str):
+    """Start the service on a free loopback port; yield a `Server` once /ready answers 200."""
+    port = free_port()
+    log = Path(log_dir) / f"server-{port}.log"
+    full_env = {
+        **os.environ,
+        "NFTLENS_MODEL_DIR": str(model_dir),
+        "NFTLENS_CATALOG": str(catalog),
+        "NFTLENS_HOST": "127.0.0.1",
+        "NFTLENS_PORT": str(port),
+        "NFTLENS_LOG_LEVEL": "warning",
+        **env,
+    }
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "training.cli", "serve"], env=full_env, stdout=fh, stderr=subprocess.STDOUT
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"server not ready in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield Server(proc, url, log)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
