@@ -1,0 +1,45 @@
+"""The benchmark harness runs end to end at toy sizes. It checks structure, never speed."""
+
+from __future__ import annotations
+
+import pytest
+
+from training import bench
+
+
+def test_catalog_bench_covers_every_backend():
+    backends = ["faiss-flat", "faiss-hnsw", "sqlite-faiss"]
+    try:
+        import pymilvus  # noqa: F401
+
+        backends.append("milvus-lite")
+    except ImportError:
+        pass
+    out = bench.bench_catalog(dim=16, sizes=(300,), queries=5, backends=tuple(backends))
+    assert [r["backend"] for r in out["results"]] == backends
+    for r in out["results"]:
+        assert r["build_vectors_per_s"] > 0 and r["search_ms"]["p50"] > 0
+    assert 0.5 <= out["results"][1]["recall_at_k_vs_flat"] <= 1.0
+
+
+@pytest.mark.slow
+def test_model_and_service_bench_report(model_dir, nouns, tmp_path):
+    pytest.importorskip("torch", reason="the eager baseline needs the [train] extra")
+    model = bench.bench_model(model_dir, batch_sizes=(1, 4), seconds=0.05)
+    assert [r["batch"] for r in model["onnxruntime"]] == [1, 4] and model[
+        "provider"
+    ] == "CPUExecutionProvider"
+    assert all(r["speedup_vs_torch"] > 0 for r in model["onnxruntime"])
+    service = bench.bench_service(
+        model_dir, [nouns.image_path(r) for r in nouns.rows[:8]], clients=4, requests=16, raw_ort=model
+    )
+    for mode in ("batching", "no_batching"):
+        r = service["modes"][mode]
+        assert r["errors"] == 0 and sum(r["batch_size_histogram"].values()) > 0
+        assert r["latency_ms"]["p50"] <= r["latency_ms"]["p99"]
+    assert (
+        set(service["modes"]["no_batching"]["batch_size_histogram"])
+        and service["modes"]["no_batching"]["batch_size_histogram"]["<=1.0"] > 0
+    )
+    md = bench.render_markdown({"machine": bench.machine(), "model": model, "service": service})
+    assert "Dynamic batching speed-up" in md
