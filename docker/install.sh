@@ -8,7 +8,8 @@ venv="${2:?usage: install.sh cpu|gpu VENV [SOURCE_DIR]}"
 src="${3:-.}"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --no-cache-dir --disable-pip-version-check -q --upgrade pip
-"$venv/bin/python" -m pip install --no-cache-dir --disable-pip-version-check -q "$src"
+# pymilvus: the client for a shared Milvus catalog (NFTLENS_CATALOG=milvus://...); Milvus Lite is not needed here
+"$venv/bin/python" -m pip install --no-cache-dir --disable-pip-version-check -q "$src" "pymilvus>=2.4"
 if [ "$target" = gpu ]; then
   # onnxruntime and onnxruntime-gpu ship the same module: remove the CPU one before adding the GPU one.
   "$venv/bin/python" -m pip uninstall -y -q onnxruntime
@@ -17,6 +18,7 @@ fi
 "$venv/bin/python" - "$target" <<'PY'
 import importlib.util, sys
 import onnxruntime
+import pymilvus  # noqa: F401
 assert importlib.util.find_spec("torch") is None, "torch must never be in the serving install"
 providers = onnxruntime.get_available_providers()
 if sys.argv[1] == "gpu":

@@ -25,6 +25,23 @@ def test_dockerfile_copies_what_exists_and_is_hardened():
     assert "docker/install.sh cpu" in text and "docker/install.sh gpu" in text
 
 
+def test_compose_profiles_wire_gpu_and_milvus():
+    import yaml
+
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    assert services["nftlens"]["build"]["target"] == "cpu" and "profiles" not in services["nftlens"]
+    gpu = services["nftlens-gpu"]
+    assert (
+        gpu["profiles"] == ["gpu"]
+        and gpu["deploy"]["resources"]["reservations"]["devices"][0]["driver"] == "nvidia"
+    )
+    replica = services["nftlens-milvus"]
+    assert replica["environment"]["NFTLENS_CATALOG"].startswith("milvus://milvus:19530")
+    assert {"milvus", "etcd", "minio"} <= {
+        name for name, s in services.items() if s.get("profiles") == ["milvus"]
+    }
+
+
 @pytest.mark.slow
 def test_install_script_builds_a_torch_free_serving_env(tmp_path):
     venv = tmp_path / "venv"
