@@ -75,7 +75,10 @@ def plot_grouped_bars(table: dict[str, dict[str, float]], path: Path, title: str
             label=name,
         )
     ax.set_xticks(range(len(cats)), cats, rotation=30, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.02)
+    values = [v for t in table.values() for v in t.values()]
+    low = min(values)
+    # zoom in when every value is high, or the differences that matter are invisible
+    ax.set_ylim((max(0.0, low - 0.02), 1.002) if low > 0.8 else (0, 1.02))
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="lower left")
