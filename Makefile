@@ -45,8 +45,8 @@ lint: install-train
 model: install-train data     ## reproduce the default model (needs $(SHARED): the nft-thumbs training set)
 	@test -f $(DATA)/nft-thumbs/manifest.csv || $(BIN)/nftlens data import $(SHARED)/nft-thumbs --out $(DATA)/nft-thumbs
 	@test -f $(DATA)/nft-collections/manifest.csv || $(BIN)/nftlens data import $(SHARED)/nft-collections --out $(DATA)/nft-collections
-	$(BIN)/nftlens train --config training/configs/default-effnet.yaml
-	$(BIN)/nftlens export runs/default-effnet/best.pt --out models/default
+	$(BIN)/nftlens train --config training/configs/default-resnet18.yaml
+	$(BIN)/nftlens export runs/default-resnet18/best.pt --out models/default
 	$(BIN)/nftlens evaluate models/default --data $(DATA)/nft-collections --split all --label-field collection --denoise-sweep --out reports/default
 
 clean:
