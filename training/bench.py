@@ -249,7 +249,7 @@ def bench_catalog(
             else:
                 if n > 100_000:
                     row["skipped"] = (
-                        "durable catalogs benchmarked up to 100k rows (1M rows of 1280-d = 5 GB of vectors)"
+                        f"durable catalogs benchmarked up to 100k rows (1M rows of {dim}-d = {n * dim * 4 / 1e9:.1f} GB of vectors)"
                     )
                     out["results"].append(row)
                     continue
@@ -351,6 +351,7 @@ def render_markdown(report: dict) -> str:
                 "search p50 ms": r.get("search_ms", {}).get("p50", ""),
                 "search p95 ms": r.get("search_ms", {}).get("p95", ""),
                 "recall@k vs flat": r.get("recall_at_k_vs_flat", ""),
+                "note": r.get("skipped", ""),
             }
             for r in c["results"]
         ]
