@@ -25,9 +25,15 @@ def choose_providers(requested: list[str] | None = None, require_gpu: bool = Fal
     available = ort.get_available_providers()
     wanted = list(requested or DEFAULT_PROVIDERS)
     chosen = [p for p in wanted if p in available]
+    explicit = requested is not None and list(requested) != list(DEFAULT_PROVIDERS)
     for p in wanted:
-        if p not in available:
-            log.warning("execution provider %s is not available in this onnxruntime build (%s)", p, available)
+        if p not in available:  # expected on CPU-only builds unless the user asked for it by name
+            log.log(
+                logging.WARNING if explicit else logging.INFO,
+                "execution provider %s is not available in this onnxruntime build (%s)",
+                p,
+                available,
+            )
     if "CPUExecutionProvider" not in chosen:
         chosen.append("CPUExecutionProvider")
     if require_gpu and not any(p in GPU_PROVIDERS for p in chosen):

@@ -17,7 +17,7 @@ from app.config import Settings
 from app.errors import NftlensError
 from app.service import Service
 
-log = logging.getLogger("nftlens")
+log = logging.getLogger("uvicorn.error")  # uvicorn configures this one, so start-up lines are shown
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
