@@ -180,11 +180,11 @@ def evaluate(
             result["unknown"]["threshold"] = detector.threshold
             result["unknown"]["unknown_flagged_rate"] = float((score[~known] > detector.threshold).mean())
             result["unknown"]["known_flagged_rate"] = float((score[known] > detector.threshold).mean())
+    known_paths = [p for p, m in zip(paths, primary, strict=True) if m]  # what robustness/sweep re-run
     if robustness:
-        kp = [p for p, m in zip(paths, primary, strict=True) if m]
         rob = {}
         for name, fn in CORRUPTIONS.items():
-            pr = probs[primary] if name == "clean" else run_model(model, kp, cfg, fn, desc=name)[0]
+            pr = probs[primary] if name == "clean" else run_model(model, known_paths, cfg, fn, desc=name)[0]
             r = classification_report(y_true[primary], pr.argmax(1), labels)
             rob[name] = {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
         result["robustness"] = rob
@@ -198,13 +198,12 @@ def evaluate(
             "score",
         )
     if denoise_sweep:
-        kp = [p for p, m in zip(paths, primary, strict=True) if m]
         sweep: dict[str, dict[str, float]] = {}
         for method in DENOISE_METHODS:
             swept = cfg.model_copy(update={"denoise": cfg.denoise.model_copy(update={"method": method})})
             sweep[method] = {}
             for name in SWEEP_CORRUPTIONS:
-                pr = run_model(model, kp, swept, CORRUPTIONS[name], desc=f"{method}/{name}")[0]
+                pr = run_model(model, known_paths, swept, CORRUPTIONS[name], desc=f"{method}/{name}")[0]
                 sweep[method][name] = classification_report(y_true[primary], pr.argmax(1), labels)["macro_f1"]
         result["denoise_sweep"] = sweep
         plot_grouped_bars(sweep, out / "denoise.png", "macro-F1 by test-time denoise method", "macro-F1")
