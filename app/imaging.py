@@ -16,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from app.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaError
 
 SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})  # file names of those formats
 DEFAULT_MAX_PIXELS = 40_000_000
 
 # We do our own limit check; PIL's global one would raise a warning or a bare error instead.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -12,10 +12,10 @@ from tqdm import tqdm
 
 from app.catalog import Catalog, Token
 from app.errors import NftlensError
+from app.imaging import IMAGE_SUFFIXES
 from app.inference import OnnxModel
 from app.preprocessing import load_tensor
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"}
 _BASE = {"path", "collection", "token_id", "label", "split"}
 
 
@@ -44,11 +44,6 @@ def items_from_source(source: Path, collection: str | None = None) -> list[tuple
         raise ValueError("indexing a plain folder of images needs --collection")
     files = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     return [(Token(collection, p.stem, {}), p) for p in files]
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
 
 
 def embed_into_catalog(

@@ -16,7 +16,7 @@ import torch
 
 from app.manifest import ONNX_FILE, ModelManifest, sha256_of
 from app.preprocessing import PreprocessConfig, load_tensor
-from training.models import ExportHead, create_model
+from training.models import ExportHead, create_model, embedding_dim
 
 OPSET = 17
 
@@ -89,8 +89,7 @@ def export(
     )
     onnx.checker.check_model(onnx.load(str(onnx_path)), full_check=True)
     parity = parity_check(wrapped, onnx_path, parity_images, cfg)
-    with torch.no_grad():
-        emb_dim = int(wrapped(torch.zeros(1, 3, size, size))[1].shape[1])
+    emb_dim = embedding_dim(model, size)
     train_cfg = ckpt["config"]
     manifest = ModelManifest(
         name=train_cfg["name"],

@@ -10,18 +10,13 @@ from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime
 
 import numpy as np
 
-from app.catalog.base import Neighbour, SearchFilter, Token
+from app.catalog.base import Neighbour, SearchFilter, Token, utc_now
 
 MAX_IMAGE_CHARS = 60_000
 _FIELDS = ["collection", "token_id", "metadata", "model", "created_at", "updated_at"]
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def _pk(collection: str, token_id: str) -> str:
@@ -78,7 +73,7 @@ class MilvusCatalog:
         self.upsert_many([(token, vector, image)])
 
     def upsert_many(self, items: list[tuple[Token, np.ndarray, bytes | None]]) -> None:
-        now = _now()
+        now = utc_now()
         pks = [_pk(t.collection, t.token_id) for t, _, _ in items]
         existing = (
             {

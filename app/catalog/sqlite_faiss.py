@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from app.catalog.base import Neighbour, SearchFilter, Token
+from app.catalog.base import Neighbour, SearchFilter, Token, utc_now
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -34,10 +33,6 @@ CREATE TABLE IF NOT EXISTS tokens (
 );
 CREATE INDEX IF NOT EXISTS tokens_model ON tokens (model);
 """
-
-
-def _now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
 def make_index(dim: int, kind: str = "flat") -> faiss.Index:
@@ -96,7 +91,7 @@ class SqliteFaissCatalog:
 
     def upsert_many(self, items: list[tuple[Token, np.ndarray, bytes | None]]) -> None:
         """Insert or replace tokens in one transaction; the index follows after the commit."""
-        now = _now()
+        now = utc_now()
         with self._lock:
             old_ids, new_ids, vecs = [], [], []
             self._db.execute("BEGIN IMMEDIATE")

@@ -15,9 +15,8 @@ from pathlib import Path
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from app.imaging import IMAGE_SUFFIXES
 from training.datasets.standard import Dataset, write_dataset
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"}
 
 
 def _from_class_folders(src: Path, collection: str) -> list[dict]:
