@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-BatchFn = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+BatchFn = Callable[[np.ndarray], dict[str, np.ndarray]]  # [N,...] input -> {output: [N,...]}
 
 
 class MicroBatcher:
@@ -47,13 +47,13 @@ class MicroBatcher:
                 await self._task
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One preprocessed input [3,S,S] -> (probabilities [C], embedding [D])."""
+    async def submit(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """One preprocessed input [3,S,S] -> {output: its row} (unbatched)."""
         fut: asyncio.Future = asyncio.get_running_loop().create_future()
         await self._queue.put((x, fut))
         return await fut
 
-    async def run_now(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    async def run_now(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run a batch directly on the inference thread (batching disabled)."""
         loop = asyncio.get_running_loop()
         t0 = time.perf_counter()
@@ -81,7 +81,7 @@ class MicroBatcher:
             if not live:
                 continue
             try:
-                probs, embs = await self.run_now(np.stack([x for x, _ in live]))
+                outputs = await self.run_now(np.stack([x for x, _ in live]))
             except Exception as exc:  # a failed batch fails its requests, not the loop
                 for _, f in live:
                     if not f.done():
@@ -89,4 +89,4 @@ class MicroBatcher:
                 continue
             for i, (_, f) in enumerate(live):
                 if not f.done():
-                    f.set_result((probs[i], embs[i]))
+                    f.set_result({name: out[i] for name, out in outputs.items()})

@@ -41,7 +41,8 @@ def _open(model_dir: str | None, catalog: str | None):
     s = Settings(**{k: v for k, v in {"model_dir": model_dir, "catalog": catalog}.items() if v})
     model = OnnxModel(s.model_dir, s.providers, s.require_gpu, s.intra_op_threads)
     m = model.manifest
-    return model, open_catalog(s.catalog, m.embedding_dim, f"{m.name}@{m.version}", s.faiss_index)
+    key = f"{m.name}@{m.version}"
+    return model, open_catalog(s.catalog, m.embedding_dim, key, s.faiss_index, m.instance_dim)
 
 
 @catalog_app.command("index")
@@ -94,3 +95,41 @@ def catalog_reindex(
         )
     finally:
         cat.close()
+
+
+copies_app = typer.Typer(no_args_is_help=True, help="Copymint detection against the catalog.")
+serve_app.add_typer(copies_app, name="copies")
+
+
+@copies_app.command("scan")
+def copies_scan(
+    folder: str = typer.Argument(..., help="folder of images to check (searched recursively)"),
+    collection: list[str] = typer.Option(
+        None, help="only compare against these catalog collections (repeatable; default: all)"
+    ),
+    out: str = typer.Option(None, help="report folder (default: copies-scan-<folder name>)"),
+    model_dir: str = typer.Option(None, help="model folder (NFTLENS_MODEL_DIR)"),
+    catalog: str = typer.Option(None, help="catalog path (NFTLENS_CATALOG)"),
+    batch: int = typer.Option(64, help="images per inference batch"),
+) -> None:
+    """Check every image of a folder against the catalog: copies.csv (query, best match, score,
+    is_copy) and SUMMARY.md."""
+    from pathlib import Path
+
+    from app.copyscan import scan_folder
+
+    src = Path(folder)
+    if not src.is_dir():
+        typer.echo(f"error: {src} is not a folder", err=True)
+        raise typer.Exit(2)
+    dest = Path(out) if out else Path(f"copies-scan-{src.resolve().name}")
+    model, cat = _open(model_dir, catalog)
+    try:
+        s = scan_folder(model, cat, src, dest, set(collection) if collection else None, batch)
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    finally:
+        cat.close()
+    typer.echo(f"{s['copies']} of {s['images']} images are copies (threshold {s['threshold']:.4f})")
+    typer.echo(f"report: {dest}/copies.csv, {dest}/SUMMARY.md")

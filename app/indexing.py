@@ -62,12 +62,18 @@ def embed_into_catalog(
 
     def flush(pool: ThreadPoolExecutor) -> None:
         nonlocal done, failed
-        tensors = list(pool.map(lambda it: _safe_tensor(it[1], cfg), pending))
+        tensors = list(pool.map(lambda it: safe_tensor(it[1], cfg), pending))
         ok = [(it, t) for it, t in zip(pending, tensors, strict=True) if t is not None]
         failed += len(pending) - len(ok)
         if ok:
-            _, emb = model.run(np.stack([t for _, t in ok]))
-            catalog.upsert_many([(tok, emb[i], data) for i, ((tok, data), _) in enumerate(ok)])
+            out = model.run(np.stack([t for _, t in ok]))
+            emb, inst = out["embedding"], out.get("instance")
+            catalog.upsert_many(
+                [
+                    (tok, emb[i], data, inst[i] if inst is not None else None)
+                    for i, ((tok, data), _) in enumerate(ok)
+                ]
+            )
             done += len(ok)
         bar.update(len(pending))
         pending.clear()
@@ -82,7 +88,8 @@ def embed_into_catalog(
     return {"indexed": done, "failed": failed}
 
 
-def _safe_tensor(data: bytes, cfg):
+def safe_tensor(data: bytes, cfg):
+    """The network input for image bytes, or None when they cannot be decoded."""
     try:
         return load_tensor(data, cfg)
     except NftlensError:

@@ -41,8 +41,12 @@ def choose_providers(requested: list[str] | None = None, require_gpu: bool = Fal
     return chosen
 
 
+Outputs = dict[str, np.ndarray]  # ONNX output name -> [N, ...] array
+
+
 class OnnxModel:
-    """A verified model: manifest + InferenceSession. `run` takes preprocessed [N,3,S,S] float32."""
+    """A verified model: manifest + InferenceSession. `run` takes preprocessed [N,3,S,S] float32 and
+    returns every output the manifest lists (probabilities, embedding, and logits/instance when present)."""
 
     def __init__(
         self,
@@ -69,16 +73,20 @@ class OnnxModel:
             raise ModelIntegrityError(f"require_gpu is set but the session runs on {self.provider}")
         if chosen[0] != self.provider:
             log.warning("asked for %s first, but ONNX Runtime runs on %s", chosen[0], self.provider)
+        graph_outputs = {o.name for o in self.session.get_outputs()}
+        missing = [o for o in self.manifest.outputs if o not in graph_outputs]
+        if missing:
+            raise ModelIntegrityError(f"the manifest lists outputs {missing} that model.onnx lacks")
         log.info("model %s %s on %s", self.manifest.name, self.manifest.version, self.provider)
 
     @property
     def labels(self) -> list[str]:
         return self.manifest.labels
 
-    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """[N,3,S,S] float32 -> (probabilities [N,C], embeddings [N,D])."""
-        probs, emb = self.session.run(self.manifest.outputs, {self.manifest.input_name: batch})
-        return probs, emb
+    def run(self, batch: np.ndarray) -> Outputs:
+        """[N,3,S,S] float32 -> {output name: [N, ...]} for every output in the manifest."""
+        names = self.manifest.outputs
+        return dict(zip(names, self.session.run(names, {self.manifest.input_name: batch}), strict=True))
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
         s = self.manifest.input_size

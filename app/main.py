@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import __version__
-from app.api import classify, ops, similar, tokens
+from app.api import classify, copies, ops, similar, tokens
 from app.config import Settings
 from app.errors import NftlensError
 from app.service import Service
@@ -35,10 +35,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="nftlens",
         version=__version__,
         lifespan=lifespan,
-        description="Classify NFT images and find visually similar tokens.",
+        description="Classify NFT images, find visually similar tokens and catch copies of catalogued ones.",
     )
     app.state.service = service
-    for router in (classify.router, similar.router, tokens.router, ops.router):
+    for router in (classify.router, similar.router, copies.router, tokens.router, ops.router):
         app.include_router(router)
 
     def error(status: int, code: str, detail) -> JSONResponse:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -16,13 +17,44 @@ ONNX_FILE = "model.onnx"
 
 
 class UnknownDetector(BaseModel):
-    """Open-set check: `score = 1 - max probability`; above `threshold` the image is called unknown."""
+    """Open-set check: a score per image (higher = less like any known collection); above `threshold` the
+    image is called unknown. See `app.openset` for the methods."""
 
-    method: str = "max_probability"
-    threshold: float = Field(
-        ..., ge=0, le=1, description="calibrated on validation to keep `target_tpr` of known images"
+    method: Literal["max_probability", "energy", "mahalanobis", "knn"] = "max_probability"
+    threshold: float = Field(..., description="chosen on validation images of the known collections")
+    target_tpr: float = Field(
+        0.95, description="share of known validation images kept known at `threshold` (1 - the promise)"
     )
-    target_tpr: float = 0.95
+    temperature: float = Field(1.0, gt=0, description="logit temperature (max_probability, energy)")
+    k: int = Field(10, ge=1, description="knn: distance to the k-th nearest reference embedding")
+    stats_file: str | None = Field(
+        None, description="sidecar .npz beside model.onnx (class means, precision, references)"
+    )
+    stats_sha256: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    validation: dict = Field({}, description="figures on validation data when the threshold was chosen")
+
+
+class Calibration(BaseModel):
+    """Temperature scaling: served probabilities are softmax(logits / temperature)."""
+
+    method: Literal["temperature"] = "temperature"
+    temperature: float = Field(1.0, gt=0)
+    fitted_on: str = ""
+    ece_before: float | None = None
+    ece_after: float | None = None
+
+
+class CopyDetector(BaseModel):
+    """Copy verdict: a catalog token whose instance-space cosine to the query is >= `threshold` is a copy."""
+
+    threshold: float = Field(..., ge=-1, le=1)
+    dihedral: bool = Field(
+        False, description="queries are embedded in 8 views (rotations x mirror); each token keeps its best"
+    )
+    precision: float | None = Field(None, description="on the held-out calibration pairs")
+    recall: float | None = Field(None, description="on the held-out calibration pairs")
+    target: str = ""
+    calibrated_on: str = ""
 
 
 class ModelManifest(BaseModel):
@@ -37,10 +69,13 @@ class ModelManifest(BaseModel):
     input_name: str = "input"
     outputs: list[str] = ["probabilities", "embedding"]
     embedding_dim: int
+    instance_dim: int = Field(0, description="size of the `instance` output (0: the model has none)")
     preprocessing: PreprocessConfig
     onnx_file: str = ONNX_FILE
     sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
     unknown: UnknownDetector | None = None
+    calibration: Calibration | None = None
+    copies: CopyDetector | None = None
     data_cards: list[dict] = []
     metrics: dict = {}
     robustness: dict = {}
@@ -55,6 +90,8 @@ class ModelManifest(BaseModel):
             raise ValueError(
                 f"input_size {self.input_size} != preprocessing.resize.size {self.preprocessing.resize.size}"
             )
+        if self.instance_dim and "instance" not in self.outputs:
+            raise ValueError("instance_dim is set but the outputs list no `instance`")
         return self
 
     def write(self, model_dir: Path) -> Path:
@@ -84,12 +121,16 @@ def load_manifest(model_dir: str | Path, verify: bool = True) -> ModelManifest:
     except (json.JSONDecodeError, ValidationError) as exc:
         raise ModelIntegrityError(f"{path} is not a valid model manifest: {exc}") from exc
     if verify:
-        onnx_path = model_dir / manifest.onnx_file
-        if not onnx_path.is_file():
-            raise ModelIntegrityError(f"{onnx_path} not found")
-        actual = sha256_of(onnx_path)
-        if actual != manifest.sha256:
-            raise ModelIntegrityError(
-                f"{onnx_path} sha256 {actual[:12]}… does not match the manifest's {manifest.sha256[:12]}…: refusing to load"
-            )
+        verify_file(model_dir / manifest.onnx_file, manifest.sha256)
     return manifest
+
+
+def verify_file(path: Path, expected: str | None) -> None:
+    """Refuse a file the manifest names unless it exists and its sha256 is the recorded one."""
+    if not path.is_file():
+        raise ModelIntegrityError(f"{path} not found")
+    actual = sha256_of(path)
+    if actual != expected:
+        raise ModelIntegrityError(
+            f"{path} sha256 {actual[:12]}… does not match the manifest's {(expected or 'none')[:12]}…: refusing to load"
+        )

@@ -14,18 +14,35 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from app.batching import MicroBatcher
-from app.catalog import Catalog, open_catalog
+from app.catalog import Catalog, SearchFilter, open_catalog
 from app.config import Settings
-from app.inference import OnnxModel
+from app.errors import ConflictError
+from app.inference import OnnxModel, Outputs
 from app.metrics import Metrics
+from app.openset import OpenSetScorer, softmax
 from app.preprocessing import load_tensor
+from app.views import dihedral_views
 
 
 @dataclass
 class Prediction:
+    """One image's model outputs: calibrated probabilities, raw logits and both embeddings."""
+
     probabilities: np.ndarray
     embedding: np.ndarray
+    logits: np.ndarray
+    instance: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+def unbatched_prediction(model: OnnxModel, out: Outputs, timings: dict | None = None) -> Prediction:
+    """One image's row of the ONNX outputs -> Prediction (temperature-scaled when the manifest says so)."""
+    m = model.manifest
+    logits = out["logits"] if "logits" in out else np.log(np.maximum(out["probabilities"], 1e-12))
+    probs = out["probabilities"]
+    if m.calibration is not None and "logits" in out:
+        probs = softmax(logits[None], m.calibration.temperature)[0]
+    return Prediction(probs, out["embedding"], logits, out.get("instance"), timings or {})
 
 
 class Service:
@@ -35,6 +52,7 @@ class Service:
         self.model: OnnxModel | None = None
         self.catalog: Catalog | None = None
         self.batcher: MicroBatcher | None = None
+        self.openset: OpenSetScorer | None = None
         self.pool = ThreadPoolExecutor(max_workers=settings.preprocess_threads, thread_name_prefix="prep")
         self.ready = False
 
@@ -48,8 +66,11 @@ class Service:
         )
         await loop.run_in_executor(self.pool, self.model.warm_up, (1, min(8, s.max_batch)))
         m = self.model.manifest
+        if m.unknown is not None:
+            self.openset = OpenSetScorer(m.unknown, s.model_dir)
         self.catalog = await loop.run_in_executor(
-            self.pool, lambda: open_catalog(s.catalog, m.embedding_dim, self.model_key, s.faiss_index)
+            self.pool,
+            lambda: open_catalog(s.catalog, m.embedding_dim, self.model_key, s.faiss_index, m.instance_dim),
         )
         self.metrics.catalog_size.set(self.catalog.count())
         self.batcher = MicroBatcher(self._infer, s.max_batch, s.max_wait_ms, self._observe_batch)
@@ -70,7 +91,7 @@ class Service:
         return f"{m.name}@{m.version}"
 
     # -- pipeline ------------------------------------------------------------------------------------
-    def _infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _infer(self, batch: np.ndarray) -> Outputs:
         return self.model.run(batch)
 
     def _observe_batch(self, size: int, seconds: float) -> None:
@@ -83,7 +104,7 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     async def predict(self, data: bytes) -> Prediction:
-        """Bytes -> probabilities + embedding, through the shared preprocessing and the batcher."""
+        """Bytes -> every model output for one image, through the shared preprocessing and the batcher."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         cfg = self.model.manifest.preprocessing
@@ -91,21 +112,71 @@ class Service:
         t1 = time.perf_counter()
         if self.settings.batching:
             self.metrics.queue_depth.set(self.batcher.queue_depth + 1)
-            probs, emb = await self.batcher.submit(x)
+            out = await self.batcher.submit(x)
         else:
-            p, e = await self.batcher.run_now(x[None])
-            probs, emb = p[0], e[0]
+            out = {k: v[0] for k, v in (await self.batcher.run_now(x[None])).items()}
         timings["inference"] = (time.perf_counter() - t1) * 1000
         timings["total"] = (time.perf_counter() - t0) * 1000
-        return Prediction(probs, emb, {k: round(v, 3) for k, v in timings.items()})
+        return unbatched_prediction(self.model, out, {k: round(v, 3) for k, v in timings.items()})
 
     def top_k(self, probs: np.ndarray, k: int) -> list[dict]:
         order = np.argsort(-probs)[:k]
         return [{"label": self.model.labels[i], "probability": float(probs[i])} for i in order]
 
-    def unknown(self, probs: np.ndarray) -> dict | None:
-        det = self.model.manifest.unknown
-        if det is None:
+    def unknown(self, pred: Prediction) -> dict | None:
+        """The open-set verdict for one prediction (None when the model ships no detector)."""
+        if self.openset is None:
             return None
-        score = float(1 - probs.max())
-        return {"score": score, "threshold": det.threshold, "is_unknown": score > det.threshold}
+        return self.openset.verdict(pred.logits, pred.embedding)
+
+    # -- copies --------------------------------------------------------------------------------------
+    def require_copies(self) -> None:
+        """Raise 409 unless the model has an instance head and a calibrated copy threshold."""
+        m = self.model.manifest
+        if not m.instance_dim or m.copies is None:
+            raise ConflictError(
+                f"model {self.model_key} has no instance embedding or copy threshold: serve a model "
+                "exported with an instance head (the default model has one)"
+            )
+
+    async def copy_vectors(self, data: bytes, pred: Prediction | None = None) -> np.ndarray:
+        """The query's instance vectors [V, D]: the one of `pred`, or all 8 dihedral views when the
+        model's copy verdict was calibrated that way (the views run through the batcher together)."""
+        if not self.model.manifest.copies.dihedral:
+            if pred is None:
+                pred = await self.predict(data)
+            return pred.instance[None]
+        cfg = self.model.manifest.preprocessing
+        x = await self.blocking(load_tensor, data, cfg, self.settings.max_pixels)
+        views = dihedral_views(x)
+        if self.settings.batching:
+            outs = await asyncio.gather(*(self.batcher.submit(v) for v in views))
+            return np.stack([o["instance"] for o in outs])
+        return (await self.batcher.run_now(views))["instance"]
+
+    def copies(self, instances: np.ndarray, k: int, flt: SearchFilter) -> dict:
+        """The `copies` block: best instance-space matches over the query's views (each token keeps its
+        best score) and the calibrated verdict. Blocking: run it on the pool."""
+        threshold = self.model.manifest.copies.threshold
+        best: dict[tuple[str, str], object] = {}
+        for vector in np.atleast_2d(instances):
+            for h in self.catalog.search(vector, k, flt, space="instance"):
+                key = (h.collection, h.token_id)
+                if key not in best or h.score > best[key].score:
+                    best[key] = h
+        hits = sorted(best.values(), key=lambda h: -h.score)[:k]
+        matches = [
+            {
+                "collection": h.collection,
+                "token_id": h.token_id,
+                "score": round(h.score, 6),
+                "is_copy": h.score >= threshold,
+                "metadata": h.metadata,
+            }
+            for h in hits
+        ]
+        return {
+            "is_copy": bool(matches) and matches[0]["is_copy"],
+            "threshold": round(threshold, 6),
+            "matches": matches,
+        }

@@ -22,10 +22,12 @@ def make(request, tmp_path):
     if request.param == "milvus-lite":
         pytest.importorskip("pymilvus", reason="the Milvus backend needs the [milvus] extra")
 
-    def opener(model_key: str = "m@1", dim: int = DIM):
+    def opener(model_key: str = "m@1", dim: int = DIM, instance_dim: int = 0):
         if request.param == "milvus-lite":
-            return open_catalog(f"milvus-lite://{tmp_path / 'milvus.db'}", dim, model_key)
-        return open_catalog(str(tmp_path / "c.db"), dim, model_key, request.param)
+            return open_catalog(
+                f"milvus-lite://{tmp_path / 'milvus.db'}", dim, model_key, instance_dim=instance_dim
+            )
+        return open_catalog(str(tmp_path / "c.db"), dim, model_key, request.param, instance_dim)
 
     return opener
 
@@ -114,3 +116,82 @@ def test_index_and_reindex_with_the_real_model(make, model_dir, nouns):
     tok = cat.get("nouns", "5", with_vector=True)
     assert tok.metadata["label"] == "nouns" and tok.metadata["attributes"]["head"].startswith("head-")
     assert cat.search(tok.vector, 1)[0].token_id == "5"
+
+
+IDIM = 8
+
+
+def test_two_vector_spaces_search_independently_and_persist(make):
+    """Each token carries a collection and an instance vector; each kind has its own index."""
+    rng = np.random.default_rng(4)
+    cat = make(instance_dim=IDIM)
+    vecs = unit(rng, 30)
+    inst = rng.normal(size=(30, IDIM)).astype(np.float32)
+    inst /= np.linalg.norm(inst, axis=1, keepdims=True)
+    cat.upsert_many([(Token("a", str(i), {}), vecs[i], b"img", inst[i]) for i in range(29)])
+    cat.upsert(Token("a", "29", {}), vecs[29], b"img")  # stored without an instance vector
+    q = inst[3] + 0.05 * rng.normal(size=IDIM).astype(np.float32)
+    q /= np.linalg.norm(q)
+    truth = np.argsort(-(inst[:29] @ q))[:3].tolist()
+    got = cat.search(q, 3, space="instance")
+    assert [int(n.token_id) for n in got] == truth and got[0].token_id == "3"
+    # the collection space answers from the other vectors
+    assert cat.search(vecs[7], 1)[0].token_id == "7"
+    assert cat.search(inst[3], 3, SearchFilter(exclude=("a", "3")), space="instance")[0].token_id != "3"
+    tok = cat.get("a", "3", with_vector=True)
+    assert np.allclose(tok.instance, inst[3]) and np.allclose(tok.vector, vecs[3])
+    assert cat.get("a", "29", with_vector=True).instance is None
+    assert "29" not in {n.token_id for n in cat.search(q, 30, space="instance") if n.score > 0.5}
+    with pytest.raises(ValueError, match="dims"):
+        cat.upsert(Token("a", "x", {}), vecs[0], None, np.ones(IDIM + 2, np.float32))
+    cat.close()
+    cat = make(instance_dim=IDIM)  # reopened: both indexes rebuilt from the stored rows
+    assert cat.search(q, 1, space="instance")[0].token_id == "3"
+    assert cat.delete("a", "3")
+    assert "3" not in {n.token_id for n in cat.search(q, 30, space="instance")}
+
+
+def test_sqlite_catalog_without_instance_column_is_migrated(tmp_path):
+    """A catalog file written before instance vectors existed opens, gains the column, and reindex fills it."""
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    con = sqlite3.connect(db)
+    con.executescript(
+        "CREATE TABLE tokens (id INTEGER PRIMARY KEY AUTOINCREMENT, collection TEXT NOT NULL,"
+        " token_id TEXT NOT NULL, metadata TEXT NOT NULL DEFAULT '{}', model TEXT NOT NULL, dim INTEGER NOT NULL,"
+        " vector BLOB NOT NULL, image BLOB, created_at TEXT NOT NULL, updated_at TEXT NOT NULL,"
+        " UNIQUE (collection, token_id));"
+    )
+    v = unit(np.random.default_rng(5), 1)[0]
+    con.execute(
+        "INSERT INTO tokens (collection, token_id, model, dim, vector, image, created_at, updated_at)"
+        " VALUES ('a', '1', 'm@1', ?, ?, NULL, 'x', 'x')",
+        (DIM, v.tobytes()),
+    )
+    con.commit()
+    con.close()
+    cat = open_catalog(str(db), DIM, "m@1", "flat", IDIM)
+    assert cat.search(v, 1)[0].token_id == "1" and cat.search(v[:IDIM] / 1, 1, space="instance") == []
+    cat.upsert(Token("a", "1", {}), v, None, np.eye(IDIM, dtype=np.float32)[0])
+    assert cat.search(np.eye(IDIM, dtype=np.float32)[0], 1, space="instance")[0].token_id == "1"
+
+
+def test_reindex_fills_instance_vectors_with_the_real_model(tmp_path, model_dir, nouns):
+    from app.inference import OnnxModel
+
+    model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
+    m = model.manifest
+    if not m.instance_dim:
+        pytest.skip("the model under test has no instance head")
+    old = open_catalog(str(tmp_path / "c.db"), m.embedding_dim, "older@0")
+    index_source(model, old, nouns.root)  # as an older model without instance vectors would have
+    old.close()
+    cat = open_catalog(
+        str(tmp_path / "c.db"), m.embedding_dim, f"{m.name}@{m.version}", "flat", m.instance_dim
+    )
+    assert cat.search(np.ones(m.instance_dim, np.float32), 1, space="instance") == []
+    assert reindex(model, cat) == {"indexed": 60, "failed": 0}
+    tok = cat.get("nouns", "5", with_vector=True)
+    assert tok.instance is not None and tok.instance.shape == (m.instance_dim,)
+    assert cat.search(tok.instance, 1, space="instance")[0].token_id == "5"

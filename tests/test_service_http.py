@@ -14,6 +14,7 @@ from PIL import Image
 
 from app.inference import OnnxModel
 from app.manifest import load_manifest
+from app.openset import OpenSetScorer, softmax
 from app.preprocessing import load_tensor
 from tests.server import running_server
 from tests.test_imaging import _png_header_only
@@ -106,11 +107,19 @@ def test_classify_embedding_equals_exported_model(client, images, model_dir):
         body = client.post(
             "/classify", files={"file": ("x.png", images[name], "image/png")}, params={"top_k": 100}
         ).json()
-        probs, emb = model.run(load_tensor(images[name], model.manifest.preprocessing)[None])
+        out = model.run(load_tensor(images[name], model.manifest.preprocessing)[None])
         served = np.array(body["embedding"], dtype=np.float32)
-        assert float(served @ emb[0]) >= 0.99999
+        assert float(served @ out["embedding"][0]) >= 0.99999
+        expected = out["probabilities"][0]
+        if model.manifest.calibration is not None:  # served probabilities are temperature-scaled
+            expected = softmax(out["logits"], model.manifest.calibration.temperature)[0]
         by_label = {p["label"]: p["probability"] for p in body["predictions"]}
-        np.testing.assert_allclose([by_label[lab] for lab in model.labels], probs[0], atol=1e-5)
+        np.testing.assert_allclose([by_label[lab] for lab in model.labels], expected, atol=1e-5)
+        if model.manifest.unknown is not None:
+            scorer = OpenSetScorer(model.manifest.unknown, model_dir)
+            score = float(scorer.score(out["logits"], out["embedding"])[0])
+            assert body["unknown"]["score"] == pytest.approx(score, abs=1e-4)
+            assert body["unknown"]["is_unknown"] == (body["unknown"]["score"] > body["unknown"]["threshold"])
 
 
 def test_batch_endpoint_isolates_bad_items(client, images):
@@ -285,3 +294,64 @@ def test_acknowledged_writes_survive_a_crash_and_restart(model_dir, tmp_path, im
             "results"
         ]
         assert {s["token_id"] for s in sim} == {"2", "3"}
+
+
+def _mirror(data: bytes) -> bytes:
+    return _png(Image.open(io.BytesIO(data)).convert("RGB").resize((192, 192), Image.NEAREST).transpose(0))
+
+
+def test_copies_by_upload_by_token_and_in_classify(client, images, model_dir):
+    m = load_manifest(model_dir)
+    if not m.instance_dim or m.copies is None:
+        _is_error(client.post("/copies", files={"file": ("a.png", images["punk1"], "image/png")}), 409)
+        pytest.skip("the model under test has no copy head")
+    for name in ("punk7804", "punk3100", "punk5", "noun3"):  # (test_tokens_crud may have stored more)
+        coll, tid = ("cryptopunks", name[4:]) if name.startswith("punk") else ("nouns", name[4:])
+        r = client.put(f"/tokens/{coll}/{tid}", files={"file": ("i.png", images[name], "image/png")})
+        assert r.status_code == 200
+    # an exact copy: the original is the top match with score 1 and the verdict is "copy"
+    exact = client.post("/copies", files={"file": ("q.png", images["punk3100"], "image/png")}).json()
+    assert exact["matches"][0]["token_id"] == "3100" and exact["matches"][0]["score"] > 0.9999
+    assert exact["is_copy"] is True and exact["threshold"] == pytest.approx(m.copies.threshold, abs=1e-5)
+    assert len(exact["matches"]) <= 5
+    assert [x["score"] for x in exact["matches"]] == sorted(
+        (x["score"] for x in exact["matches"]), reverse=True
+    )
+    for match in exact["matches"]:
+        assert match["is_copy"] == (match["score"] >= exact["threshold"]) and "metadata" in match
+    # raw body, k and the collection filter
+    raw = client.post(
+        "/copies", content=images["noun3"], headers={"content-type": "image/png"}, params={"k": 2}
+    ).json()
+    assert len(raw["matches"]) == 2 and raw["matches"][0]["token_id"] == "3"
+    only = client.post(
+        "/copies",
+        files={"file": ("q.png", images["noun3"], "image/png")},
+        params={"collections": "cryptopunks"},
+    ).json()
+    assert {x["collection"] for x in only["matches"]} == {"cryptopunks"}
+    # an edited copy (mirrored and upscaled): its verdict is consistent with the threshold
+    edited = client.post(
+        "/copies", files={"file": ("q.png", _mirror(images["punk7804"]), "image/png")}
+    ).json()
+    assert edited["is_copy"] == (edited["matches"][0]["score"] >= edited["threshold"])
+    if m.copies.recall and m.copies.recall > 0.9:  # a trained copy head finds a mirrored punk
+        assert edited["matches"][0]["token_id"] == "7804" and edited["is_copy"]
+    # a stored token against every other token: never itself
+    by_token = client.get("/copies/cryptopunks/3100", params={"k": 50}).json()
+    assert ("cryptopunks", "3100") not in {(x["collection"], x["token_id"]) for x in by_token["matches"]}
+    assert by_token["query"] == {"collection": "cryptopunks", "token_id": "3100"}
+    same = client.get("/copies/cryptopunks/3100", params={"same_collection": "true", "k": 50}).json()
+    assert {x["collection"] for x in same["matches"]} <= {"cryptopunks"}
+    _is_error(client.get("/copies/cryptopunks/99999"), 404, "not_found")
+    _is_error(client.get("/copies/cryptopunks/1", params={"k": 0}), 422)
+    _is_error(client.post("/copies", files={"file": ("g.png", b"garbage" * 10, "image/png")}), 400)
+    # one call answers collection, unknown and copy
+    both = client.post(
+        "/classify", files={"file": ("q.png", images["punk3100"], "image/png")}, params={"copies": "true"}
+    ).json()
+    assert both["predictions"] and "unknown" in both and both["copies"]["matches"][0]["token_id"] == "3100"
+    assert (
+        "copies"
+        not in client.post("/classify", files={"file": ("q.png", images["punk5"], "image/png")}).json()
+    )

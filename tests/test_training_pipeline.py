@@ -151,14 +151,17 @@ def test_weight_sources(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("arch", ["resnet50", "vgg11", "efficientnet_lite0"])
 def test_other_architectures_train_a_step_and_give_the_contract(arch):
-    from training.models import ExportHead, create_model
+    from training.models import ExportHead, create_net
+    from training.train import info_nce
 
-    model = create_model(arch, 4)
+    model = create_net(arch, 4, instance_dim=32)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    x, y = torch.randn(2, 3, 64, 64), torch.tensor([0, 3])
-    loss = torch.nn.functional.cross_entropy(model(x), y)
+    x, y = torch.randn(4, 3, 64, 64), torch.tensor([0, 0, 3, 3])
+    logits, _, inst = model.forward_all(x)
+    loss = torch.nn.functional.cross_entropy(logits, y) + info_nce(inst.reshape(2, 2, -1), 0.1)
     loss.backward()
     opt.step()
-    probs, emb = ExportHead(model.eval())(x)
-    assert probs.shape == (2, 4) and torch.allclose(probs.sum(1), torch.ones(2))
-    assert torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+    probs, emb, logits, inst = ExportHead(model.eval())(x)
+    assert probs.shape == (4, 4) and torch.allclose(probs.sum(1), torch.ones(4))
+    assert torch.allclose(emb.norm(dim=1), torch.ones(4), atol=1e-5)
+    assert inst.shape == (4, 32) and torch.allclose(inst.norm(dim=1), torch.ones(4), atol=1e-5)

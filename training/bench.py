@@ -74,11 +74,11 @@ def bench_model(
     try:
         import torch
 
-        from training.models import ExportHead, create_model
+        from training.models import ExportHead, create_net
     except ImportError:
         out["torch_eager"] = "skipped: the [train] extra is not installed"
         return out
-    net = ExportHead(create_model(m.architecture, len(m.labels))).eval()
+    net = ExportHead(create_net(m.architecture, len(m.labels), instance_dim=m.instance_dim)).eval()
     out["torch_threads"] = torch.get_num_threads()
     for bs in batch_sizes:
         x = torch.from_numpy(rng.normal(size=(bs, 3, m.input_size, m.input_size)).astype(np.float32))

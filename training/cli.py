@@ -177,6 +177,78 @@ def evaluate_cmd(
     typer.echo(f"report: {out or model_dir / 'report'}/report.md")
 
 
+@app.command("calibrate")
+def calibrate_cmd(
+    model_dir: Path = typer.Argument(..., exists=True, help="folder with model.onnx + model.json"),
+    method: str = typer.Option("knn", help="open-set score: max_probability | energy | mahalanobis | knn"),
+    false_unknown: float = typer.Option(
+        0.005, help="share of known validation images allowed to be flagged unknown"
+    ),
+    false_copy: float = typer.Option(
+        0.005, help="share of distinct validation tokens allowed to be called copies"
+    ),
+    out: Path = typer.Option(None, help="plots and calibration.json (default MODEL_DIR/report)"),
+) -> None:
+    """Fit temperature, unknown detector (+ openset.npz) and copy threshold on validation data."""
+    _need_train_extra()
+    from training.calibrate import OPENSET_METHODS, calibrate
+
+    if method not in OPENSET_METHODS:
+        raise typer.BadParameter(f"choose one of {', '.join(OPENSET_METHODS)}", param_hint="--method")
+    r = calibrate(model_dir, method, false_unknown, false_copy, out)
+    typer.echo(
+        f"temperature {r['temperature']:.3f}: val ECE {r['ece_val_before']:.4f} -> {r['ece_val_after']:.4f}"
+    )
+    typer.echo(f"unknown thresholds (val): {r['openset_thresholds']}")
+    if "copies" in r:
+        c = r["copies"]
+        typer.echo(
+            f"copy threshold {c['threshold']:.4f}: val precision {c['precision']:.4f}, recall {c['recall']:.4f}"
+        )
+
+
+@app.command("loo")
+def loo_cmd(
+    config: Path = typer.Option(Path("training/configs/default-resnet18.yaml"), exists=True),
+    collections: str = typer.Option("cryptopunks,nouns,bayc,doodles", help="collections to hold out in turn"),
+    epochs: int = typer.Option(6, help="epochs per held-out model (CPU budget)"),
+    runs: Path = typer.Option(Path("runs/loo"), help="one run folder per held-out collection"),
+    out: Path = typer.Option(Path("reports/openset"), help="report folder"),
+    false_unknown: float = typer.Option(0.005, help="as in `calibrate`"),
+) -> None:
+    """Leave-one-collection-out open-set evaluation (trains one model per collection; resumes)."""
+    _need_train_extra()
+    from training.loo import leave_one_out
+
+    leave_one_out(config, collections.split(","), epochs, runs, out, false_unknown=false_unknown)
+    typer.echo((out / "OPENSET.md").read_text())
+
+
+from app.cli import copies_app  # noqa: E402  (the serving CLI's `copies` group gains `evaluate`)
+
+
+@copies_app.command("evaluate")
+def copies_evaluate(
+    model_dir: Path = typer.Argument(Path("models/default"), exists=True),
+    data: list[str] = typer.Option(
+        None, help="dataset folders for the catalog (default: the four demo ones)"
+    ),
+    out: Path = typer.Option(Path("reports/copies"), help="report folder"),
+    space: str = typer.Option("instance", help="instance | embedding (the collection space, for old models)"),
+    per_domain: int = typer.Option(150, help="originals per domain (pixel art, painted) for each edit"),
+    holdout: list[str] = typer.Option(
+        None, help="test datasets (tokens never trained on); default: the model's training holdout"
+    ),
+) -> None:
+    """Edited copies of unseen tokens against the full catalog: top-1 and verdict per edit."""
+    from training.copyeval import evaluate_copies
+
+    r = evaluate_copies(model_dir, data or None, out, per_domain, space=space, holdout=holdout or None)
+    typer.echo((out / "COPIES.md").read_text())
+    if r["threshold"] is None:
+        typer.echo("(no copy threshold: top-1 only)")
+
+
 report_app = typer.Typer(no_args_is_help=True, help="Combine evaluation reports.")
 app.add_typer(report_app, name="report")
 

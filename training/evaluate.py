@@ -11,56 +11,34 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
-from app.imaging import decode_image
 from app.inference import OnnxModel
-from app.manifest import UnknownDetector
-from app.preprocessing import PreprocessConfig, preprocess
-from training.datasets import load_dataset
-from training.degrade import CORRUPTIONS, Degrade
+from app.openset import OpenSetScorer, softmax
+from training.calibrate import expected_calibration_error, openset_scores
+from training.datasets.select import select_rows
+from training.degrade import CORRUPTIONS
 from training.metrics import auroc, classification_report, precision_at_k
-from training.reports import markdown_table, plot_confusion, plot_grouped_bars, plot_similarity
+from training.reports import (
+    markdown_table,
+    plot_confusion,
+    plot_grouped_bars,
+    plot_reliability,
+    plot_similarity,
+)
+from training.runner import infer, logits_of
 
 SWEEP_CORRUPTIONS = ("gauss_sigma25", "salt_pepper_2pct", "jpeg_q10")
 DENOISE_METHODS = ("none", "median", "gaussian", "bilateral", "nlmeans")
 
 
-def run_model(
-    model: OnnxModel,
-    paths: list[Path],
-    cfg: PreprocessConfig,
-    corruption: Degrade | None = None,
-    batch: int = 64,
-    desc: str = "infer",
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities and embeddings for image files, optionally corrupted after decoding."""
-    probs, embs = [], []
-    for start in tqdm(range(0, len(paths), batch), desc=desc, leave=False):
-        xs = []
-        for i, p in enumerate(paths[start : start + batch]):
-            rgb = decode_image(Path(p).read_bytes(), cfg.background_rgb)
-            if corruption is not None:
-                rgb = corruption(rgb, np.random.default_rng((seed, start + i)))
-            xs.append(preprocess(rgb, cfg))
-        pr, em = model.run(np.stack(xs))
-        probs.append(pr)
-        embs.append(em)
-    return np.concatenate(probs), np.concatenate(embs)
-
-
-def _rows(
-    data: list[str], split: str, label_field: str, exclude: dict | None = None
-) -> tuple[list[Path], list[dict]]:
+def _rows(data: list[str], split: str, label_field: str) -> tuple[list[Path], list[dict]]:
+    """Rows of `split` across `data`; a folder written `DIR@SPLIT` uses that split for that folder."""
     paths, rows = [], []
-    for root in data:
-        ds = load_dataset(root)
-        for r in ds.rows if split == "all" else ds.split(split):
-            if exclude and any(r.get(c) in v for c, v in exclude.items()):
-                continue
-            paths.append(ds.image_path(r))
-            rows.append({**r, "_label": r[label_field]})
+    for spec in data:
+        root, _, own = spec.partition("@")
+        p, r = select_rows([root], own or split, label_field)
+        paths += p
+        rows += r
     return paths, rows
 
 
@@ -102,17 +80,6 @@ def duplicate_pairs_top1(emb: np.ndarray, rows: list[dict]) -> dict[str, float]:
     }
 
 
-def calibrate_unknown(model: OnnxModel, target_tpr: float = 0.95) -> UnknownDetector | None:
-    """Threshold on `1 - max prob` that keeps `target_tpr` of the training data's validation images known."""
-    train_cfg = model.manifest.training.get("config", {})
-    data = [d for d in train_cfg.get("data", []) if Path(d, "manifest.csv").is_file()]
-    if not data:
-        return None
-    paths, _ = _rows(data, "val", train_cfg.get("label_field", "label"), train_cfg.get("exclude"))
-    probs, _ = run_model(model, paths, model.manifest.preprocessing, desc="calibrate")
-    return UnknownDetector(threshold=float(np.quantile(1 - probs.max(1), target_tpr)), target_tpr=target_tpr)
-
-
 def evaluate(
     model_dir: str | Path,
     data: list[str],
@@ -132,7 +99,10 @@ def evaluate(
     if not rows:
         raise ValueError(f"no rows in split {split!r} of {data}")
     index = {lab: i for i, lab in enumerate(labels)}
-    probs, emb = run_model(model, paths, cfg, desc="clean")
+    outputs = infer(model, paths, desc="clean")
+    emb, logits = outputs["embedding"], logits_of(outputs)
+    temperature = model.manifest.calibration.temperature if model.manifest.calibration else 1.0
+    probs = softmax(logits, temperature)
     known = np.array([r["_label"] in index for r in rows])
     primary = known & np.array([r.get("hires", "0") != "1" for r in rows])
     y_true = np.array([index.get(r["_label"], -1) for r in rows])
@@ -167,24 +137,47 @@ def evaluate(
         "similarity": {**sim_summary, "groups": names, "matrix": sim.round(4).tolist()},
         "duplicates": duplicate_pairs_top1(emb, rows),
     }
-    detector = calibrate_unknown(model)
-    if (~known).any():
-        score = 1 - probs.max(1)
+    raw = expected_calibration_error(softmax(logits[primary], 1.0), y_true[primary])
+    cal = expected_calibration_error(probs[primary], y_true[primary])
+    result["calibration"] = {"temperature": temperature, "ece_before": raw["ece"], "ece_after": cal["ece"]}
+    plot_reliability(
+        {"T=1 (uncalibrated)": raw, f"T={temperature:.2f} (served)": cal},
+        out / "reliability.png",
+        f"reliability on {split} ({int(primary.sum())} images)",
+    )
+    det = model.manifest.unknown
+    if det is not None:
+        scorer = OpenSetScorer(det, model_dir)
+        shipped = scorer.score(logits, emb)
         result["unknown"] = {
-            "labels": sorted({r["_label"] for r, k in zip(rows, known, strict=True) if not k}),
-            "auroc_max_probability": auroc(score[~known], score[known]),
-            "n_unknown": int((~known).sum()),
+            "method": det.method,
+            "threshold": det.threshold,
+            "known_flagged_rate": float((shipped[known] > det.threshold).mean()),
             "n_known": int(known.sum()),
         }
-        if detector:
-            result["unknown"]["threshold"] = detector.threshold
-            result["unknown"]["unknown_flagged_rate"] = float((score[~known] > detector.threshold).mean())
-            result["unknown"]["known_flagged_rate"] = float((score[known] > detector.threshold).mean())
+        if (~known).any():
+            result["unknown"].update(
+                labels=sorted({r["_label"] for r, k in zip(rows, known, strict=True) if not k}),
+                n_unknown=int((~known).sum()),
+                unknown_flagged_rate=float((shipped[~known] > det.threshold).mean()),
+                auroc=auroc(shipped[~known], shipped[known]),
+            )
+            stats_path = Path(model_dir) / (det.stats_file or "")
+            if det.stats_file and stats_path.is_file():
+                with np.load(stats_path) as stats:
+                    all_scores = openset_scores(outputs, dict(stats), temperature, det.k)
+                result["unknown"]["auroc_by_method"] = {
+                    k: auroc(v[~known], v[known]) for k, v in all_scores.items()
+                }
     known_paths = [p for p, m in zip(paths, primary, strict=True) if m]  # what robustness/sweep re-run
     if robustness:
         rob = {}
         for name, fn in CORRUPTIONS.items():
-            pr = probs[primary] if name == "clean" else run_model(model, known_paths, cfg, fn, desc=name)[0]
+            pr = (
+                probs[primary]
+                if name == "clean"
+                else infer(model, known_paths, fn, desc=name)["probabilities"]
+            )
             r = classification_report(y_true[primary], pr.argmax(1), labels)
             rob[name] = {"accuracy": r["accuracy"], "macro_f1": r["macro_f1"]}
         result["robustness"] = rob
@@ -203,7 +196,9 @@ def evaluate(
             swept = cfg.model_copy(update={"denoise": cfg.denoise.model_copy(update={"method": method})})
             sweep[method] = {}
             for name in SWEEP_CORRUPTIONS:
-                pr = run_model(model, known_paths, swept, CORRUPTIONS[name], desc=f"{method}/{name}")[0]
+                pr = infer(model, known_paths, CORRUPTIONS[name], swept, desc=f"{method}/{name}")[
+                    "probabilities"
+                ]
                 sweep[method][name] = classification_report(y_true[primary], pr.argmax(1), labels)["macro_f1"]
         result["denoise_sweep"] = sweep
         plot_grouped_bars(sweep, out / "denoise.png", "macro-F1 by test-time denoise method", "macro-F1")
@@ -221,11 +216,14 @@ def evaluate(
             **{f"{k}_macro_f1": v["macro_f1"] for k, v in rob.items() if k != "clean"},
             "precision_at_10": result["retrieval"]["precision_at_10_collection"],
             **({"duplicate_top1_rate": result["duplicates"]["top1_rate"]} if result["duplicates"] else {}),
-            **({"unknown_auroc": result["unknown"]["auroc_max_probability"]} if "unknown" in result else {}),
+            "ece": result["calibration"]["ece_after"],
+            **{
+                f"unknown_{k}": v
+                for k, v in result.get("unknown", {}).items()
+                if k in ("auroc", "known_flagged_rate", "unknown_flagged_rate")
+            },
         }
         m.robustness = {k: round(v["macro_f1"], 4) for k, v in rob.items()}
-        if detector:
-            m.unknown = detector
         m.write(Path(model_dir))
     return result
 
@@ -246,11 +244,21 @@ def render_markdown(r: dict, present: list[str]) -> str:
         lines.append(
             f"- duplicate pairs found as top-1 neighbour: {d['top1_found']}/{d['queries']} ({d['top1_rate']:.3f})"
         )
+    cal = r["calibration"]
+    lines.append(
+        f"- calibration: ECE {cal['ece_before']:.4f} at T=1, **{cal['ece_after']:.4f}** at the served T={cal['temperature']:.3f}"
+    )
     if r.get("unknown"):
         u = r["unknown"]
-        lines.append(
-            f"- unknown detection ({', '.join(u['labels'])}): AUROC {u['auroc_max_probability']:.4f} (score = 1 - max probability)"
-        )
+        line = f"- unknown flag (`{u['method']}`, threshold {u['threshold']:.4g}): **{u['known_flagged_rate']:.4f}** of {u['n_known']} known images flagged"
+        if "labels" in u:
+            line += f"; {u['unknown_flagged_rate']:.4f} of {u['n_unknown']} images of {', '.join(u['labels'])} flagged, AUROC {u['auroc']:.4f}"
+        lines.append(line)
+        if u.get("auroc_by_method"):
+            lines.append(
+                "- unknown AUROC by score: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in u["auroc_by_method"].items())
+            )
     lines += [
         "",
         "## Per class",
@@ -278,5 +286,5 @@ def render_markdown(r: dict, present: list[str]) -> str:
             "",
             markdown_table([{"denoise": k, **v} for k, v in r["denoise_sweep"].items()], ["denoise", *cols]),
         ]
-    lines += ["", "![confusion](confusion.png) ![similarity](similarity.png)"]
+    lines += ["", "![confusion](confusion.png) ![similarity](similarity.png) ![reliability](reliability.png)"]
     return "\n".join(lines) + "\n"

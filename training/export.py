@@ -16,7 +16,7 @@ import torch
 
 from app.manifest import ONNX_FILE, ModelManifest, sha256_of
 from app.preprocessing import PreprocessConfig, load_tensor
-from training.models import ExportHead, create_model, embedding_dim
+from training.models import ExportHead, NftNet, create_net, embedding_dim
 
 OPSET = 17
 
@@ -33,9 +33,9 @@ def library_versions() -> dict[str, str]:
     return out
 
 
-def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
+def load_checkpoint(path: str | Path) -> tuple[NftNet, dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = create_model(ckpt["arch"], len(ckpt["labels"]), "none")
+    model = create_net(ckpt["arch"], len(ckpt["labels"]), "none", ckpt.get("instance_dim", 0))
     model.load_state_dict(ckpt["model"])
     return model.eval(), ckpt
 
@@ -43,19 +43,26 @@ def load_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict]:
 def parity_check(
     wrapped: torch.nn.Module, onnx_path: Path, images: list[Path], cfg: PreprocessConfig
 ) -> dict[str, float]:
-    """Compare torch and ONNX Runtime on real images: max |Δprob| <= 1e-4, min embedding cosine >= 0.9999."""
+    """Compare torch and ONNX Runtime on real images: max |Δprob| <= 1e-4 and, for every embedding output,
+    min cosine >= 0.9999."""
     batch = np.stack([load_tensor(p.read_bytes(), cfg) for p in images])
+    names = wrapped.output_names
     with torch.no_grad():
-        t_prob, t_emb = (t.numpy() for t in wrapped(torch.from_numpy(batch)))
+        torch_out = dict(zip(names, (t.numpy() for t in wrapped(torch.from_numpy(batch))), strict=True))
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    o_prob, o_emb = sess.run(["probabilities", "embedding"], {"input": batch})
-    cos = (t_emb * o_emb).sum(1) / (np.linalg.norm(t_emb, axis=1) * np.linalg.norm(o_emb, axis=1))
+    ort_out = dict(zip(names, sess.run(names, {"input": batch}), strict=True))
+
+    def min_cos(a: np.ndarray, b: np.ndarray) -> float:
+        return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())
+
     result = {
         "images": len(images),
-        "max_abs_prob_diff": float(np.abs(t_prob - o_prob).max()),
-        "min_embedding_cosine": float(cos.min()),
+        "max_abs_prob_diff": float(np.abs(torch_out["probabilities"] - ort_out["probabilities"]).max()),
+        "min_embedding_cosine": min_cos(torch_out["embedding"], ort_out["embedding"]),
     }
-    if result["max_abs_prob_diff"] > 1e-4 or result["min_embedding_cosine"] < 0.9999:
+    if "instance" in names:
+        result["min_instance_cosine"] = min_cos(torch_out["instance"], ort_out["instance"])
+    if result["max_abs_prob_diff"] > 1e-4 or min(v for k, v in result.items() if "cosine" in k) < 0.9999:
         raise ParityError(f"torch vs ONNX Runtime disagree: {result}")
     return result
 
@@ -77,6 +84,7 @@ def export(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     onnx_path = out_dir / ONNX_FILE
+    outputs = wrapped.output_names
     torch.onnx.export(
         wrapped,
         (torch.zeros(2, 3, size, size),),
@@ -84,8 +92,8 @@ def export(
         opset_version=OPSET,
         dynamo=False,
         input_names=["input"],
-        output_names=["probabilities", "embedding"],
-        dynamic_axes={"input": {0: "batch"}, "probabilities": {0: "batch"}, "embedding": {0: "batch"}},
+        output_names=outputs,
+        dynamic_axes={"input": {0: "batch"}, **{name: {0: "batch"} for name in outputs}},
     )
     onnx.checker.check_model(onnx.load(str(onnx_path)), full_check=True)
     parity = parity_check(wrapped, onnx_path, parity_images, cfg)
@@ -97,7 +105,9 @@ def export(
         architecture=ckpt["arch"],
         labels=ckpt["labels"],
         input_size=size,
+        outputs=outputs,
         embedding_dim=emb_dim,
+        instance_dim=ckpt.get("instance_dim", 0),
         preprocessing=cfg,
         sha256=sha256_of(onnx_path),
         data_cards=ckpt.get("data_cards", []),

@@ -1,8 +1,9 @@
 """Torch datasets over the standard format. Every image goes through `app.preprocessing.load_tensor`.
 
-Order per item: bytes ─► [degradation augmentation on bytes-decoded pixels] ─► shared preprocessing
-─► [geometric/colour augmentation on the tensor]. With both augmentations off, an item is byte-identical
-to what the service computes for the same file.
+Order per item: bytes ─► decode ─► [copymint edit] ─► [degradation augmentation] ─► shared preprocessing
+─► [geometric/colour augmentation on the tensor]. With every augmentation off, an item is byte-identical
+to what the service computes for the same file. With `views=2` an item is two independently edited views
+of one image (the positive pair of the contrastive instance loss).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ class ImageDataset(TorchDataset):
         degrade: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
         augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
         seed: int = 0,
+        edit: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
+        views: int = 1,
     ):
         if len(paths) != len(targets):
             raise ValueError("paths and targets differ in length")
@@ -39,6 +42,8 @@ class ImageDataset(TorchDataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self.edit = edit
+        self.views = views
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -47,14 +52,21 @@ class ImageDataset(TorchDataset):
         with open(self.paths[index], "rb") as fh:
             return fh.read()
 
+    def _view(self, rgb: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        if self.edit is not None:
+            rgb = self.edit(rgb, rng)
+        if self.degrade is not None:
+            rgb = self.degrade(rgb, rng)
+        t = torch.from_numpy(preprocess(rgb, self.cfg))
+        return self.augment(t) if self.augment is not None else t
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        """One view [3,S,S], or `views` independently edited views [V,3,S,S] of the same image."""
         data = self._read(index)
-        if self.degrade is None:
-            x = load_tensor(data, self.cfg)
-        else:
-            rng = np.random.default_rng((self.seed, self.epoch, index))
-            x = preprocess(self.degrade(decode_image(data, self.cfg.background_rgb), rng), self.cfg)
-        t = torch.from_numpy(x)
-        if self.augment is not None:
-            t = self.augment(t)
-        return t, self.targets[index]
+        if self.degrade is None and self.edit is None and self.augment is None:
+            return torch.from_numpy(load_tensor(data, self.cfg)), self.targets[index]
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        rgb = decode_image(data, self.cfg.background_rgb)
+        if self.views == 1:
+            return self._view(rgb, rng), self.targets[index]
+        return torch.stack([self._view(rgb, rng) for _ in range(self.views)]), self.targets[index]

@@ -48,7 +48,11 @@ def _file_state(path: str) -> dict[str, torch.Tensor]:
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]
-    return {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {
+        k.removeprefix("module.").removeprefix("backbone."): v
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor)
+    }
 
 
 def create_model(arch: str, num_classes: int, pretrained: str = "none") -> nn.Module:
@@ -87,25 +91,73 @@ def create_model(arch: str, num_classes: int, pretrained: str = "none") -> nn.Mo
     return timm.create_model(arch, pretrained=False, num_classes=num_classes)
 
 
-class ExportHead(nn.Module):
-    """Wraps a timm classifier to give the serving contract: (probabilities [N,C], embedding [N,D]).
+class InstanceHead(nn.Module):
+    """Instance embedding: average- and max-pooled last feature map -> MLP -> L2-normalised vector.
 
-    The embedding is the L2-normalised pooled feature vector the classifier reads (timm's pre-logits).
+    Trained contrastively so that a token and its edited copies meet while distinct tokens (even of one
+    collection) stay apart; it reads the same backbone pass as the classifier.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, channels: int, dim: int = 128, hidden: int = 512):
         super().__init__()
-        self.model = model
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, dim)
+        )
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.model.forward_head(self.model.forward_features(x), pre_logits=True)
-        logits = self.model.get_classifier()(features)
+    def forward(self, fmap: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([fmap.mean(dim=(2, 3)), fmap.amax(dim=(2, 3))], dim=1)
+        return nn.functional.normalize(self.mlp(pooled), dim=1)
+
+
+class NftNet(nn.Module):
+    """A timm classifier plus the instance head; one backbone pass gives logits, features and instance."""
+
+    def __init__(self, backbone: nn.Module, instance_dim: int = 128):
+        super().__init__()
+        self.backbone = backbone
+        self.instance = InstanceHead(backbone.num_features, instance_dim) if instance_dim else None
+
+    def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(logits [N,C], pre-logit features [N,F], instance [N,D] or None)."""
+        fmap = self.backbone.forward_features(x)
+        features = self.backbone.forward_head(fmap, pre_logits=True).flatten(1)
+        logits = self.backbone.get_classifier()(features)
         if logits.ndim > 2:  # heads that keep spatial dims
             logits = logits.flatten(1)
-        features = features.flatten(1)
-        return torch.softmax(logits, dim=1), nn.functional.normalize(features, dim=1)
+        return logits, features, (self.instance(fmap) if self.instance is not None else None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_all(x)[0]
 
 
-def embedding_dim(model: nn.Module, size: int) -> int:
+def create_net(arch: str, num_classes: int, pretrained: str = "none", instance_dim: int = 128) -> NftNet:
+    """`create_model` wrapped with the instance head (`instance_dim` 0: classifier only)."""
+    return NftNet(create_model(arch, num_classes, pretrained), instance_dim)
+
+
+class ExportHead(nn.Module):
+    """Wraps an NftNet to give the serving contract, one pass per image:
+
+    probabilities [N,C] (softmax of logits), embedding [N,F] (L2-normalised pre-logits: the collection
+    space of `/similar`), logits [N,C] (for temperature scaling and the energy score) and, when the net
+    has the head, instance [N,D] (the copy-detection space).
+    """
+
+    def __init__(self, net: NftNet):
+        super().__init__()
+        self.net = net
+
+    @property
+    def output_names(self) -> list[str]:
+        names = ["probabilities", "embedding", "logits"]
+        return names + (["instance"] if self.net.instance is not None else [])
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        logits, features, instance = self.net.forward_all(x)
+        out = (torch.softmax(logits, dim=1), nn.functional.normalize(features, dim=1), logits)
+        return out + ((instance,) if instance is not None else ())
+
+
+def embedding_dim(net: NftNet, size: int) -> int:
     with torch.no_grad():
-        return int(ExportHead(model).eval()(torch.zeros(1, 3, size, size))[1].shape[1])
+        return int(ExportHead(net).eval()(torch.zeros(1, 3, size, size))[1].shape[1])

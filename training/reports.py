@@ -88,6 +88,53 @@ def plot_grouped_bars(table: dict[str, dict[str, float]], path: Path, title: str
     plt.close(fig)
 
 
+def plot_reliability(curves: dict[str, dict], path: Path, title: str = "reliability diagram") -> None:
+    """curves: name -> `expected_calibration_error` result (per-bin confidence vs accuracy)."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect")
+    for name, c in curves.items():
+        bins = c["bins"]
+        ax.plot(
+            [b["confidence"] for b in bins],
+            [b["accuracy"] for b in bins],
+            marker="o",
+            ms=3,
+            label=f"{name}: ECE {c['ece']:.4f}",
+        )
+    ax.set_xlabel("confidence (top-1 probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def plot_pr_curve(curve: dict, chosen: dict | None, path: Path, title: str = "copy verdict") -> None:
+    """Precision-recall over thresholds; `chosen` (threshold, precision, recall) is marked."""
+    fig, ax = plt.subplots(figsize=(4.8, 4.2))
+    ax.plot(curve["recall"], curve["precision"], lw=1.5)
+    if chosen:
+        ax.scatter([chosen["recall"]], [chosen["precision"]], color="red", zorder=3)
+        ax.annotate(
+            f"threshold {chosen['threshold']:.3f}\nP {chosen['precision']:.3f} R {chosen['recall']:.3f}",
+            (chosen["recall"], chosen["precision"]),
+            textcoords="offset points",
+            xytext=(-110, -30),
+            fontsize=8,
+        )
+    ax.set_xlabel("recall (edited copies called copies)")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(max(0.0, min(curve["precision"]) - 0.02), 1.01)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     def fmt(v) -> str:
         return f"{v:.4f}" if isinstance(v, float) else str(v)

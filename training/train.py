@@ -12,16 +12,19 @@ import numpy as np
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
-from torch.utils.data import DataLoader, WeightedRandomSampler
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from app.preprocessing import PreprocessConfig
 from training.augment import train_augmentation
 from training.datasets import load_dataset
+from training.datasets.select import select_rows
 from training.degrade import random_degradation
+from training.edits import random_edit
 from training.loader import ImageDataset
 from training.metrics import classification_report
-from training.models import create_model
+from training.models import NftNet, create_net
+from training.sampling import EpochBatchSampler
 
 
 class TrainConfig(BaseModel):
@@ -34,7 +37,22 @@ class TrainConfig(BaseModel):
     data: list[str] = Field(..., min_length=1, description="standard dataset folders")
     label_field: Literal["label", "collection"] = "label"
     exclude: dict[str, list[str]] = Field({}, description="drop rows whose column has one of these values")
-    max_per_label: int | None = Field(None, description="cap training images per label (CPU budgets)")
+    holdout: list[str] = Field(
+        [], description="dataset folders whose tokens (collection+token_id) never enter train or val"
+    )
+    max_per_label: int | None = Field(
+        None, description="training images per label and epoch, drawn afresh each epoch (CPU budgets)"
+    )
+    groups_per_batch: int | None = Field(
+        None, description="labels per batch (hard negatives for the instance loss); None: mixed batches"
+    )
+    instance_dim: int = Field(128, ge=0, description="instance-embedding size; 0 trains no copy head")
+    instance_weight: float = Field(1.0, ge=0, description="weight of the contrastive instance loss")
+    instance_temperature: float = Field(0.1, gt=0, description="InfoNCE temperature")
+    edit_identity_prob: float = Field(0.2, ge=0, le=1, description="share of views left unedited")
+    select: Literal["val_macro_f1", "last"] = Field(
+        "val_macro_f1", description="which epoch's weights become best.pt"
+    )
     arch: str = "resnet18"
     pretrained: str = "none"
     preprocess: PreprocessConfig = PreprocessConfig()
@@ -57,6 +75,10 @@ class TrainConfig(BaseModel):
     num_workers: int = 2
     out: str = "runs/nftlens"
 
+    @property
+    def views(self) -> int:
+        return 2 if self.instance_dim and self.instance_weight > 0 else 1
+
 
 def load_config(path: str | Path, **overrides) -> TrainConfig:
     raw = yaml.safe_load(Path(path).read_text()) or {}
@@ -71,33 +93,13 @@ def seed_everything(seed: int) -> None:
 
 
 def gather(cfg: TrainConfig, split: str) -> tuple[list[Path], list[str], list[dict], list[dict]]:
-    """Paths, labels, rows and data cards for one split across all datasets."""
-    paths, labels, rows, cards = [], [], [], []
-    for root in cfg.data:
-        ds = load_dataset(root)
-        cards.append(ds.card)
-        for r in ds.split(split):
-            if any(r.get(col) in values for col, values in cfg.exclude.items()):
-                continue
-            paths.append(ds.image_path(r))
-            labels.append(r[cfg.label_field])
-            rows.append(r)
-    if split == "train" and cfg.max_per_label:
-        rng = random.Random(cfg.seed)
-        keep: dict[str, list[int]] = {}
-        for i, lab in enumerate(labels):
-            keep.setdefault(lab, []).append(i)
-        chosen = sorted(
-            i
-            for idx in keep.values()
-            for i in (rng.sample(idx, cfg.max_per_label) if len(idx) > cfg.max_per_label else idx)
-        )
-        paths, labels, rows = (
-            [paths[i] for i in chosen],
-            [labels[i] for i in chosen],
-            [rows[i] for i in chosen],
-        )
-    return paths, labels, rows, cards
+    """Paths, labels, rows and data cards for one split across all datasets (holdout tokens dropped).
+
+    The per-label cap is not applied here: `EpochBatchSampler` draws it afresh each epoch.
+    """
+    paths, rows = select_rows(cfg.data, split, cfg.label_field, cfg.exclude, cfg.holdout)
+    cards = [load_dataset(root).card for root in cfg.data]
+    return paths, [r["_label"] for r in rows], rows, cards
 
 
 def pick_device(name: str) -> torch.device:
@@ -119,8 +121,38 @@ def predict(
     return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
 
 
+def info_nce(z: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Symmetric InfoNCE over [N, 2, D] unit vectors: view 0 of item i must pick view 1 of item i among all
+    2N views (every other item, of whatever collection, is a negative)."""
+    n = z.shape[0]
+    flat = z.reshape(2 * n, -1)
+    sims = flat @ flat.T / temperature
+    sims.fill_diagonal_(float("-inf"))
+    target = torch.arange(2 * n, device=z.device).reshape(n, 2).flip(1).reshape(-1)
+    return torch.nn.functional.cross_entropy(sims, target)
+
+
+@torch.no_grad()
+def copy_top1(model: NftNet, originals: torch.Tensor, edited: torch.Tensor) -> float:
+    """Share of edited views whose nearest original (instance space) is their own source."""
+    model.eval()
+    a = torch.cat([model.forward_all(originals[s : s + 128])[2] for s in range(0, len(originals), 128)])
+    b = torch.cat([model.forward_all(edited[s : s + 128])[2] for s in range(0, len(edited), 128)])
+    return float(((b @ a.T).argmax(1) == torch.arange(len(b))).float().mean())
+
+
+def _copy_probe(cfg: TrainConfig, paths: list[Path], n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed set of val images and one random copymint edit of each, to follow the instance head."""
+    pick = paths[:: max(1, len(paths) // n)][:n]
+    ds = ImageDataset(pick, [0] * len(pick), cfg.preprocess, edit=random_edit(0.0), seed=cfg.seed + 1)
+    plain = ImageDataset(pick, [0] * len(pick), cfg.preprocess)
+    return torch.stack([plain[i][0] for i in range(len(pick))]), torch.stack(
+        [ds[i][0] for i in range(len(pick))]
+    )
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Train; write config.yaml, history.json, last.pt and best.pt (by val macro-F1) into `cfg.out`."""
+    """Train; write config.yaml, history.json, last.pt and best.pt (see `select`) into `cfg.out`."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -136,37 +168,40 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     y_train = np.array([index[lab] for lab in train_labels])
     val_keep = [i for i, lab in enumerate(val_labels) if lab in index]
     y_val = np.array([index[val_labels[i]] for i in val_keep])
+    views = cfg.views
 
     train_ds = ImageDataset(
         train_paths,
         y_train.tolist(),
         cfg.preprocess,
         degrade=random_degradation(cfg.degrade_prob) if cfg.degrade_prob > 0 else None,
-        augment=train_augmentation() if cfg.augment else None,
+        augment=train_augmentation() if cfg.augment and views == 1 else None,
+        edit=random_edit(cfg.edit_identity_prob) if views == 2 else None,
+        views=views,
         seed=cfg.seed,
     )
     val_ds = ImageDataset([val_paths[i] for i in val_keep], y_val.tolist(), cfg.preprocess)
     counts = np.bincount(y_train, minlength=len(labels)).astype(float)
-    gen = torch.Generator().manual_seed(cfg.seed)
-    sampler = None
-    if cfg.balance == "sampler":
-        weights = (1.0 / counts)[y_train]
-        sampler = WeightedRandomSampler(torch.as_tensor(weights), num_samples=len(y_train), generator=gen)
-    loader_kw = {"batch_size": cfg.batch_size, "num_workers": cfg.num_workers, "persistent_workers": False}
-    train_loader = DataLoader(
-        train_ds,
-        sampler=sampler,
-        shuffle=sampler is None,
-        generator=gen,
+    batches = EpochBatchSampler(
+        train_labels,
+        cfg.batch_size,
+        cfg.max_per_label,
+        cfg.groups_per_batch,
+        seed=cfg.seed,
         drop_last=len(y_train) > cfg.batch_size,
-        **loader_kw,
+        balanced=cfg.balance == "sampler",
     )
-    val_loader = DataLoader(val_ds, shuffle=False, **loader_kw)
+    loader_kw = {"num_workers": cfg.num_workers, "persistent_workers": False}
+    train_loader = DataLoader(train_ds, batch_sampler=batches, **loader_kw)
+    val_loader = DataLoader(val_ds, shuffle=False, batch_size=cfg.batch_size, **loader_kw)
+    probe = _copy_probe(cfg, [val_paths[i] for i in val_keep]) if views == 2 else None
 
-    model = create_model(cfg.arch, len(labels), cfg.pretrained).to(device)
+    model = create_net(cfg.arch, len(labels), cfg.pretrained, cfg.instance_dim if views == 2 else 0).to(
+        device
+    )
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     optimizer = opt_cls(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = min(len(train_loader), cfg.max_steps or len(train_loader))
+    steps_per_epoch = min(len(batches), cfg.max_steps or len(batches))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(
         optimizer, T_max=max(1, cfg.epochs * steps_per_epoch)
     )
@@ -196,19 +231,32 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         )
         tqdm.write(f"resumed from epoch {ckpt['epoch']} (best val macro-F1 {best_f1:.4f})")
 
-    meta = {"labels": labels, "arch": cfg.arch, "config": cfg.model_dump(mode="json"), "data_cards": cards}
+    meta = {
+        "labels": labels,
+        "arch": cfg.arch,
+        "instance_dim": cfg.instance_dim if views == 2 else 0,
+        "config": cfg.model_dump(mode="json"),
+        "data_cards": cards,
+    }
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         train_ds.epoch = epoch
-        t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+        batches.set_epoch(epoch)
+        t0, seen, loss_sum, inst_sum, correct = time.time(), 0, 0.0, 0.0, 0
         bar = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}")
         for step, (x, y) in enumerate(bar):
             if step >= steps_per_epoch:
                 break
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if views == 2:  # [B,2,3,S,S] -> [2B,3,S,S], labels repeated per view
+                x, y = x.flatten(0, 1), y.repeat_interleave(2)
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                logits = model(x)
+                logits, _, inst = model.forward_all(x)
                 loss = criterion(logits, y)
+                if views == 2:
+                    inst_loss = info_nce(inst.float().reshape(-1, 2, inst.shape[1]), cfg.instance_temperature)
+                    loss = loss + cfg.instance_weight * inst_loss
+                    inst_sum += float(inst_loss.detach()) * len(y)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -220,6 +268,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             bar.set_postfix(
                 loss=f"{loss_sum / seen:.3f}",
                 acc=f"{correct / seen:.3f}",
+                **({"nce": f"{inst_sum / seen:.3f}"} if views == 2 else {}),
                 lr=f"{scheduler.get_last_lr()[0]:.1e}",
             )
         report = classification_report(y_val, predict(model, val_loader, device, "val"), labels)
@@ -231,14 +280,18 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             "val_macro_f1": report["macro_f1"],
             "seconds": round(time.time() - t0, 1),
         }
+        if probe is not None:
+            row["train_instance_loss"] = inst_sum / max(seen, 1)
+            row["val_copy_top1"] = copy_top1(model, probe[0].to(device), probe[1].to(device))
         history.append(row)
         tqdm.write(json.dumps(row))
         improved = report["macro_f1"] > best_f1
         if improved:
             best_f1, stale = report["macro_f1"], 0
-            torch.save({**meta, "model": model.state_dict(), "epoch": epoch, "val": report}, out / "best.pt")
         else:
             stale += 1
+        if improved if cfg.select == "val_macro_f1" else epoch + 1 == cfg.epochs:
+            torch.save({**meta, "model": model.state_dict(), "epoch": epoch, "val": report}, out / "best.pt")
         torch.save(
             {
                 **meta,
@@ -253,7 +306,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             out / "last.pt",
         )
         (out / "history.json").write_text(json.dumps(history, indent=2))
-        if stale >= cfg.patience:
+        if cfg.select == "val_macro_f1" and stale >= cfg.patience:
             tqdm.write(f"early stop: no better val macro-F1 for {cfg.patience} epochs")
             break
+    if not (out / "best.pt").is_file():  # `last` with early stop or an interrupted schedule
+        torch.save({**meta, "model": model.state_dict(), "epoch": epoch, "val": report}, out / "best.pt")
     return out / "best.pt"

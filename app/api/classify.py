@@ -7,6 +7,7 @@ import asyncio
 from fastapi import APIRouter, Depends, Query, Request
 
 from app.api.deps import get_service
+from app.api.filters import collection_filter
 from app.api.uploads import image_body_doc, read_upload, read_uploads
 from app.errors import NftlensError
 from app.service import Prediction, Service
@@ -22,7 +23,7 @@ def render(service: Service, pred: Prediction, top_k: int, embedding: bool) -> d
         "provider": service.model.provider,
         "timings_ms": pred.timings_ms,
     }
-    unknown = service.unknown(pred.probabilities)
+    unknown = service.unknown(pred)
     if unknown is not None:
         body["unknown"] = unknown
     if embedding:
@@ -35,11 +36,22 @@ async def classify(
     request: Request,
     top_k: int = Query(5, ge=1, le=1000, description="how many labels to return"),
     embedding: bool = Query(True, description="include the L2-normalised embedding"),
+    copies: bool = Query(False, description="also check the catalog for copies (the `/copies` block)"),
+    k: int = Query(5, ge=1, le=100, description="copies: how many matches"),
+    collections: str | None = Query(None, description="copies: comma-separated collections to search"),
     service: Service = Depends(get_service),
 ) -> dict:
-    """Class probabilities (sorted) and the embedding of one image."""
+    """Calibrated class probabilities (sorted), the unknown-collection verdict and the embedding of one
+    image; with `copies=true`, also the copy verdict against the catalog."""
+    if copies:
+        service.require_copies()
     data, _ = await read_upload(request, service.settings.max_upload_bytes)
-    return render(service, await service.predict(data), top_k, embedding)
+    pred = await service.predict(data)
+    body = render(service, pred, top_k, embedding)
+    if copies:
+        vectors = await service.copy_vectors(data, pred)
+        body["copies"] = await service.blocking(service.copies, vectors, k, collection_filter(collections))
+    return body
 
 
 @router.post("/classify/batch", openapi_extra=image_body_doc("files", many=True))

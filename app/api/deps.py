@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import Header, Request
+from fastapi import Header, Path, Request
 
 from app.errors import NftlensError, UnauthorizedError
 from app.service import Service
 
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,128}$"
+CollectionPath = Path(..., pattern=NAME_PATTERN, description="collection slug")
+TokenPath = Path(..., pattern=NAME_PATTERN, description="token id")
 
 
 class NotReadyError(NftlensError):

@@ -5,16 +5,27 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, Query, Request
 
 from app.api.deps import NAME_PATTERN, get_service
+from app.api.filters import collection_filter
 from app.api.uploads import image_body_doc, read_upload
-from app.catalog import SearchFilter
+from app.catalog import SearchFilter, Token
 from app.errors import ConflictError, NotFoundError
 from app.service import Service
 
 router = APIRouter(tags=["similar"])
 
 
-def _collections(raw: str | None) -> set[str] | None:
-    return {c.strip() for c in raw.split(",") if c.strip()} if raw else None
+async def stored_token(service: Service, collection: str, token_id: str) -> Token:
+    """A catalog token with its vectors, embedded by the serving model (404 / 409 otherwise)."""
+    token = await service.blocking(service.catalog.get, collection, token_id, True)
+    if token is None:
+        raise NotFoundError(
+            f"no token {collection}/{token_id} in the catalog; add it with PUT /tokens/{collection}/{token_id}"
+        )
+    if token.model != service.model_key:
+        raise ConflictError(
+            f"{collection}/{token_id} was embedded by {token.model}, not {service.model_key}: run `nftlens catalog reindex`"
+        )
+    return token
 
 
 async def _search(service: Service, vector, k: int, flt: SearchFilter) -> list[dict]:
@@ -45,22 +56,8 @@ async def similar_by_token(
     service: Service = Depends(get_service),
 ) -> dict:
     """The k tokens most similar to a stored token (cosine similarity), the token itself excluded."""
-    token = await service.blocking(service.catalog.get, collection, token_id, True)
-    if token is None:
-        raise NotFoundError(
-            f"no token {collection}/{token_id} in the catalog; add it with PUT /tokens/{collection}/{token_id}"
-        )
-    if token.model != service.model_key:
-        raise ConflictError(
-            f"{collection}/{token_id} was embedded by {token.model}, not {service.model_key}: run `nftlens catalog reindex`"
-        )
-    flt = SearchFilter(
-        collections=_collections(collections), exclude=(collection, token_id), min_score=min_score
-    )
-    if same_collection is True:
-        flt.collections = (flt.collections or {collection}) & {collection}
-    elif same_collection is False:
-        flt.exclude_collections = {collection}
+    token = await stored_token(service, collection, token_id)
+    flt = collection_filter(collections, min_score, (collection, token_id), same_collection)
     return {
         "query": {"collection": collection, "token_id": token_id},
         "model": service.model_key,
@@ -79,7 +76,7 @@ async def similar_by_image(
     """The k stored tokens most similar to an uploaded image."""
     data, _ = await read_upload(request, service.settings.max_upload_bytes)
     pred = await service.predict(data)
-    flt = SearchFilter(collections=_collections(collections), min_score=min_score)
+    flt = collection_filter(collections, min_score)
     return {
         "model": service.model_key,
         "timings_ms": pred.timings_ms,

@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, ValidationError
 
-from app.api.deps import NAME_PATTERN, get_service, require_api_key
+from app.api.deps import CollectionPath, TokenPath, get_service, require_api_key
 from app.api.uploads import MissingFieldError, image_body_doc, read_upload
 from app.catalog import Token
 from app.errors import NotFoundError
 from app.service import Service
 
 router = APIRouter(tags=["tokens"])
-CollectionPath = Path(..., pattern=NAME_PATTERN, description="collection slug")
-TokenPath = Path(..., pattern=NAME_PATTERN, description="token id")
 
 
 class TokenMetadata(BaseModel):
@@ -57,7 +55,7 @@ async def put_token(
         ) from exc
     pred = await service.predict(data)
     token = Token(collection, token_id, meta.model_dump(exclude_none=True))
-    await service.blocking(service.catalog.upsert, token, pred.embedding, data)
+    await service.blocking(service.catalog.upsert, token, pred.embedding, data, pred.instance)
     service.metrics.catalog_size.set(await service.blocking(service.catalog.count))
     stored = await service.blocking(service.catalog.get, collection, token_id)
     return token_json(stored)

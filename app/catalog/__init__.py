@@ -8,7 +8,7 @@ from app.catalog.sqlite_faiss import SqliteFaissCatalog
 __all__ = ["Catalog", "Neighbour", "SearchFilter", "Token", "SqliteFaissCatalog", "open_catalog"]
 
 
-def open_catalog(url: str, dim: int, model_key: str, index: str = "flat") -> Catalog:
+def open_catalog(url: str, dim: int, model_key: str, index: str = "flat", instance_dim: int = 0) -> Catalog:
     """Pick the backend from the URL.
 
     - `path/to/catalog.db` or `sqlite:///path`: SQLite + FAISS, embedded (the default)
@@ -19,7 +19,11 @@ def open_catalog(url: str, dim: int, model_key: str, index: str = "flat") -> Cat
         from app.catalog.milvus import MilvusCatalog
 
         if url.startswith("milvus-lite://"):
-            return MilvusCatalog(url.removeprefix("milvus-lite://"), dim, model_key)
+            return MilvusCatalog(
+                url.removeprefix("milvus-lite://"), dim, model_key, instance_dim=instance_dim
+            )
         hostport, _, name = url.removeprefix("milvus://").partition("/")
-        return MilvusCatalog(f"http://{hostport}", dim, model_key, name or "nftlens_tokens")
-    return SqliteFaissCatalog(url.removeprefix("sqlite:///"), dim, model_key, index)
+        return MilvusCatalog(
+            f"http://{hostport}", dim, model_key, name or "nftlens_tokens", instance_dim=instance_dim
+        )
+    return SqliteFaissCatalog(url.removeprefix("sqlite:///"), dim, model_key, index, instance_dim)

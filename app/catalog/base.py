@@ -22,7 +22,8 @@ class Token:
     model: str = ""  # "name@version" of the model that made the vector
     created_at: str = ""
     updated_at: str = ""
-    vector: np.ndarray | None = None
+    vector: np.ndarray | None = None  # the collection embedding (with_vector reads)
+    instance: np.ndarray | None = None  # the instance embedding, when the model has one
 
 
 @dataclass
@@ -53,16 +54,29 @@ class SearchFilter:
 
 
 class Catalog(Protocol):
-    """What the service needs from a token index. Vectors are L2-normalised; score = cosine similarity."""
+    """What the service needs from a token index. Vectors are L2-normalised; score = cosine similarity.
+
+    Each token carries a collection vector and, when the model has an instance head, an instance vector;
+    each kind has its own index.
+    """
 
     model_key: str
 
-    def upsert(self, token: Token, vector: np.ndarray, image: bytes | None = None) -> None: ...
-    def upsert_many(self, items: list[tuple[Token, np.ndarray, bytes | None]]) -> None: ...
+    def upsert(
+        self, token: Token, vector: np.ndarray, image: bytes | None = None, instance: np.ndarray | None = None
+    ) -> None: ...
+    def upsert_many(self, items: list[tuple]) -> None:
+        """Items: (token, collection vector, image bytes or None[, instance vector or None])."""
+
     def get(self, collection: str, token_id: str, with_vector: bool = False) -> Token | None: ...
     def delete(self, collection: str, token_id: str) -> bool: ...
-    def search(self, vector: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Neighbour]: ...
+    def search(
+        self, vector: np.ndarray, k: int, flt: SearchFilter | None = None, space: str = "collection"
+    ) -> list[Neighbour]:
+        """Best-first neighbours in `space`: "collection" (/similar) or "instance" (/copies)."""
+
     def count(self) -> int: ...
     def stale_count(self) -> int: ...
+    def image(self, collection: str, token_id: str) -> bytes | None: ...
     def iter_images(self, only_stale: bool = True, batch: int = 256): ...
     def close(self) -> None: ...

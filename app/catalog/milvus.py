@@ -1,7 +1,9 @@
 """Scale-out catalog on Milvus (a server shared by stateless replicas, or a Milvus Lite file).
 
 Same behaviour as the embedded catalog: upsert/get/delete, cosine search (inner product on unit vectors)
-with collection filters and min_score, model-version isolation and reindexing from stored images.
+with collection filters and min_score, model-version isolation and reindexing from stored images. Each
+entity has two vector fields, `vector` (collection space) and `instance` (copy space), each with its own
+index; a token stored without an instance vector gets zeros there, which never pass a copy threshold.
 Milvus has no blob type: image bytes are kept base64-encoded in a VARCHAR field; an image too large for
 it is stored as a lossless PNG downscaled to at most 512 px on its longer side (enough to re-embed).
 """
@@ -44,12 +46,20 @@ def _pack_image(image: bytes | None) -> str:
 
 
 class MilvusCatalog:
-    def __init__(self, uri: str, dim: int, model_key: str, name: str = "nftlens_tokens", token: str = ""):
+    def __init__(
+        self,
+        uri: str,
+        dim: int,
+        model_key: str,
+        name: str = "nftlens_tokens",
+        token: str = "",
+        instance_dim: int = 0,
+    ):
         try:
             from pymilvus import DataType, MilvusClient
         except ImportError as exc:
             raise RuntimeError("the Milvus catalog needs pymilvus: pip install 'nftlens[milvus]'") from exc
-        self.dim, self.model_key, self.name = dim, model_key, name
+        self.dim, self.model_key, self.name, self.instance_dim = dim, model_key, name, instance_dim
         self._client = MilvusClient(uri=uri, token=token)
         if not self._client.has_collection(name):
             schema = self._client.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -62,19 +72,33 @@ class MilvusCatalog:
             schema.add_field("updated_at", DataType.VARCHAR, max_length=40)
             schema.add_field("image", DataType.VARCHAR, max_length=65_535)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+            if instance_dim:
+                schema.add_field("instance", DataType.FLOAT_VECTOR, dim=instance_dim)
             index = self._client.prepare_index_params()
             index.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
+            if instance_dim:
+                index.add_index(field_name="instance", index_type="FLAT", metric_type="IP")
             self._client.create_collection(
                 name, schema=schema, index_params=index, consistency_level="Strong"
             )
+        fields = {f["name"] for f in self._client.describe_collection(name)["fields"]}
+        self.has_instance = bool(instance_dim) and "instance" in fields
+        if instance_dim and not self.has_instance:
+            raise RuntimeError(
+                f"Milvus collection {name!r} predates instance vectors: point NFTLENS_CATALOG at a new "
+                "collection name (milvus://host:port/NAME) and run `nftlens catalog reindex` into it"
+            )
         self._client.load_collection(name)
 
-    def upsert(self, token: Token, vector: np.ndarray, image: bytes | None = None) -> None:
-        self.upsert_many([(token, vector, image)])
+    def upsert(
+        self, token: Token, vector: np.ndarray, image: bytes | None = None, instance: np.ndarray | None = None
+    ) -> None:
+        self.upsert_many([(token, vector, image, instance)])
 
-    def upsert_many(self, items: list[tuple[Token, np.ndarray, bytes | None]]) -> None:
+    def upsert_many(self, items: list[tuple]) -> None:
+        """Items: (token, collection vector, image bytes or None[, instance vector or None])."""
         now = utc_now()
-        pks = [_pk(t.collection, t.token_id) for t, _, _ in items]
+        pks = [_pk(t.collection, t.token_id) for t, *_ in items]
         existing = (
             {
                 r["pk"]: r["created_at"]
@@ -84,12 +108,22 @@ class MilvusCatalog:
             else {}
         )
         rows = []
-        for (token, vector, image), pk in zip(items, pks, strict=True):
+        for (token, vector, image, *rest), pk in zip(items, pks, strict=True):
             vec = np.asarray(vector, dtype=np.float32).reshape(-1)
             if vec.shape[0] != self.dim:
                 raise ValueError(f"vector has {vec.shape[0]} dims, catalog expects {self.dim}")
+            extra = {}
+            if self.has_instance:
+                inst = rest[0] if rest and rest[0] is not None else np.zeros(self.instance_dim, np.float32)
+                inst = np.asarray(inst, dtype=np.float32).reshape(-1)
+                if inst.shape[0] != self.instance_dim:
+                    raise ValueError(
+                        f"instance vector has {inst.shape[0]} dims, catalog expects {self.instance_dim}"
+                    )
+                extra["instance"] = inst.tolist()
             rows.append(
                 {
+                    **extra,
                     "pk": pk,
                     "collection": token.collection,
                     "token_id": token.token_id,
@@ -111,12 +145,15 @@ class MilvusCatalog:
         return True
 
     def get(self, collection: str, token_id: str, with_vector: bool = False) -> Token | None:
-        fields = _FIELDS + (["vector"] if with_vector else [])
-        rows = self._client.get(self.name, ids=[_pk(collection, token_id)], output_fields=fields)
+        vectors = (["vector"] + (["instance"] if self.has_instance else [])) if with_vector else []
+        rows = self._client.get(self.name, ids=[_pk(collection, token_id)], output_fields=_FIELDS + vectors)
         if not rows:
             return None
         r = rows[0]
         vec = np.asarray(r["vector"], dtype=np.float32) if with_vector else None
+        inst = np.asarray(r["instance"], dtype=np.float32) if "instance" in vectors else None
+        if inst is not None and not inst.any():
+            inst = None  # stored without one
         return Token(
             r["collection"],
             r["token_id"],
@@ -125,9 +162,15 @@ class MilvusCatalog:
             r["created_at"],
             r["updated_at"],
             vec,
+            inst,
         )
 
-    def search(self, vector: np.ndarray, k: int, flt: SearchFilter | None = None) -> list[Neighbour]:
+    def search(
+        self, vector: np.ndarray, k: int, flt: SearchFilter | None = None, space: str = "collection"
+    ) -> list[Neighbour]:
+        if space == "instance" and not self.has_instance:
+            raise ValueError("this catalog has no 'instance' vectors (the model has no such output)")
+        field = "instance" if space == "instance" else "vector"
         flt = flt or SearchFilter()
         expr = [f"model == {_quote(self.model_key)}"]
         if flt.collections is not None:
@@ -142,6 +185,7 @@ class MilvusCatalog:
             self.name,
             data=[np.asarray(vector, dtype=np.float32).reshape(-1).tolist()],
             limit=k,
+            anns_field=field,
             filter=" and ".join(expr),
             output_fields=["collection", "token_id", "metadata"],
             search_params={"metric_type": "IP"},
@@ -183,6 +227,11 @@ class MilvusCatalog:
             rows.sort(key=lambda r: r["pk"])
             yield rows
             last = rows[-1]["pk"]
+
+    def image(self, collection: str, token_id: str) -> bytes | None:
+        """The stored image bytes of a token (None when absent or stored without an image)."""
+        rows = self._client.get(self.name, ids=[_pk(collection, token_id)], output_fields=["image"])
+        return base64.b64decode(rows[0]["image"]) if rows and rows[0]["image"] else None
 
     def iter_images(self, only_stale: bool = True, batch: int = 256):
         expr = 'image != ""' + (f" and model != {_quote(self.model_key)}" if only_stale else "")

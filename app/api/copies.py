@@ -1,0 +1,61 @@
+"""POST /copies (an uploaded image) and GET /copies/{collection}/{token_id} (a stored token).
+
+Both search the catalog's instance space and answer with the calibrated verdict: `is_copy` is true when
+the best match's score reaches the model's copy threshold (`model.json` -> `copies.threshold`).
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request
+
+from app.api.deps import CollectionPath, TokenPath, get_service
+from app.api.filters import collection_filter
+from app.api.similar import stored_token
+from app.api.uploads import image_body_doc, read_upload
+from app.errors import ConflictError
+from app.service import Service
+
+router = APIRouter(tags=["copies"])
+K = Query(5, ge=1, le=100, description="how many matches to return, best first")
+COLLECTIONS = Query(None, description="comma-separated collections to search in")
+
+
+@router.post("/copies", openapi_extra=image_body_doc())
+async def copies_of_image(
+    request: Request,
+    k: int = K,
+    collections: str | None = COLLECTIONS,
+    service: Service = Depends(get_service),
+) -> dict:
+    """Is this image a copy (exact or edited) of a catalogued token? The best matches and the verdict."""
+    service.require_copies()
+    data, _ = await read_upload(request, service.settings.max_upload_bytes)
+    vectors = await service.copy_vectors(data)
+    body = await service.blocking(service.copies, vectors, k, collection_filter(collections))
+    return {"model": service.model_key, **body}
+
+
+@router.get("/copies/{collection}/{token_id}")
+async def copies_of_token(
+    collection: str = CollectionPath,
+    token_id: str = TokenPath,
+    k: int = K,
+    collections: str | None = COLLECTIONS,
+    same_collection: bool | None = Query(
+        None, description="true: only the token's collection; false: only others"
+    ),
+    service: Service = Depends(get_service),
+) -> dict:
+    """Copies of a stored token among every other catalogued token (the token itself is excluded)."""
+    service.require_copies()
+    token = await stored_token(service, collection, token_id)
+    image = await service.blocking(service.catalog.image, collection, token_id)
+    if token.instance is None or image is None:
+        raise ConflictError(
+            f"{collection}/{token_id} has no instance vector or stored image: PUT it again, or run "
+            "`nftlens catalog reindex --all`"
+        )
+    vectors = await service.copy_vectors(image) if service.model.manifest.copies.dihedral else token.instance
+    flt = collection_filter(collections, None, (collection, token_id), same_collection)
+    body = await service.blocking(service.copies, vectors, k, flt)
+    return {"query": {"collection": collection, "token_id": token_id}, "model": service.model_key, **body}

@@ -1,0 +1,186 @@
+"""Temperature scaling, ECE, open-set scores and their sidecar statistics, the copy threshold, and the
+data-selection rules that keep test tokens out of training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from app.errors import ModelIntegrityError
+from app.manifest import UnknownDetector, sha256_of
+from app.openset import (
+    OpenSetScorer,
+    energy_score,
+    fit_statistics,
+    knn_score,
+    mahalanobis_score,
+    max_probability_score,
+    save_statistics,
+    softmax,
+)
+
+pytest.importorskip("torch", reason="the calibration code lives in training/")
+from training.calibrate import (  # noqa: E402
+    copy_threshold,
+    expected_calibration_error,
+    fit_temperature,
+    pr_curve,
+)
+
+
+def _overconfident(n=4000, c=5, t_true=2.5, seed=0):
+    """Logits whose labels are drawn from softmax(logits / t_true): the right temperature is t_true."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 4, (n, c))
+    p = softmax(logits, t_true)
+    y = np.array([rng.choice(c, p=row / row.sum()) for row in p.astype(float)])
+    return logits, y
+
+
+def test_temperature_recovers_the_true_one_and_lowers_ece():
+    logits, y = _overconfident()
+    t = fit_temperature(logits, y)
+    assert 2.1 < t < 2.9
+    before = expected_calibration_error(softmax(logits, 1.0), y)
+    after = expected_calibration_error(softmax(logits, t), y)
+    assert after["ece"] < 0.03 < before["ece"]
+    assert sum(b["n"] for b in after["bins"]) == len(y)
+
+
+def test_scores_match_their_definitions():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(6, 4))
+    p = softmax(logits, 2.0)
+    np.testing.assert_allclose(max_probability_score(logits, 2.0), 1 - p.max(1), atol=1e-6)
+    np.testing.assert_allclose(
+        energy_score(logits, 2.0), -2.0 * np.log(np.exp(logits / 2.0).sum(1)), atol=1e-6
+    )
+    emb = rng.normal(size=(50, 8)).astype(np.float32)
+    labels = np.repeat(np.arange(5), 10)
+    stats = fit_statistics(emb, labels)
+    q = rng.normal(size=(3, 8))
+    brute = [
+        min((x - mu) @ stats["precision"].astype(float) @ (x - mu) for mu in stats["means"].astype(float))
+        for x in q
+    ]
+    np.testing.assert_allclose(mahalanobis_score(q, stats["means"], stats["precision"]), brute, rtol=1e-4)
+    refs = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    qn = (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32)
+    kth = np.sort(qn @ refs.T, axis=1)[:, ::-1][:, 4]
+    np.testing.assert_allclose(knn_score(qn, refs, 5), 1 - kth, atol=1e-6)
+
+
+def test_sidecar_statistics_are_pinned_by_sha256(tmp_path):
+    rng = np.random.default_rng(2)
+    emb = rng.normal(size=(40, 6)).astype(np.float32)
+    stats = fit_statistics(emb, np.repeat(np.arange(4), 10))
+    stats["references"] = emb
+    save_statistics(tmp_path / "openset.npz", stats)
+    det = UnknownDetector(
+        method="mahalanobis",
+        threshold=10.0,
+        stats_file="openset.npz",
+        stats_sha256=sha256_of(tmp_path / "openset.npz"),
+    )
+    scorer = OpenSetScorer(det, tmp_path)
+    far = scorer.verdict(np.zeros(4), np.full(6, 50.0, np.float32))
+    near = scorer.verdict(np.zeros(4), stats["means"][0])
+    assert far["is_unknown"] and not near["is_unknown"] and far["method"] == "mahalanobis"
+    # a different file under the same name is refused, as is a missing one or one lacking its arrays
+    save_statistics(tmp_path / "openset.npz", {k: v + 1 for k, v in stats.items()})
+    with pytest.raises(ModelIntegrityError, match="sha256"):
+        OpenSetScorer(det, tmp_path)
+    with pytest.raises(ModelIntegrityError, match="not found"):
+        OpenSetScorer(det, tmp_path / "elsewhere")
+    np.savez(tmp_path / "partial.npz", means=stats["means"])
+    partial = det.model_copy(
+        update={"stats_file": "partial.npz", "stats_sha256": sha256_of(tmp_path / "partial.npz")}
+    )
+    with pytest.raises(ModelIntegrityError, match="lacks"):
+        OpenSetScorer(partial, tmp_path)
+    with pytest.raises(ModelIntegrityError, match="stats_file"):
+        OpenSetScorer(UnknownDetector(method="knn", threshold=0.1), tmp_path)
+
+
+def test_copy_threshold_keeps_the_false_copy_promise():
+    rng = np.random.default_rng(3)
+    neg = rng.normal(0.5, 0.1, 2000)
+    pos = rng.normal(0.9, 0.05, 1000)
+    chosen = copy_threshold(pos, neg, 0.005)
+    assert chosen["false_copy_rate"] <= 0.005 and (neg >= chosen["threshold"]).mean() <= 0.005
+    assert chosen["recall"] == pytest.approx((pos >= chosen["threshold"]).mean())
+    curve = pr_curve(pos, neg)
+    assert curve["recall"] == sorted(curve["recall"]) and curve["recall"][-1] == 1.0
+
+
+def test_shipped_model_manifest_pins_its_statistics(model_dir, tmp_path):
+    """The service refuses the default model if its open-set sidecar is swapped."""
+    from app.inference import OnnxModel
+
+    m = OnnxModel(model_dir, providers=["CPUExecutionProvider"]).manifest
+    if m.unknown is None or not m.unknown.stats_file:
+        pytest.skip("the model under test ships no open-set statistics")
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    OpenSetScorer(m.unknown, copy)  # as shipped: loads
+    with np.load(copy / m.unknown.stats_file) as f:
+        arrays = {k: f[k] for k in f}
+    arrays["means"] = arrays["means"] * 0
+    np.savez_compressed(copy / m.unknown.stats_file, **arrays)
+    with pytest.raises(ModelIntegrityError, match="sha256"):
+        OpenSetScorer(m.unknown, copy)
+    assert json.loads((copy / "model.json").read_text())["unknown"]["stats_sha256"] == m.unknown.stats_sha256
+
+
+def test_holdout_keeps_test_punks_out_of_training_and_validation(punks, tmp_path):
+    """A token listed in a holdout dataset can never enter the train or val split of another dataset."""
+    from training.datasets import write_dataset
+    from training.train import TrainConfig, gather
+
+    test_ids = ["0", "1", "7804", "3100", "9999"]
+    write_dataset(
+        tmp_path / "test-punks",
+        [
+            {
+                "path": f"x/{i}.png",
+                "collection": "cryptopunks",
+                "token_id": i,
+                "label": "cryptopunks",
+                "split": "test",
+            }
+            for i in test_ids
+        ],
+        "test-punks",
+        "ids only",
+    )
+    cfg = TrainConfig(
+        data=[str(punks.root)], holdout=[str(tmp_path / "test-punks")], label_field="collection"
+    )
+    for split in ("train", "val"):
+        _, _, rows, _ = gather(cfg, split)
+        assert rows and not {r["token_id"] for r in rows} & set(test_ids)
+    without = TrainConfig(data=[str(punks.root)], label_field="collection")
+    seen = {r["token_id"] for s in ("train", "val") for r in gather(without, s)[2]}
+    assert seen & set(test_ids)  # without the holdout some of them would have been trained on
+
+
+def test_per_label_cap_is_drawn_afresh_each_epoch_and_seeded():
+    from training.sampling import EpochBatchSampler
+
+    labels = ["a"] * 300 + ["b"] * 50 + ["c"] * 200
+    s = EpochBatchSampler(labels, batch_size=30, max_per_label=40, groups_per_batch=3, seed=7)
+    s.set_epoch(0)
+    e0 = [i for b in s for i in b]
+    s.set_epoch(1)
+    e1 = [i for b in s for i in b]
+    again = EpochBatchSampler(labels, batch_size=30, max_per_label=40, groups_per_batch=3, seed=7)
+    again.set_epoch(1)
+    assert [i for b in again for i in b] == e1  # seeded
+    assert set(e0) != set(e1)  # a fresh draw, not one fixed subset
+    for b in s:
+        assert len(b) == 30 and len({labels[i] for i in b}) <= 3
+    counts = {lab: sum(labels[i] == lab for i in e1) for lab in "abc"}
+    assert counts == {"a": 40, "b": 40, "c": 40}  # balanced to the cap

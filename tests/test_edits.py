@@ -1,0 +1,90 @@
+"""The copymint edit generator: OpenSea's list of edits, deterministic, on real punks and thumbnails."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.imaging import decode_image
+
+pytest.importorskip("cv2")
+from training.edits import EDITS, PIXEL_ART_SIDE, apply_edit, border_colour, random_edit, working_copy  # noqa: E402
+
+OPENSEA = {
+    "exact",
+    "reencode_resize",
+    "mirror",
+    "crop_zoom",
+    "reposition",
+    "rotate_small",
+    "rotate_90",
+    "border",
+    "text",
+    "logo",
+    "background_swap",
+    "colour_shift",
+    "saturate",
+    "pixelate",
+}
+
+
+@pytest.fixture(scope="module")
+def punk(punks) -> np.ndarray:
+    return decode_image(punks.image_path(punks.rows[7804]).read_bytes(), "#638596")
+
+
+@pytest.fixture(scope="module")
+def painted() -> np.ndarray:
+    """A smooth 128-px image with a flat background and a painted subject."""
+    y, x = np.mgrid[0:128, 0:128]
+    img = np.full((128, 128, 3), (200, 180, 40), np.uint8)
+    disc = (y - 64) ** 2 + (x - 60) ** 2 < 40**2
+    img[disc] = np.stack([x[disc] * 2 % 256, y[disc] * 2 % 256, (x[disc] + y[disc]) % 256], 1)
+    return img
+
+
+def test_every_listed_edit_exists_and_is_deterministic(punk, painted):
+    assert set(EDITS) == OPENSEA
+    for img in (punk, painted):
+        for name in EDITS:
+            a = apply_edit(name, img, np.random.default_rng(3))
+            b = apply_edit(name, img, np.random.default_rng(3))
+            assert a.dtype == np.uint8 and a.ndim == 3 and a.shape[2] == 3, name
+            assert np.array_equal(a, b), f"{name} is not deterministic for a seed"
+            if name != "exact":
+                assert not np.array_equal(a, working_copy(img)), f"{name} changed nothing"
+
+
+def test_exact_keeps_pixels_and_pixel_art_is_upscaled_for_other_edits(punk, painted):
+    assert np.array_equal(apply_edit("exact", punk, np.random.default_rng(0)), punk)
+    big = working_copy(punk)
+    assert min(punk.shape[:2]) < PIXEL_ART_SIDE and min(big.shape[:2]) >= 192
+    f = big.shape[0] // punk.shape[0]
+    assert np.array_equal(big[::f, ::f], punk)  # nearest neighbour, integer factor
+    assert working_copy(painted) is painted
+
+
+def test_geometric_edits_do_what_they_say(punk):
+    rng = np.random.default_rng(0)
+    w = working_copy(punk)
+    assert np.array_equal(apply_edit("mirror", punk, rng), w[:, ::-1])
+    rot = apply_edit("rotate_90", punk, np.random.default_rng(1))
+    assert any(np.array_equal(rot, np.rot90(w, k)) for k in (1, 2, 3))
+    framed = apply_edit("border", punk, np.random.default_rng(2))
+    assert framed.shape == w.shape
+    edge = np.concatenate([framed[0], framed[-1], framed[:, 0], framed[:, -1]])
+    assert (edge == edge[0]).all()  # one solid frame colour
+
+
+def test_background_swap_changes_background_not_subject(punk):
+    w = working_copy(punk)
+    bg = np.all(w == border_colour(w).astype(np.uint8), axis=2)
+    out = apply_edit("background_swap", punk, np.random.default_rng(5))
+    assert (out[bg] != w[bg]).any(axis=1).mean() > 0.95
+    assert np.array_equal(out[~bg], w[~bg])  # the punk itself is untouched
+
+
+def test_random_edit_mixes_edits(punk):
+    edit = random_edit(identity_prob=0.0)
+    outs = [edit(punk, np.random.default_rng(i)) for i in range(12)]
+    assert len({o.tobytes() for o in outs}) == 12

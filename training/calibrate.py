@@ -1,0 +1,263 @@
+"""Post-export calibration on validation data only: temperature, the open-set detector, the copy threshold.
+
+`calibrate(model_dir)` runs the exported ONNX model (what ships) over the training run's validation split
+and writes into `model.json`:
+
+- `calibration`: the temperature that minimises validation NLL, with the ECE before and after;
+- `unknown`: the chosen open-set score, its threshold (the validation quantile that keeps
+  1 - `false_unknown` of known images known) and the sidecar statistics (`openset.npz`: class means and
+  shared precision of the training embeddings, and a reference set for k-NN), pinned by sha256;
+- `copies`: the instance-space cosine threshold that keeps the false-copy rate on distinct tokens at
+  `false_copy` or below, with the precision and recall it gave on held-out validation pairs.
+
+Test images are never read here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from app.inference import OnnxModel
+from app.manifest import Calibration, CopyDetector, UnknownDetector, sha256_of
+from app.openset import (
+    energy_score,
+    fit_statistics,
+    knn_score,
+    mahalanobis_score,
+    max_probability_score,
+    save_statistics,
+    softmax,
+)
+from training.datasets.select import select_rows
+from training.edits import EDITS
+from training.runner import edit_transform, infer, logits_of, view_similarity
+
+STATS_FILE = "openset.npz"
+OPENSET_METHODS = ("max_probability", "energy", "mahalanobis", "knn")
+
+
+# -- temperature -------------------------------------------------------------------------------------
+def nll(logits: np.ndarray, y: np.ndarray, temperature: float) -> float:
+    p = softmax(logits, temperature)
+    return float(-np.log(np.maximum(p[np.arange(len(y)), y], 1e-12)).mean())
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature minimising NLL (log-spaced grid, then a finer grid around the best)."""
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20), 121))
+    best = min(grid, key=lambda t: nll(logits, y, t))
+    fine = np.linspace(best / 1.06, best * 1.06, 41)
+    return float(min(fine, key=lambda t: nll(logits, y, t)))
+
+
+def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15) -> dict:
+    """ECE of the top-1 confidence (equal-width bins) and the per-bin table a reliability diagram draws."""
+    conf, pred = probs.max(1), probs.argmax(1)
+    correct = (pred == y).astype(float)
+    edges = np.linspace(0, 1, bins + 1)
+    table, ece = [], 0.0
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            gap = abs(correct[m].mean() - conf[m].mean())
+            ece += m.mean() * gap
+            table.append(
+                {
+                    "lo": float(lo),
+                    "hi": float(hi),
+                    "n": int(m.sum()),
+                    "confidence": float(conf[m].mean()),
+                    "accuracy": float(correct[m].mean()),
+                }
+            )
+    return {"ece": float(ece), "bins": table}
+
+
+# -- open set ----------------------------------------------------------------------------------------
+def openset_scores(
+    out: dict[str, np.ndarray], stats: dict[str, np.ndarray], temperature: float, k: int = 10
+) -> dict[str, np.ndarray]:
+    """Every open-set score (higher = more unknown) for a batch of outputs."""
+    logits, emb = logits_of(out), out["embedding"]
+    return {
+        "max_probability": max_probability_score(logits, temperature),
+        "energy": energy_score(logits, temperature),
+        "mahalanobis": mahalanobis_score(emb, stats["means"], stats["precision"]),
+        "knn": knn_score(emb, stats["references"], k),
+    }
+
+
+def fit_openset_statistics(
+    model: OnnxModel, data: list[str], label_field: str, exclude, holdout, per_label: int = 300, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """Class means, shared precision and k-NN references from (a seeded sample of) the training split."""
+    paths, rows = select_rows(data, "train", label_field, exclude, holdout)
+    labels = np.array([r["_label"] for r in rows])
+    rng = np.random.default_rng(seed)
+    pick = np.concatenate(
+        [
+            rng.choice(
+                np.flatnonzero(labels == lab), min(per_label, int((labels == lab).sum())), replace=False
+            )
+            for lab in sorted(set(labels))
+        ]
+    )
+    out = infer(model, [paths[i] for i in pick], desc="openset stats")
+    y = np.array([model.labels.index(lab) for lab in labels[pick]])
+    stats = fit_statistics(out["embedding"], y)
+    stats["references"] = out["embedding"].astype(np.float16)
+    return stats
+
+
+# -- copies ------------------------------------------------------------------------------------------
+def copy_threshold(positives: np.ndarray, negatives: np.ndarray, false_copy: float) -> dict:
+    """The lowest threshold whose false-copy rate on `negatives` is <= `false_copy`, with P/R at it."""
+    threshold = float(np.quantile(negatives, 1 - false_copy, method="higher")) + 1e-6
+    tp = int((positives >= threshold).sum())
+    fp = int((negatives >= threshold).sum())
+    return {
+        "threshold": threshold,
+        "recall": tp / len(positives),
+        "precision": tp / max(tp + fp, 1),
+        "false_copy_rate": fp / len(negatives),
+    }
+
+
+def pr_curve(positives: np.ndarray, negatives: np.ndarray) -> dict[str, list[float]]:
+    """Precision and recall over every threshold (equal-weight pairs)."""
+    th = np.unique(np.concatenate([positives, negatives]))[::-1]
+    tp = np.array([(positives >= t).sum() for t in th], dtype=float)
+    fp = np.array([(negatives >= t).sum() for t in th], dtype=float)
+    return {
+        "threshold": th.tolist(),
+        "precision": (tp / np.maximum(tp + fp, 1)).tolist(),
+        "recall": (tp / len(positives)).tolist(),
+    }
+
+
+def copy_pairs(
+    model: OnnxModel,
+    data: list[str],
+    label_field: str,
+    exclude,
+    holdout,
+    per_edit: int = 60,
+    seed: int = 1,
+    dihedral: bool = False,
+) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """Validation pairs for the copy threshold, scored as the service scores (best of the query's views
+    with `dihedral`).
+
+    Positives: sim(edit(x), x) for validation images x, every edit on a seeded sample.
+    Negatives: for each validation image, its highest similarity to any *other* token of its collection in
+    the train + val splits (the nearest distinct token: what a genuine new mint meets in the catalog).
+    """
+    vpaths, vrows = select_rows(data, "val", label_field, exclude, holdout)
+    tpaths, trows = select_rows(data, "train", label_field, exclude, holdout)
+    val_q = infer(model, vpaths, desc="copy val", views=dihedral)["instance"]
+    val = val_q[:, 0] if dihedral else val_q  # view 0 is the image as it is: the catalogued vector
+    ref = infer(model, tpaths, desc="copy ref")["instance"]
+    vcol = np.array([r["collection"] for r in vrows])
+    tcol = np.array([r["collection"] for r in trows])
+    vkey = np.array([f"{r['collection']}/{r['token_id'] or r['path']}" for r in vrows])
+    tkey = np.array([f"{r['collection']}/{r['token_id'] or r['path']}" for r in trows])
+    negatives = np.full(len(vrows), -1.0)
+    for c in np.unique(vcol):
+        vi, ti = np.flatnonzero(vcol == c), np.flatnonzero(tcol == c)
+        sims = view_similarity(val_q[vi], np.concatenate([ref[ti], val[vi]]))
+        same = vkey[vi][:, None] == np.concatenate([tkey[ti], vkey[vi]])[None, :]
+        sims[same] = -1.0  # the token itself (or another image of it) is not a distinct token
+        negatives[vi] = sims.max(1)
+    rng = np.random.default_rng(seed)
+    positives: dict[str, np.ndarray] = {}
+    for e, name in enumerate(EDITS):
+        pick = rng.choice(len(vpaths), min(per_edit, len(vpaths)), replace=False)
+        edited = infer(
+            model, [vpaths[i] for i in pick], edit_transform(name), desc=f"copy {name}", seed=seed + e
+        )
+        positives[name] = (edited["instance"] * val[pick]).sum(1)
+    return np.concatenate(list(positives.values())), np.array(negatives), positives
+
+
+# -- all together ------------------------------------------------------------------------------------
+def calibrate(
+    model_dir: str | Path,
+    method: str = "knn",
+    false_unknown: float = 0.005,
+    false_copy: float = 0.005,
+    out: str | Path | None = None,
+    copies: bool = True,
+    dihedral: bool = True,
+) -> dict:
+    """Fit temperature, open-set detector and copy threshold on validation data; update model.json."""
+    from training.reports import plot_pr_curve, plot_reliability
+
+    model_dir = Path(model_dir)
+    model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
+    m = model.manifest
+    tc = m.training.get("config", {})
+    data = [d for d in tc.get("data", []) if Path(d, "manifest.csv").is_file()]
+    if not data:
+        raise FileNotFoundError(f"the training data of {model_dir} ({tc.get('data')}) is not here")
+    label_field, exclude, holdout = tc.get("label_field", "label"), tc.get("exclude"), tc.get("holdout")
+    out = Path(out or model_dir / "report")
+    out.mkdir(parents=True, exist_ok=True)
+    vpaths, vrows = select_rows(data, "val", label_field, exclude, holdout)
+    keep = [i for i, r in enumerate(vrows) if r["_label"] in m.labels]
+    val = infer(model, [vpaths[i] for i in keep], desc="val")
+    y = np.array([m.labels.index(vrows[i]["_label"]) for i in keep])
+    logits = logits_of(val)
+
+    t = fit_temperature(logits, y) if "logits" in val else 1.0
+    before = expected_calibration_error(softmax(logits, 1.0), y)
+    after = expected_calibration_error(softmax(logits, t), y)
+    m.calibration = Calibration(
+        temperature=t, fitted_on="validation split", ece_before=before["ece"], ece_after=after["ece"]
+    )
+    plot_reliability({"before (T=1)": before, f"after (T={t:.2f})": after}, out / "reliability_val.png")
+
+    stats = fit_openset_statistics(model, data, label_field, exclude, holdout)
+    save_statistics(model_dir / STATS_FILE, stats)
+    scores = openset_scores(val, stats, t)
+    target_tpr = 1 - false_unknown
+    thresholds = {k: float(np.quantile(v, target_tpr)) for k, v in scores.items()}
+    m.unknown = UnknownDetector(
+        method=method,
+        threshold=thresholds[method],
+        target_tpr=target_tpr,
+        temperature=t,
+        stats_file=STATS_FILE,
+        stats_sha256=sha256_of(model_dir / STATS_FILE),
+        validation={"n": len(y), "thresholds": thresholds, "false_unknown_target": false_unknown},
+    )
+    result = {
+        "temperature": t,
+        "ece_val_before": before["ece"],
+        "ece_val_after": after["ece"],
+        "openset_thresholds": thresholds,
+    }
+    if m.instance_dim and copies:
+        pos, neg, per_edit = copy_pairs(model, data, label_field, exclude, holdout, dihedral=dihedral)
+        chosen = copy_threshold(pos, neg, false_copy)
+        m.copies = CopyDetector(
+            threshold=chosen["threshold"],
+            dihedral=dihedral,
+            precision=chosen["precision"],
+            recall=chosen["recall"],
+            target=f"false-copy rate <= {false_copy} on distinct validation tokens",
+            calibrated_on=f"validation split: {len(pos)} edited copies, {len(neg)} distinct tokens",
+        )
+        curve = pr_curve(pos, neg)
+        plot_pr_curve(curve, chosen, out / "copies_pr_val.png")
+        result["copies"] = {
+            **chosen,
+            "n_positive": len(pos),
+            "n_negative": len(neg),
+            "recall_by_edit": {k: float((v >= chosen["threshold"]).mean()) for k, v in per_edit.items()},
+        }
+    m.write(model_dir)
+    (out / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
