@@ -7,7 +7,7 @@ SHARED    ?= ../shared/data
 export NFTLENS_MODEL_DIR ?= models/default
 export NFTLENS_CATALOG   ?= catalog/catalog.db
 
-.PHONY: serve test install install-train install-gpu data catalog lint model clean
+.PHONY: serve test install install-train install-gpu data catalog lint model model-data evaluate loo previous clean
 
 $(BIN)/uv:
 	$(PY) -m venv $(VENV)
@@ -43,12 +43,32 @@ test: install-train           ## lint + the whole test suite
 lint: install-train
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-model: install-train data     ## reproduce the default model (needs $(SHARED): the nft-thumbs training set)
+TEST_SETS := --data $(DATA)/nft-collections@all --data $(DATA)/cryptopunks@test --data $(DATA)/nouns@test --data $(DATA)/nft-thumbs@test
+
+model-data: install-train data
 	@test -f $(DATA)/nft-thumbs/manifest.csv || $(BIN)/nftlens data import $(SHARED)/nft-thumbs --out $(DATA)/nft-thumbs
 	@test -f $(DATA)/nft-collections/manifest.csv || $(BIN)/nftlens data import $(SHARED)/nft-collections --out $(DATA)/nft-collections
+
+model: model-data             ## reproduce the default model (needs $(SHARED): the nft-thumbs training set)
 	$(BIN)/nftlens train --config training/configs/default-resnet18.yaml
 	$(BIN)/nftlens export runs/default-resnet18/best.pt --out models/default
-	$(BIN)/nftlens evaluate models/default --data $(DATA)/nft-collections --split all --label-field collection --denoise-sweep --out reports/default
+	$(BIN)/nftlens calibrate models/default --method $(OPENSET) --out reports/default
+	$(MAKE) evaluate
+
+OPENSET ?= mahalanobis
+evaluate: model-data          ## every report of the shipped model, on data it never trained on
+	$(BIN)/nftlens evaluate models/default $(TEST_SETS) --label-field collection --denoise-sweep --out reports/default
+	$(BIN)/nftlens copies evaluate models/default --out reports/copies
+
+loo: model-data               ## leave-one-collection-out open-set study (trains 4 models)
+	$(BIN)/nftlens loo --config training/configs/default-resnet18.yaml --out reports/openset
+
+PREVIOUS ?= dc0fe89
+previous: model-data          ## the model this one replaced, evaluated on the same test sets and catalog
+	mkdir -p runs/previous && git show $(PREVIOUS):models/default/model.onnx > runs/previous/model.onnx
+	git show $(PREVIOUS):models/default/model.json > runs/previous/model.json
+	$(BIN)/nftlens evaluate runs/previous $(TEST_SETS) --label-field collection --no-update-manifest --out reports/previous
+	$(BIN)/nftlens copies evaluate runs/previous --space embedding --holdout $(DATA)/nft-collections --out reports/previous/copies
 
 clean:
 	rm -rf $(VENV) catalog runs .pytest_cache

@@ -15,11 +15,11 @@ from tqdm import tqdm
 
 from app.catalog import Catalog, SearchFilter
 from app.imaging import IMAGE_SUFFIXES
-from app.indexing import safe_tensor
+from app.indexing import safe_prepare
 from app.inference import OnnxModel
 from app.views import N_VIEWS, dihedral_views
 
-CSV_COLUMNS = ("query", "best_collection", "best_token_id", "score", "is_copy", "error")
+CSV_COLUMNS = ("query", "best_collection", "best_token_id", "score", "is_copy", "exact", "error")
 
 
 def scan_folder(
@@ -39,19 +39,19 @@ def scan_folder(
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
     out.mkdir(parents=True, exist_ok=True)
-    threshold = m.copies.threshold
+    detector = m.copies
     flt = SearchFilter(collections=collections)
     rows: list[dict] = []
     with ThreadPoolExecutor(threads) as pool, tqdm(total=len(files), desc="copies scan", unit="img") as bar:
         for start in range(0, len(files), batch):
             chunk = files[start : start + batch]
-            tensors = list(pool.map(lambda p: safe_tensor(p.read_bytes(), m.preprocessing), chunk))
-            ok = [i for i, t in enumerate(tensors) if t is not None]
+            prepared = list(pool.map(lambda p: safe_prepare(p.read_bytes(), m.preprocessing), chunk))
+            ok = [i for i, t in enumerate(prepared) if t is not None]
             views = N_VIEWS if m.copies.dihedral else 1
             inst = None
             if ok:
                 x = np.concatenate(
-                    [dihedral_views(tensors[i]) if views > 1 else tensors[i][None] for i in ok]
+                    [dihedral_views(prepared[i][0]) if views > 1 else prepared[i][0][None] for i in ok]
                 )
                 inst = model.run(x)["instance"].reshape(len(ok), views, -1)
             found = dict(zip(ok, range(len(ok)), strict=True))
@@ -60,7 +60,10 @@ def scan_folder(
                 if i not in found:
                     rows.append({"query": rel, "error": "undecodable image"})
                     continue
-                hits = [h for v in inst[found[i]] for h in catalog.search(v, 1, flt, space="instance")]
+                exact = catalog.find_exact(prepared[i][1], flt)[:1]
+                hits = exact or [
+                    h for v in inst[found[i]] for h in catalog.search(v, 1, flt, space="instance")
+                ]
                 best = max(hits, key=lambda h: h.score) if hits else None
                 rows.append(
                     {
@@ -68,7 +71,10 @@ def scan_folder(
                         "best_collection": best.collection if best else "",
                         "best_token_id": best.token_id if best else "",
                         "score": round(best.score, 6) if best else "",
-                        "is_copy": bool(best and best.score >= threshold),
+                        "is_copy": bool(
+                            exact or (best and best.score >= detector.threshold_for(best.collection))
+                        ),
+                        "exact": bool(exact),
                         "error": "",
                     }
                 )
@@ -81,7 +87,8 @@ def scan_folder(
         "images": len(rows),
         "copies": sum(1 for r in rows if r.get("is_copy")),
         "errors": sum(1 for r in rows if r.get("error")),
-        "threshold": threshold,
+        "threshold": detector.threshold,
+        "per_collection": detector.per_collection,
         "model": f"{m.name}@{m.version}",
     }
     (out / "SUMMARY.md").write_text(render_summary(folder, rows, summary))
@@ -93,7 +100,9 @@ def render_summary(folder: Path, rows: list[dict], s: dict) -> str:
     lines = [
         f"# Copy scan of `{folder}`",
         "",
-        f"Model {s['model']}; copy threshold {s['threshold']:.4f} (instance-space cosine, from model.json).",
+        f"Model {s['model']}; copy thresholds (instance-space cosine, from model.json): "
+        + ", ".join(f"{c} {t:.4f}" for c, t in sorted(s["per_collection"].items()))
+        + f"; other collections {s['threshold']:.4f}.",
         "",
         f"- images scanned: {s['images']}",
         f"- flagged as copies of catalogued tokens: **{s['copies']}**",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,9 +13,10 @@ from tqdm import tqdm
 
 from app.catalog import Catalog, Token
 from app.errors import NftlensError
+from app.fingerprint import pixel_fingerprint
 from app.imaging import IMAGE_SUFFIXES
 from app.inference import OnnxModel
-from app.preprocessing import load_tensor
+from app.preprocessing import decode_and_preprocess
 
 _BASE = {"path", "collection", "token_id", "label", "split"}
 
@@ -62,16 +64,16 @@ def embed_into_catalog(
 
     def flush(pool: ThreadPoolExecutor) -> None:
         nonlocal done, failed
-        tensors = list(pool.map(lambda it: safe_tensor(it[1], cfg), pending))
-        ok = [(it, t) for it, t in zip(pending, tensors, strict=True) if t is not None]
+        prepared = list(pool.map(lambda it: safe_prepare(it[1], cfg), pending))
+        ok = [(it, p) for it, p in zip(pending, prepared, strict=True) if p is not None]
         failed += len(pending) - len(ok)
         if ok:
-            out = model.run(np.stack([t for _, t in ok]))
+            out = model.run(np.stack([t for _, (t, _) in ok]))
             emb, inst = out["embedding"], out.get("instance")
             catalog.upsert_many(
                 [
-                    (tok, emb[i], data, inst[i] if inst is not None else None)
-                    for i, ((tok, data), _) in enumerate(ok)
+                    (replace(tok, fingerprint=fp), emb[i], data, inst[i] if inst is not None else None)
+                    for i, ((tok, data), (_, fp)) in enumerate(ok)
                 ]
             )
             done += len(ok)
@@ -88,12 +90,13 @@ def embed_into_catalog(
     return {"indexed": done, "failed": failed}
 
 
-def safe_tensor(data: bytes, cfg):
-    """The network input for image bytes, or None when they cannot be decoded."""
+def safe_prepare(data: bytes, cfg) -> tuple[np.ndarray, str] | None:
+    """(network input, pixel fingerprint) for image bytes, or None when they cannot be decoded."""
     try:
-        return load_tensor(data, cfg)
+        rgb, tensor = decode_and_preprocess(data, cfg)
     except NftlensError:
         return None
+    return tensor, pixel_fingerprint(rgb)
 
 
 def index_source(

@@ -45,9 +45,18 @@ class Calibration(BaseModel):
 
 
 class CopyDetector(BaseModel):
-    """Copy verdict: a catalog token whose instance-space cosine to the query is >= `threshold` is a copy."""
+    """Copy verdict: a catalog token whose instance-space cosine to the query reaches the threshold of its
+    collection (`per_collection`, else the global `threshold`) is a copy."""
 
-    threshold: float = Field(..., ge=-1, le=1)
+    threshold: float = Field(
+        ...,
+        ge=-1,
+        le=1.01,
+        description="for collections without their own (a hair above 1: nothing is a copy)",
+    )
+    per_collection: dict[str, float] = Field(
+        {}, description="thresholds calibrated per collection (pixel art needs stricter ones than paintings)"
+    )
     dihedral: bool = Field(
         False, description="queries are embedded in 8 views (rotations x mirror); each token keeps its best"
     )
@@ -55,6 +64,10 @@ class CopyDetector(BaseModel):
     recall: float | None = Field(None, description="on the held-out calibration pairs")
     target: str = ""
     calibrated_on: str = ""
+
+    def threshold_for(self, collection: str) -> float:
+        """The threshold a match from `collection` must reach."""
+        return self.per_collection.get(collection, self.threshold)
 
 
 class ModelManifest(BaseModel):

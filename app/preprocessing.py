@@ -221,6 +221,23 @@ def preprocess_batch(images: Sequence[np.ndarray], cfg: PreprocessConfig) -> np.
     return out
 
 
+def decode_and_preprocess(
+    data: bytes,
+    cfg: PreprocessConfig,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    timings: dict[str, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bytes -> (decoded RGB uint8, network input [3, S, S]); see `load_tensor`."""
+    t0 = time.perf_counter()
+    rgb = decode_image(data, cfg.background_rgb, max_pixels)
+    t1 = time.perf_counter()
+    tensor = preprocess(rgb, cfg)
+    if timings is not None:
+        timings["decode"] = timings.get("decode", 0.0) + (t1 - t0) * 1000
+        timings["preprocess"] = timings.get("preprocess", 0.0) + (time.perf_counter() - t1) * 1000
+    return rgb, tensor
+
+
 def load_tensor(
     data: bytes,
     cfg: PreprocessConfig,
@@ -232,11 +249,4 @@ def load_tensor(
     The training data loader and the service both go through this one function. When `timings` is
     given, the decode and preprocess milliseconds are added to it.
     """
-    t0 = time.perf_counter()
-    rgb = decode_image(data, cfg.background_rgb, max_pixels)
-    t1 = time.perf_counter()
-    tensor = preprocess(rgb, cfg)
-    if timings is not None:
-        timings["decode"] = timings.get("decode", 0.0) + (t1 - t0) * 1000
-        timings["preprocess"] = timings.get("preprocess", 0.0) + (time.perf_counter() - t1) * 1000
-    return tensor
+    return decode_and_preprocess(data, cfg, max_pixels, timings)[1]

@@ -17,10 +17,11 @@ from app.batching import MicroBatcher
 from app.catalog import Catalog, SearchFilter, open_catalog
 from app.config import Settings
 from app.errors import ConflictError
+from app.fingerprint import pixel_fingerprint
 from app.inference import OnnxModel, Outputs
 from app.metrics import Metrics
 from app.openset import OpenSetScorer, softmax
-from app.preprocessing import load_tensor
+from app.preprocessing import decode_and_preprocess
 from app.views import dihedral_views
 
 
@@ -33,6 +34,7 @@ class Prediction:
     logits: np.ndarray
     instance: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
+    fingerprint: str = ""  # exact-copy fingerprint of the decoded pixels (when asked for)
 
 
 def unbatched_prediction(model: OnnxModel, out: Outputs, timings: dict | None = None) -> Prediction:
@@ -103,12 +105,18 @@ class Service:
         """Run blocking work (catalog I/O, decoding) on the worker pool."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
-    async def predict(self, data: bytes) -> Prediction:
-        """Bytes -> every model output for one image, through the shared preprocessing and the batcher."""
+    def _prepare(self, data: bytes, fingerprint: bool, timings: dict) -> tuple[np.ndarray, str]:
+        rgb, x = decode_and_preprocess(
+            data, self.model.manifest.preprocessing, self.settings.max_pixels, timings
+        )
+        return x, pixel_fingerprint(rgb) if fingerprint else ""
+
+    async def predict(self, data: bytes, fingerprint: bool = False) -> Prediction:
+        """Bytes -> every model output for one image, through the shared preprocessing and the batcher
+        (and the pixel fingerprint, with `fingerprint`)."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        cfg = self.model.manifest.preprocessing
-        x = await self.blocking(load_tensor, data, cfg, self.settings.max_pixels, timings)
+        x, fp = await self.blocking(self._prepare, data, fingerprint, timings)
         t1 = time.perf_counter()
         if self.settings.batching:
             self.metrics.queue_depth.set(self.batcher.queue_depth + 1)
@@ -117,7 +125,9 @@ class Service:
             out = {k: v[0] for k, v in (await self.batcher.run_now(x[None])).items()}
         timings["inference"] = (time.perf_counter() - t1) * 1000
         timings["total"] = (time.perf_counter() - t0) * 1000
-        return unbatched_prediction(self.model, out, {k: round(v, 3) for k, v in timings.items()})
+        pred = unbatched_prediction(self.model, out, {k: round(v, 3) for k, v in timings.items()})
+        pred.fingerprint = fp
+        return pred
 
     def top_k(self, probs: np.ndarray, k: int) -> list[dict]:
         order = np.argsort(-probs)[:k]
@@ -139,44 +149,52 @@ class Service:
                 "exported with an instance head (the default model has one)"
             )
 
-    async def copy_vectors(self, data: bytes, pred: Prediction | None = None) -> np.ndarray:
-        """The query's instance vectors [V, D]: the one of `pred`, or all 8 dihedral views when the
-        model's copy verdict was calibrated that way (the views run through the batcher together)."""
+    async def copy_query(self, data: bytes, pred: Prediction | None = None) -> tuple[np.ndarray, str]:
+        """The query's instance vectors [V, D] and pixel fingerprint: from `pred` (computed with its
+        fingerprint), or, when the copy verdict was calibrated on 8 dihedral views, all 8 views run through
+        the batcher together."""
         if not self.model.manifest.copies.dihedral:
             if pred is None:
-                pred = await self.predict(data)
-            return pred.instance[None]
-        cfg = self.model.manifest.preprocessing
-        x = await self.blocking(load_tensor, data, cfg, self.settings.max_pixels)
+                pred = await self.predict(data, fingerprint=True)
+            return pred.instance[None], pred.fingerprint
+        x, fp = await self.blocking(self._prepare, data, True, {})
         views = dihedral_views(x)
         if self.settings.batching:
             outs = await asyncio.gather(*(self.batcher.submit(v) for v in views))
-            return np.stack([o["instance"] for o in outs])
-        return (await self.batcher.run_now(views))["instance"]
+            return np.stack([o["instance"] for o in outs]), fp
+        return (await self.batcher.run_now(views))["instance"], fp
 
-    def copies(self, instances: np.ndarray, k: int, flt: SearchFilter) -> dict:
-        """The `copies` block: best instance-space matches over the query's views (each token keeps its
-        best score) and the calibrated verdict. Blocking: run it on the pool."""
-        threshold = self.model.manifest.copies.threshold
-        best: dict[tuple[str, str], object] = {}
+    def copies(self, instances: np.ndarray, k: int, flt: SearchFilter, fingerprint: str = "") -> dict:
+        """The `copies` block: exact pixel matches first (score 1, `exact`), then the best instance-space
+        matches over the query's views (each token keeps its best score), with the calibrated verdict.
+        Blocking: run it on the pool."""
+        detector = self.model.manifest.copies
+        exact = self.catalog.find_exact(fingerprint, flt)[:k] if fingerprint else []
+        best: dict[tuple[str, str], object] = {(h.collection, h.token_id): h for h in exact}
         for vector in np.atleast_2d(instances):
             for h in self.catalog.search(vector, k, flt, space="instance"):
                 key = (h.collection, h.token_id)
                 if key not in best or h.score > best[key].score:
                     best[key] = h
-        hits = sorted(best.values(), key=lambda h: -h.score)[:k]
+        exact_keys = {(h.collection, h.token_id) for h in exact}
+        hits = sorted(best.values(), key=lambda h: (-((h.collection, h.token_id) in exact_keys), -h.score))[
+            :k
+        ]
         matches = [
             {
                 "collection": h.collection,
                 "token_id": h.token_id,
                 "score": round(h.score, 6),
-                "is_copy": h.score >= threshold,
+                "threshold": round(detector.threshold_for(h.collection), 6),
+                "exact": (h.collection, h.token_id) in exact_keys,
+                "is_copy": (h.collection, h.token_id) in exact_keys
+                or h.score >= detector.threshold_for(h.collection),
                 "metadata": h.metadata,
             }
             for h in hits
         ]
         return {
-            "is_copy": bool(matches) and matches[0]["is_copy"],
-            "threshold": round(threshold, 6),
+            "is_copy": any(m["is_copy"] for m in matches),
+            "threshold": matches[0]["threshold"] if matches else round(detector.threshold, 6),
             "matches": matches,
         }

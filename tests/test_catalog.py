@@ -195,3 +195,20 @@ def test_reindex_fills_instance_vectors_with_the_real_model(tmp_path, model_dir,
     tok = cat.get("nouns", "5", with_vector=True)
     assert tok.instance is not None and tok.instance.shape == (m.instance_dim,)
     assert cat.search(tok.instance, 1, space="instance")[0].token_id == "5"
+
+
+def test_exact_stage_finds_tokens_by_pixel_fingerprint(make):
+    rng = np.random.default_rng(6)
+    cat = make(instance_dim=IDIM)
+    vecs = unit(rng, 3)
+    cat.upsert(Token("a", "1", {"n": 1}, fingerprint="f" * 64), vecs[0], b"img")
+    cat.upsert(Token("b", "2", {}, fingerprint="f" * 64), vecs[1], b"img")  # the same picture, minted twice
+    cat.upsert(Token("a", "3", {}), vecs[2], b"img")  # no fingerprint
+    hits = cat.find_exact("f" * 64)
+    assert {(h.collection, h.token_id) for h in hits} == {("a", "1"), ("b", "2")} and {
+        h.score for h in hits
+    } == {1.0}
+    assert [h.token_id for h in cat.find_exact("f" * 64, SearchFilter(collections={"a"}))] == ["1"]
+    assert cat.find_exact("f" * 64, SearchFilter(exclude=("a", "1")))[0].token_id == "2"
+    assert cat.find_exact("0" * 64) == [] and cat.find_exact("") == []
+    assert cat.image("a", "1") == b"img" and cat.image("a", "nope") is None

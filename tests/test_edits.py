@@ -88,3 +88,17 @@ def test_random_edit_mixes_edits(punk):
     edit = random_edit(identity_prob=0.0)
     outs = [edit(punk, np.random.default_rng(i)) for i in range(12)]
     assert len({o.tobytes() for o in outs}) == 12
+
+
+def test_pixel_fingerprint_ignores_upscale_mirror_and_turns_only(punk):
+    from app.fingerprint import pixel_fingerprint, reduce_integer_upscale
+
+    fp = pixel_fingerprint(punk)
+    big = np.repeat(np.repeat(punk, 20, axis=0), 20, axis=1)
+    assert np.array_equal(reduce_integer_upscale(big), punk)
+    for same in (big, big[:, ::-1], np.rot90(big), np.rot90(punk[::-1], 3)):
+        assert pixel_fingerprint(np.ascontiguousarray(same)) == fp
+    changed = punk.copy()
+    changed[10, 10] = 255 - changed[10, 10]  # one pixel
+    assert pixel_fingerprint(changed) != fp
+    assert pixel_fingerprint(apply_edit("reencode_resize", punk, np.random.default_rng(0))) != fp

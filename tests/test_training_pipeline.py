@@ -74,6 +74,21 @@ def test_train_export_evaluate_serve_contract(cli, punks, nouns, tmp_path):
     )
     assert m.library_versions["torch"] and m.created_at and m.command.startswith("nftlens train --config")
     assert m.data_cards[0]["name"] == "cryptopunks"
+    assert m.outputs == ["probabilities", "embedding", "logits", "instance"] and m.instance_dim == 128
+    assert m.metrics["export_parity"]["min_instance_cosine"] >= 0.9999
+
+    # calibration on validation data: temperature, open-set detector + pinned sidecar, copy threshold
+    out = cli("calibrate", model_dir, "--method", "mahalanobis")
+    assert "temperature" in out and "copy thresholds" in out
+    m = load_manifest(model_dir)
+    assert m.calibration.temperature > 0 and m.calibration.ece_after <= m.calibration.ece_before + 1e-9
+    assert m.unknown.method == "mahalanobis" and (model_dir / m.unknown.stats_file).is_file()
+    assert set(m.unknown.validation["thresholds"]) == {"max_probability", "energy", "mahalanobis", "knn"}
+    assert -1 <= m.copies.threshold <= 1.01 and m.copies.dihedral and 0 <= m.copies.recall <= 1
+    assert set(m.copies.per_collection) <= {"cryptopunks", "nouns"}
+    assert {"reliability_val.png", "copies_pr_val.png", "calibration.json"} <= {
+        p.name for p in (model_dir / "report").iterdir()
+    }
 
     import onnx
 
@@ -98,13 +113,19 @@ def test_train_export_evaluate_serve_contract(cli, punks, nouns, tmp_path):
     }
     cm = np.array(metrics["clean"]["confusion_matrix"])
     assert cm.sum() == metrics["clean"]["n"] == len(punks.split("test")) + len(nouns.split("test"))
-    m2 = load_manifest(model_dir)  # evaluation records its figures and the unknown threshold
-    assert m2.metrics["test"]["macro_f1"] == metrics["clean"]["macro_f1"] and m2.unknown is not None
+    m2 = load_manifest(model_dir)  # evaluation records its figures
+    assert m2.metrics["test"]["macro_f1"] == metrics["clean"]["macro_f1"] and "ece" in m2.metrics["test"]
+    assert (
+        metrics["unknown"]["method"] == "mahalanobis" and 0 <= metrics["unknown"]["known_flagged_rate"] <= 1
+    )
+    assert "reliability.png" in {p.name for p in report.iterdir()}
 
     # the ONNX model runs in ONNX Runtime on a real image
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
-    probs, emb = model.run(load_tensor(nouns.image_path(nouns.rows[0]).read_bytes(), m.preprocessing)[None])
+    out = model.run(load_tensor(nouns.image_path(nouns.rows[0]).read_bytes(), m.preprocessing)[None])
+    probs, emb, inst = out["probabilities"], out["embedding"], out["instance"]
     assert probs.shape == (1, 2) and abs(probs.sum() - 1) < 1e-5 and abs(np.linalg.norm(emb) - 1) < 1e-5
+    assert inst.shape == (1, 128) and abs(np.linalg.norm(inst) - 1) < 1e-5
 
     # the service refuses a model whose file does not match its manifest
     with open(model_dir / "model.onnx", "ab") as fh:
@@ -165,3 +186,17 @@ def test_other_architectures_train_a_step_and_give_the_contract(arch):
     assert probs.shape == (4, 4) and torch.allclose(probs.sum(1), torch.ones(4))
     assert torch.allclose(emb.norm(dim=1), torch.ones(4), atol=1e-5)
     assert inst.shape == (4, 32) and torch.allclose(inst.norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+def test_continuing_from_a_checkpoint_keeps_both_heads(tmp_path):
+    """`pretrained: file:best.pt` of an NftNet resumes classifier and instance head, not only the trunk."""
+    from training.models import create_net
+
+    donor = create_net("resnet18", 3, instance_dim=16)
+    torch.save({"model": donor.state_dict()}, tmp_path / "best.pt")
+    again = create_net("resnet18", 3, f"file:{tmp_path / 'best.pt'}", instance_dim=16)
+    for key, value in donor.state_dict().items():
+        assert torch.equal(again.state_dict()[key], value), key
+    other = create_net("resnet18", 5, f"file:{tmp_path / 'best.pt'}", instance_dim=16)  # new labels
+    assert not torch.equal(other.backbone.fc.weight[:3], donor.backbone.fc.weight)
+    assert torch.equal(other.backbone.conv1.weight, donor.backbone.conv1.weight)

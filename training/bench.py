@@ -99,7 +99,14 @@ def _metric_counts(text: str, name: str) -> dict[str, float]:
     }
 
 
-async def _load(url: str, images: list[bytes], clients: int, requests: int) -> tuple[list[float], float, int]:
+async def _load(
+    url: str,
+    images: list[bytes],
+    clients: int,
+    requests: int,
+    path: str = "/classify",
+    params: dict | None = None,
+) -> tuple[list[float], float, int]:
     import httpx
 
     latencies: list[float] = []
@@ -111,8 +118,8 @@ async def _load(url: str, images: list[bytes], clients: int, requests: int) -> t
         for i in counter:
             t0 = time.perf_counter()
             r = await client.post(
-                "/classify",
-                params={"embedding": "false"},
+                path,
+                params=params if params is not None else {"embedding": "false"},
                 files={"file": ("i.png", images[i % len(images)], "image/png")},
             )
             latencies.append(time.perf_counter() - t0)
@@ -187,6 +194,59 @@ def bench_service(
     b, n = results["modes"]["batching"], results["modes"]["no_batching"]
     results["batching_speedup"] = b["throughput_rps"] / n["throughput_rps"]
     return results
+
+
+def _percentiles(latencies: list[float]) -> dict[str, float]:
+    ms = np.array(latencies) * 1000
+    return {f"p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)}
+
+
+def bench_copies(
+    model_dir: Path, images: list[Path], tokens: int = 100_000, clients: int = 4, requests: int = 200
+) -> dict:
+    """POST /copies latency against a catalog of `tokens` rows (and POST /classify on the same server).
+
+    The catalog holds the real collection and instance vectors of the given images, replicated with small
+    noise (renormalised) up to `tokens` rows: real-looking geometry, built in seconds instead of embedding
+    100k images.
+    """
+    from app.inference import OnnxModel
+    from training.runner import infer
+    from training.serverproc import running_server
+
+    model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
+    m = model.manifest
+    if not m.instance_dim or m.copies is None:
+        return {"skipped": f"{m.name}@{m.version} has no copy head"}
+    out = infer(model, images, desc="bench vectors")
+    rng = np.random.default_rng(0)
+
+    def noisy(v: np.ndarray, n: int) -> np.ndarray:
+        base = v[rng.integers(0, len(v), n)] + 0.05 * _unit(rng, n, v.shape[1])
+        return base / np.linalg.norm(base, axis=1, keepdims=True)
+
+    data = [p.read_bytes() for p in images]
+    result: dict = {"tokens": tokens, "clients": clients, "requests": requests, "dihedral": m.copies.dihedral}
+    with tempfile.TemporaryDirectory() as tmp:
+        cat = open_catalog(f"{tmp}/c.db", m.embedding_dim, f"{m.name}@{m.version}", "flat", m.instance_dim)
+        t0 = time.perf_counter()
+        for s in range(0, tokens, 5000):
+            n = min(5000, tokens - s)
+            emb, inst = noisy(out["embedding"], n), noisy(out["instance"], n)
+            cat.upsert_many([(Token("bench", str(s + i), {}), emb[i], None, inst[i]) for i in range(n)])
+        result["build_s"] = time.perf_counter() - t0
+        cat.close()
+        env = {"NFTLENS_PROVIDERS": '["CPUExecutionProvider"]'}
+        with running_server(model_dir, Path(tmp) / "c.db", Path(tmp), timeout=300, **env) as srv:
+            for path, params in (("/copies", {}), ("/classify", None)):
+                asyncio.run(_load(srv.url, data, clients, 2 * clients, path, params))  # warm-up
+                lat, wall, errors = asyncio.run(_load(srv.url, data, clients, requests, path, params))
+                result[path] = {
+                    "throughput_rps": requests / wall,
+                    "errors": errors,
+                    "latency_ms": _percentiles(lat),
+                }
+    return result
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -340,6 +400,25 @@ def render_markdown(report: dict) -> str:
             f"Dynamic batching speed-up: {s['batching_speedup']:.2f}x",
             "",
         ]
+    if "copies" in report and "skipped" not in report["copies"]:
+        c = report["copies"]
+        lines += [
+            f"## Copies: POST /copies with {c['tokens']:,} tokens in the catalog ({c['clients']} clients, "
+            f"{c['requests']} requests, dihedral views {'on' if c['dihedral'] else 'off'})",
+            "",
+        ]
+        rows = [
+            {
+                "route": route,
+                "req/s": c[route]["throughput_rps"],
+                "p50 ms": c[route]["latency_ms"]["p50"],
+                "p95 ms": c[route]["latency_ms"]["p95"],
+                "p99 ms": c[route]["latency_ms"]["p99"],
+                "errors": c[route]["errors"],
+            }
+            for route in ("/copies", "/classify")
+        ]
+        lines += [markdown_table(rows, list(rows[0])), ""]
     if "catalog" in report:
         c = report["catalog"]
         lines += [f"## Catalog: {c['dim']}-d vectors, top-{c['k']}, {c['queries']} queries", ""]

@@ -116,14 +116,42 @@ def fit_openset_statistics(
 def copy_threshold(positives: np.ndarray, negatives: np.ndarray, false_copy: float) -> dict:
     """The lowest threshold whose false-copy rate on `negatives` is <= `false_copy`, with P/R at it."""
     threshold = float(np.quantile(negatives, 1 - false_copy, method="higher")) + 1e-6
-    tp = int((positives >= threshold).sum())
-    fp = int((negatives >= threshold).sum())
+    return {"threshold": threshold, **verdict_rates(positives, negatives, threshold, threshold)}
+
+
+def verdict_rates(positives, negatives, pos_threshold, neg_threshold) -> dict:
+    """Recall, precision and false-copy rate when each pair meets its own threshold (scalars or arrays)."""
+    tp = int((positives >= pos_threshold).sum())
+    fp = int((negatives >= neg_threshold).sum())
     return {
-        "threshold": threshold,
         "recall": tp / len(positives),
         "precision": tp / max(tp + fp, 1),
         "false_copy_rate": fp / len(negatives),
     }
+
+
+def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> dict:
+    """A global threshold plus one per collection with at least `min_negatives` distinct validation tokens,
+    each keeping that collection's false-copy rate <= `false_copy`; rates as the service applies them."""
+    chosen = copy_threshold(pairs["pos"], pairs["neg"], false_copy)
+    per = {
+        str(c): copy_threshold(
+            pairs["pos"][pairs["pos_coll"] == c], pairs["neg"][pairs["neg_coll"] == c], false_copy
+        )["threshold"]
+        for c in np.unique(pairs["neg_coll"])
+        if (pairs["neg_coll"] == c).sum() >= min_negatives and (pairs["pos_coll"] == c).any()
+    }
+
+    def thr(colls: np.ndarray) -> np.ndarray:
+        return np.array([per.get(c, chosen["threshold"]) for c in colls])
+
+    rates = verdict_rates(pairs["pos"], pairs["neg"], thr(pairs["pos_coll"]), thr(pairs["neg_coll"]))
+    by_edit = {
+        e: float((pairs["pos"][m] >= thr(pairs["pos_coll"][m])).mean())
+        for e in dict.fromkeys(pairs["pos_edit"])
+        for m in [pairs["pos_edit"] == e]
+    }
+    return {"threshold": chosen["threshold"], "per_collection": per, **rates, "recall_by_edit": by_edit}
 
 
 def pr_curve(positives: np.ndarray, negatives: np.ndarray) -> dict[str, list[float]]:
@@ -147,13 +175,14 @@ def copy_pairs(
     per_edit: int = 60,
     seed: int = 1,
     dihedral: bool = False,
-) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """Validation pairs for the copy threshold, scored as the service scores (best of the query's views
+) -> dict[str, np.ndarray]:
+    """Validation pairs for the copy thresholds, scored as the service scores (best of the query's views
     with `dihedral`).
 
     Positives: sim(edit(x), x) for validation images x, every edit on a seeded sample.
     Negatives: for each validation image, its highest similarity to any *other* token of its collection in
     the train + val splits (the nearest distinct token: what a genuine new mint meets in the catalog).
+    Returns pos, pos_coll, pos_edit, neg, neg_coll.
     """
     vpaths, vrows = select_rows(data, "val", label_field, exclude, holdout)
     tpaths, trows = select_rows(data, "train", label_field, exclude, holdout)
@@ -172,21 +201,35 @@ def copy_pairs(
         sims[same] = -1.0  # the token itself (or another image of it) is not a distinct token
         negatives[vi] = sims.max(1)
     rng = np.random.default_rng(seed)
-    positives: dict[str, np.ndarray] = {}
+    pos, pos_coll, pos_edit = [], [], []
     for e, name in enumerate(EDITS):
         pick = rng.choice(len(vpaths), min(per_edit, len(vpaths)), replace=False)
         edited = infer(
-            model, [vpaths[i] for i in pick], edit_transform(name), desc=f"copy {name}", seed=seed + e
-        )
-        positives[name] = (edited["instance"] * val[pick]).sum(1)
-    return np.concatenate(list(positives.values())), np.array(negatives), positives
+            model,
+            [vpaths[i] for i in pick],
+            edit_transform(name),
+            desc=f"copy {name}",
+            seed=seed + e,
+            views=dihedral,
+        )["instance"]
+        for j, i in enumerate(pick):
+            pos.append(float(view_similarity(edited[j : j + 1], val[i : i + 1])[0, 0]))
+            pos_coll.append(vcol[i])
+            pos_edit.append(name)
+    return {
+        "pos": np.array(pos),
+        "pos_coll": np.array(pos_coll),
+        "pos_edit": np.array(pos_edit),
+        "neg": negatives,
+        "neg_coll": vcol,
+    }
 
 
 # -- all together ------------------------------------------------------------------------------------
 def calibrate(
     model_dir: str | Path,
-    method: str = "knn",
-    false_unknown: float = 0.005,
+    method: str = "mahalanobis",
+    false_unknown: float = 0.01,
     false_copy: float = 0.005,
     out: str | Path | None = None,
     copies: bool = True,
@@ -240,24 +283,24 @@ def calibrate(
         "openset_thresholds": thresholds,
     }
     if m.instance_dim and copies:
-        pos, neg, per_edit = copy_pairs(model, data, label_field, exclude, holdout, dihedral=dihedral)
-        chosen = copy_threshold(pos, neg, false_copy)
+        pairs = copy_pairs(model, data, label_field, exclude, holdout, dihedral=dihedral)
+        chosen = copy_thresholds(pairs, false_copy)
         m.copies = CopyDetector(
             threshold=chosen["threshold"],
+            per_collection=chosen["per_collection"],
             dihedral=dihedral,
             precision=chosen["precision"],
             recall=chosen["recall"],
-            target=f"false-copy rate <= {false_copy} on distinct validation tokens",
-            calibrated_on=f"validation split: {len(pos)} edited copies, {len(neg)} distinct tokens",
+            target=f"false-copy rate <= {false_copy} per collection on distinct validation tokens",
+            calibrated_on=f"validation split: {len(pairs['pos'])} edited copies, {len(pairs['neg'])} distinct tokens",
         )
-        curve = pr_curve(pos, neg)
-        plot_pr_curve(curve, chosen, out / "copies_pr_val.png")
-        result["copies"] = {
-            **chosen,
-            "n_positive": len(pos),
-            "n_negative": len(neg),
-            "recall_by_edit": {k: float((v >= chosen["threshold"]).mean()) for k, v in per_edit.items()},
-        }
+        plot_pr_curve(
+            pr_curve(pairs["pos"], pairs["neg"]),
+            None,
+            out / "copies_pr_val.png",
+            "copy score on validation pairs",
+        )
+        result["copies"] = {**chosen, "n_positive": len(pairs["pos"]), "n_negative": len(pairs["neg"])}
     m.write(model_dir)
     (out / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

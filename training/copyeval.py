@@ -77,7 +77,6 @@ def evaluate_copies(
     per_domain: int = 150,
     negatives_per_domain: int = 600,
     space: str = "instance",
-    threshold: float | None = None,
     seed: int = 0,
     holdout: list[str] | None = None,
 ) -> dict:
@@ -87,16 +86,38 @@ def evaluate_copies(
     output = "instance" if space == "instance" else "embedding"
     if output not in m.outputs:
         raise ValueError(f"{model_dir} has no {output!r} output")
-    if threshold is None and space == "instance" and m.copies is not None:
-        threshold = m.copies.threshold
-    dihedral = space == "instance" and m.copies is not None and m.copies.dihedral
+    detector = m.copies if space == "instance" else None  # the served verdict (per-collection thresholds)
+    dihedral = detector is not None and detector.dihedral
     data = data or [d for d in DEFAULT_DATA if Path(d, "manifest.csv").is_file()]
     if holdout is None:  # the test datasets the model was trained without
         holdout = m.training.get("config", {}).get("holdout", [])
     holdout = [h for h in holdout if Path(h, "manifest.csv").is_file()]
     sets = build_sets(data, m.labels, holdout, seed=seed)
     keys = list(sets["catalog"])
-    cat = infer(model, [sets["catalog"][k][0] for k in keys], desc="catalog")[output]
+    key_coll = np.array([k.split("/", 1)[0] for k in keys])
+
+    def thr(idx: np.ndarray) -> np.ndarray:
+        """The threshold each best match (catalog index) must reach: its collection's."""
+        return np.array([detector.threshold_for(c) for c in key_coll[idx]])
+
+    cat_out = infer(model, [sets["catalog"][k][0] for k in keys], desc="catalog", fingerprints=True)
+    cat = cat_out[output]
+    exact_index: dict[str, int] = {}  # the service's exact stage: pixel fingerprint -> first catalogued token
+    for i, fp in enumerate(cat_out["fingerprint"]):
+        exact_index.setdefault(str(fp), i)
+
+    def exact_stage(out: dict, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Best catalog index, its score and whether it was an exact pixel match, as the service answers."""
+        best = sims.argmax(1)
+        score = sims[np.arange(len(sims)), best]
+        exact = np.array([str(fp) in exact_index for fp in out["fingerprint"]])
+        if detector is not None:  # the exact stage belongs to the copy verdict (instance space) only
+            for j in np.flatnonzero(exact):
+                best[j], score[j] = exact_index[str(out["fingerprint"][j])], 1.0
+        else:
+            exact[:] = False
+        return best, score, exact
+
     rng = np.random.default_rng(seed)
 
     def sample(pool: list[str], n: int) -> list[str]:
@@ -112,36 +133,46 @@ def evaluate_copies(
     per_edit: dict[str, dict[str, dict]] = {}
     positives: list[float] = []
     for e, name in enumerate(EDITS):
-        q = infer(
+        q_out = infer(
             model,
             [sets["rows"][k][0] for k in originals],
             edit_transform(name),
             desc=f"edit {name}",
             seed=seed + 100 + e,
             views=dihedral,
-        )[output]
+            fingerprints=True,
+        )
+        q = q_out[output]
         sims = view_similarity(q, cat)
-        best = sims.argmax(1)
-        score = sims[np.arange(len(q)), best]
+        best, score, exact = exact_stage(q_out, sims)
         truth = np.array([index[k] for k in originals])
-        positives += sims[np.arange(len(q)), truth].tolist()
+        margin = sims[np.arange(len(q)), truth] - (thr(truth) if detector else 0)
+        positives += np.where(exact & (best == truth), 1.0, margin).tolist()
         per_edit[name] = {}
         for dom in ("pixel_art", "painted"):
             mask = np.array([_domain(k) == dom for k in originals])
             row = {"n": int(mask.sum()), "top1": float((best[mask] == truth[mask]).mean())}
-            if threshold is not None:
-                row["is_copy"] = float((score[mask] >= threshold).mean())
-                row["found_and_copy"] = float(
-                    ((best[mask] == truth[mask]) & (score[mask] >= threshold)).mean()
-                )
+            if detector is not None:
+                called = exact[mask] | (score[mask] >= thr(best[mask]))
+                row["is_copy"] = float(called.mean())
+                row["exact_stage"] = float(exact[mask].mean())
+                row["found_and_copy"] = float(((best[mask] == truth[mask]) & called).mean())
             per_edit[name][dom] = row
-    neg = infer(model, [sets["rows"][k][0] for k in distinct], desc="distinct tokens", views=dihedral)[output]
-    neg_best = view_similarity(neg, cat).max(1)
+    neg_out = infer(
+        model,
+        [sets["rows"][k][0] for k in distinct],
+        desc="distinct tokens",
+        views=dihedral,
+        fingerprints=True,
+    )
+    neg_arg, neg_best, neg_exact = exact_stage(neg_out, view_similarity(neg_out[output], cat))
     result: dict = {
         "model": f"{m.name}@{m.version}",
         "space": space,
         "dihedral_views": dihedral,
-        "threshold": threshold,
+        "thresholds": (
+            {"default": detector.threshold, **detector.per_collection} if detector is not None else None
+        ),
         "catalog": {
             "tokens": len(keys),
             "by_collection": {
@@ -154,27 +185,29 @@ def evaluate_copies(
         "per_edit": per_edit,
         "data": data,
     }
-    if threshold is not None:
+    if detector is not None:
+        called = neg_exact | (neg_best >= thr(neg_arg))
+        result["exact_matches_among_distinct"] = int(neg_exact.sum())
         result["false_copy_rate"] = {
-            d: float((neg_best[np.array([_domain(k) == d for k in distinct])] >= threshold).mean())
+            d: float(called[np.array([_domain(k) == d for k in distinct])].mean())
             for d in ("pixel_art", "painted")
         }
-        result["genuine_not_copy_rate"] = float((neg_best < threshold).mean())
+        result["genuine_not_copy_rate"] = float(1 - called.mean())
+        # margins over each pair's threshold: a pair is called a copy at margin >= 0
         pos = np.array(positives)
-        from training.calibrate import copy_threshold, pr_curve
+        neg_margin = np.where(neg_exact, 1.0, neg_best - thr(neg_arg))
+        from training.calibrate import pr_curve, verdict_rates
 
-        at = {
-            "threshold": threshold,
-            "recall": float((pos >= threshold).mean()),
-            "precision": float(
-                (pos >= threshold).sum() / max((pos >= threshold).sum() + (neg_best >= threshold).sum(), 1)
-            ),
-        }
-        result["test_pr_at_threshold"] = at
-        result["test_oracle"] = copy_threshold(pos, neg_best, 0.005)  # for reference, never shipped
+        at = {"threshold": 0.0, **verdict_rates(pos, neg_margin, 0.0, 0.0)}
+        result["test_pairs_at_served_thresholds"] = at
         out = Path(out)
         out.mkdir(parents=True, exist_ok=True)
-        plot_pr_curve(pr_curve(pos, neg_best), at, out / "pr_curve_test.png", "copy verdict on test pairs")
+        plot_pr_curve(
+            pr_curve(pos, neg_margin),
+            at,
+            out / "pr_curve_test.png",
+            "copy verdict on test pairs (score minus its collection's threshold)",
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plot_grouped_bars(
@@ -189,7 +222,7 @@ def evaluate_copies(
 
 
 def render_markdown(r: dict) -> str:
-    t = r["threshold"]
+    t = r["thresholds"]
     rows = []
     for name, doms in r["per_edit"].items():
         row = {"edit": name}
@@ -212,7 +245,9 @@ def render_markdown(r: dict) -> str:
             f"Distinct tokens: {r['distinct']['pixel_art']} pixel-art and {r['distinct']['painted']} painted unseen tokens "
             f"kept out of the catalog; false-copy rate {fc['pixel_art']:.4f} / {fc['painted']:.4f}, "
             f"so **{r['genuine_not_copy_rate']:.4f}** of genuine distinct tokens are not called copies.",
-            f"Copy threshold {t:.4f} (from model.json, chosen on validation pairs).",
+            "Copy thresholds (from model.json, chosen on validation pairs): "
+            + ", ".join(f"{c} {v:.4f}" for c, v in t.items())
+            + ".",
         ]
     lines += ["", markdown_table(rows, cols), "", "![top-1 by edit](top1_by_edit.png)"]
     if t is not None:

@@ -205,15 +205,15 @@ def apply_edit(name: str, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarr
 
 
 def random_edit(identity_prob: float = 0.2, second_prob: float = 0.3) -> Edit:
-    """Training views: with `identity_prob` the working copy untouched, else one random edit, and with
-    `second_prob` a second one on top (copymints often combine a flip with a colour change)."""
+    """Training views: with `identity_prob` the image untouched at its own resolution (so degradations
+    act on native pixels, as the robustness table applies them), else one random edit of the working
+    copy, and with `second_prob` a second one on top (copymints often combine a flip with a colour change)."""
     names = [n for n in EDITS if n != "exact"]
 
     def apply(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        out = working_copy(rgb)
         if rng.random() < identity_prob:
-            return out
-        out = EDITS[names[int(rng.integers(len(names)))]](out, rng)
+            return rgb
+        out = EDITS[names[int(rng.integers(len(names)))]](working_copy(rgb), rng)
         if rng.random() < second_prob:
             out = EDITS[names[int(rng.integers(len(names)))]](out, rng)
         return out

@@ -95,7 +95,7 @@ def leave_one_out(
     runs: Path = Path("runs/loo"),
     out: Path = Path("reports/openset"),
     shipped_model: Path = Path("models/default"),
-    false_unknown: float = 0.005,
+    false_unknown: float = 0.01,
 ) -> dict:
     """Train/export/calibrate one model per held-out collection (skipping finished ones), score them all."""
     from training.export import export

@@ -73,7 +73,9 @@ def create_model(arch: str, num_classes: int, pretrained: str = "none") -> nn.Mo
         model.reset_classifier(num_classes)
         return model
     if pretrained.startswith("file:"):
-        model = timm.create_model(arch, pretrained=False)
+        # every tensor whose name and shape fit is loaded: the classifier too when the label count matches
+        # (continuing a run), else it stays freshly initialised
+        model = timm.create_model(arch, pretrained=False, num_classes=num_classes)
         state = _file_state(pretrained.removeprefix("file:"))
         own = model.state_dict()
         usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
@@ -82,7 +84,6 @@ def create_model(arch: str, num_classes: int, pretrained: str = "none") -> nn.Mo
                 f"only {len(usable)}/{len(own)} tensors of {pretrained} fit {arch}: wrong architecture?"
             )
         model.load_state_dict(usable, strict=False)
-        model.reset_classifier(num_classes)
         return model
     if pretrained != "none":
         raise WeightsError(
@@ -131,8 +132,18 @@ class NftNet(nn.Module):
 
 
 def create_net(arch: str, num_classes: int, pretrained: str = "none", instance_dim: int = 128) -> NftNet:
-    """`create_model` wrapped with the instance head (`instance_dim` 0: classifier only)."""
-    return NftNet(create_model(arch, num_classes, pretrained), instance_dim)
+    """`create_model` wrapped with the instance head (`instance_dim` 0: classifier only).
+
+    With `file:PATH` of an NftNet checkpoint, the instance head's weights load too when they fit.
+    """
+    net = NftNet(create_model(arch, num_classes, pretrained), instance_dim)
+    if pretrained.startswith("file:") and net.instance is not None:
+        state = _file_state(pretrained.removeprefix("file:"))
+        head = {k.removeprefix("instance."): v for k, v in state.items() if k.startswith("instance.")}
+        own = net.instance.state_dict()
+        if head and all(k in head and head[k].shape == v.shape for k, v in own.items()):
+            net.instance.load_state_dict(head)
+    return net
 
 
 class ExportHead(nn.Module):

@@ -137,6 +137,8 @@ def plot_pr_curve(curve: dict, chosen: dict | None, path: Path, title: str = "co
 
 def markdown_table(rows: list[dict], columns: list[str]) -> str:
     def fmt(v) -> str:
+        if v is None:
+            return "—"
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---" for _ in columns) + "|"]
@@ -163,7 +165,11 @@ def compare_reports(reports: dict[str, Path], out: Path) -> dict:
             "macro_f1": m["clean"]["macro_f1"],
             "accuracy": m["clean"]["accuracy"],
             "precision_at_10": m["retrieval"]["precision_at_10_collection"],
-            "unknown_auroc": m.get("unknown", {}).get("auroc_max_probability"),
+            "unknown_auroc": m.get("unknown", {}).get(
+                "auroc", m.get("unknown", {}).get("auroc_max_probability")
+            ),
+            "known_flagged_unknown": m.get("unknown", {}).get("known_flagged_rate"),
+            "ece": m.get("calibration", {}).get("ece_after"),
             "duplicate_top1_rate": m.get("duplicates", {}).get("top1_rate"),
         }
         for name, m in metrics.items()
@@ -175,7 +181,16 @@ def compare_reports(reports: dict[str, Path], out: Path) -> dict:
         "",
         markdown_table(
             [{"model": k, **v} for k, v in summary.items()],
-            ["model", "macro_f1", "accuracy", "precision_at_10", "unknown_auroc", "duplicate_top1_rate"],
+            [
+                "model",
+                "macro_f1",
+                "accuracy",
+                "precision_at_10",
+                "unknown_auroc",
+                "known_flagged_unknown",
+                "ece",
+                "duplicate_top1_rate",
+            ],
         ),
         "",
         "## Robustness (accuracy and macro-F1 per corruption)",

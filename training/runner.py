@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from app.fingerprint import pixel_fingerprint
 from app.imaging import decode_image
 from app.inference import OnnxModel
 from app.preprocessing import PreprocessConfig, preprocess
@@ -25,12 +26,14 @@ def infer(
     desc: str = "infer",
     seed: int = 0,
     views: bool = False,
+    fingerprints: bool = False,
 ) -> dict[str, np.ndarray]:
     """Every model output for image files, concatenated.
 
     `transform` (a corruption, a copymint edit) acts on the decoded RGB with a generator seeded by
     (seed, index), so runs repeat exactly; `cfg` swaps in another preprocessing (the denoise sweep).
-    With `views`, each image runs in its 8 dihedral views and outputs are [N, 8, ...].
+    With `views`, each image runs in its 8 dihedral views and outputs are [N, 8, ...]; with
+    `fingerprints`, a "fingerprint" entry holds each (transformed) image's pixel fingerprint.
     """
     cfg = cfg or model.manifest.preprocessing
     outs: dict[str, list[np.ndarray]] = {}
@@ -43,6 +46,8 @@ def infer(
             if transform is not None:
                 rgb = transform(rgb, np.random.default_rng((seed, start + i)))
             xs.append(preprocess(rgb, cfg))
+            if fingerprints:
+                outs.setdefault("fingerprint", []).append(np.array([pixel_fingerprint(rgb)]))
         x = np.concatenate([dihedral_views(t) for t in xs]) if views else np.stack(xs)
         for name, arr in model.run(x).items():
             outs.setdefault(name, []).append(arr.reshape(len(xs), N_VIEWS, *arr.shape[1:]) if views else arr)

@@ -46,11 +46,13 @@ async def classify(
     if copies:
         service.require_copies()
     data, _ = await read_upload(request, service.settings.max_upload_bytes)
-    pred = await service.predict(data)
+    pred = await service.predict(data, fingerprint=copies)
     body = render(service, pred, top_k, embedding)
     if copies:
-        vectors = await service.copy_vectors(data, pred)
-        body["copies"] = await service.blocking(service.copies, vectors, k, collection_filter(collections))
+        vectors, fingerprint = await service.copy_query(data, pred)
+        body["copies"] = await service.blocking(
+            service.copies, vectors, k, collection_filter(collections), fingerprint
+        )
     return body
 
 

@@ -1,7 +1,8 @@
 """POST /copies (an uploaded image) and GET /copies/{collection}/{token_id} (a stored token).
 
-Both search the catalog's instance space and answer with the calibrated verdict: `is_copy` is true when
-the best match's score reaches the model's copy threshold (`model.json` -> `copies.threshold`).
+Both search the catalog's instance space and answer with the calibrated verdict: a match is a copy when its
+score reaches its collection's threshold (`model.json` -> `copies`), and `is_copy` is true when any match
+is one; `threshold` is the best match's.
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ async def copies_of_image(
     """Is this image a copy (exact or edited) of a catalogued token? The best matches and the verdict."""
     service.require_copies()
     data, _ = await read_upload(request, service.settings.max_upload_bytes)
-    vectors = await service.copy_vectors(data)
-    body = await service.blocking(service.copies, vectors, k, collection_filter(collections))
+    vectors, fingerprint = await service.copy_query(data)
+    body = await service.blocking(service.copies, vectors, k, collection_filter(collections), fingerprint)
     return {"model": service.model_key, **body}
 
 
@@ -48,14 +49,13 @@ async def copies_of_token(
 ) -> dict:
     """Copies of a stored token among every other catalogued token (the token itself is excluded)."""
     service.require_copies()
-    token = await stored_token(service, collection, token_id)
+    await stored_token(service, collection, token_id)
     image = await service.blocking(service.catalog.image, collection, token_id)
-    if token.instance is None or image is None:
+    if image is None:
         raise ConflictError(
-            f"{collection}/{token_id} has no instance vector or stored image: PUT it again, or run "
-            "`nftlens catalog reindex --all`"
+            f"{collection}/{token_id} was stored without its image: PUT it again with the image"
         )
-    vectors = await service.copy_vectors(image) if service.model.manifest.copies.dihedral else token.instance
+    vectors, fingerprint = await service.copy_query(image)
     flt = collection_filter(collections, None, (collection, token_id), same_collection)
-    body = await service.blocking(service.copies, vectors, k, flt)
+    body = await service.blocking(service.copies, vectors, k, flt, fingerprint)
     return {"query": {"collection": collection, "token_id": token_id}, "model": service.model_key, **body}

@@ -53,8 +53,8 @@ async def put_token(
         raise MissingFieldError(
             f"`metadata` must be a JSON object with name, image_url, attributes: {exc}"
         ) from exc
-    pred = await service.predict(data)
-    token = Token(collection, token_id, meta.model_dump(exclude_none=True))
+    pred = await service.predict(data, fingerprint=True)
+    token = Token(collection, token_id, meta.model_dump(exclude_none=True), fingerprint=pred.fingerprint)
     await service.blocking(service.catalog.upsert, token, pred.embedding, data, pred.instance)
     service.metrics.catalog_size.set(await service.blocking(service.catalog.count))
     stored = await service.blocking(service.catalog.get, collection, token_id)

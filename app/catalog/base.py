@@ -24,6 +24,7 @@ class Token:
     updated_at: str = ""
     vector: np.ndarray | None = None  # the collection embedding (with_vector reads)
     instance: np.ndarray | None = None  # the instance embedding, when the model has one
+    fingerprint: str = ""  # app.fingerprint.pixel_fingerprint of the image (exact-copy lookup)
 
 
 @dataclass
@@ -77,6 +78,9 @@ class Catalog(Protocol):
 
     def count(self) -> int: ...
     def stale_count(self) -> int: ...
+    def find_exact(self, fingerprint: str, flt: SearchFilter | None = None) -> list[Neighbour]:
+        """Tokens whose stored pixel fingerprint equals `fingerprint` (score 1.0), whatever the model."""
+
     def image(self, collection: str, token_id: str) -> bytes | None: ...
     def iter_images(self, only_stale: bool = True, batch: int = 256): ...
     def close(self) -> None: ...

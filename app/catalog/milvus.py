@@ -71,6 +71,7 @@ class MilvusCatalog:
             schema.add_field("created_at", DataType.VARCHAR, max_length=40)
             schema.add_field("updated_at", DataType.VARCHAR, max_length=40)
             schema.add_field("image", DataType.VARCHAR, max_length=65_535)
+            schema.add_field("fingerprint", DataType.VARCHAR, max_length=64)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
             if instance_dim:
                 schema.add_field("instance", DataType.FLOAT_VECTOR, dim=instance_dim)
@@ -83,6 +84,7 @@ class MilvusCatalog:
             )
         fields = {f["name"] for f in self._client.describe_collection(name)["fields"]}
         self.has_instance = bool(instance_dim) and "instance" in fields
+        self.has_fingerprint = "fingerprint" in fields
         if instance_dim and not self.has_instance:
             raise RuntimeError(
                 f"Milvus collection {name!r} predates instance vectors: point NFTLENS_CATALOG at a new "
@@ -121,6 +123,8 @@ class MilvusCatalog:
                         f"instance vector has {inst.shape[0]} dims, catalog expects {self.instance_dim}"
                     )
                 extra["instance"] = inst.tolist()
+            if self.has_fingerprint:
+                extra["fingerprint"] = token.fingerprint or ""
             rows.append(
                 {
                     **extra,
@@ -227,6 +231,19 @@ class MilvusCatalog:
             rows.sort(key=lambda r: r["pk"])
             yield rows
             last = rows[-1]["pk"]
+
+    def find_exact(self, fingerprint: str, flt: SearchFilter | None = None) -> list[Neighbour]:
+        """Tokens whose stored pixel fingerprint equals `fingerprint` (score 1.0), whatever the model."""
+        flt = flt or SearchFilter()
+        if not fingerprint or not self.has_fingerprint:
+            return []
+        rows = self._client.query(
+            self.name,
+            filter=f"fingerprint == {_quote(fingerprint)}",
+            output_fields=["collection", "token_id", "metadata"],
+        )
+        hits = [Neighbour(r["collection"], r["token_id"], 1.0, dict(r["metadata"] or {})) for r in rows]
+        return [h for h in hits if flt.allows(h.collection, h.token_id, 1.0)]
 
     def image(self, collection: str, token_id: str) -> bytes | None:
         """The stored image bytes of a token (None when absent or stored without an image)."""

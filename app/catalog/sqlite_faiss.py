@@ -32,10 +32,12 @@ CREATE TABLE IF NOT EXISTS tokens (
     created_at  TEXT NOT NULL,
     updated_at  TEXT NOT NULL,
     instance    BLOB,
+    fingerprint TEXT,
     UNIQUE (collection, token_id)
 );
 CREATE INDEX IF NOT EXISTS tokens_model ON tokens (model);
 """
+FINGERPRINT_INDEX = "CREATE INDEX IF NOT EXISTS tokens_fingerprint ON tokens (fingerprint)"
 SPACES = ("collection", "instance")  # the vector kinds a search can use
 
 
@@ -64,8 +66,10 @@ class SqliteFaissCatalog:
         self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
         self._db.executescript(SCHEMA)
         columns = {r[1] for r in self._db.execute("PRAGMA table_info(tokens)")}
-        if "instance" not in columns:  # a catalog written before instance vectors existed
-            self._db.execute("ALTER TABLE tokens ADD COLUMN instance BLOB")
+        for column in ("instance BLOB", "fingerprint TEXT"):  # catalogs written before these existed
+            if column.split()[0] not in columns:
+                self._db.execute(f"ALTER TABLE tokens ADD COLUMN {column}")
+        self._db.execute(FINGERPRINT_INDEX)
         self._deleted: set[int] = set()  # HNSW cannot remove: deleted ids are filtered out of results
         self._rebuild()
 
@@ -142,7 +146,7 @@ class SqliteFaissCatalog:
                         self._db.execute("DELETE FROM tokens WHERE id=?", (prev[0],))
                     cur = self._db.execute(
                         "INSERT INTO tokens (collection, token_id, metadata, model, dim, vector, image,"
-                        " created_at, updated_at, instance) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                        " created_at, updated_at, instance, fingerprint) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                         (
                             token.collection,
                             token.token_id,
@@ -154,6 +158,7 @@ class SqliteFaissCatalog:
                             prev[1] if prev else now,
                             now,
                             inst.tobytes() if inst is not None else None,
+                            token.fingerprint or None,
                         ),
                     )
                     new_ids.append(cur.lastrowid)
@@ -254,6 +259,18 @@ class SqliteFaissCatalog:
             return dict(
                 self._db.execute("SELECT collection, COUNT(*) FROM tokens GROUP BY collection").fetchall()
             )
+
+    def find_exact(self, fingerprint: str, flt: SearchFilter | None = None) -> list[Neighbour]:
+        """Tokens whose stored pixel fingerprint equals `fingerprint` (score 1.0), whatever the model."""
+        flt = flt or SearchFilter()
+        if not fingerprint:
+            return []
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT collection, token_id, metadata FROM tokens WHERE fingerprint=? ORDER BY id",
+                (fingerprint,),
+            ).fetchall()
+        return [Neighbour(r[0], r[1], 1.0, json.loads(r[2])) for r in rows if flt.allows(r[0], r[1], 1.0)]
 
     def image(self, collection: str, token_id: str) -> bytes | None:
         """The stored image bytes of a token (None when absent or stored without an image)."""
