@@ -51,7 +51,8 @@ model-data: install-train data
 
 model: model-data             ## reproduce the default model (needs $(SHARED): the nft-thumbs training set)
 	$(BIN)/nftlens train --config training/configs/default-resnet18.yaml
-	$(BIN)/nftlens export runs/default-resnet18/best.pt --out models/default
+	$(BIN)/nftlens train --config training/configs/default-resnet18-continue.yaml
+	$(BIN)/nftlens export runs/default-resnet18-continue/best.pt --out models/default
 	$(BIN)/nftlens calibrate models/default --method $(OPENSET) --out reports/default
 	$(MAKE) evaluate
 
@@ -59,6 +60,7 @@ OPENSET ?= mahalanobis
 evaluate: model-data          ## every report of the shipped model, on data it never trained on
 	$(BIN)/nftlens evaluate models/default $(TEST_SETS) --label-field collection --denoise-sweep --out reports/default
 	$(BIN)/nftlens copies evaluate models/default --out reports/copies
+	$(BIN)/nftlens report compare "previous (v1.0.0)=reports/previous" "shipped (v2.1.0)=reports/default" --out reports/comparison-v2
 
 loo: model-data               ## leave-one-collection-out open-set study (trains 4 models)
 	$(BIN)/nftlens loo --config training/configs/default-resnet18.yaml --out reports/openset

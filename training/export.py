@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+import yaml
 
 from app.manifest import ONNX_FILE, ModelManifest, sha256_of
 from app.preprocessing import PreprocessConfig, load_tensor
@@ -68,9 +69,18 @@ def parity_check(
 
 
 def reproduce_command(checkpoint: Path, out_dir: Path) -> str:
-    """The commands that rebuild this model: train from the run's saved config, then export."""
-    config = shlex.quote(str(checkpoint.parent / "config.yaml"))
-    return f"nftlens train --config {config} && nftlens export {shlex.quote(str(checkpoint))} --out {shlex.quote(str(out_dir))}"
+    """The commands that rebuild this model: every training stage from its run's saved config (a run that
+    starts from `file:RUN/best.pt` of another run is preceded by that run), then export."""
+    stages, run, seen = [], checkpoint.parent, set()
+    while (run / "config.yaml").is_file() and run not in seen:
+        seen.add(run)
+        stages.insert(0, f"nftlens train --config {shlex.quote(str(run / 'config.yaml'))}")
+        pretrained = str(yaml.safe_load((run / "config.yaml").read_text()).get("pretrained", ""))
+        if not pretrained.startswith("file:"):
+            break
+        run = Path(pretrained.removeprefix("file:")).parent
+    export_cmd = f"nftlens export {shlex.quote(str(checkpoint))} --out {shlex.quote(str(out_dir))}"
+    return " && ".join([*stages, export_cmd])
 
 
 def export(

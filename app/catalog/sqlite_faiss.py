@@ -114,7 +114,7 @@ class SqliteFaissCatalog:
         if vector is None:
             return None
         vec = np.asarray(vector, dtype=np.float32).reshape(-1)
-        if vec.shape[0] != dim:
+        if dim and vec.shape[0] != dim:  # dim 0: kept in the row, not indexed (no such space here)
             raise ValueError(f"{what} vector has {vec.shape[0]} dims, catalog expects {dim}")
         return vec
 
