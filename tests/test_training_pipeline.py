@@ -48,12 +48,15 @@ def test_train_export_evaluate_serve_contract(cli, punks, nouns, tmp_path):
                 "batch_size": 16,
                 "num_workers": 0,
                 "max_per_label": 48,
+                "groups_per_batch": 2,
+                "select": "last",
                 "preprocess": {"resize": {"size": 32}, "denoise": {"method": "median"}},
                 "out": str(tmp_path / "run"),
             }
         )
     )
-    cli("train", "--config", config)
+    out = cli("train", "--config", config)
+    assert '"batchnorm_recalibrated": true' in out  # grouped batches: BN statistics re-estimated at the end
     run = tmp_path / "run"
     assert {"config.yaml", "history.json", "best.pt", "last.pt"} <= {p.name for p in run.iterdir()}
     assert yaml.safe_load((run / "config.yaml").read_text())["preprocess"]["denoise"]["method"] == "median"

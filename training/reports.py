@@ -89,23 +89,38 @@ def plot_grouped_bars(table: dict[str, dict[str, float]], path: Path, title: str
 
 
 def plot_reliability(curves: dict[str, dict], path: Path, title: str = "reliability diagram") -> None:
-    """curves: name -> `expected_calibration_error` result (per-bin confidence vs accuracy)."""
-    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    """curves: name -> `expected_calibration_error` result. Top: accuracy vs confidence per bin (marker
+    area ~ images in the bin, so near-empty bins do not mislead); bottom: how many images per bin."""
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 5.6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect")
-    for name, c in curves.items():
+    for k, (name, c) in enumerate(curves.items()):
         bins = c["bins"]
-        ax.plot(
-            [b["confidence"] for b in bins],
+        conf = [b["confidence"] for b in bins]
+        ax.plot(conf, [b["accuracy"] for b in bins], lw=0.8, alpha=0.6, color=f"C{k}")
+        ax.scatter(
+            conf,
             [b["accuracy"] for b in bins],
-            marker="o",
-            ms=3,
+            s=[8 + 120 * np.sqrt(b["n"] / max(1, max(x["n"] for x in bins))) for b in bins],
+            color=f"C{k}",
             label=f"{name}: ECE {c['ece']:.4f}",
+            alpha=0.8,
         )
-    ax.set_xlabel("confidence (top-1 probability)")
+        centres = [(b["lo"] + b["hi"]) / 2 for b in bins]
+        hist.bar(
+            np.array(centres) + (k - 0.5) * 0.025,
+            [b["n"] for b in bins],
+            width=0.025,
+            color=f"C{k}",
+            alpha=0.8,
+        )
     ax.set_ylabel("accuracy")
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
+    hist.set_yscale("log")
+    hist.set_xlabel("confidence (top-1 probability)")
+    hist.set_ylabel("images")
+    hist.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
