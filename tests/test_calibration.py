@@ -184,3 +184,32 @@ def test_per_label_cap_is_drawn_afresh_each_epoch_and_seeded():
         assert len(b) == 30 and len({labels[i] for i in b}) <= 3
     counts = {lab: sum(labels[i] == lab for i in e1) for lab in "abc"}
     assert counts == {"a": 40, "b": 40, "c": 40}  # balanced to the cap
+
+
+def test_dihedral_views_cover_flips_and_turns():
+    from app.views import N_VIEWS, best_over_views, dihedral_views
+
+    x = np.arange(3 * 4 * 4, dtype=np.float32).reshape(3, 4, 4)
+    views = dihedral_views(x)
+    assert views.shape == (N_VIEWS, 3, 4, 4) and len({v.tobytes() for v in views}) == 8
+    assert np.array_equal(views[0], x) and np.array_equal(views[4], x[:, :, ::-1])
+    assert any(np.array_equal(v, np.rot90(x[:, ::-1], 1, axes=(1, 2))) for v in views)
+    assert best_over_views(np.array([[0.1, 0.9], [0.5, 0.2]])).tolist() == [0.5, 0.9]
+
+
+def test_reproduce_command_chains_training_stages(tmp_path):
+    import yaml
+
+    from training.export import reproduce_command
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    first.mkdir()
+    second.mkdir()
+    (first / "config.yaml").write_text(yaml.safe_dump({"pretrained": "none"}))
+    (second / "config.yaml").write_text(yaml.safe_dump({"pretrained": f"file:{first / 'best.pt'}"}))
+    cmd = reproduce_command(second / "best.pt", tmp_path / "model")
+    assert cmd.split(" && ") == [
+        f"nftlens train --config {first / 'config.yaml'}",
+        f"nftlens train --config {second / 'config.yaml'}",
+        f"nftlens export {second / 'best.pt'} --out {tmp_path / 'model'}",
+    ]

@@ -344,11 +344,13 @@ def bench_catalog(
 def render_markdown(report: dict) -> str:
     from training.reports import markdown_table
 
-    m = report["machine"]
+    def where(m: dict) -> str:
+        return f"Machine: {m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']} ({', '.join(m['ort_providers'])})."
+
     lines = [
         "# nftlens benchmarks",
         "",
-        f"Machine: {m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']} ({', '.join(m['ort_providers'])}).",
+        where(report["machine"]) + " (the latest run; each section names its own)",
         "",
     ]
     if "model" in report:
@@ -356,6 +358,7 @@ def render_markdown(report: dict) -> str:
         lines += [
             f"## Model: {r['model']} ({r['architecture']}, {r['input_size']} px) on {r['provider']}",
             "",
+            *([where(r["machine"]), ""] if r.get("machine") else []),
         ]
         rows = [
             {
@@ -380,6 +383,7 @@ def render_markdown(report: dict) -> str:
         lines += [
             f"## Service: {s['clients']} concurrent clients, {s['requests']} requests, max_batch {s['max_batch']}, max_wait {s['max_wait_ms']} ms",
             "",
+            *([where(s["machine"]), ""] if s.get("machine") else []),
         ]
         rows = [
             {
@@ -406,6 +410,7 @@ def render_markdown(report: dict) -> str:
             f"## Copies: POST /copies with {c['tokens']:,} tokens in the catalog ({c['clients']} clients, "
             f"{c['requests']} requests, dihedral views {'on' if c['dihedral'] else 'off'})",
             "",
+            *([where(c["machine"]), ""] if c.get("machine") else []),
         ]
         rows = [
             {
@@ -422,6 +427,7 @@ def render_markdown(report: dict) -> str:
     if "catalog" in report:
         c = report["catalog"]
         lines += [f"## Catalog: {c['dim']}-d vectors, top-{c['k']}, {c['queries']} queries", ""]
+        lines += [where(c["machine"]), ""] if c.get("machine") else []
         rows = [
             {
                 "backend": r["backend"],

@@ -291,22 +291,39 @@ def bench_cmd(
 
     out.mkdir(parents=True, exist_ok=True)
     previous = json.loads((out / "bench.json").read_text()) if (out / "bench.json").is_file() else {}
-    report: dict = {**previous, "machine": bench.machine()}  # sections not re-run are kept
+    for section in (
+        "model",
+        "service",
+        "catalog",
+        "copies",
+    ):  # sections not re-run are kept, with their machine
+        if isinstance(previous.get(section), dict):
+            previous[section].setdefault("machine", previous.get("machine"))
+    report: dict = {**previous, "machine": bench.machine()}
     if what in ("model", "service", "all"):
-        report["model"] = bench.bench_model(model_dir, seconds=seconds)
+        report["model"] = {**bench.bench_model(model_dir, seconds=seconds), "machine": report["machine"]}
     if what in ("service", "all"):
         ds = load_dataset(images)
         paths = [ds.image_path(r) for r in ds.rows[:: max(1, len(ds.rows) // 200)]]
-        report["service"] = bench.bench_service(model_dir, paths, clients, requests, raw_ort=report["model"])
+        report["service"] = {
+            **bench.bench_service(model_dir, paths, clients, requests, raw_ort=report["model"]),
+            "machine": report["machine"],
+        }
     if what in ("catalog", "all"):
         from app.manifest import load_manifest
 
         dim = load_manifest(model_dir).embedding_dim
-        report["catalog"] = bench.bench_catalog(dim, tuple(int(s) for s in sizes.split(",")))
+        report["catalog"] = {
+            **bench.bench_catalog(dim, tuple(int(s) for s in sizes.split(","))),
+            "machine": report["machine"],
+        }
     if what in ("copies", "all"):
         ds = load_dataset(images)
         paths = [ds.image_path(r) for r in ds.rows[:: max(1, len(ds.rows) // 200)]]
-        report["copies"] = bench.bench_copies(model_dir, paths, copies_tokens, min(clients, 4), requests // 2)
+        report["copies"] = {
+            **bench.bench_copies(model_dir, paths, copies_tokens, min(clients, 4), requests // 2),
+            "machine": report["machine"],
+        }
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "BENCH.md").write_text(bench.render_markdown(report))
     typer.echo((out / "BENCH.md").read_text())
