@@ -15,7 +15,7 @@ import numpy as np
 from app.inference import OnnxModel
 from app.openset import OpenSetScorer, softmax
 from training.calibrate import expected_calibration_error, openset_scores
-from training.datasets.select import select_rows
+from training.datasets.select import select_spec_rows
 from training.degrade import CORRUPTIONS
 from training.metrics import auroc, classification_report, precision_at_k
 from training.reports import (
@@ -29,17 +29,6 @@ from training.runner import infer, logits_of
 
 SWEEP_CORRUPTIONS = ("gauss_sigma25", "salt_pepper_2pct", "jpeg_q10")
 DENOISE_METHODS = ("none", "median", "gaussian", "bilateral", "nlmeans")
-
-
-def _rows(data: list[str], split: str, label_field: str) -> tuple[list[Path], list[dict]]:
-    """Rows of `split` across `data`; a folder written `DIR@SPLIT` uses that split for that folder."""
-    paths, rows = [], []
-    for spec in data:
-        root, _, own = spec.partition("@")
-        p, r = select_rows([root], own or split, label_field)
-        paths += p
-        rows += r
-    return paths, rows
 
 
 def group_similarity(emb: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, list[str], dict[str, float]]:
@@ -95,7 +84,7 @@ def evaluate(
     cfg, labels = model.manifest.preprocessing, model.labels
     out = Path(out or Path(model_dir) / "report")
     out.mkdir(parents=True, exist_ok=True)
-    paths, rows = _rows(data, split, label_field)
+    paths, rows = select_spec_rows(data, split, label_field)
     if not rows:
         raise ValueError(f"no rows in split {split!r} of {data}")
     index = {lab: i for i, lab in enumerate(labels)}

@@ -19,25 +19,13 @@ import numpy as np
 from app.inference import OnnxModel
 from app.openset import OpenSetScorer
 from training.calibrate import calibrate, openset_scores
-from training.datasets.select import select_rows
+from training.datasets.select import select_spec_rows
 from training.metrics import auroc
 from training.reports import markdown_table, plot_grouped_bars
 from training.runner import infer
 
 KNOWN_TEST = ["data/nft-collections@all", "data/cryptopunks@test", "data/nouns@test", "data/nft-thumbs@test"]
 UNKNOWN_SOURCES = ["data/nft-thumbs", "data/cryptopunks", "data/nouns", "data/nft-collections"]
-
-
-def _spec_rows(specs: list[str], label_field: str = "collection") -> tuple[list[Path], list[dict]]:
-    paths, rows = [], []
-    for spec in specs:
-        root, _, split = spec.partition("@")
-        if not Path(root, "manifest.csv").is_file():
-            continue
-        p, r = select_rows([root], split or "all", label_field)
-        paths += p
-        rows += r
-    return paths, rows
 
 
 def fpr_at_tpr(unknown: np.ndarray, known: np.ndarray, tpr: float = 0.95) -> float:
@@ -52,11 +40,11 @@ def score_open_set(
     """Every open-set score of a calibrated model on known test images vs the unknown collections."""
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
     m = model.manifest
-    kp, kr = _spec_rows(KNOWN_TEST)
+    kp, kr = select_spec_rows(KNOWN_TEST, label_field="collection", skip_missing=True)
     known_paths = [
         p for p, r in zip(kp, kr, strict=True) if r["collection"] in m.labels and r.get("hires", "0") != "1"
     ]
-    up, ur = _spec_rows(UNKNOWN_SOURCES)
+    up, ur = select_spec_rows(UNKNOWN_SOURCES, label_field="collection", skip_missing=True)
     unknown_paths = [p for p, r in zip(up, ur, strict=True) if r["collection"] in unknown_collections]
     if len(unknown_paths) > max_unknown:
         rng = np.random.default_rng(seed)

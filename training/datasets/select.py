@@ -42,3 +42,19 @@ def select_rows(
             paths.append(ds.image_path(r))
             rows.append({**r, "_label": r[label_field]})
     return paths, rows
+
+
+def select_spec_rows(
+    specs: list[str], split: str = "all", label_field: str = "label", skip_missing: bool = False
+) -> tuple[list[Path], list[dict]]:
+    """`select_rows` over folders written `DIR` or `DIR@SPLIT` (that folder's split instead of `split`);
+    with `skip_missing`, folders without a manifest are passed over."""
+    paths, rows = [], []
+    for spec in specs:
+        root, _, own = spec.partition("@")
+        if skip_missing and not Path(root, "manifest.csv").is_file():
+            continue
+        p, r = select_rows([root], own or split, label_field)
+        paths += p
+        rows += r
+    return paths, rows
