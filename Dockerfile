@@ -6,7 +6,6 @@ FROM python:3.11-slim AS source
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY app ./app
-COPY training ./training
 COPY docker/install.sh ./docker/install.sh
 
 FROM source AS build-cpu

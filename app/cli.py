@@ -1,10 +1,22 @@
-"""Serving commands (`nftlens serve`, `nftlens catalog ...`). Mounted by the root CLI in training/cli.py."""
+"""The `nftlens` command: serving commands here (`serve`, `catalog ...`, `copies scan`).
+
+The data, training and evaluation commands live in `training/cli.py` and are mounted when the `training`
+package is present (a source checkout with `pip install -e '.[train]'`). The serving install has no
+`training/`: those commands then answer with what to install instead.
+"""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+
 import typer
 
-serve_app = typer.Typer(add_completion=False)
+serve_app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="nftlens: NFT image classification, similarity and copy detection.",
+)
 
 
 @serve_app.command("serve")
@@ -133,3 +145,44 @@ def copies_scan(
         cat.close()
     typer.echo(f"{s['copies']} of {s['images']} images are copies (threshold {s['threshold']:.4f})")
     typer.echo(f"report: {dest}/copies.csv, {dest}/SUMMARY.md")
+
+
+TRAINING_COMMANDS = ("data", "train", "export", "calibrate", "evaluate", "loo", "report", "bench")
+_TRAINING_HINT = (
+    "this command needs the training package and its extra: from a source checkout, pip install -e "
+    "'.[train]' (nftlens[train])"
+)
+
+
+def _training_missing(name: str):
+    def command(ctx: typer.Context) -> None:
+        typer.echo(f"error: `nftlens {name}`: {_TRAINING_HINT}", err=True)
+        raise typer.Exit(2)
+
+    command.__doc__ = f"(needs the training package) {name}"
+    return command
+
+
+def _mount_training() -> None:
+    """Add training/cli.py's commands to the root, or stand-ins that say what to install."""
+    if importlib.util.find_spec("training") is None:
+        for name in TRAINING_COMMANDS:
+            serve_app.command(
+                name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+            )(_training_missing(name))
+        return
+    training_cli = importlib.import_module("training.cli")
+    serve_app.registered_commands += training_cli.app.registered_commands
+    serve_app.registered_groups += training_cli.app.registered_groups
+    copies_app.registered_commands += training_cli.copies_app.registered_commands
+
+
+_mount_training()
+
+
+def main() -> None:
+    serve_app()
+
+
+if __name__ == "__main__":
+    main()

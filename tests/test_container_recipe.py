@@ -44,17 +44,41 @@ def test_compose_profiles_wire_gpu_and_milvus():
 
 @pytest.mark.slow
 def test_install_script_builds_a_torch_free_serving_env(tmp_path):
+    import shutil
+
+    # the source tree exactly as the Dockerfile's `source` stage copies it (no training/)
+    src = tmp_path / "src"
+    text = (ROOT / "Dockerfile").read_text()
+    source_stage = text.split("FROM source AS", 1)[0]
+    for item in re.findall(r"^COPY (?!--from)(\S+(?: \S+)*?) \S+$", source_stage, re.M):
+        for name in item.split():
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
+            copy = shutil.copytree if (ROOT / name).is_dir() else shutil.copy2
+            copy(ROOT / name, src / name)
+    assert (src / "app").is_dir() and not (src / "training").exists()
     venv = tmp_path / "venv"
     out = subprocess.run(
-        ["sh", str(ROOT / "docker/install.sh"), "cpu", str(venv), str(ROOT)],
+        ["sh", str(ROOT / "docker/install.sh"), "cpu", str(venv), str(src)],
         capture_output=True,
         text=True,
         timeout=900,
     )
     assert out.returncode == 0, out.stdout + out.stderr
     assert "serving install ok" in out.stdout
+    shipped = subprocess.run(
+        [
+            str(venv / "bin/python"),
+            "-c",
+            "import importlib.util; print(importlib.util.find_spec('training'))",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
+    assert shipped.stdout.strip() == "None", "the serving install must not ship training/"
     help_text = subprocess.run(
-        [str(venv / "bin/nftlens"), "--help"], capture_output=True, text=True, timeout=120
+        [str(venv / "bin/nftlens"), "--help"], capture_output=True, text=True, timeout=120, cwd=tmp_path
     )
     assert help_text.returncode == 0 and "serve" in help_text.stdout
     # training commands say which extra they need instead of crashing
@@ -63,6 +87,7 @@ def test_install_script_builds_a_torch_free_serving_env(tmp_path):
         capture_output=True,
         text=True,
         timeout=120,
+        cwd=tmp_path,
     )
     assert train.returncode == 2 and "nftlens[train]" in train.stderr
     assert sys.executable != str(venv / "bin/python")

@@ -1,8 +1,8 @@
-"""The `nftlens` command line.
+"""The data, training and evaluation commands of `nftlens`.
 
-It lives here, not in `app/`, because it reaches both halves: data and training commands (this package)
-and the serving commands from `app.cli`. Nothing here imports torch at import time: commands that need it
-import it when run and say which extra to install.
+The command's root is `app.cli`, which mounts these when the `training` package is installed (a source
+checkout); the serving install has only the serving commands. Nothing here imports torch at import time:
+commands that need it import it when run and say which extra to install.
 """
 
 from __future__ import annotations
@@ -11,15 +11,9 @@ from pathlib import Path
 
 import typer
 
-from app.cli import serve_app
-
-app = typer.Typer(
-    add_completion=False, no_args_is_help=True, help="nftlens: NFT image classification and similarity."
-)
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="nftlens training commands.")
 data_app = typer.Typer(no_args_is_help=True, help="Fetch and import datasets into the standard format.")
 app.add_typer(data_app, name="data")
-app.registered_commands += serve_app.registered_commands
-app.registered_groups += serve_app.registered_groups
 
 
 def _report(ds) -> None:
@@ -227,7 +221,7 @@ def loo_cmd(
     typer.echo((out / "OPENSET.md").read_text())
 
 
-from app.cli import copies_app  # noqa: E402  (the serving CLI's `copies` group gains `evaluate`)
+copies_app = typer.Typer()  # merged into the root's `copies` group by app.cli
 
 
 @copies_app.command("evaluate")
@@ -327,11 +321,3 @@ def bench_cmd(
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "BENCH.md").write_text(bench.render_markdown(report))
     typer.echo((out / "BENCH.md").read_text())
-
-
-def main() -> None:
-    app()
-
-
-if __name__ == "__main__":
-    main()

@@ -46,7 +46,7 @@ def running_server(model_dir: Path, catalog: Path | str, log_dir: Path, timeout:
     }
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "training.cli", "serve"], env=full_env, stdout=fh, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "app.cli", "serve"], env=full_env, stdout=fh, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + timeout
