@@ -44,6 +44,11 @@ def choose_providers(requested: list[str] | None = None, require_gpu: bool = Fal
 Outputs = dict[str, np.ndarray]  # ONNX output name -> [N, ...] array
 
 
+def logits_of(out: Outputs) -> np.ndarray:
+    """The logits output, or log-probabilities for models exported before it existed."""
+    return out["logits"] if "logits" in out else np.log(np.maximum(out["probabilities"], 1e-12))
+
+
 class OnnxModel:
     """A verified model: manifest + InferenceSession. `run` takes preprocessed [N,3,S,S] float32 and
     returns every output the manifest lists (probabilities, embedding, and logits/instance when present)."""

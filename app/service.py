@@ -18,7 +18,7 @@ from app.catalog import Catalog, SearchFilter, open_catalog
 from app.config import Settings
 from app.errors import ConflictError
 from app.fingerprint import pixel_fingerprint
-from app.inference import OnnxModel, Outputs
+from app.inference import OnnxModel, Outputs, logits_of
 from app.metrics import Metrics
 from app.openset import OpenSetScorer, softmax
 from app.preprocessing import decode_and_preprocess
@@ -35,12 +35,13 @@ class Prediction:
     instance: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     fingerprint: str = ""  # exact-copy fingerprint of the decoded pixels (when asked for)
+    input: np.ndarray | None = None  # the preprocessed network input, for further views of the same image
 
 
 def unbatched_prediction(model: OnnxModel, out: Outputs, timings: dict | None = None) -> Prediction:
     """One image's row of the ONNX outputs -> Prediction (temperature-scaled when the manifest says so)."""
     m = model.manifest
-    logits = out["logits"] if "logits" in out else np.log(np.maximum(out["probabilities"], 1e-12))
+    logits = logits_of(out)
     probs = out["probabilities"]
     if m.calibration is not None and "logits" in out:
         probs = softmax(logits[None], m.calibration.temperature)[0]
@@ -126,7 +127,7 @@ class Service:
         timings["inference"] = (time.perf_counter() - t1) * 1000
         timings["total"] = (time.perf_counter() - t0) * 1000
         pred = unbatched_prediction(self.model, out, {k: round(v, 3) for k, v in timings.items()})
-        pred.fingerprint = fp
+        pred.fingerprint, pred.input = fp, x
         return pred
 
     def top_k(self, probs: np.ndarray, k: int) -> list[dict]:
@@ -150,14 +151,16 @@ class Service:
             )
 
     async def copy_query(self, data: bytes, pred: Prediction | None = None) -> tuple[np.ndarray, str]:
-        """The query's instance vectors [V, D] and pixel fingerprint: from `pred` (computed with its
-        fingerprint), or, when the copy verdict was calibrated on 8 dihedral views, all 8 views run through
-        the batcher together."""
+        """The query's instance vectors [V, D] and pixel fingerprint: from `pred` when given (predicted with
+        its fingerprint: the image is not decoded again), and, when the copy verdict was calibrated on 8
+        dihedral views, all 8 views run through the batcher together."""
         if not self.model.manifest.copies.dihedral:
-            if pred is None:
-                pred = await self.predict(data, fingerprint=True)
+            pred = pred or await self.predict(data, fingerprint=True)
             return pred.instance[None], pred.fingerprint
-        x, fp = await self.blocking(self._prepare, data, True, {})
+        if pred is not None:
+            x, fp = pred.input, pred.fingerprint
+        else:
+            x, fp = await self.blocking(self._prepare, data, True, {})
         views = dihedral_views(x)
         if self.settings.batching:
             outs = await asyncio.gather(*(self.batcher.submit(v) for v in views))

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.inference import OnnxModel
+from app.inference import OnnxModel, logits_of
 from app.manifest import Calibration, CopyDetector, UnknownDetector, sha256_of
 from app.openset import (
     energy_score,
@@ -33,7 +33,7 @@ from app.openset import (
 )
 from training.datasets.select import select_rows
 from training.edits import EDITS
-from training.runner import edit_transform, infer, logits_of, view_similarity
+from training.runner import edit_transform, infer, view_similarity
 
 STATS_FILE = "openset.npz"
 OPENSET_METHODS = ("max_probability", "energy", "mahalanobis", "knn")

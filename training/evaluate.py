@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.inference import OnnxModel
+from app.inference import OnnxModel, logits_of
 from app.openset import OpenSetScorer, softmax
 from training.calibrate import expected_calibration_error, openset_scores
 from training.datasets.select import select_spec_rows
@@ -25,7 +25,7 @@ from training.reports import (
     plot_reliability,
     plot_similarity,
 )
-from training.runner import infer, logits_of
+from training.runner import infer
 
 SWEEP_CORRUPTIONS = ("gauss_sigma25", "salt_pepper_2pct", "jpeg_q10")
 DENOISE_METHODS = ("none", "median", "gaussian", "bilateral", "nlmeans")

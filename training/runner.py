@@ -54,11 +54,6 @@ def infer(
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
-def logits_of(out: dict[str, np.ndarray]) -> np.ndarray:
-    """The logits output, or log-probabilities for models exported before it existed."""
-    return out["logits"] if "logits" in out else np.log(np.maximum(out["probabilities"], 1e-12))
-
-
 def edit_transform(name: str) -> Transform:
     """A named copymint edit (training.edits) as a transform."""
     from training.edits import apply_edit
