@@ -28,8 +28,8 @@ data: install                 ## fetch the pinned CryptoPunks and Nouns packages
 	@test -f $(DATA)/nouns/manifest.csv || $(BIN)/nftlens data fetch nouns --count 2000 --out $(DATA)
 
 catalog: data                 ## index the demo catalog the first time
-	$(BIN)/nftlens catalog index $(DATA)/cryptopunks --collection cryptopunks --if-empty
-	$(BIN)/nftlens catalog index $(DATA)/nouns --collection nouns --if-empty
+	$(BIN)/nftlens catalog index $(DATA)/cryptopunks --collection cryptopunks 
+	$(BIN)/nftlens catalog index $(DATA)/nouns --collection nouns 
 	$(BIN)/nftlens catalog reindex    # re-embeds tokens left by an older model (none: a no-op)
 
 serve: catalog                ## install, fetch data, index, serve on http://127.0.0.1:8000

@@ -53,8 +53,9 @@ def _open(model_dir: str | None, catalog: str | None):
     s = Settings(**{k: v for k, v in {"model_dir": model_dir, "catalog": catalog}.items() if v})
     model = OnnxModel(s.model_dir, s.providers, s.require_gpu, s.intra_op_threads)
     m = model.manifest
-    key = f"{m.name}@{m.version}"
-    return model, open_catalog(s.catalog, m.embedding_dim, key, s.faiss_index, m.instance_dim)
+    return model, open_catalog(
+        s.catalog, m.embedding_dim, m.sha256, s.faiss_index, m.instance_dim, f"{m.name}@{m.version}"
+    )
 
 
 @catalog_app.command("index")
@@ -68,24 +69,29 @@ def catalog_index(
     model_dir: str = typer.Option(None, help="model folder (NFTLENS_MODEL_DIR)"),
     catalog: str = typer.Option(None, help="catalog path (NFTLENS_CATALOG)"),
     batch: int = typer.Option(64, help="images per inference batch"),
-    if_empty: bool = typer.Option(False, help="do nothing when the catalog already holds this collection"),
 ) -> None:
-    """Embed many images into the catalog (batched inference, progress bar)."""
+    """Embed many images into the catalog (batched inference, progress bar).
+
+    Resumable: tokens already stored with the same image bytes (sha256) by the same model are skipped, so
+    rerunning after a crash or Ctrl-C embeds only what is missing. Running servers see the new tokens at
+    their next search.
+    """
     from pathlib import Path
 
     from app.indexing import index_source
 
     model, cat = _open(model_dir, catalog)
     try:
-        if if_empty and collection and cat.collections().get(collection):
-            typer.echo(f"catalog already holds {cat.collections()[collection]} {collection} tokens; skipping")
-            return
         result = index_source(model, cat, Path(source), collection, batch)
-        typer.echo(
-            f"{result['indexed']} indexed, {result['failed']} undecodable; catalog holds {cat.count()} tokens"
-        )
+    except (ValueError, FileNotFoundError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     finally:
         cat.close()
+    typer.echo(
+        f"{result['indexed']} indexed, {result['skipped']} already stored, {result['failed']} undecodable; "
+        f"catalog holds {result['catalog']} tokens"
+    )
 
 
 @catalog_app.command("reindex")
@@ -103,7 +109,8 @@ def catalog_reindex(
     try:
         result = reindex(model, cat, everything=all_tokens)
         typer.echo(
-            f"{result['indexed']} re-embedded, {result['failed']} failed; {cat.stale_count()} still stale"
+            f"{result['indexed']} re-embedded in place, {result['failed']} failed; "
+            f"{cat.stale_count()} still stale"
         )
     finally:
         cat.close()

@@ -19,8 +19,16 @@ class Settings(BaseSettings):
     catalog: str = Field(
         "catalog/catalog.db", description="SQLite file of the embedded catalog (FAISS in memory)"
     )
-    faiss_index: Literal["flat", "hnsw"] = Field(
-        "flat", description="exact inner product, or HNSW (approximate) for large catalogs"
+    faiss_index: Literal["auto", "flat", "hnsw"] = Field(
+        "auto",
+        description="exact inner product (flat), HNSW (approximate), or auto: flat up to 50,000 vectors "
+        "per space, HNSW above (chosen by `nftlens bench catalog`)",
+    )
+    faiss_ef_search: int = Field(
+        64, ge=8, le=4096, description="HNSW search breadth: higher is more exact and slower"
+    )
+    catalog_threads: int = Field(
+        2, ge=1, description="threads for catalog reads, writes and searches (apart from image decoding)"
     )
     providers: list[str] = Field(
         ["CUDAExecutionProvider", "CPUExecutionProvider"],
@@ -33,12 +41,23 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(
         5.0, ge=0, description="how long the first request in a batch waits for company"
     )
+    max_queue: int = Field(
+        256, ge=1, description="images waiting for inference before new requests get 503 + Retry-After"
+    )
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="deadline for one request's inference; past it the request gets 503"
+    )
     preprocess_threads: int = Field(
         4, ge=1, description="threads decoding and preprocessing images off the event loop"
     )
-    max_upload_bytes: int = Field(20 * 1024 * 1024, description="largest accepted request body (413 above)")
-    max_pixels: int = Field(40_000_000, description="largest decoded image, width x height (413 above)")
-    max_batch_files: int = Field(64, description="most files in one /classify/batch request")
+    max_upload_bytes: int = Field(
+        20 * 1024 * 1024, ge=1, description="largest accepted request body (413 above)"
+    )
+    max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image, width x height (413 above)")
+    max_batch_files: int = Field(64, ge=1, description="most files in one /classify/batch or PUT /tokens")
+    max_metadata_bytes: int = Field(
+        16 * 1024, ge=2, description="largest token metadata, as JSON (413 above)"
+    )
     api_key: str | None = Field(
         None, description="when set, PUT/DELETE /tokens need header X-API-Key with this value"
     )

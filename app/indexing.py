@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -72,7 +73,12 @@ def embed_into_catalog(
             emb, inst = out["embedding"], out.get("instance")
             catalog.upsert_many(
                 [
-                    (replace(tok, fingerprint=fp), emb[i], data, inst[i] if inst is not None else None)
+                    (
+                        replace(tok, fingerprint=fp, image_sha256=hashlib.sha256(data).hexdigest()),
+                        emb[i],
+                        data,
+                        inst[i] if inst is not None else None,
+                    )
                     for i, ((tok, data), (_, fp)) in enumerate(ok)
                 ]
             )
@@ -102,16 +108,30 @@ def safe_prepare(data: bytes, cfg) -> tuple[np.ndarray, str] | None:
 def index_source(
     model: OnnxModel, catalog: Catalog, source: Path, collection: str | None = None, batch: int = 64
 ) -> dict[str, int]:
+    """Embed a dataset folder or image folder into the catalog, resuming: a token already stored by this
+    model from the same image bytes (sha256) is skipped. Returns indexed/skipped/failed counts."""
     items = items_from_source(source, collection)
-    return embed_into_catalog(model, catalog, ((t, p.read_bytes()) for t, p in items), len(items), batch)
+    stored = catalog.stored_hashes()
+    todo: list[tuple[Token, bytes]] = []
+    for token, path in tqdm(items, desc="check", unit="img", leave=False):
+        data = path.read_bytes()
+        if stored.get((token.collection, token.token_id)) != (
+            catalog.model_key,
+            hashlib.sha256(data).hexdigest(),
+        ):
+            todo.append((token, path))
+    result = embed_into_catalog(model, catalog, ((t, p.read_bytes()) for t, p in todo), len(todo), batch)
+    return {**result, "skipped": len(items) - len(todo), "catalog": catalog.count()}
 
 
 def reindex(model: OnnxModel, catalog: Catalog, everything: bool = False, batch: int = 64) -> dict[str, int]:
-    """Re-embed stored images made by another model version (or all, with `everything`)."""
+    """Re-embed, in place, stored images embedded by another model (or all, with `everything`)."""
     total = catalog.count() if everything else catalog.stale_count()
 
     def rows():
         for chunk in catalog.iter_images(only_stale=not everything, batch=batch):
             yield from chunk
 
-    return embed_into_catalog(model, catalog, rows(), total, batch, desc="reindex")
+    result = embed_into_catalog(model, catalog, rows(), total, batch, desc="reindex")
+    catalog.drop_superseded()  # Milvus: other models' rows of the migrated tokens
+    return result

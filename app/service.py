@@ -1,7 +1,8 @@
 """The request pipeline, LitServe-style: decode → preprocess → batch → predict → unbatch → encode.
 
-`Service` owns the model, the micro-batcher, the catalog and the thread pool that keeps blocking work
-(decoding, preprocessing, catalog I/O) off the event loop. The routers only translate HTTP.
+`Service` owns the model, the micro-batcher, the catalog and two thread pools that keep blocking work off
+the event loop: one decodes and preprocesses images, the other does catalog I/O and searches, so a slow
+search never delays `/classify`. The routers only translate HTTP.
 """
 
 from __future__ import annotations
@@ -57,7 +58,15 @@ class Service:
         self.batcher: MicroBatcher | None = None
         self.openset: OpenSetScorer | None = None
         self.pool = ThreadPoolExecutor(max_workers=settings.preprocess_threads, thread_name_prefix="prep")
-        self.ready = False
+        self.catalog_pool = ThreadPoolExecutor(
+            max_workers=settings.catalog_threads, thread_name_prefix="catalog"
+        )
+        self.started = False
+
+    @property
+    def ready(self) -> bool:
+        """Started, and the batching loop is running (it is restarted if it dies)."""
+        return self.started and self.batcher is not None and self.batcher.healthy
 
     # -- lifecycle -----------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -72,24 +81,41 @@ class Service:
         if m.unknown is not None:
             self.openset = OpenSetScorer(m.unknown, s.model_dir)
         self.catalog = await loop.run_in_executor(
-            self.pool,
-            lambda: open_catalog(s.catalog, m.embedding_dim, self.model_key, s.faiss_index, m.instance_dim),
+            self.catalog_pool,
+            lambda: open_catalog(
+                s.catalog,
+                m.embedding_dim,
+                self.model_key,
+                s.faiss_index,
+                m.instance_dim,
+                self.model_label,
+                s.faiss_ef_search,
+            ),
         )
         self.metrics.catalog_size.set(self.catalog.count())
-        self.batcher = MicroBatcher(self._infer, s.max_batch, s.max_wait_ms, self._observe_batch)
+        self.batcher = MicroBatcher(
+            self._infer, s.max_batch, s.max_wait_ms, self._observe_batch, s.max_queue, s.request_timeout_s
+        )
         self.batcher.start()
-        self.ready = True
+        self.started = True
 
     async def stop(self) -> None:
-        self.ready = False
+        self.started = False
         if self.batcher:
             await self.batcher.stop()
         if self.catalog:
             self.catalog.close()
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.catalog_pool.shutdown(wait=False, cancel_futures=True)
 
     @property
     def model_key(self) -> str:
+        """The catalog's key for this model's vectors: the ONNX file's sha256 (content, not name)."""
+        return self.model.manifest.sha256
+
+    @property
+    def model_label(self) -> str:
+        """name@version, for people."""
         m = self.model.manifest
         return f"{m.name}@{m.version}"
 
@@ -103,8 +129,12 @@ class Service:
         self.metrics.queue_depth.set(self.batcher.queue_depth if self.batcher else 0)
 
     async def blocking(self, fn, *args):
-        """Run blocking work (catalog I/O, decoding) on the worker pool."""
+        """Run blocking image work (decoding, preprocessing) on the image pool."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
+
+    async def in_catalog(self, fn, *args):
+        """Run catalog I/O or a search on the catalog pool."""
+        return await asyncio.get_running_loop().run_in_executor(self.catalog_pool, fn, *args)
 
     def _prepare(self, data: bytes, fingerprint: bool, timings: dict) -> tuple[np.ndarray, str]:
         rgb, x = decode_and_preprocess(
@@ -146,7 +176,7 @@ class Service:
         m = self.model.manifest
         if not m.instance_dim or m.copies is None:
             raise ConflictError(
-                f"model {self.model_key} has no instance embedding or copy threshold: serve a model "
+                f"model {self.model_label} has no instance embedding or copy threshold: serve a model "
                 "exported with an instance head (the default model has one)"
             )
 

@@ -107,13 +107,20 @@ def test_index_and_reindex_with_the_real_model(make, model_dir, nouns):
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
     m = model.manifest
     stale = make("older@0", m.embedding_dim)
-    assert index_source(model, stale, nouns.root) == {"indexed": 60, "failed": 0}
+    done = {"indexed": 60, "failed": 0, "skipped": 0, "catalog": 60}
+    assert index_source(model, stale, nouns.root) == done
+    created = stale.get("nouns", "5").created_at
     stale.close()
-    cat = make(f"{m.name}@{m.version}", m.embedding_dim)
+    cat = make(m.sha256, m.embedding_dim)
     assert cat.stale_count() == 60
-    assert reindex(model, cat) == {"indexed": 60, "failed": 0}
+    # resuming by content hash: stored by another model is not "already stored" for this one
+    assert index_source(model, cat, nouns.root) == done
+    assert index_source(model, cat, nouns.root) == {**done, "indexed": 0, "skipped": 60}
+    assert reindex(model, cat) == {"indexed": 0, "failed": 0}
+    assert reindex(model, cat, everything=True) == {"indexed": 60, "failed": 0}
     assert cat.stale_count() == 0 and cat.count() == 60
     tok = cat.get("nouns", "5", with_vector=True)
+    assert tok.created_at == created and tok.model == m.sha256  # updated in place: identity kept
     assert tok.metadata["label"] == "nouns" and tok.metadata["attributes"]["head"].startswith("head-")
     assert cat.search(tok.vector, 1)[0].token_id == "5"
 
@@ -187,9 +194,7 @@ def test_reindex_fills_instance_vectors_with_the_real_model(tmp_path, model_dir,
     old = open_catalog(str(tmp_path / "c.db"), m.embedding_dim, "older@0")
     index_source(model, old, nouns.root)  # as an older model without instance vectors would have
     old.close()
-    cat = open_catalog(
-        str(tmp_path / "c.db"), m.embedding_dim, f"{m.name}@{m.version}", "flat", m.instance_dim
-    )
+    cat = open_catalog(str(tmp_path / "c.db"), m.embedding_dim, m.sha256, "flat", m.instance_dim)
     assert cat.search(np.ones(m.instance_dim, np.float32), 1, space="instance") == []
     assert reindex(model, cat) == {"indexed": 60, "failed": 0}
     tok = cat.get("nouns", "5", with_vector=True)
@@ -212,3 +217,100 @@ def test_exact_stage_finds_tokens_by_pixel_fingerprint(make):
     assert cat.find_exact("f" * 64, SearchFilter(exclude=("a", "1")))[0].token_id == "2"
     assert cat.find_exact("0" * 64) == [] and cat.find_exact("") == []
     assert cat.image("a", "1") == b"img" and cat.image("a", "nope") is None
+
+
+# -- one truth for every process ------------------------------------------------------------------------
+@pytest.fixture(params=["flat", "hnsw"])
+def two_views(request, tmp_path):
+    """Two catalogs on one SQLite file, as two processes hold it (each its own connection and indexes)."""
+    path = str(tmp_path / "shared.db")
+    a = open_catalog(path, DIM, "m@1", request.param, IDIM)
+    b = open_catalog(path, DIM, "m@1", request.param, IDIM)
+    yield a, b
+    a.close(), b.close()
+
+
+def test_writes_by_one_catalog_are_searched_by_another_without_reopening(two_views):
+    writer, server = two_views
+    rng = np.random.default_rng(7)
+    vecs, insts = unit(rng, 40), np.eye(IDIM, dtype=np.float32)
+    assert server.search(vecs[0], 5) == []
+    writer.upsert_many([(Token("a", str(i), {}), vecs[i], None, insts[i % IDIM]) for i in range(40)])
+    assert [n.token_id for n in server.search(vecs[3], 1)] == ["3"]
+    assert server.search(insts[2], 1, space="instance")[0].token_id in {"2", "10", "18", "26", "34"}
+    # re-embedding in place (what reindex does) keeps the token searchable with its new vector
+    writer.upsert(Token("a", "3", {"v": 2}), vecs[20], None, insts[0])
+    top = server.search(vecs[20], 2)
+    assert {n.token_id for n in top} == {"3", "20"} and len(server.search(vecs[0], 100)) == 40
+    assert writer.delete("a", "3")
+    assert "3" not in {n.token_id for n in server.search(vecs[20], 40)}
+    assert writer.delete_collection("a") == 39
+    assert server.search(vecs[0], 5) == [] and server.count() == 0
+
+
+def test_reader_that_fell_behind_the_pruned_log_rebuilds(tmp_path, monkeypatch):
+    import app.catalog.sqlite_faiss as backend
+
+    monkeypatch.setattr(backend, "LOG_KEEP", 5)
+    path = str(tmp_path / "c.db")
+    writer, server = open_catalog(path, DIM, "m@1"), open_catalog(path, DIM, "m@1")
+    vecs = unit(np.random.default_rng(8), 3000)
+    for start in range(0, 3000, 500):  # every commit past 1,000 log entries prunes
+        writer.upsert_many([(Token("a", str(i), {}), vecs[i], None) for i in range(start, start + 500)])
+    assert writer._db.execute("SELECT MIN(seq) FROM changes").fetchone()[0] > 1
+    assert [n.token_id for n in server.search(vecs[2999], 1)] == ["2999"]
+    assert server.index_stats()["collection"]["vectors"] == 3000
+
+
+def test_hnsw_churn_is_compacted_and_search_stays_exact_enough(tmp_path):
+    cat = open_catalog(str(tmp_path / "c.db"), DIM, "m@1", "hnsw")
+    rng = np.random.default_rng(9)
+    vecs = unit(rng, 500)
+    cat.upsert_many([(Token("a", str(i), {}), vecs[i], None) for i in range(500)])
+    for round_ in range(6):  # 6 x 100 updates: tombstones would reach 600 without compaction
+        fresh = unit(rng, 100)
+        cat.upsert_many([(Token("a", str(i), {"r": round_}), fresh[i], None) for i in range(100)])
+        vecs[:100] = fresh
+        cat.wait_for_compaction()
+    stats = cat.index_stats()["collection"]
+    assert stats["vectors"] == 500 and stats["tombstones"] <= max(256, 0.2 * 600)
+    hits = [cat.search(vecs[i], 1)[0].token_id == str(i) for i in range(0, 500, 5)]
+    assert sum(hits) >= 0.98 * len(hits)
+
+
+def test_collection_filters_run_inside_the_graph_search(tmp_path):
+    """With HNSW and filters too wide for the exact shards, the filter is a FAISS selector: every result
+    is allowed, and k results come back even when the filtered collection is a small share."""
+    cat = open_catalog(str(tmp_path / "c.db"), DIM, "m@1", "hnsw")
+    for space in cat._spaces.values():
+        space.exact_limit = 10  # force the graph path
+    rng = np.random.default_rng(10)
+    vecs = unit(rng, 1000)
+    names = ["small" if i % 20 == 0 else "big" for i in range(1000)]  # 50 small, 950 big
+    cat.upsert_many([(Token(names[i], str(i), {}), vecs[i], None) for i in range(1000)])
+    q = vecs[1]
+    got = cat.search(q, 10, SearchFilter(collections={"small"}))
+    truth = [str(i) for i in sorted(range(0, 1000, 20), key=lambda i: -(vecs[i] @ q))[:10]]
+    assert len(got) == 10 and {n.collection for n in got} == {"small"}
+    assert len({n.token_id for n in got} & set(truth)) >= 9
+    not_big = cat.search(q, 10, SearchFilter(exclude_collections={"big"}))
+    assert {n.collection for n in not_big} == {"small"} and len(not_big) == 10
+
+
+def test_list_tokens_pages_with_a_stable_cursor(make):
+    cat = make()
+    rng = np.random.default_rng(11)
+    vecs = unit(rng, 25)
+    cat.upsert_many([(Token("ab"[i % 2], f"{i:02d}", {}), vecs[i], None) for i in range(25)])
+    seen, cursor = [], None
+    while True:
+        page, cursor = cat.list_tokens(cursor=cursor, limit=7)
+        seen += [(t.collection, t.token_id) for t in page]
+        if cursor is None:
+            break
+        cat.upsert(Token("a", "00", {"touched": True}), vecs[0], None)  # writes between pages move nothing
+    assert seen == sorted(seen) and len(seen) == len(set(seen)) == 25
+    only_b, more = cat.list_tokens("b", limit=100)
+    assert more is None and [t.token_id for t in only_b] == [f"{i:02d}" for i in range(1, 25, 2)]
+    with pytest.raises(ValueError, match="cursor"):
+        cat.list_tokens(cursor="not-a-cursor")

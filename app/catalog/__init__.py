@@ -8,8 +8,16 @@ from app.catalog.sqlite_faiss import SqliteFaissCatalog
 __all__ = ["Catalog", "Neighbour", "SearchFilter", "Token", "SqliteFaissCatalog", "open_catalog"]
 
 
-def open_catalog(url: str, dim: int, model_key: str, index: str = "flat", instance_dim: int = 0) -> Catalog:
-    """Pick the backend from the URL.
+def open_catalog(
+    url: str,
+    dim: int,
+    model_key: str,
+    index: str = "auto",
+    instance_dim: int = 0,
+    model_label: str = "",
+    ef_search: int = 64,
+) -> Catalog:
+    """Pick the backend from the URL. `model_key` is the model file's sha256; `model_label` its name@version.
 
     - `path/to/catalog.db` or `sqlite:///path`: SQLite + FAISS, embedded (the default)
     - `milvus://host:19530[/collection]`: a Milvus server shared by several replicas
@@ -20,10 +28,21 @@ def open_catalog(url: str, dim: int, model_key: str, index: str = "flat", instan
 
         if url.startswith("milvus-lite://"):
             return MilvusCatalog(
-                url.removeprefix("milvus-lite://"), dim, model_key, instance_dim=instance_dim
+                url.removeprefix("milvus-lite://"),
+                dim,
+                model_key,
+                instance_dim=instance_dim,
+                model_label=model_label,
             )
         hostport, _, name = url.removeprefix("milvus://").partition("/")
         return MilvusCatalog(
-            f"http://{hostport}", dim, model_key, name or "nftlens_tokens", instance_dim=instance_dim
+            f"http://{hostport}",
+            dim,
+            model_key,
+            name or "nftlens_tokens",
+            instance_dim=instance_dim,
+            model_label=model_label,
         )
-    return SqliteFaissCatalog(url.removeprefix("sqlite:///"), dim, model_key, index, instance_dim)
+    return SqliteFaissCatalog(
+        url.removeprefix("sqlite:///"), dim, model_key, index, instance_dim, model_label, ef_search
+    )

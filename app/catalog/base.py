@@ -19,12 +19,14 @@ class Token:
     collection: str
     token_id: str
     metadata: dict = field(default_factory=dict)
-    model: str = ""  # "name@version" of the model that made the vector
+    model: str = ""  # sha256 of the ONNX file that made the vectors (the catalog's model key)
     created_at: str = ""
     updated_at: str = ""
     vector: np.ndarray | None = None  # the collection embedding (with_vector reads)
     instance: np.ndarray | None = None  # the instance embedding, when the model has one
     fingerprint: str = ""  # app.fingerprint.pixel_fingerprint of the image (exact-copy lookup)
+    model_label: str = ""  # "name@version" of that model, for people
+    image_sha256: str = ""  # sha256 of the stored image bytes (bulk indexing resumes by it)
 
 
 @dataclass
@@ -61,16 +63,33 @@ class Catalog(Protocol):
     each kind has its own index.
     """
 
-    model_key: str
+    model_key: str  # sha256 of the serving model's ONNX file: vectors of other models are never searched
 
     def upsert(
         self, token: Token, vector: np.ndarray, image: bytes | None = None, instance: np.ndarray | None = None
-    ) -> None: ...
-    def upsert_many(self, items: list[tuple]) -> None:
-        """Items: (token, collection vector, image bytes or None[, instance vector or None])."""
+    ) -> Token: ...
+    def upsert_many(self, items: list[tuple]) -> list[Token]:
+        """Items: (token, collection vector, image bytes or None[, instance vector or None]); returns the
+        tokens as written (callers never read back)."""
 
     def get(self, collection: str, token_id: str, with_vector: bool = False) -> Token | None: ...
     def delete(self, collection: str, token_id: str) -> bool: ...
+    def delete_collection(self, collection: str) -> int: ...
+    def list_tokens(
+        self, collection: str | None = None, cursor: str | None = None, limit: int = 100
+    ) -> tuple[list[Token], str | None]:
+        """A page ordered by (collection, token_id) and the next page's cursor (None at the end)."""
+
+    def collections(self) -> dict[str, int]: ...
+    def stored_hashes(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """(collection, token_id) -> (model key, image sha256) of every stored token."""
+
+    def drop_superseded(self) -> int:
+        """Delete other models' rows of tokens the serving model has embedded (after a reindex)."""
+
+    def sync(self) -> int:
+        """Make other processes' committed writes searchable here; returns rows applied."""
+
     def search(
         self, vector: np.ndarray, k: int, flt: SearchFilter | None = None, space: str = "collection"
     ) -> list[Neighbour]:

@@ -1,23 +1,29 @@
-"""Embedded catalog: SQLite (WAL) is the durable record; FAISS indexes in memory serve searches.
+"""Embedded catalog: SQLite (WAL) is the one durable truth; FAISS indexes in memory serve searches.
 
-Each row holds two vectors: the collection embedding (`/similar`) and, when the model has the head, the
-instance embedding (`/copies`). There is one FAISS index per vector kind. Each write commits to SQLite
-before it is acknowledged, then updates FAISS. At start the indexes are rebuilt from the rows embedded by
-the current model; rows from another model version are kept but never searched until
-`nftlens catalog reindex` re-embeds them (and fills the instance vector of rows that predate it).
+Consistency: every change to `tokens`, by any process (server workers, `nftlens catalog index`/`reindex`,
+a plain `sqlite3` shell), is recorded by SQLite triggers in the `changes` log with a monotonically
+increasing `seq`. Before every search a catalog applies the log entries past the last `seq` it applied
+(a `PRAGMA data_version` check makes the no-change case a few microseconds), so a write acknowledged by
+any process is searchable by every process from its next search on, without a restart. Updates keep the
+row id (`INSERT … ON CONFLICT DO UPDATE`), so a reindex never changes a token's identity. The log is
+pruned to its last `LOG_KEEP` entries; a process that fell further behind rebuilds its indexes.
+
+Vectors are keyed by the model's content (the ONNX file's sha256): rows embedded by another model are
+kept but never searched, until `nftlens catalog reindex` re-embeds them in place.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import sqlite3
 import threading
 from pathlib import Path
 
-import faiss
 import numpy as np
 
 from app.catalog.base import Neighbour, SearchFilter, Token, utc_now
+from app.catalog.vectors import IndexKind, VectorSpace
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
@@ -36,79 +42,180 @@ CREATE TABLE IF NOT EXISTS tokens (
     UNIQUE (collection, token_id)
 );
 CREATE INDEX IF NOT EXISTS tokens_model ON tokens (model);
+CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, row_id INTEGER NOT NULL);
+CREATE TRIGGER IF NOT EXISTS tokens_logged_insert AFTER INSERT ON tokens
+    BEGIN INSERT INTO changes (row_id) VALUES (NEW.id); END;
+CREATE TRIGGER IF NOT EXISTS tokens_logged_update AFTER UPDATE ON tokens
+    BEGIN INSERT INTO changes (row_id) VALUES (NEW.id); END;
+CREATE TRIGGER IF NOT EXISTS tokens_logged_delete AFTER DELETE ON tokens
+    BEGIN INSERT INTO changes (row_id) VALUES (OLD.id); END;
 """
+# columns added after the first release: catalogs written before them are migrated on open
+ADDED_COLUMNS = ("instance BLOB", "fingerprint TEXT", "model_label TEXT", "image_sha256 TEXT")
 FINGERPRINT_INDEX = "CREATE INDEX IF NOT EXISTS tokens_fingerprint ON tokens (fingerprint)"
-SPACES = ("collection", "instance")  # the vector kinds a search can use
+LOG_KEEP = 200_000  # change-log entries kept; a reader further behind rebuilds from the table
+_TOKEN_COLUMNS = "collection, token_id, metadata, model, created_at, updated_at, model_label, image_sha256"
 
 
-def make_index(dim: int, kind: str = "flat") -> faiss.Index:
-    """Inner product on unit vectors = cosine. Flat is exact; HNSW trades exactness for speed at scale."""
-    base = (
-        faiss.IndexFlatIP(dim) if kind == "flat" else faiss.IndexHNSWFlat(dim, 32, faiss.METRIC_INNER_PRODUCT)
-    )
-    if kind == "hnsw":
-        base.hnsw.efSearch = 64
-        base.hnsw.efConstruction = 80
-    return faiss.IndexIDMap2(base)
+def encode_cursor(collection: str, token_id: str) -> str:
+    """Opaque, URL-safe pagination cursor: the last (collection, token_id) a page returned."""
+    return base64.urlsafe_b64encode(json.dumps([collection, token_id]).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[str, str]:
+    """Inverse of `encode_cursor`; ValueError on anything else."""
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        collection, token_id = json.loads(raw)
+    except Exception as exc:
+        raise ValueError(f"invalid cursor {cursor!r}: pass back `next_cursor` as returned") from exc
+    if not isinstance(collection, str) or not isinstance(token_id, str):
+        raise ValueError(f"invalid cursor {cursor!r}: pass back `next_cursor` as returned")
+    return collection, token_id
+
+
+def _token(row, vector=None, instance=None) -> Token:
+    return Token(
+        row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], vector, instance,
+        model_label=row[6] or row[3], image_sha256=row[7] or "",
+    )  # fmt: skip
 
 
 class SqliteFaissCatalog:
     def __init__(
-        self, path: str | Path, dim: int, model_key: str, index: str = "flat", instance_dim: int = 0
+        self,
+        path: str | Path,
+        dim: int,
+        model_key: str,
+        index: IndexKind = "auto",
+        instance_dim: int = 0,
+        model_label: str = "",
+        ef_search: int = 64,
+        background_compaction: bool = True,
     ):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.dim, self.model_key, self.index_kind = dim, model_key, index
-        self.instance_dim = instance_dim
+        self.model_label = model_label or model_key
+        self.instance_dim, self.ef_search = instance_dim, ef_search
+        self.background_compaction = background_compaction
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
-        self._db.executescript(SCHEMA)
-        columns = {r[1] for r in self._db.execute("PRAGMA table_info(tokens)")}
-        for column in ("instance BLOB", "fingerprint TEXT"):  # catalogs written before these existed
-            if column.split()[0] not in columns:
-                self._db.execute(f"ALTER TABLE tokens ADD COLUMN {column}")
-        self._db.execute(FINGERPRINT_INDEX)
-        self._deleted: set[int] = set()  # HNSW cannot remove: deleted ids are filtered out of results
-        self._rebuild()
+        self._db.execute("PRAGMA busy_timeout=30000")  # writers in other processes queue, not fail
+        self._db.execute("BEGIN IMMEDIATE")  # one process migrates at a time
+        try:
+            for statement in SCHEMA.split(";\n"):
+                if statement.strip():
+                    self._db.execute(statement)
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(tokens)")}
+            for column in ADDED_COLUMNS:
+                if column.split()[0] not in columns:
+                    self._db.execute(f"ALTER TABLE tokens ADD COLUMN {column}")
+            self._db.execute(FINGERPRINT_INDEX)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._compaction: threading.Thread | None = None
+        self._load()
 
-    # -- index -------------------------------------------------------------------------------------
-    def _rebuild(self) -> None:
+    # -- the in-memory indexes follow the change log --------------------------------------------------
+    def _new_space(self, dim: int) -> VectorSpace:
+        return VectorSpace(dim, self.index_kind, ef_search=self.ef_search)
+
+    def _load(self) -> None:
+        """Build the indexes from every current-model row (at open, or after falling behind the log)."""
         with self._lock:
-            self._indexes = {"collection": make_index(self.dim, self.index_kind)}
+            self._spaces = {"collection": self._new_space(self.dim)}
             if self.instance_dim:
-                self._indexes["instance"] = make_index(self.instance_dim, self.index_kind)
-            self._deleted.clear()
-            rows = self._db.execute(
-                "SELECT id, vector, instance FROM tokens WHERE model = ? AND dim = ?",
-                (self.model_key, self.dim),
-            ).fetchall()
+                self._spaces["instance"] = self._new_space(self.instance_dim)
+            self._db.execute("BEGIN")  # one snapshot: the rows and the log position agree
+            try:
+                self._seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
+                ids = [
+                    r[0] for r in self._db.execute("SELECT id FROM tokens WHERE model=?", (self.model_key,))
+                ]
+                for start in range(0, len(ids), 20_000):
+                    self._apply_rows(ids[start : start + 20_000])
+            finally:
+                self._db.execute("COMMIT")
+            self._data_version = self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    def _apply_rows(self, ids: list[int]) -> None:
+        """Make the indexes hold exactly what the table holds now for these row ids."""
+        for space in self._spaces.values():
+            space.remove(ids)
+        by_space: dict[str, tuple[list[int], list[str], list[np.ndarray]]] = {
+            s: ([], [], []) for s in self._spaces
+        }
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            q = (
+                "SELECT id, collection, vector, instance FROM tokens "
+                f"WHERE model=? AND dim=? AND id IN ({','.join('?' * len(chunk))})"
+            )
+            for row_id, coll, vec, inst in self._db.execute(q, (self.model_key, self.dim, *chunk)):
+                for space, blob in (("collection", vec), ("instance", inst)):
+                    if space in self._spaces and blob is not None:
+                        v = np.frombuffer(blob, dtype=np.float32)
+                        if v.shape[0] == self._spaces[space].dim:
+                            rows, colls, vecs = by_space[space]
+                            rows.append(row_id), colls.append(coll), vecs.append(v)
+        for space, (rows, colls, vecs) in by_space.items():
             if rows:
-                ids = np.array([r[0] for r in rows], dtype=np.int64)
-                vecs = np.stack([np.frombuffer(r[1], dtype=np.float32) for r in rows])
-                self._indexes["collection"].add_with_ids(vecs, ids)
-            inst = [(r[0], r[2]) for r in rows if r[2] is not None]
-            if self.instance_dim and inst:
-                vecs = np.stack([np.frombuffer(b, dtype=np.float32) for _, b in inst])
-                if vecs.shape[1] == self.instance_dim:
-                    self._indexes["instance"].add_with_ids(
-                        vecs, np.array([i for i, _ in inst], dtype=np.int64)
-                    )
+                self._spaces[space].put(rows, colls, np.stack(vecs))
 
-    def _index_remove(self, row_id: int) -> None:
-        if self.index_kind == "flat":
-            for index in self._indexes.values():
-                index.remove_ids(np.array([row_id], dtype=np.int64))
-        else:
-            self._deleted.add(row_id)
+    def sync(self) -> int:
+        """Apply every logged change since the last one applied (any process's); returns how many rows."""
+        with self._lock:
+            version = self._db.execute("PRAGMA data_version").fetchone()[0]
+            if version == self._data_version and not self._dirty:
+                return 0
+            self._data_version, self._dirty = version, False
+            oldest = self._db.execute("SELECT MIN(seq) FROM changes").fetchone()[0]
+            if oldest is not None and oldest > self._seq + 1:  # pruned past us: rebuild
+                before = len(self._spaces["collection"])
+                self._load()
+                return max(before, len(self._spaces["collection"]))
+            log = self._db.execute("SELECT seq, row_id FROM changes WHERE seq > ? ORDER BY seq", (self._seq,))
+            log = log.fetchall()
+            if not log:
+                return 0
+            self._seq = log[-1][0]
+            ids = list(dict.fromkeys(r for _, r in log))
+            self._apply_rows(ids)
+            self._maybe_compact()
+            return len(ids)
 
-    def _index_add(self, space: str, ids: list[int], vecs: np.ndarray) -> None:
-        if self.index_kind != "flat":
-            self._deleted.difference_update(ids)
-        self._indexes[space].add_with_ids(
-            np.ascontiguousarray(vecs, dtype=np.float32), np.asarray(ids, dtype=np.int64)
-        )
+    _dirty = False
+
+    def _maybe_compact(self) -> None:
+        for space in self._spaces.values():
+            if space.needs_compaction():
+                background = self.background_compaction and space._wants_hnsw(len(space))
+                thread = space.compact(self._lock, background)
+                if thread is not None:
+                    self._compaction = thread
+
+    def wait_for_compaction(self, timeout: float | None = None) -> None:
+        """Block until a background index rebuild (if any) has been installed (tests, benches)."""
+        if self._compaction is not None:
+            self._compaction.join(timeout)
+
+    def index_stats(self) -> dict[str, dict]:
+        """Per vector space: live vectors, tombstones, kind and the log position applied."""
+        with self._lock:
+            return {
+                name: {
+                    "vectors": len(s),
+                    "tombstones": s.tombstones,
+                    "kind": "hnsw" if s.is_hnsw else "flat",
+                    "seq": self._seq,
+                }
+                for name, s in self._spaces.items()
+            }
 
     def _check(self, vector: np.ndarray | None, dim: int, what: str) -> np.ndarray | None:
         if vector is None:
@@ -118,122 +225,156 @@ class SqliteFaissCatalog:
             raise ValueError(f"{what} vector has {vec.shape[0]} dims, catalog expects {dim}")
         return vec
 
+    def _commit_and_sync(self) -> None:
+        self._db.execute("COMMIT")
+        self._dirty = True
+        seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
+        if seq % 1000 == 0 or seq - self._seq > 1000:
+            self._db.execute("DELETE FROM changes WHERE seq <= ?", (seq - LOG_KEEP,))
+        self.sync()
+
     # -- writes ------------------------------------------------------------------------------------
     def upsert(
         self, token: Token, vector: np.ndarray, image: bytes | None = None, instance: np.ndarray | None = None
-    ) -> None:
-        self.upsert_many([(token, vector, image, instance)])
+    ) -> Token:
+        return self.upsert_many([(token, vector, image, instance)])[0]
 
-    def upsert_many(self, items: list[tuple]) -> None:
-        """Insert or replace tokens in one transaction; the indexes follow after the commit.
+    def upsert_many(self, items: list[tuple]) -> list[Token]:
+        """Insert or update tokens in one transaction (a token keeps its identity and `created_at`), then
+        make them searchable. Returns the tokens as written, so callers never read back (no race with a
+        concurrent delete).
 
         Items are (token, collection vector, image bytes or None[, instance vector or None]).
         """
         now = utc_now()
+        written: list[Token] = []
         with self._lock:
-            old_ids, new_ids, vecs, inst_ids, insts = [], [], [], [], []
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for token, vector, image, *rest in items:
                     vec = self._check(vector, self.dim, "collection")
                     inst = self._check(rest[0] if rest else None, self.instance_dim, "instance")
-                    prev = self._db.execute(
-                        "SELECT id, created_at FROM tokens WHERE collection=? AND token_id=?",
-                        (token.collection, token.token_id),
-                    ).fetchone()
-                    if prev:
-                        old_ids.append(prev[0])
-                        self._db.execute("DELETE FROM tokens WHERE id=?", (prev[0],))
-                    cur = self._db.execute(
-                        "INSERT INTO tokens (collection, token_id, metadata, model, dim, vector, image,"
-                        " created_at, updated_at, instance, fingerprint) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                    created = self._db.execute(
+                        "INSERT INTO tokens (collection, token_id, metadata, model, model_label, dim, vector,"
+                        " image, image_sha256, created_at, updated_at, instance, fingerprint)"
+                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                        " ON CONFLICT (collection, token_id) DO UPDATE SET metadata=excluded.metadata,"
+                        " model=excluded.model, model_label=excluded.model_label, dim=excluded.dim,"
+                        " vector=excluded.vector, image=excluded.image, image_sha256=excluded.image_sha256,"
+                        " updated_at=excluded.updated_at, instance=excluded.instance,"
+                        " fingerprint=excluded.fingerprint"
+                        " RETURNING created_at",
                         (
                             token.collection,
                             token.token_id,
                             json.dumps(token.metadata),
                             self.model_key,
+                            self.model_label,
                             self.dim,
                             vec.tobytes(),
                             image,
-                            prev[1] if prev else now,
+                            token.image_sha256 or None,
+                            now,
                             now,
                             inst.tobytes() if inst is not None else None,
                             token.fingerprint or None,
                         ),
+                    ).fetchone()[0]
+                    written.append(
+                        Token(
+                            token.collection,
+                            token.token_id,
+                            token.metadata,
+                            self.model_key,
+                            created,
+                            now,
+                            model_label=self.model_label,
+                            fingerprint=token.fingerprint,
+                            image_sha256=token.image_sha256,
+                        )  # fmt: skip
                     )
-                    new_ids.append(cur.lastrowid)
-                    vecs.append(vec)
-                    if inst is not None and self.instance_dim:
-                        inst_ids.append(cur.lastrowid)
-                        insts.append(inst)
-                self._db.execute("COMMIT")
+                self._commit_and_sync()
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
-            for row_id in old_ids:
-                self._index_remove(row_id)
-            if new_ids:
-                self._index_add("collection", new_ids, np.stack(vecs))
-            if inst_ids:
-                self._index_add("instance", inst_ids, np.stack(insts))
+        return written
 
     def delete(self, collection: str, token_id: str) -> bool:
         with self._lock:
-            row = self._db.execute(
-                "SELECT id FROM tokens WHERE collection=? AND token_id=?", (collection, token_id)
-            ).fetchone()
-            if not row:
-                return False
-            self._db.execute("DELETE FROM tokens WHERE id=?", (row[0],))
-            self._index_remove(row[0])
-            return True
+            self._db.execute("BEGIN IMMEDIATE")
+            gone = self._db.execute(
+                "DELETE FROM tokens WHERE collection=? AND token_id=? RETURNING id", (collection, token_id)
+            ).fetchall()
+            self._commit_and_sync()
+            return bool(gone)
+
+    def delete_collection(self, collection: str) -> int:
+        """Delete every token of a collection; returns how many."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            n = self._db.execute("DELETE FROM tokens WHERE collection=?", (collection,)).rowcount
+            self._commit_and_sync()
+            return n
+
+    def drop_superseded(self) -> int:
+        """Nothing to drop: a token has one row here, updated in place by a reindex."""
+        return 0
 
     # -- reads -------------------------------------------------------------------------------------
     def get(self, collection: str, token_id: str, with_vector: bool = False) -> Token | None:
         with self._lock:
             row = self._db.execute(
-                "SELECT collection, token_id, metadata, model, created_at, updated_at, vector, instance"
-                " FROM tokens WHERE collection=? AND token_id=?",
+                f"SELECT {_TOKEN_COLUMNS}, vector, instance FROM tokens WHERE collection=? AND token_id=?",
                 (collection, token_id),
             ).fetchone()
         if not row:
             return None
-        vec = np.frombuffer(row[6], dtype=np.float32).copy() if with_vector else None
-        inst = np.frombuffer(row[7], dtype=np.float32).copy() if with_vector and row[7] else None
-        return Token(row[0], row[1], json.loads(row[2]), row[3], row[4], row[5], vec, inst)
+        vec = np.frombuffer(row[8], dtype=np.float32).copy() if with_vector else None
+        inst = np.frombuffer(row[9], dtype=np.float32).copy() if with_vector and row[9] else None
+        return _token(row, vec, inst)
+
+    def list_tokens(
+        self, collection: str | None = None, cursor: str | None = None, limit: int = 100
+    ) -> tuple[list[Token], str | None]:
+        """One page of tokens ordered by (collection, token_id), and the cursor of the next page (None at
+        the end). Stable under concurrent writes: a page starts strictly after the cursor's token."""
+        where, args = [], []
+        if collection is not None:
+            where.append("collection = ?")
+            args.append(collection)
+        if cursor:
+            where.append("(collection, token_id) > (?, ?)")
+            args += decode_cursor(cursor)
+        sql = f"SELECT {_TOKEN_COLUMNS} FROM tokens"
+        sql += (" WHERE " + " AND ".join(where) if where else "") + " ORDER BY collection, token_id LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(sql, (*args, limit + 1)).fetchall()
+        tokens = [_token(r) for r in rows[:limit]]
+        more = len(rows) > limit
+        return tokens, encode_cursor(tokens[-1].collection, tokens[-1].token_id) if more else None
 
     def search(
         self, vector: np.ndarray, k: int, flt: SearchFilter | None = None, space: str = "collection"
     ) -> list[Neighbour]:
-        """The k most similar current-model tokens passing `flt` in one vector space, best first."""
+        """The k most similar current-model tokens passing `flt` in one vector space, best first.
+
+        Collection filters run inside the index search; only the query token itself and `min_score` are
+        applied to the results.
+        """
         flt = flt or SearchFilter()
-        query = np.asarray(vector, dtype=np.float32).reshape(1, -1)
-        if space not in self._indexes:
+        if space not in self._spaces:
             raise ValueError(f"this catalog has no {space!r} vectors (the model has no such output)")
-        index = self._indexes[space]
         with self._lock:
-            total = index.ntotal
-            if total == 0 or k <= 0:
-                return []
-            fetch = min(total, k + 1 + len(self._deleted))
-            while True:
-                scores, ids = index.search(query, fetch)
-                hits = [
-                    (int(i), float(s))
-                    for i, s in zip(ids[0], scores[0], strict=True)
-                    if i >= 0 and i not in self._deleted
-                ]
-                meta = self._rows_by_id([i for i, _ in hits])
-                out = []
-                for i, s in hits:
-                    if i in meta and flt.allows(meta[i][0], meta[i][1], s):
-                        out.append(Neighbour(meta[i][0], meta[i][1], s, meta[i][2]))
-                # results are sorted by score: stop when enough pass the filter, the scores fell below
-                # min_score, or the whole index was searched
-                below = flt.min_score is not None and hits and hits[-1][1] < flt.min_score
-                if len(out) >= k or fetch >= total or below:
-                    return out[:k]
-                fetch = min(total, fetch * 4)
+            self.sync()
+            extra = 1 if flt.exclude else 0
+            hits = self._spaces[space].search(vector, k + extra, flt.collections, flt.exclude_collections)
+            meta = self._rows_by_id([i for i, _ in hits])
+        out = []
+        for i, s in hits:
+            if i in meta and flt.allows(meta[i][0], meta[i][1], s):
+                out.append(Neighbour(meta[i][0], meta[i][1], s, meta[i][2]))
+        return out[:k]
 
     def _rows_by_id(self, ids: list[int]) -> dict[int, tuple[str, str, dict]]:
         out = {}
@@ -257,8 +398,16 @@ class SqliteFaissCatalog:
     def collections(self) -> dict[str, int]:
         with self._lock:
             return dict(
-                self._db.execute("SELECT collection, COUNT(*) FROM tokens GROUP BY collection").fetchall()
+                self._db.execute(
+                    "SELECT collection, COUNT(*) FROM tokens GROUP BY collection ORDER BY collection"
+                ).fetchall()
             )
+
+    def stored_hashes(self) -> dict[tuple[str, str], tuple[str, str]]:
+        """(collection, token_id) -> (model key, image sha256) of every stored token (bulk-index resume)."""
+        with self._lock:
+            rows = self._db.execute("SELECT collection, token_id, model, image_sha256 FROM tokens").fetchall()
+        return {(r[0], r[1]): (r[2], r[3] or "") for r in rows}
 
     def find_exact(self, fingerprint: str, flt: SearchFilter | None = None) -> list[Neighbour]:
         """Tokens whose stored pixel fingerprint equals `fingerprint` (score 1.0), whatever the model."""
@@ -290,11 +439,13 @@ class SqliteFaissCatalog:
             ids = [k[0] for k in keys[start : start + batch]]
             with self._lock:
                 rows = self._db.execute(
-                    f"SELECT collection, token_id, metadata, image FROM tokens WHERE id IN ({','.join('?' * len(ids))})",
+                    "SELECT collection, token_id, metadata, image, image_sha256 FROM tokens"
+                    f" WHERE id IN ({','.join('?' * len(ids))})",
                     ids,
                 ).fetchall()
-            yield [(Token(r[0], r[1], json.loads(r[2])), r[3]) for r in rows]
+            yield [(Token(r[0], r[1], json.loads(r[2]), image_sha256=r[4] or ""), r[3]) for r in rows]
 
     def close(self) -> None:
+        self.wait_for_compaction()
         with self._lock:
             self._db.close()
