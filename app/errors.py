@@ -55,3 +55,14 @@ class ModelIntegrityError(NftlensError):
 
     status_code = 503
     error = "model_integrity"
+
+
+class OverloadedError(NftlensError):
+    """Too many requests waiting, or a request missed its deadline: retry after `retry_after` seconds."""
+
+    status_code = 503
+    error = "overloaded"
+
+    def __init__(self, detail: str, retry_after: int = 1):
+        super().__init__(detail)
+        self.retry_after = retry_after

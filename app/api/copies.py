@@ -32,8 +32,8 @@ async def copies_of_image(
     service.require_copies()
     data, _ = await read_upload(request, service.settings.max_upload_bytes)
     vectors, fingerprint = await service.copy_query(data)
-    body = await service.blocking(service.copies, vectors, k, collection_filter(collections), fingerprint)
-    return {"model": service.model_key, **body}
+    body = await service.in_catalog(service.copies, vectors, k, collection_filter(collections), fingerprint)
+    return {"model": service.model_label, **body}
 
 
 @router.get("/copies/{collection}/{token_id}")
@@ -50,12 +50,12 @@ async def copies_of_token(
     """Copies of a stored token among every other catalogued token (the token itself is excluded)."""
     service.require_copies()
     await stored_token(service, collection, token_id)
-    image = await service.blocking(service.catalog.image, collection, token_id)
+    image = await service.in_catalog(service.catalog.image, collection, token_id)
     if image is None:
         raise ConflictError(
             f"{collection}/{token_id} was stored without its image: PUT it again with the image"
         )
     vectors, fingerprint = await service.copy_query(image)
     flt = collection_filter(collections, None, (collection, token_id), same_collection)
-    body = await service.blocking(service.copies, vectors, k, flt, fingerprint)
-    return {"query": {"collection": collection, "token_id": token_id}, "model": service.model_key, **body}
+    body = await service.in_catalog(service.copies, vectors, k, flt, fingerprint)
+    return {"query": {"collection": collection, "token_id": token_id}, "model": service.model_label, **body}

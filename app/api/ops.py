@@ -27,11 +27,11 @@ async def ready(request: Request) -> JSONResponse:
     return JSONResponse(
         {
             "ready": True,
-            "model": service.model_key,
+            "model": service.model_label,
             "provider": service.model.provider,
             "catalog": {
-                "tokens": await service.blocking(catalog.count),
-                "stale": await service.blocking(catalog.stale_count),
+                "tokens": await service.in_catalog(catalog.count),
+                "stale": await service.in_catalog(catalog.stale_count),
             },
         }
     )

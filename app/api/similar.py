@@ -16,20 +16,21 @@ router = APIRouter(tags=["similar"])
 
 async def stored_token(service: Service, collection: str, token_id: str) -> Token:
     """A catalog token with its vectors, embedded by the serving model (404 / 409 otherwise)."""
-    token = await service.blocking(service.catalog.get, collection, token_id, True)
+    token = await service.in_catalog(service.catalog.get, collection, token_id, True)
     if token is None:
         raise NotFoundError(
             f"no token {collection}/{token_id} in the catalog; add it with PUT /tokens/{collection}/{token_id}"
         )
     if token.model != service.model_key:
         raise ConflictError(
-            f"{collection}/{token_id} was embedded by {token.model}, not {service.model_key}: run `nftlens catalog reindex`"
+            f"{collection}/{token_id} was embedded by {token.model_label}, not the serving "
+            f"{service.model_label} (sha256 {service.model_key[:12]}…): run `nftlens catalog reindex`"
         )
     return token
 
 
 async def _search(service: Service, vector, k: int, flt: SearchFilter) -> list[dict]:
-    hits = await service.blocking(service.catalog.search, vector, k, flt)
+    hits = await service.in_catalog(service.catalog.search, vector, k, flt)
     return [
         {
             "collection": h.collection,
@@ -60,7 +61,7 @@ async def similar_by_token(
     flt = collection_filter(collections, min_score, (collection, token_id), same_collection)
     return {
         "query": {"collection": collection, "token_id": token_id},
-        "model": service.model_key,
+        "model": service.model_label,
         "results": await _search(service, token.vector, k, flt),
     }
 
@@ -78,7 +79,7 @@ async def similar_by_image(
     pred = await service.predict(data)
     flt = collection_filter(collections, min_score)
     return {
-        "model": service.model_key,
+        "model": service.model_label,
         "timings_ms": pred.timings_ms,
         "results": await _search(service, pred.embedding, k, flt),
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 from fastapi import APIRouter, Depends, Query, Request
@@ -27,7 +28,8 @@ def token_json(t: Token, with_vector: bool = False) -> dict:
         "collection": t.collection,
         "token_id": t.token_id,
         "metadata": t.metadata,
-        "model": t.model,
+        "model": t.model_label or t.model,
+        "model_sha256": t.model,
         "created_at": t.created_at,
         "updated_at": t.updated_at,
     }
@@ -55,10 +57,10 @@ async def put_token(
         ) from exc
     pred = await service.predict(data, fingerprint=True)
     token = Token(collection, token_id, meta.model_dump(exclude_none=True), fingerprint=pred.fingerprint)
-    await service.blocking(service.catalog.upsert, token, pred.embedding, data, pred.instance)
-    service.metrics.catalog_size.set(await service.blocking(service.catalog.count))
-    stored = await service.blocking(service.catalog.get, collection, token_id)
-    return token_json(stored)
+    token.image_sha256 = hashlib.sha256(data).hexdigest()
+    stored = await service.in_catalog(service.catalog.upsert, token, pred.embedding, data, pred.instance)
+    service.metrics.catalog_size.set(await service.in_catalog(service.catalog.count))
+    return token_json(stored)  # what was written: no read-back, so a concurrent DELETE cannot race it
 
 
 @router.get("/tokens/{collection}/{token_id}")
@@ -68,7 +70,7 @@ async def get_token(
     vector: bool = Query(False, description="include the stored embedding"),
     service: Service = Depends(get_service),
 ) -> dict:
-    token = await service.blocking(service.catalog.get, collection, token_id, vector)
+    token = await service.in_catalog(service.catalog.get, collection, token_id, vector)
     if token is None:
         raise NotFoundError(f"no token {collection}/{token_id} in the catalog")
     return token_json(token, vector)
@@ -80,7 +82,7 @@ async def delete_token(
     token_id: str = TokenPath,
     service: Service = Depends(get_service),
 ) -> dict:
-    if not await service.blocking(service.catalog.delete, collection, token_id):
+    if not await service.in_catalog(service.catalog.delete, collection, token_id):
         raise NotFoundError(f"no token {collection}/{token_id} in the catalog")
-    service.metrics.catalog_size.set(await service.blocking(service.catalog.count))
+    service.metrics.catalog_size.set(await service.in_catalog(service.catalog.count))
     return {"deleted": True, "collection": collection, "token_id": token_id}
