@@ -46,6 +46,7 @@ class MicroBatcher:
         self._task: asyncio.Task | None = None
         self._supervisor: asyncio.Task | None = None
         self.restarts = 0
+        self._stopping = False
         self._last_batch_s = 0.05  # running estimate of one batch's time, for Retry-After
 
     @property
@@ -68,10 +69,10 @@ class MicroBatcher:
             try:
                 await self._task
             except asyncio.CancelledError:
-                if self._task.cancelled():
-                    return
-                raise
-            except BaseException:
+                if self._stopping or not self._task.cancelled():
+                    raise  # our own stop, or the supervisor itself is cancelled
+                log.error("the batching loop was cancelled; restarting it")
+            except Exception:
                 log.exception("the batching loop died; restarting it")
             else:
                 log.error("the batching loop ended; restarting it")
@@ -80,6 +81,7 @@ class MicroBatcher:
             self._task = asyncio.get_running_loop().create_task(self._loop())
 
     async def stop(self) -> None:
+        self._stopping = True
         for task in (self._supervisor, self._task):
             if task:
                 task.cancel()

@@ -278,16 +278,21 @@ def test_hnsw_churn_is_compacted_and_search_stays_exact_enough(tmp_path):
     assert sum(hits) >= 0.98 * len(hits)
 
 
-def test_collection_filters_run_inside_the_graph_search(tmp_path):
-    """With HNSW and filters too wide for the exact shards, the filter is a FAISS selector: every result
-    is allowed, and k results come back even when the filtered collection is a small share."""
+@pytest.mark.parametrize("path", ["own graphs", "global bitmap"])
+def test_collection_filters_run_inside_the_graph_search(tmp_path, path):
+    """With HNSW, a filtered search runs inside the index: on each allowed collection's own graph, or (when
+    a filter allows more collections than `max_shards`) on the global graph with a FAISS selector. Every
+    result is allowed, and k come back even when the allowed collection is a small share."""
     cat = open_catalog(str(tmp_path / "c.db"), DIM, "m@1", "hnsw")
-    for space in cat._spaces.values():
-        space.exact_limit = 10  # force the graph path
+    space = cat._spaces["collection"]
+    space.exact_limit = 10  # collections above this get their own graph
+    space.max_shards = 64 if path == "own graphs" else 0
     rng = np.random.default_rng(10)
     vecs = unit(rng, 1000)
     names = ["small" if i % 20 == 0 else "big" for i in range(1000)]  # 50 small, 950 big
     cat.upsert_many([(Token(names[i], str(i), {}), vecs[i], None) for i in range(1000)])
+    cat.wait_for_compaction()
+    assert set(space._own) == {"small", "big"}
     q = vecs[1]
     got = cat.search(q, 10, SearchFilter(collections={"small"}))
     truth = [str(i) for i in sorted(range(0, 1000, 20), key=lambda i: -(vecs[i] @ q))[:10]]

@@ -272,7 +272,11 @@ def bench_cmd(
     ),
     clients: int = typer.Option(16, help="concurrent clients"),
     requests: int = typer.Option(400, help="requests per mode"),
-    sizes: str = typer.Option("10000,100000", help="catalog sizes (add 1000000 for the 1M FAISS run)"),
+    sizes: str = typer.Option("100000,1000000", help="catalog sizes (real embeddings replicated to each)"),
+    catalog_sources: list[Path] = typer.Option(
+        [Path("data/cryptopunks"), Path("data/nouns"), Path("data/nft-thumbs")],
+        help="dataset folders whose real embeddings fill the catalog bench (repeatable)",
+    ),
     seconds: float = typer.Option(4.0, help="time per model measurement"),
     copies_tokens: int = typer.Option(100_000, help="catalog rows for the copies row"),
     out: Path = typer.Option(Path("reports/bench"), help="writes bench.json and BENCH.md here"),
@@ -304,11 +308,8 @@ def bench_cmd(
             "machine": report["machine"],
         }
     if what in ("catalog", "all"):
-        from app.manifest import load_manifest
-
-        dim = load_manifest(model_dir).embedding_dim
         report["catalog"] = {
-            **bench.bench_catalog(dim, tuple(int(s) for s in sizes.split(","))),
+            **bench.bench_catalog(model_dir, catalog_sources, tuple(int(s) for s in sizes.split(","))),
             "machine": report["machine"],
         }
     if what in ("copies", "all"):

@@ -1,13 +1,18 @@
-"""One vector space held in memory: a global FAISS index for wide searches plus exact per-collection shards.
+"""One vector space held in memory: exact per-collection shards, HNSW graphs where they pay, no tombstone
+growth.
 
-- The **graph** holds every live vector at a position (flat inner product, or HNSW for large catalogs).
-  A replaced or deleted vector leaves a tombstone at its old position; a bitmap of live positions is
-  passed to FAISS as an `IDSelectorBitmap`, so tombstones and collection filters are applied *inside*
-  the search, never by fetching extra results. When tombstones pass `compact_fraction` of the graph, it
-  is rebuilt from the live vectors (off the caller's thread for HNSW), so search cost never grows with
-  churn.
-- The **shards** are one exact `IndexFlatIP` per collection. A search restricted to collections holding
-  at most `exact_limit` vectors in all runs on their shards: exact, and cheaper than a filtered graph walk.
+- **Shards**: one exact `IndexFlatIP` per collection (FAISS `IndexIDMap2`, ids = catalog row ids). They
+  hold every live vector, answer searches restricted to small collections exactly, and are what graphs
+  are rebuilt from.
+- **Graphs** (`Graph`): vectors at positions of one FAISS index, flat or HNSW. One global graph answers
+  unfiltered searches; with HNSW, every collection larger than `exact_limit` also gets its own graph, so a
+  search restricted to collections (`same_collection`, `collections=`, or all but some) searches each
+  allowed collection's own index and merges: the filter is applied *inside* the search, never by
+  fetching extra results, and recall does not depend on how much of the graph the filter hides. Only a
+  filter allowing more than `max_shards` collections uses the global graph with an `IDSelectorBitmap`.
+- A replaced or deleted vector leaves a tombstone in a graph, masked out by the same bitmap. When
+  tombstones pass `compact_fraction` of a graph it is rebuilt from the shards (on a thread for HNSW,
+  then caught up with what changed meanwhile), so search cost never grows with churn.
 
 Scores are inner products of L2-normalised vectors (cosine similarity). Not thread-safe: the owner locks.
 """
@@ -24,12 +29,88 @@ import numpy as np
 IndexKind = Literal["auto", "flat", "hnsw"]
 
 
-def _graph(dim: int, hnsw: bool, m: int, ef_construction: int) -> faiss.Index:
-    if not hnsw:
-        return faiss.IndexFlatIP(dim)
-    index = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efConstruction = ef_construction
-    return index
+class Graph:
+    """Vectors at positions of one FAISS index (flat or HNSW); dead positions are masked in the search."""
+
+    def __init__(self, dim: int, hnsw: bool, m: int = 32, ef_construction: int = 100):
+        self.dim, self.hnsw, self.m, self.ef_construction = dim, hnsw, m, ef_construction
+        self.index = self._new_index()
+        self.pos_row = np.empty(0, np.int64)
+        self.pos_code = np.empty(0, np.int32)  # collection code per position (global graph filters)
+        self.live = np.empty(0, bool)
+        self.row_pos: dict[int, int] = {}
+        self._bitmap: np.ndarray | None = None
+        self.touched: set[int] | None = None  # rows changed while a rebuild is building
+
+    def _new_index(self) -> faiss.Index:
+        if not self.hnsw:
+            return faiss.IndexFlatIP(self.dim)
+        index = faiss.IndexHNSWFlat(self.dim, self.m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = self.ef_construction
+        return index
+
+    def __len__(self) -> int:
+        return len(self.row_pos)
+
+    @property
+    def tombstones(self) -> int:
+        return int(self.index.ntotal) - len(self.row_pos)
+
+    def add(self, rows: list[int], vecs: np.ndarray, codes: np.ndarray) -> None:
+        """Add rows that are not in the graph (remove them first to replace)."""
+        start = int(self.index.ntotal)
+        for s in range(0, len(rows), 65_536):
+            self.index.add(np.ascontiguousarray(vecs[s : s + 65_536], dtype=np.float32))
+        self.pos_row = np.concatenate([self.pos_row, np.asarray(rows, dtype=np.int64)])
+        self.pos_code = np.concatenate([self.pos_code, np.asarray(codes, dtype=np.int32)])
+        self.live = np.concatenate([self.live, np.ones(len(rows), bool)])
+        self.row_pos.update((int(r), start + i) for i, r in enumerate(rows))
+        self._bitmap = None
+        if self.touched is not None:
+            self.touched.update(int(r) for r in rows)
+
+    def remove(self, rows: Iterable[int]) -> None:
+        for row in rows:
+            pos = self.row_pos.pop(row, None)
+            if pos is not None:
+                self.live[pos] = False
+                self._bitmap = None
+            if self.touched is not None:
+                self.touched.add(row)
+
+    def needs_compaction(self, fraction: float) -> bool:
+        return self.touched is None and self.tombstones > max(256, fraction * int(self.index.ntotal))
+
+    def search(
+        self, q: np.ndarray, k: int, ef_search: int, codes: np.ndarray | None = None
+    ) -> list[tuple[int, float]]:
+        """Up to k (row, score) among live positions (and, with `codes`, positions of those collections)."""
+        if codes is None:
+            n = len(self.row_pos)
+            bitmap = None
+            if self.tombstones:
+                if self._bitmap is None:
+                    self._bitmap = np.packbits(self.live, bitorder="little")
+                bitmap = self._bitmap
+        else:
+            mask = self.live & np.isin(self.pos_code, codes)
+            bitmap, n = np.packbits(mask, bitorder="little"), int(mask.sum())
+        k = min(k, n)
+        if k <= 0:
+            return []
+        params = faiss.SearchParametersHNSW() if self.hnsw else faiss.SearchParameters()
+        if self.hnsw:  # a filter keeps a fraction of the graph: widen the walk to match
+            params.efSearch = int(min(4096, max(ef_search, k) * max(1.0, len(self.row_pos) / n)))
+        if bitmap is not None:
+            params.sel = faiss.IDSelectorBitmap(len(self.live), faiss.swig_ptr(bitmap))
+        scores, pos = self.index.search(q, k, params=params)
+        return [(int(self.pos_row[p]), float(s)) for p, s in zip(pos[0], scores[0], strict=True) if p >= 0]
+
+    def rebuilt(self, rows: np.ndarray, vecs: np.ndarray, codes: np.ndarray) -> Graph:
+        """A fresh graph of the same kind over a snapshot (slow for HNSW; touches no shared state)."""
+        fresh = Graph(self.dim, self.hnsw, self.m, self.ef_construction)
+        fresh.add(rows, vecs, codes)
+        return fresh
 
 
 class VectorSpace:
@@ -44,37 +125,35 @@ class VectorSpace:
         m: int = 32,
         ef_construction: int = 100,
         hnsw_above: int = 50_000,
-        exact_limit: int = 20_000,
+        exact_limit: int = 4_096,
+        max_shards: int = 64,
         compact_fraction: float = 0.2,
     ):
         self.dim, self.kind = dim, kind
         self.ef_search, self.m, self.ef_construction = ef_search, m, ef_construction
-        self.hnsw_above, self.exact_limit, self.compact_fraction = hnsw_above, exact_limit, compact_fraction
+        self.hnsw_above, self.exact_limit, self.max_shards = hnsw_above, exact_limit, max_shards
+        self.compact_fraction = compact_fraction
         self._shards: dict[str, faiss.IndexIDMap2] = {}
         self._row_coll: dict[int, str] = {}  # live row -> collection
-        self._row_pos: dict[int, int] = {}  # live row -> graph position
-        self._codes: dict[str, int] = {}  # collection -> small int stored per position
-        self._reset_graph(self._wants_hnsw(0))
-        self._touched: set[int] | None = None  # rows changed while a compaction builds
+        self._codes: dict[str, int] = {}  # collection -> small int stored per global position
+        self.graph = Graph(dim, self._wants_hnsw(0), m, ef_construction)  # every live vector
+        self._own: dict[str, Graph] = {}  # HNSW graphs of the collections above exact_limit
+        self._building: set[str | None] = set()  # graphs being rebuilt (None: the global one)
 
     # -- state -------------------------------------------------------------------------------------
     def _wants_hnsw(self, live: int) -> bool:
         return self.kind == "hnsw" or (self.kind == "auto" and live > self.hnsw_above)
 
-    def _reset_graph(self, hnsw: bool) -> None:
-        self.graph = _graph(self.dim, hnsw, self.m, self.ef_construction)
-        self.is_hnsw = hnsw
-        self._pos_row = np.empty(0, np.int64)
-        self._pos_code = np.empty(0, np.int32)
-        self._live = np.empty(0, bool)
-        self._bitmap: np.ndarray | None = None
-
     def __len__(self) -> int:
         return len(self._row_coll)
 
     @property
+    def is_hnsw(self) -> bool:
+        return self.graph.hnsw
+
+    @property
     def tombstones(self) -> int:
-        return int(self.graph.ntotal) - len(self._row_pos)
+        return self.graph.tombstones + sum(g.tombstones for g in self._own.values())
 
     def sizes(self) -> dict[str, int]:
         """Live vectors per collection."""
@@ -89,18 +168,13 @@ class VectorSpace:
         by_shard: dict[str, list[int]] = {}
         for row in rows:
             coll = self._row_coll.pop(row, None)
-            if coll is None:
-                continue
-            by_shard.setdefault(coll, []).append(row)
-            pos = self._row_pos.pop(row, None)
-            if pos is not None:
-                self._live[pos] = False
-            if self._touched is not None:
-                self._touched.add(row)
+            if coll is not None:
+                by_shard.setdefault(coll, []).append(row)
         for coll, ids in by_shard.items():
             self._shards[coll].remove_ids(np.asarray(ids, dtype=np.int64))
-        if by_shard:
-            self._bitmap = None
+            if coll in self._own:
+                self._own[coll].remove(ids)
+        self.graph.remove(r for ids in by_shard.values() for r in ids)
 
     def put(self, rows: list[int], collections: list[str], vectors: np.ndarray) -> None:
         """Add rows, replacing any vector a row already has."""
@@ -111,85 +185,80 @@ class VectorSpace:
         by_shard: dict[str, list[int]] = {}
         for i, coll in enumerate(collections):
             by_shard.setdefault(coll, []).append(i)
+            self._row_coll[rows[i]] = coll
         for coll, idx in by_shard.items():
+            ids = [rows[i] for i in idx]
             shard = self._shards.get(coll)
             if shard is None:
                 shard = self._shards[coll] = faiss.IndexIDMap2(faiss.IndexFlatIP(self.dim))
-            shard.add_with_ids(vectors[idx], np.asarray([rows[i] for i in idx], dtype=np.int64))
-        start = int(self.graph.ntotal)
-        self.graph.add(vectors)
-        self._pos_row = np.concatenate([self._pos_row, np.asarray(rows, dtype=np.int64)])
-        self._pos_code = np.concatenate(
-            [self._pos_code, np.asarray([self._code(c) for c in collections], dtype=np.int32)]
-        )
-        self._live = np.concatenate([self._live, np.ones(len(rows), bool)])
-        for i, (row, coll) in enumerate(zip(rows, collections, strict=True)):
-            self._row_coll[row] = coll
-            self._row_pos[row] = start + i
-            if self._touched is not None:
-                self._touched.add(row)
-        self._bitmap = None
+            shard.add_with_ids(vectors[idx], np.asarray(ids, dtype=np.int64))
+            if coll in self._own:
+                self._own[coll].add(ids, vectors[idx], np.zeros(len(idx), np.int32))
+        self.graph.add(rows, vectors, np.asarray([self._code(c) for c in collections], dtype=np.int32))
 
     # -- compaction --------------------------------------------------------------------------------
-    def needs_compaction(self) -> bool:
-        """True when tombstones pass the fraction, or the catalog grew past the auto HNSW size."""
-        if self._touched is not None:
-            return False  # one build at a time
-        total = int(self.graph.ntotal)
-        churn = self.tombstones > max(256, self.compact_fraction * total)
-        return churn or self._wants_hnsw(len(self)) != self.is_hnsw
+    def _due(self) -> list[str | None]:
+        """Graphs to (re)build: None is the global one, a name is a collection's own graph."""
+        due: list[str | None] = []
+        if None not in self._building and (
+            self.graph.needs_compaction(self.compact_fraction)
+            or self._wants_hnsw(len(self)) != self.graph.hnsw
+        ):
+            due.append(None)
+        for coll, shard in self._shards.items():
+            if coll in self._building:
+                continue
+            own = self._own.get(coll)
+            if own is None and self.graph.hnsw and shard.ntotal > self.exact_limit:
+                due.append(coll)
+            elif own is not None and (not self.graph.hnsw or shard.ntotal < self.exact_limit // 2):
+                del self._own[coll]  # small again: the exact shard answers
+            elif own is not None and own.needs_compaction(self.compact_fraction):
+                due.append(coll)
+        return due
 
-    def snapshot(self) -> tuple[np.ndarray, list[str], np.ndarray]:
-        """(rows, collections, vectors) of every live vector, read from the shards; starts recording the
-        rows changed from now on, which `install` replays."""
-        rows, colls, vecs = [], [], []
+    def needs_compaction(self) -> bool:
+        return bool(self._due())
+
+    def _snapshot(self, scope: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, vectors, codes) of every live vector of a collection, or of all (scope None)."""
+        rows, vecs, codes = [np.empty(0, np.int64)], [np.empty((0, self.dim), np.float32)], []
         for coll, shard in self._shards.items():
             n = int(shard.ntotal)
-            if not n:
-                continue
-            rows.append(faiss.vector_to_array(shard.id_map).copy())
-            vecs.append(faiss.downcast_index(shard.index).reconstruct_n(0, n))
-            colls += [coll] * n
-        self._touched = set()
-        if not rows:
-            return np.empty(0, np.int64), [], np.empty((0, self.dim), np.float32)
-        return np.concatenate(rows), colls, np.concatenate(vecs)
+            if n and scope in (None, coll):
+                rows.append(faiss.vector_to_array(shard.id_map).copy())
+                vecs.append(faiss.downcast_index(shard.index).reconstruct_n(0, n))
+                codes.append(np.full(n, self._code(coll) if scope is None else 0, np.int32))
+        return np.concatenate(rows), np.concatenate(vecs), np.concatenate(codes or [np.empty(0, np.int32)])
 
-    def build(self, rows: np.ndarray, colls: list[str], vecs: np.ndarray) -> faiss.Index:
-        """A fresh graph over a snapshot: slow for HNSW, needs no lock (touches no shared state)."""
-        graph = _graph(self.dim, self._wants_hnsw(len(rows)), self.m, self.ef_construction)
-        for start in range(0, len(rows), 65_536):
-            graph.add(vecs[start : start + 65_536])
-        return graph
-
-    def install(self, graph: faiss.Index, rows: np.ndarray, colls: list[str]) -> None:
-        """Swap in a graph built from `snapshot`, then re-add what changed since (under the owner's lock)."""
-        touched, self._touched = self._touched or set(), None
-        self.graph, self.is_hnsw = graph, isinstance(graph, faiss.IndexHNSW)
-        self._pos_row = np.asarray(rows, dtype=np.int64)
-        self._pos_code = np.asarray([self._code(c) for c in colls], dtype=np.int32)
-        self._live = np.ones(len(rows), bool)
-        self._row_pos = {int(r): i for i, r in enumerate(self._pos_row)}
-        self._bitmap = None
-        for row in touched:  # changed during the build: the snapshot's copy is stale or gone
-            pos = self._row_pos.pop(row, None)
-            if pos is not None:
-                self._live[pos] = False
-        again = [r for r in touched if r in self._row_coll]
-        if again:
-            colls_again = [self._row_coll[r] for r in again]
-            vecs = np.stack([self._shards[c].reconstruct(r) for r, c in zip(again, colls_again, strict=True)])
-            self.put(again, colls_again, vecs)
+    def _graph_of(self, scope: str | None) -> Graph | None:
+        return self.graph if scope is None else self._own.get(scope)
 
     def compact(self, lock: threading.RLock, in_background: bool) -> threading.Thread | None:
-        """Rebuild the graph from live vectors: inline, or on a thread (HNSW builds take seconds at 100k)."""
+        """Rebuild every graph that is due from the shards: inline, or on a thread (HNSW builds of 100k
+        vectors take tens of seconds); writes made meanwhile are replayed onto the new graph."""
+        with lock:
+            jobs = []
+            for scope in self._due():
+                old = self._graph_of(scope)
+                template = old or Graph(self.dim, True, self.m, self.ef_construction)
+                if scope is None:
+                    template = Graph(self.dim, self._wants_hnsw(len(self)), self.m, self.ef_construction)
+                if old is not None:
+                    old.touched = set()
+                else:
+                    self._own[scope] = template  # new, empty: collects writes until the build lands
+                    template.touched = set()
+                self._building.add(scope)
+                jobs.append((scope, template, self._snapshot(scope)))
+        if not jobs:
+            return None
 
         def run() -> None:
+            built = [(scope, template.rebuilt(*snap)) for scope, template, snap in jobs]
             with lock:
-                snap = self.snapshot()
-            graph = self.build(*snap)
-            with lock:
-                self.install(graph, snap[0], snap[1])
+                for scope, graph in built:
+                    self._install(scope, graph)
 
         if not in_background:
             run()
@@ -197,6 +266,24 @@ class VectorSpace:
         thread = threading.Thread(target=run, name="compact", daemon=True)
         thread.start()
         return thread
+
+    def _install(self, scope: str | None, graph: Graph) -> None:
+        self._building.discard(scope)
+        old = self._graph_of(scope)
+        touched = (old.touched if old is not None else None) or set()
+        if scope is not None and scope not in self._own:
+            return  # dropped while building
+        if scope is None:
+            self.graph = graph
+        else:
+            self._own[scope] = graph
+        graph.remove(touched)  # the snapshot's copies of rows changed since are stale or gone
+        again = [r for r in touched if r in self._row_coll and scope in (None, self._row_coll[r])]
+        if again:
+            colls = [self._row_coll[r] for r in again]
+            vecs = np.stack([self._shards[c].reconstruct(r) for r, c in zip(again, colls, strict=True)])
+            codes = [self._code(c) if scope is None else 0 for c in colls]
+            graph.add(again, vecs, np.asarray(codes, dtype=np.int32))
 
     # -- search ------------------------------------------------------------------------------------
     def _allowed(self, collections: set[str] | None, exclude: set[str] | None) -> list[str] | None:
@@ -214,50 +301,25 @@ class VectorSpace:
     ) -> list[tuple[int, float]]:
         """Up to k (row, score), best first, among live vectors of the allowed collections."""
         q = np.ascontiguousarray(query, dtype=np.float32).reshape(1, self.dim)
-        allowed = self._allowed(collections, exclude_collections)
-        if allowed is not None:
-            n_allowed = sum(int(self._shards[c].ntotal) for c in allowed)
-            if n_allowed == 0 or k <= 0:
-                return []
-            if not self.is_hnsw or n_allowed <= self.exact_limit:
-                return self._search_shards(q, k, allowed)
-        if k <= 0 or not self._row_pos:
+        if k <= 0:
             return []
-        return self._search_graph(q, k, allowed)
-
-    def _search_shards(self, q: np.ndarray, k: int, allowed: list[str]) -> list[tuple[int, float]]:
+        allowed = self._allowed(collections, exclude_collections)
+        if allowed is None:
+            return self.graph.search(q, k, self.ef_search)
+        if len(allowed) > self.max_shards:
+            codes = np.asarray([self._codes[c] for c in allowed], dtype=np.int32)
+            return self.graph.search(q, k, self.ef_search, codes)
         hits: list[tuple[int, float]] = []
         for coll in allowed:
+            own = self._own.get(coll)
+            if own is not None and coll not in self._building:
+                hits += own.search(q, k, self.ef_search)
+                continue
             shard = self._shards[coll]
             scores, ids = shard.search(q, min(k, int(shard.ntotal)))
             hits += [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
         hits.sort(key=lambda h: -h[1])
         return hits[:k]
-
-    def _live_bitmap(self) -> np.ndarray:
-        if self._bitmap is None:
-            self._bitmap = np.packbits(self._live, bitorder="little")
-        return self._bitmap
-
-    def _search_graph(self, q: np.ndarray, k: int, allowed: list[str] | None) -> list[tuple[int, float]]:
-        live = len(self._row_pos)
-        if allowed is None:
-            bitmap, n = (self._live_bitmap() if self.tombstones else None), live
-        else:
-            codes = np.asarray([self._codes[c] for c in allowed], dtype=np.int32)
-            mask = self._live & np.isin(self._pos_code, codes)
-            bitmap, n = np.packbits(mask, bitorder="little"), int(mask.sum())
-        k = min(k, n)
-        if k <= 0:
-            return []
-        params = faiss.SearchParametersHNSW() if self.is_hnsw else faiss.SearchParameters()
-        if self.is_hnsw:  # a filter keeps a fraction of the graph: widen the walk to match
-            params.efSearch = int(min(4096, max(self.ef_search, k) * max(1.0, live / max(n, 1))))
-        if bitmap is not None:
-            selector = faiss.IDSelectorBitmap(len(self._live), faiss.swig_ptr(bitmap))
-            params.sel = selector
-        scores, pos = self.graph.search(q, k, params=params)
-        return [(int(self._pos_row[p]), float(s)) for p, s in zip(pos[0], scores[0], strict=True) if p >= 0]
 
     def vectors_of(self, rows: list[int]) -> dict[int, np.ndarray]:
         """Stored vectors of live rows (for tests and diagnostics)."""
