@@ -25,8 +25,12 @@ def serve(
     port: int = typer.Option(None, help="port (NFTLENS_PORT, default 8000)"),
     model_dir: str = typer.Option(None, help="folder with model.onnx + model.json (NFTLENS_MODEL_DIR)"),
     catalog: str = typer.Option(None, help="catalog URL or SQLite path (NFTLENS_CATALOG)"),
+    workers: int = typer.Option(None, help="server processes sharing the port (NFTLENS_WORKERS, default 1)"),
 ) -> None:
-    """Run the HTTP service (uvicorn)."""
+    """Run the HTTP service (uvicorn). With several workers, each process holds its own model session
+    and catalog indexes; the catalog's change log keeps every worker's searches consistent."""
+    import os
+
     import uvicorn
 
     from app.config import Settings
@@ -34,11 +38,23 @@ def serve(
 
     overrides = {
         k: v
-        for k, v in {"host": host, "port": port, "model_dir": model_dir, "catalog": catalog}.items()
+        for k, v in {
+            "host": host,
+            "port": port,
+            "model_dir": model_dir,
+            "catalog": catalog,
+            "workers": workers,
+        }.items()
         if v is not None
     }
     settings = Settings(**overrides)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level=settings.log_level)
+    common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level}
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **common)
+        return
+    for key, value in overrides.items():  # worker processes read their settings from the environment
+        os.environ[f"NFTLENS_{key.upper()}"] = str(value)
+    uvicorn.run("app.main:create_app", factory=True, workers=settings.workers, **common)
 
 
 catalog_app = typer.Typer(no_args_is_help=True, help="Build and maintain the token catalog.")

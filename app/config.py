@@ -14,7 +14,14 @@ class Settings(BaseSettings):
     )
 
     host: str = Field("127.0.0.1", description="bind address for `nftlens serve`")
-    port: int = Field(8000, description="port for `nftlens serve`")
+    port: int = Field(8000, ge=0, le=65535, description="port for `nftlens serve`")
+    workers: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="server processes sharing the port; each has its own model session and catalog "
+        "indexes, kept consistent by the catalog's change log",
+    )
     model_dir: str = Field("models/default", description="folder holding model.onnx + model.json")
     catalog: str = Field(
         "catalog/catalog.db", description="SQLite file of the embedded catalog (FAISS in memory)"

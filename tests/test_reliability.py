@@ -235,3 +235,24 @@ def test_a_dead_batching_loop_is_restarted_and_unready_meanwhile():
         await batcher.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_put_through_one_worker_is_found_through_every_other_at_once(model_dir, punks, tmp_path):
+    """Two uvicorn worker processes, each with its own indexes: every write is searched by both."""
+    data = [punks.image_path(r).read_bytes() for r in punks.rows[:12]]
+    with running_server(model_dir, tmp_path / "c.db", tmp_path, NFTLENS_WORKERS="2") as srv:
+        pids: set[int] = set()
+        for i in range(12):
+            with httpx.Client(base_url=srv.url) as c:  # a fresh connection: either worker may take it
+                assert (
+                    c.put(f"/tokens/w/{i}", files={"file": ("a.png", data[i], "image/png")}).status_code
+                    == 200
+                )
+            for _ in range(4):
+                with httpx.Client(base_url=srv.url) as c:
+                    ready = c.get("/ready").json()
+                    pids.add(ready["pid"])
+                    assert ready["catalog"]["tokens"] == i + 1
+                    hits = c.get("/similar", params={"collection": "w", "token_id": "0", "k": 20}).json()
+                    assert len(hits["results"]) == i  # every token but the query itself, in either worker
+        assert len(pids) == 2, "both workers should have answered some of the 48 connections"

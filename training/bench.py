@@ -313,6 +313,14 @@ def _exact(xs: np.ndarray, mask: np.ndarray | None, q: np.ndarray, k: int, self_
     return [int(i) for i in top if np.isfinite(scores[i])]
 
 
+def _rss_mb() -> float:
+    """This process's resident memory (Linux), in MB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def _mode(mode: str, names: np.ndarray, r: int) -> tuple[np.ndarray | None, SearchFilter]:
     """For query row r: the exact-search mask and the catalog filter of one search mode."""
     own, me = str(names[r]), (str(names[r]), str(r))
@@ -378,6 +386,7 @@ def bench_catalog(
                     [(Token(colls[i], str(i), {}), xs[i], None) for i in range(s, min(n, s + 10_000))]
                 )
             build_s = time.perf_counter() - t0
+            rss = _rss_mb()
             faiss.omp_set_num_threads(1)
             space = cat._spaces["collection"]
             out["results"].append(
@@ -408,6 +417,7 @@ def bench_catalog(
                             "recall_at_k": float(np.mean(recall)),
                             "search_ms": _percentiles(lat),
                             "build_s": build_s,
+                            "process_rss_mb": rss,
                         }
                     )
                     print(out["results"][-1], flush=True)

@@ -310,10 +310,12 @@ class VectorSpace:
             codes = np.asarray([self._codes[c] for c in allowed], dtype=np.int32)
             return self.graph.search(q, k, self.ef_search, codes)
         hits: list[tuple[int, float]] = []
+        # a query far from a collection walks its graph less well: merged searches walk twice as wide
+        ef = self.ef_search * (2 if len(allowed) > 1 else 1)
         for coll in allowed:
             own = self._own.get(coll)
             if own is not None and coll not in self._building:
-                hits += own.search(q, k, self.ef_search)
+                hits += own.search(q, k, ef)
                 continue
             shard = self._shards[coll]
             scores, ids = shard.search(q, min(k, int(shard.ntotal)))
