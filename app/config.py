@@ -66,6 +66,7 @@ class Settings(BaseSettings):
         16 * 1024, ge=2, description="largest token metadata, as JSON (413 above)"
     )
     api_key: str | None = Field(
-        None, description="when set, PUT/DELETE /tokens need header X-API-Key with this value"
+        None,
+        description="when set, every write (PUT/DELETE /tokens, DELETE /collections) needs header X-API-Key with this value",
     )
     log_level: str = Field("info", description="uvicorn/app log level")

@@ -8,10 +8,41 @@ class NftlensError(Exception):
 
     status_code: int = 400
     error: str = "bad_request"
+    retry_after: int | None = None  # seconds, sent as the Retry-After header (503s)
 
     def __init__(self, detail: str):
         super().__init__(detail)
         self.detail = detail
+
+    def body(self) -> dict:
+        """The JSON error body: {error, detail}."""
+        return {"error": self.error, "detail": self.detail}
+
+    def item(self) -> dict:
+        """The error as one item of a batch answer: {status, error, detail}."""
+        return {"status": self.status_code, **self.body()}
+
+
+class InvalidParametersError(NftlensError):
+    """A parameter or form field is missing or wrong (not JSON of its schema, a repeated token, too many
+    files) where FastAPI's own validation does not see it."""
+
+    status_code = 422
+    error = "invalid_parameters"
+
+
+class MalformedBodyError(NftlensError):
+    """The multipart body cannot be parsed."""
+
+    status_code = 400
+    error = "malformed_body"
+
+
+class InvalidCursorError(NftlensError):
+    """A pagination cursor that no page returned."""
+
+    status_code = 400
+    error = "invalid_cursor"
 
 
 class InvalidImageError(NftlensError):
@@ -29,7 +60,7 @@ class UnsupportedMediaError(NftlensError):
 
 
 class ImageTooLargeError(NftlensError):
-    """Over the byte limit or the pixel limit (decompression-bomb guard)."""
+    """Over a size limit: body bytes, pixels (decompression-bomb guard) or metadata bytes."""
 
     status_code = 413
     error = "too_large"
@@ -48,6 +79,14 @@ class UnauthorizedError(NftlensError):
 class ConflictError(NftlensError):
     status_code = 409
     error = "conflict"
+
+
+class NotReadyError(NftlensError):
+    """The model or catalog is still loading, or the batching loop is restarting."""
+
+    status_code = 503
+    error = "not_ready"
+    retry_after = 5
 
 
 class ModelIntegrityError(NftlensError):

@@ -1,8 +1,10 @@
 """Decode untrusted image bytes into an RGB uint8 array, or fail with a typed error.
 
-Handles PNG, JPEG, WebP, GIF (first frame) and BMP; EXIF orientation; palette, grey, LA/RGBA (alpha is
-composited onto a background colour), CMYK and 16-bit images. A pixel-count limit is checked from the
-header, before any pixel is decoded, so decompression bombs are refused cheaply.
+Handles PNG, JPEG, MPO (multi-picture JPEG from phones and cameras), WebP, GIF and BMP, multi-frame files as
+their first frame; EXIF orientation; palette, grey, LA/RGBA (alpha is composited onto a background colour),
+CMYK and 16-bit images. A pixel-count limit is checked from the header, before any pixel is decoded, so
+decompression bombs are refused cheaply. Whatever the decoder raises on hostile bytes becomes
+InvalidImageError (400), never an unexpected error.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from app.errors import ImageTooLargeError, InvalidImageError, UnsupportedMediaError
 
-SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "WEBP", "GIF", "BMP"})
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})  # file names of those formats
+SUPPORTED_FORMATS = frozenset({"PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP"})
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".mpo", ".webp", ".gif", ".bmp"}
+)  # file names of those formats
 DEFAULT_MAX_PIXELS = 40_000_000
 
 # We do our own limit check; PIL's global one would raise a warning or a bare error instead.
@@ -103,7 +107,7 @@ def decode_image(
             img.load()
             img = ImageOps.exif_transpose(img) or img
             rgb = image_to_rgb(img, background)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except Exception as exc:  # any decoder failure on untrusted bytes is the caller's bad image
         raise InvalidImageError(f"image data is corrupt or truncated: {exc}") from exc
     return np.ascontiguousarray(rgb)
 

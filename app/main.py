@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match
 
 from app import __version__
 from app.api import classify, copies, ops, similar, tokens
@@ -18,6 +19,32 @@ from app.errors import NftlensError
 from app.service import Service
 
 log = logging.getLogger("uvicorn.error")  # uvicorn configures this one, so start-up lines are shown
+HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+
+
+def allowed_methods(routes: list[BaseRoute], scope: dict) -> str:
+    """The methods the routes at this request's path answer, for a 405's Allow header."""
+    methods: set[str] = set()
+    for route in routes:
+        if route.matches(scope)[0] is not Match.NONE:
+            methods |= getattr(route, "methods", None) or set()
+    return ", ".join(sorted(methods))
+
+
+def for_settings(schema: dict, settings: Settings) -> dict:
+    """The OpenAPI document with what depends on the settings: files per request (`maxItems`), and, without
+    NFTLENS_API_KEY, open writes (no security and no 401 promised)."""
+    for operation in (op for path in schema["paths"].values() for op in path.values()):
+        form = operation.get("requestBody", {}).get("content", {}).get("multipart/form-data", {})
+        for field in form.get("schema", {}).get("properties", {}).values():
+            if field.get("type") == "array":
+                field["maxItems"] = settings.max_batch_files
+        if not settings.api_key:
+            operation.pop("security", None)
+            operation.get("responses", {}).pop("401", None)
+    if not settings.api_key:
+        schema.get("components", {}).pop("securitySchemes", None)
+    return schema
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -27,7 +54,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await service.start()
-        log.info("ready: %s on %s, catalog %s", service.model_key, service.model.provider, settings.catalog)
+        log.info(
+            "ready: %s (sha256 %s…) on %s, catalog %s",
+            service.model_label,
+            service.model_key[:12],
+            service.model.provider,
+            settings.catalog,
+        )
         yield
         await service.stop()
 
@@ -35,36 +68,51 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="nftlens",
         version=__version__,
         lifespan=lifespan,
-        description="Classify NFT images, find visually similar tokens and catch copies of catalogued ones.",
+        description="Classify NFT images, find visually similar tokens and catch copies of catalogued ones. "
+        "Every error answers `{error, detail}` JSON; the codes are listed in the README.",
     )
     app.state.service = service
-    for router in (classify.router, similar.router, copies.router, tokens.router, ops.router):
+    routers = (classify.router, similar.router, copies.router, tokens.router, ops.router)
+    for router in routers:
         app.include_router(router)
+    # FastAPI wraps included routers, so the endpoints are listed from the routers themselves
+    endpoints = [r for r in app.router.routes if hasattr(r, "methods")] + [
+        r for rt in routers for r in rt.routes
+    ]
 
-    def error(status: int, code: str, detail) -> JSONResponse:
-        service.metrics.errors.labels(code).inc()
-        return JSONResponse({"error": code, "detail": detail}, status_code=status)
+    build_openapi = app.openapi  # FastAPI's, which caches the document
+
+    def openapi() -> dict:
+        return for_settings(build_openapi(), settings)
+
+    app.openapi = openapi
+
+    def error(status: int, body: dict, headers: dict[str, str] | None = None) -> JSONResponse:
+        service.metrics.errors.labels(body["error"]).inc()
+        return JSONResponse(body, status_code=status, headers=headers)
 
     @app.exception_handler(NftlensError)
     async def _typed(_: Request, exc: NftlensError) -> JSONResponse:
-        return error(exc.status_code, exc.error, exc.detail)
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return error(exc.status_code, exc.body(), headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         detail = [{"loc": list(e["loc"]), "msg": e["msg"]} for e in exc.errors()]
-        return error(422, "invalid_parameters", detail)
+        return error(422, {"error": "invalid_parameters", "detail": detail})
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
-            exc.status_code, "http_error"
-        )
-        return error(exc.status_code, code, exc.detail)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = allowed_methods(endpoints, request.scope)
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        return error(exc.status_code, {"error": code, "detail": exc.detail}, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return error(500, "internal", "unexpected server error; see the service log")
+        return error(500, {"error": "internal", "detail": "unexpected server error; see the service log"})
 
     @app.middleware("http")
     async def _observe(request: Request, call_next):

@@ -265,16 +265,17 @@ def real_vectors(
     from training.runner import infer
 
     m = load_manifest(model_dir)
-    cache = cache or Path(os.environ.get("NFTLENS_CACHE_DIR", Path.home() / ".cache" / "nftlens"))
-    key = f"bench-vectors-{m.sha256[:12]}-" + "-".join(sorted(p.name for p in sources)) + ".npz"
-    if (cache / key).is_file():
-        z = np.load(cache / key)
-        return z["vectors"], z["collections"].tolist()
     paths, colls = [], []
     for src in sources:
         ds = load_dataset(src)
         paths += [ds.image_path(r) for r in ds.rows]
         colls += [r["collection"] for r in ds.rows]
+    cache = cache or Path(os.environ.get("NFTLENS_CACHE_DIR", Path.home() / ".cache" / "nftlens"))
+    names = "-".join(sorted(p.name for p in sources))
+    key = f"bench-vectors-{m.sha256[:12]}-{names}-{len(paths)}.npz"
+    if (cache / key).is_file():
+        z = np.load(cache / key)
+        return z["vectors"], z["collections"].tolist()
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
     vectors = infer(model, paths, desc="bench vectors")["embedding"].astype(np.float32)
     cache.mkdir(parents=True, exist_ok=True)

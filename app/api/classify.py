@@ -6,9 +6,10 @@ import asyncio
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from app.api.deps import get_service
+from app.api.deps import MAX_K, get_service
 from app.api.filters import collection_filter
-from app.api.uploads import image_body_doc, read_upload, read_uploads
+from app.api.schemas import IMAGE_ERRORS, BatchClassification, Classification, errors
+from app.api.uploads import image_body_doc, images_body_doc, read_upload, read_uploads
 from app.errors import NftlensError
 from app.service import Prediction, Service
 
@@ -31,18 +32,25 @@ def render(service: Service, pred: Prediction, top_k: int, embedding: bool) -> d
     return body
 
 
-@router.post("/classify", openapi_extra=image_body_doc())
+@router.post(
+    "/classify",
+    response_model=Classification,
+    response_model_exclude_unset=True,
+    responses=errors(*IMAGE_ERRORS, 409),
+    openapi_extra=image_body_doc(),
+)
 async def classify(
     request: Request,
     top_k: int = Query(5, ge=1, le=1000, description="how many labels to return"),
     embedding: bool = Query(True, description="include the L2-normalised embedding"),
-    copies: bool = Query(False, description="also check the catalog for copies (the `/copies` block)"),
-    k: int = Query(5, ge=1, le=100, description="copies: how many matches"),
+    copies: bool = Query(False, description="also check the catalog for copies (the `copies` block)"),
+    k: int = Query(5, ge=1, le=MAX_K, description="copies: how many matches"),
     collections: str | None = Query(None, description="copies: comma-separated collections to search"),
     service: Service = Depends(get_service),
 ) -> dict:
     """Calibrated class probabilities (sorted), the unknown-collection verdict and the embedding of one
-    image; with `copies=true`, also the copy verdict against the catalog."""
+    image; with `copies=true`, also the copy verdict against the catalog (409 if the model has no copy
+    head)."""
     if copies:
         service.require_copies()
     data, _ = await read_upload(request, service.settings.max_upload_bytes)
@@ -50,21 +58,30 @@ async def classify(
     body = render(service, pred, top_k, embedding)
     if copies:
         vectors, fingerprint = await service.copy_query(data, pred)
-        body["copies"] = await service.blocking(
+        body["copies"] = await service.in_catalog(
             service.copies, vectors, k, collection_filter(collections), fingerprint
         )
     return body
 
 
-@router.post("/classify/batch", openapi_extra=image_body_doc("files", many=True))
+@router.post(
+    "/classify/batch",
+    response_model=BatchClassification,
+    response_model_exclude_unset=True,
+    responses=errors(400, 413, 415, 422, 503),
+    openapi_extra=images_body_doc(),
+)
 async def classify_batch(
     request: Request,
     top_k: int = Query(5, ge=1, le=1000),
     embedding: bool = Query(True),
     service: Service = Depends(get_service),
 ) -> dict:
-    """Several images; each item carries its result or its own error, and one bad file fails only itself."""
-    parts = await read_uploads(request, service.settings.max_upload_bytes, service.settings.max_batch_files)
+    """Several images (at most NFTLENS_MAX_BATCH_FILES, their bytes together at most
+    NFTLENS_MAX_UPLOAD_BYTES); each item carries its result or its own error, so one bad file fails only
+    itself."""
+    s = service.settings
+    parts, _ = await read_uploads(request, s.max_upload_bytes, s.max_batch_files)
 
     async def one(name: str, data: bytes | NftlensError) -> dict:
         try:
@@ -77,6 +94,6 @@ async def classify_batch(
             }
         except NftlensError as exc:
             service.metrics.errors.labels(exc.error).inc()
-            return {"filename": name, "status": exc.status_code, "error": exc.error, "detail": exc.detail}
+            return {"filename": name, **exc.item()}
 
     return {"results": await asyncio.gather(*(one(n, d) for n, d in parts))}

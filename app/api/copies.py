@@ -9,23 +9,29 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from app.api.deps import CollectionPath, TokenPath, get_service
+from app.api.deps import MAX_K, CollectionPath, CollectionsQuery, TokenPath, get_service
 from app.api.filters import collection_filter
+from app.api.schemas import IMAGE_ERRORS, CopiesAnswer, errors
 from app.api.similar import stored_token
 from app.api.uploads import image_body_doc, read_upload
 from app.errors import ConflictError
 from app.service import Service
 
 router = APIRouter(tags=["copies"])
-K = Query(5, ge=1, le=100, description="how many matches to return, best first")
-COLLECTIONS = Query(None, description="comma-separated collections to search in")
+K = Query(5, ge=1, le=MAX_K, description=f"how many matches to return, best first (at most {MAX_K})")
 
 
-@router.post("/copies", openapi_extra=image_body_doc())
+@router.post(
+    "/copies",
+    response_model=CopiesAnswer,
+    response_model_exclude_unset=True,
+    responses=errors(*IMAGE_ERRORS, 409),
+    openapi_extra=image_body_doc(),
+)
 async def copies_of_image(
     request: Request,
     k: int = K,
-    collections: str | None = COLLECTIONS,
+    collections: str | None = CollectionsQuery,
     service: Service = Depends(get_service),
 ) -> dict:
     """Is this image a copy (exact or edited) of a catalogued token? The best matches and the verdict."""
@@ -36,12 +42,17 @@ async def copies_of_image(
     return {"model": service.model_label, **body}
 
 
-@router.get("/copies/{collection}/{token_id}")
+@router.get(
+    "/copies/{collection}/{token_id}",
+    response_model=CopiesAnswer,
+    response_model_exclude_unset=True,
+    responses=errors(404, 409, 422, 503),
+)
 async def copies_of_token(
     collection: str = CollectionPath,
     token_id: str = TokenPath,
     k: int = K,
-    collections: str | None = COLLECTIONS,
+    collections: str | None = CollectionsQuery,
     same_collection: bool | None = Query(
         None, description="true: only the token's collection; false: only others"
     ),

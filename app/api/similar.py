@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request
 
-from app.api.deps import NAME_PATTERN, get_service
+from app.api.deps import MAX_K, CollectionQuery, CollectionsQuery, TokenQuery, get_service
 from app.api.filters import collection_filter
+from app.api.schemas import IMAGE_ERRORS, SimilarToImage, SimilarToToken, errors
 from app.api.uploads import image_body_doc, read_upload
 from app.catalog import SearchFilter, Token
 from app.errors import ConflictError, NotFoundError
@@ -42,15 +43,18 @@ async def _search(service: Service, vector, k: int, flt: SearchFilter) -> list[d
     ]
 
 
-@router.get("/similar")
+K = Query(10, ge=1, le=MAX_K, description=f"how many neighbours, best first (at most {MAX_K})")
+
+
+@router.get("/similar", response_model=SimilarToToken, responses=errors(404, 409, 422, 503))
 async def similar_by_token(
-    collection: str = Query(..., pattern=NAME_PATTERN),
-    token_id: str = Query(..., pattern=NAME_PATTERN),
-    k: int = Query(10, ge=1, le=1000, description="how many neighbours"),
+    collection: str = CollectionQuery,
+    token_id: str = TokenQuery,
+    k: int = K,
     same_collection: bool | None = Query(
         None, description="true: only the token's collection; false: only others"
     ),
-    collections: str | None = Query(None, description="comma-separated collections to search in"),
+    collections: str | None = CollectionsQuery,
     min_score: float | None = Query(
         None, ge=-1, le=1, description="drop neighbours below this cosine similarity"
     ),
@@ -66,11 +70,13 @@ async def similar_by_token(
     }
 
 
-@router.post("/similar", openapi_extra=image_body_doc())
+@router.post(
+    "/similar", response_model=SimilarToImage, responses=errors(*IMAGE_ERRORS), openapi_extra=image_body_doc()
+)
 async def similar_by_image(
     request: Request,
-    k: int = Query(10, ge=1, le=1000),
-    collections: str | None = Query(None, description="comma-separated collections to search in"),
+    k: int = K,
+    collections: str | None = CollectionsQuery,
     min_score: float | None = Query(None, ge=-1, le=1),
     service: Service = Depends(get_service),
 ) -> dict:
