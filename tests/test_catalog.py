@@ -319,3 +319,53 @@ def test_list_tokens_pages_with_a_stable_cursor(make):
     assert more is None and [t.token_id for t in only_b] == [f"{i:02d}" for i in range(1, 25, 2)]
     with pytest.raises(ValueError, match="cursor"):
         cat.list_tokens(cursor="not-a-cursor")
+
+
+def test_milvus_rolling_deploy_keeps_each_models_rows(tmp_path):
+    """Old and new model replicas write the same token during a deploy: each keeps its own row and
+    searches only its own; reindex then migrates and drops the superseded rows."""
+    pytest.importorskip("pymilvus", reason="the Milvus backend needs the [milvus] extra")
+    url = f"milvus-lite://{tmp_path / 'milvus.db'}"
+    rng = np.random.default_rng(12)
+    v_old, v_new = unit(rng, 2)
+    old = open_catalog(url, DIM, "a" * 64, model_label="m@1")
+    old.upsert(Token("c", "1", {"by": "old"}), v_old, b"png-bytes")
+    old.upsert(Token("c", "2", {"by": "old"}), v_old, b"png-bytes")
+    old.close()
+    new = open_catalog(url, DIM, "b" * 64, model_label="m@2")
+    new.upsert(Token("c", "1", {"by": "new"}), v_new, b"png-bytes")
+    assert new.get("c", "1").model_label == "m@2" and new.count() == 2 and new.stale_count() == 1
+    assert [n.token_id for n in new.search(v_new, 5)] == ["1"]
+    new.close()
+    old = open_catalog(url, DIM, "a" * 64, model_label="m@1")
+    assert old.get("c", "1").metadata == {"by": "old"}  # not overwritten by the new model
+    assert sorted(n.token_id for n in old.search(v_old, 5)) == ["1", "2"]
+    old.close()
+    new = open_catalog(url, DIM, "b" * 64, model_label="m@2")
+    assert [[t.token_id for t, _ in chunk] for chunk in new.iter_images()] == [["2"]]
+    new.upsert(Token("c", "2", {"by": "new"}), v_new, b"png-bytes")
+    assert new.drop_superseded() == 2 and new.stale_count() == 0 and new.count() == 2
+    new.close()
+
+
+def test_milvus_keeps_transparency_of_images_too_large_for_its_field():
+    """An image over the VARCHAR limit is stored downscaled as PNG with its alpha, so re-embedding
+    composites it on the model's background, not on white."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from app.catalog.milvus import MAX_IMAGE_CHARS, _pack_image
+
+    rng = np.random.default_rng(13)
+    rgba = rng.integers(0, 256, (900, 900, 4), dtype=np.uint8)
+    rgba[..., 3] = np.where(np.arange(900)[None, :] < 450, 0, 255)  # left half transparent
+    buf = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(buf, "PNG")
+    packed = _pack_image(buf.getvalue())
+    assert 0 < len(packed) <= MAX_IMAGE_CHARS
+    small = Image.open(io.BytesIO(base64.b64decode(packed)))
+    assert small.mode == "RGBA" and max(small.size) <= 512
+    alpha = np.asarray(small)[..., 3]
+    assert alpha[:, : alpha.shape[1] // 4].max() == 0 and alpha[:, -alpha.shape[1] // 4 :].min() == 255
