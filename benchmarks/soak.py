@@ -1,6 +1,6 @@
 """Soak test (not in CI): a real server under steady mixed load; prints and saves its RSS series.
 
-    python benchmarks/soak.py --minutes 20 --clients 8 --out reports/soak
+    python -m benchmarks.soak --minutes 20 --clients 8 --out reports/soak
 
 Eight clients loop over POST /classify (60 %), GET /similar (20 %), PUT /tokens (15 %, over a fixed set
 of 500 ids, so the catalog churns without growing) and DELETE /tokens (5 %), on the demo catalog's punks.
@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from training.bench import machine
+from benchmarks.bench import machine
 from training.datasets import load_dataset
-from training.serverproc import running_server
+from benchmarks.serverproc import running_server
 
 
 def rss_mb(pid: int) -> float:
@@ -143,7 +143,7 @@ def report(series: list[dict], args: argparse.Namespace) -> None:
     lines = [
         f"# Soak: {args.minutes:g} minutes, {args.clients} clients",
         "",
-        "Command: `python benchmarks/soak.py --minutes "
+        "Command: `python -m benchmarks.soak --minutes "
         f"{args.minutes:g} --clients {args.clients} --out {args.out}`",
         f"Machine: {m['cpu']}, {m['cores']} cores; onnxruntime {m['onnxruntime']}.",
         "",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from training import bench
+from benchmarks import bench
 
 
 def test_catalog_bench_measures_recall_on_real_embeddings(model_dir, nouns, tmp_path, monkeypatch):

@@ -284,7 +284,7 @@ def bench_cmd(
     """Throughput and latency figures (JSON + Markdown), with ratios measured in the same run."""
     import json
 
-    from training import bench
+    from benchmarks import bench
     from training.datasets import load_dataset
 
     out.mkdir(parents=True, exist_ok=True)

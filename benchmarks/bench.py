@@ -145,7 +145,7 @@ def bench_service(
     """A bounded load against a real local server (loopback only), with and without dynamic batching."""
     import httpx
 
-    from training.serverproc import running_server
+    from benchmarks.serverproc import running_server
 
     data = [p.read_bytes() for p in images]
     results: dict = {
@@ -212,7 +212,7 @@ def bench_copies(
     """
     from app.inference import OnnxModel
     from training.runner import infer
-    from training.serverproc import running_server
+    from benchmarks.serverproc import running_server
 
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
     m = model.manifest
