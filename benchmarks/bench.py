@@ -211,8 +211,8 @@ def bench_copies(
     100k images.
     """
     from app.inference import OnnxModel
-    from training.runner import infer
     from benchmarks.serverproc import running_server
+    from training.runner import infer
 
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
     m = model.manifest

@@ -23,8 +23,8 @@ import httpx
 import numpy as np
 
 from benchmarks.bench import machine
-from training.datasets import load_dataset
 from benchmarks.serverproc import running_server
+from training.datasets import load_dataset
 
 
 def rss_mb(pid: int) -> float:
