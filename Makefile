@@ -7,7 +7,7 @@ SHARED    ?= ../shared/data
 export NFTLENS_MODEL_DIR ?= models/default
 export NFTLENS_CATALOG   ?= catalog/catalog.db
 
-.PHONY: serve test install install-train install-gpu data catalog lint model model-data evaluate loo previous clean
+.PHONY: serve test install install-train install-bench install-gpu data catalog lint model model-data evaluate loo previous clean
 
 $(BIN)/uv:
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,9 @@ install: $(BIN)/uv            ## serving install: no torch
 
 install-train: $(BIN)/uv      ## + torch, timm, test tools
 	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[train,milvus,dev]'
+
+install-bench: install-train ## + LitServe and py-spy for `nftlens bench peers` (also needs: apt-get install wrk)
+	$(BIN)/uv pip install --python $(BIN)/python -q -e '.[train,milvus,dev,bench]'
 
 install-gpu: install          ## swap onnxruntime for onnxruntime-gpu (never both in one env)
 	$(BIN)/uv pip uninstall --python $(BIN)/python onnxruntime

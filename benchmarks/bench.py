@@ -6,6 +6,7 @@ Every ratio compares figures measured in the same run on the same machine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import platform
 import re
@@ -194,6 +195,155 @@ def bench_service(
     b, n = results["modes"]["batching"], results["modes"]["no_batching"]
     results["batching_speedup"] = b["throughput_rps"] / n["throughput_rps"]
     return results
+
+
+WRK_SCRIPT = """
+local f = assert(io.open(os.getenv("WRK_BODY"), "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = os.getenv("WRK_CTYPE")
+"""
+
+
+def multipart_body(data: bytes, filename: str = "i.png", ctype: str = "image/png") -> tuple[bytes, str]:
+    """One multipart/form-data body with a `file` part, and its Content-Type header."""
+    boundary = "nftlens-bench-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+        f"Content-Type: {ctype}\r\n\r\n"
+    ).encode()
+    return head + data + f"\r\n--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([0-9.]+)(us|ms|s)", text).groups()
+    return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def wrk_post(url: str, body: Path, ctype: str, seconds: int, connections: int, threads: int = 2) -> dict:
+    """`wrk --latency` posting one body over keep-alive connections: req/s, p50, p99, non-2xx."""
+    import shutil
+    import subprocess
+
+    if shutil.which("wrk") is None:
+        raise RuntimeError("the peers bench needs wrk (Debian: apt-get install -y wrk)")
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
+        fh.write(WRK_SCRIPT)
+    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", fh.name, url]
+    env = {**os.environ, "WRK_BODY": str(body), "WRK_CTYPE": ctype}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=seconds + 60).stdout
+    os.unlink(fh.name)
+    pct = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", out, re.M))
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    errors = re.search(r"Socket errors: (.*)$", out, re.M)
+    return {
+        "rps": float(re.search(r"Requests/sec:\s+([0-9.]+)", out).group(1)),
+        "p50_ms": _ms(pct["50"]),
+        "p99_ms": _ms(pct["99"]),
+        "non_2xx": int(bad.group(1)) if bad else 0,
+        "socket_errors": errors.group(1) if errors else "",
+    }
+
+
+@contextlib.contextmanager
+def _peer(kind: str, model_dir: Path, log_dir: Path):
+    """Start a peer server (benchmarks.peers) and wait for it to answer."""
+    import subprocess
+    import sys
+
+    import httpx
+
+    from benchmarks.serverproc import free_port
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with open(log_dir / f"{kind}.log", "wb") as fh:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.peers",
+                kind,
+                "--model-dir",
+                str(model_dir),
+                "--port",
+                str(port),
+            ],
+            stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.time() + 120
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{kind} exited: {(log_dir / f'{kind}.log').read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"{kind} did not start")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except Exception:
+            proc.kill()
+
+
+def bench_peers(
+    model_dir: Path,
+    image: Path,
+    seconds: int = 10,
+    rounds: int = 3,
+    connections: int = 8,
+    nftlens_env: dict[str, str] | None = None,
+) -> dict:
+    """nftlens against a naive FastAPI + ORT server and LitServe (benchmarks.peers), same model file and
+    preprocessing, one real image posted as multipart by wrk, rounds alternating between the servers."""
+    from benchmarks.serverproc import running_server
+
+    body, ctype = multipart_body(image.read_bytes(), image.name)
+    out: dict = {"image": str(image), "seconds": seconds, "rounds": rounds, "connections": connections}
+    runs: dict[str, list[dict]] = {"nftlens": [], "naive FastAPI + ORT": [], "LitServe (batch 16, 5 ms)": []}
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+        tmp = Path(tmp)
+        (tmp / "body").write_bytes(body)
+        env = {
+            "NFTLENS_PROVIDERS": '["CPUExecutionProvider"]',
+            "NFTLENS_LOG_LEVEL": "warning",
+            **(nftlens_env or {}),
+        }
+        srv = stack.enter_context(running_server(model_dir, tmp / "c.db", tmp, **env))
+        urls = {
+            "nftlens": f"{srv.url}/classify",
+            "naive FastAPI + ORT": stack.enter_context(_peer("naive", model_dir, tmp)) + "/classify",
+            "LitServe (batch 16, 5 ms)": stack.enter_context(_peer("litserve", model_dir, tmp)) + "/classify",
+        }
+        for url in urls.values():  # warm-up
+            wrk_post(url, tmp / "body", ctype, 2, connections)
+        for _ in range(rounds):
+            for name, url in urls.items():
+                runs[name].append(wrk_post(url, tmp / "body", ctype, seconds, connections))
+    out["servers"] = {
+        name: {
+            "rps": float(np.median([r["rps"] for r in rs])),
+            "p50_ms": float(np.median([r["p50_ms"] for r in rs])),
+            "p99_ms": float(np.median([r["p99_ms"] for r in rs])),
+            "non_2xx": sum(r["non_2xx"] for r in rs),
+            "rounds": rs,
+        }
+        for name, rs in runs.items()
+    }
+    ours = out["servers"]["nftlens"]["rps"]
+    out["ratios"] = {
+        f"nftlens / {name}": ours / s["rps"] for name, s in out["servers"].items() if name != "nftlens"
+    }
+    return out
 
 
 def _percentiles(latencies: list[float]) -> dict[str, float]:
@@ -511,6 +661,26 @@ def render_markdown(report: dict) -> str:
             for route in ("/copies", "/classify")
         ]
         lines += [markdown_table(rows, list(rows[0])), ""]
+    if "peers" in report:
+        p = report["peers"]
+        lines += [
+            f"## nftlens against the servers a team would write: wrk, {p['connections']} connections, "
+            f"{p['rounds']} alternating rounds of {p['seconds']} s, one real image as multipart",
+            "",
+        ]
+        lines += [where(p["machine"]), ""] if p.get("machine") else []
+        rows = [
+            {
+                "server": name,
+                "req/s": s["rps"],
+                "p50 ms": s["p50_ms"],
+                "p99 ms": s["p99_ms"],
+                "non-2xx": s["non_2xx"],
+            }
+            for name, s in p["servers"].items()
+        ]
+        lines += [markdown_table(rows, list(rows[0])), ""]
+        lines += [f"- {k}: **{v:.2f}×**" for k, v in p["ratios"].items()] + [""]
     if "catalog" in report and "real_vectors" in report["catalog"]:
         c = report["catalog"]
         lines += [

@@ -171,6 +171,31 @@ def evaluate_cmd(
     typer.echo(f"report: {out or model_dir / 'report'}/report.md")
 
 
+@app.command("quantize")
+def quantize_cmd(
+    model_dir: Path = typer.Argument(..., exists=True, help="folder with the fp32 model.onnx + model.json"),
+    out: Path = typer.Option(..., help="folder for the int8 model (then run `nftlens calibrate` on it)"),
+    data: list[str] = typer.Option(
+        ["data/nft-thumbs@train", "data/cryptopunks@train", "data/nouns@train"],
+        help="calibration images: dataset folders, DIR@SPLIT (repeatable); never test data",
+    ),
+    images: int = typer.Option(512, help="how many calibration images (evenly drawn)"),
+) -> None:
+    """Static int8 quantisation (QDQ, per-channel weights), calibrated on real training images."""
+    _need_train_extra()
+    from training.datasets.select import select_spec_rows
+    from training.quantize import quantize_model
+
+    paths, _ = select_spec_rows(data, "train", skip_missing=True)
+    if not paths:
+        raise typer.BadParameter("no calibration images found", param_hint="--data")
+    step = max(1, len(paths) // images)
+    written = quantize_model(model_dir, out, paths[::step][:images])
+    typer.echo(
+        f"wrote {written}/model.onnx; next: nftlens calibrate {written}, then nftlens evaluate {written}"
+    )
+
+
 @app.command("calibrate")
 def calibrate_cmd(
     model_dir: Path = typer.Argument(..., exists=True, help="folder with model.onnx + model.json"),
@@ -265,7 +290,7 @@ def report_compare(
 
 @app.command("bench")
 def bench_cmd(
-    what: str = typer.Argument("all", help="model | service | catalog | copies | all"),
+    what: str = typer.Argument("all", help="model | service | peers | catalog | copies | all"),
     model_dir: Path = typer.Option(Path("models/default"), exists=True),
     images: Path = typer.Option(
         Path("data/cryptopunks"), help="dataset folder whose images the load generator sends"
@@ -292,6 +317,7 @@ def bench_cmd(
     for section in (
         "model",
         "service",
+        "peers",
         "catalog",
         "copies",
     ):  # sections not re-run are kept, with their machine
@@ -305,6 +331,12 @@ def bench_cmd(
         paths = [ds.image_path(r) for r in ds.rows[:: max(1, len(ds.rows) // 200)]]
         report["service"] = {
             **bench.bench_service(model_dir, paths, clients, requests, raw_ort=report["model"]),
+            "machine": report["machine"],
+        }
+    if what in ("peers", "all"):
+        ds = load_dataset(images)
+        report["peers"] = {
+            **bench.bench_peers(model_dir, ds.image_path(ds.rows[0]), connections=min(clients, 8)),
             "machine": report["machine"],
         }
     if what in ("catalog", "all"):

@@ -1,0 +1,104 @@
+"""The servers nftlens is measured against, on the same model file and the same preprocessing code.
+
+    python -m benchmarks.peers naive --model-dir models/default --port 8101
+    python -m benchmarks.peers litserve --model-dir models/default --port 8102
+
+- `naive`: what a team writes in an afternoon. FastAPI, one `UploadFile`, decode → pad-resize →
+  normalise, one `session.run` per request on the event loop's thread pool, no batching.
+- `litserve`: LitServe's documented dynamic batching (max_batch_size 16, batch_timeout 5 ms), with the
+  decode → batch → predict → unbatch → encode hooks filled by the same functions.
+
+Both answer `POST /classify` (multipart `file`) with the top-5 labels and the embedding, as nftlens does.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from app.inference import OnnxModel
+from app.preprocessing import decode_and_preprocess
+
+
+def _answer(model: OnnxModel, probs: np.ndarray, embedding: np.ndarray) -> dict:
+    top = np.argsort(-probs)[:5]
+    return {
+        "predictions": [{"label": model.labels[i], "probability": float(probs[i])} for i in top],
+        "embedding": embedding.tolist(),
+    }
+
+
+def naive_app(model_dir: Path, threads: int = 0):
+    """FastAPI + ONNX Runtime, one session.run per request."""
+    from fastapi import FastAPI, UploadFile
+
+    model = OnnxModel(model_dir, ["CPUExecutionProvider"], intra_op_threads=threads)
+    cfg = model.manifest.preprocessing
+    app = FastAPI()
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/classify")
+    def classify(file: UploadFile) -> dict:  # a sync route: FastAPI runs it on its thread pool
+        _, x = decode_and_preprocess(file.file.read(), cfg)
+        out = model.run(x[None])
+        return _answer(model, out["probabilities"][0], out["embedding"][0])
+
+    return app
+
+
+def litserve_server(
+    model_dir: Path, threads: int = 0, max_batch_size: int = 16, batch_timeout: float = 0.005
+):
+    """LitServe with dynamic batching, the same model and preprocessing."""
+    import litserve as ls
+    from fastapi import Request
+
+    class ClassifyAPI(ls.LitAPI):
+        def setup(self, device) -> None:
+            self.model = OnnxModel(model_dir, ["CPUExecutionProvider"], intra_op_threads=threads)
+            self.cfg = self.model.manifest.preprocessing
+
+        def decode_request(self, request: Request):
+            return decode_and_preprocess(request["file"].file.read(), self.cfg)[1]
+
+        def batch(self, inputs):
+            return np.stack(inputs)
+
+        def predict(self, x):
+            return self.model.run(x)
+
+        def unbatch(self, output):
+            return [(p, e) for p, e in zip(output["probabilities"], output["embedding"], strict=True)]
+
+        def encode_response(self, output):
+            return _answer(self.model, *output)
+
+    api = ClassifyAPI(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/classify")
+    return ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("kind", choices=["naive", "litserve"])
+    ap.add_argument("--model-dir", type=Path, default=Path("models/default"))
+    ap.add_argument("--port", type=int, default=8101)
+    ap.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads (0: one per core)")
+    args = ap.parse_args()
+    if args.kind == "naive":
+        import uvicorn
+
+        uvicorn.run(
+            naive_app(args.model_dir, args.threads), host="127.0.0.1", port=args.port, log_level="warning"
+        )
+    else:
+        server = litserve_server(args.model_dir, args.threads)
+        server.run(host="127.0.0.1", port=args.port, log_level="warning", generate_client_file=False)
+
+
+if __name__ == "__main__":
+    main()
