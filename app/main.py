@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -16,6 +15,7 @@ from app import __version__
 from app.api import classify, copies, ops, similar, tokens
 from app.config import Settings
 from app.errors import NftlensError
+from app.metrics import ObserveRequests
 from app.service import Service
 
 log = logging.getLogger("uvicorn.error")  # uvicorn configures this one, so start-up lines are shown
@@ -114,14 +114,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         log.exception("unhandled error")
         return error(500, {"error": "internal", "detail": "unexpected server error; see the service log"})
 
-    @app.middleware("http")
-    async def _observe(request: Request, call_next):
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        service.metrics.requests.labels(path, request.method, str(response.status_code)).inc()
-        service.metrics.latency.labels(path).observe(time.perf_counter() - t0)
-        return response
+    app.add_middleware(ObserveRequests, metrics=service.metrics)
 
     return app

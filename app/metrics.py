@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
@@ -27,3 +29,30 @@ class Metrics:
         )
         self.queue_depth = Gauge("nftlens_queue_depth", "inputs waiting for a batch", registry=r)
         self.catalog_size = Gauge("nftlens_catalog_tokens", "tokens in the catalog", registry=r)
+
+
+class ObserveRequests:
+    """Pure ASGI middleware counting requests and their latency per route template (no per-request
+    task or body wrapping, unlike Starlette's BaseHTTPMiddleware)."""
+
+    def __init__(self, app, metrics: Metrics):
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0, status = time.perf_counter(), 500
+
+        async def send_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            path = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.labels(path, scope["method"], str(status)).inc()
+            self.metrics.latency.labels(path).observe(time.perf_counter() - t0)

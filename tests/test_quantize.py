@@ -1,0 +1,31 @@
+"""Static int8 quantisation: a real ORT session on the quantised file agrees with the fp32 model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.inference import OnnxModel
+from app.manifest import load_manifest
+from app.preprocessing import load_tensor
+
+
+def test_int8_model_is_its_own_folder_and_agrees_with_fp32(model_dir, punks, nouns, tmp_path):
+    pytest.importorskip("onnx", reason="quantisation needs the [train] extra")
+    from training.quantize import quantize_model
+
+    calib = [punks.image_path(r) for r in punks.rows[:24]] + [nouns.image_path(r) for r in nouns.rows[:8]]
+    out = quantize_model(model_dir, tmp_path / "int8", calib)
+    m, q = load_manifest(model_dir), load_manifest(out)  # verifies the new file's sha256
+    assert q.sha256 != m.sha256 and q.name.endswith("-int8") and q.labels == m.labels
+    assert q.training["quantized_from"]["sha256"] == m.sha256 and q.unknown is None and q.copies is None
+    fp32, int8 = OnnxModel(model_dir, ["CPUExecutionProvider"]), OnnxModel(out, ["CPUExecutionProvider"])
+    test = [punks.image_path(r) for r in punks.rows[5000:5040]] + [
+        nouns.image_path(r) for r in nouns.rows[30:50]
+    ]
+    x = np.stack([load_tensor(p.read_bytes(), m.preprocessing) for p in test])
+    a, b = fp32.run(x), int8.run(x)
+    assert set(a) == set(b) and all(a[k].shape == b[k].shape for k in a)
+    assert (a["probabilities"].argmax(1) == b["probabilities"].argmax(1)).mean() >= 0.95
+    cos = (a["embedding"] * b["embedding"]).sum(1) / np.linalg.norm(b["embedding"], axis=1)
+    assert np.median(cos) > 0.95
