@@ -64,10 +64,10 @@ serve_app.add_typer(catalog_app, name="catalog")
 def _open(model_dir: str | None, catalog: str | None):
     from app.catalog import open_catalog
     from app.config import Settings
-    from app.inference import OnnxModel
+    from app.service import open_model
 
     s = Settings(**{k: v for k, v in {"model_dir": model_dir, "catalog": catalog}.items() if v})
-    model = OnnxModel(s.model_dir, s.providers, s.require_gpu, s.intra_op_threads)
+    model = open_model(s)
     m = model.manifest
     return model, open_catalog(
         s.catalog, m.embedding_dim, m.sha256, s.faiss_index, m.instance_dim, f"{m.name}@{m.version}"

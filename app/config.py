@@ -42,6 +42,14 @@ class Settings(BaseSettings):
         description="ONNX Runtime providers in order of preference (JSON list); unavailable ones are skipped with a warning",
     )
     require_gpu: bool = Field(False, description="fail start-up instead of falling back to CPU")
+    gpu_device_id: int = Field(0, ge=0, description="CUDA / TensorRT device")
+    gpu_cudnn_algo_search: Literal["EXHAUSTIVE", "HEURISTIC", "DEFAULT"] = Field(
+        "EXHAUSTIVE", description="cuDNN convolution algorithm search (once per batch bucket)"
+    )
+    trt_fp16: bool = Field(True, description="TensorRT: allow fp16 kernels")
+    trt_engine_cache: str = Field(
+        "", description="TensorRT: folder caching built engines across restarts (empty: rebuild each start)"
+    )
     intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads (0 = one per core)")
     batching: bool = Field(True, description="dynamic micro-batching of concurrent requests")
     max_batch: int = Field(16, ge=1, description="largest batch one ONNX call runs")

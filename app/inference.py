@@ -1,8 +1,16 @@
-"""ONNX Runtime session wrapper: execution providers are chosen here and nowhere else."""
+"""ONNX Runtime session wrapper: execution providers, their options and the GPU data path live here and
+nowhere else.
+
+On CUDA / TensorRT the session runs through IO binding: outputs go to device buffers preallocated per
+batch bucket and are copied back once, and a batch is padded up to its bucket (1, 2, 4, … max_batch) so
+TensorRT engines and cuDNN algorithm choices are built once per bucket and reused. On CPU none of that
+pays, so batches run as they are.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +49,48 @@ def choose_providers(requested: list[str] | None = None, require_gpu: bool = Fal
     return chosen
 
 
+@dataclass(frozen=True)
+class GpuOptions:
+    """How the GPU providers are configured (NFTLENS_GPU_* settings)."""
+
+    device_id: int = 0
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"  # EXHAUSTIVE | HEURISTIC | DEFAULT
+    trt_fp16: bool = True
+    trt_engine_cache: str = ""  # folder for TensorRT engines ("" = rebuild at every start)
+    max_batch: int = 16
+
+
+def provider_options(name: str, gpu: GpuOptions) -> dict[str, str]:
+    """The ONNX Runtime options of one provider (empty for CPU)."""
+    if name == "CUDAExecutionProvider":
+        return {
+            "device_id": str(gpu.device_id),
+            "cudnn_conv_algo_search": gpu.cudnn_conv_algo_search,
+            "do_copy_in_default_stream": "1",
+        }
+    if name == "TensorrtExecutionProvider":
+        opts = {"device_id": str(gpu.device_id), "trt_fp16_enable": str(gpu.trt_fp16)}
+        if gpu.trt_engine_cache:
+            Path(gpu.trt_engine_cache).mkdir(parents=True, exist_ok=True)
+            opts |= {"trt_engine_cache_enable": "True", "trt_engine_cache_path": gpu.trt_engine_cache}
+        return opts
+    return {}
+
+
+def buckets(max_batch: int) -> list[int]:
+    """Batch sizes a GPU session is run at: powers of two up to max_batch, and max_batch itself."""
+    out, b = [], 1
+    while b < max_batch:
+        out.append(b)
+        b *= 2
+    return [*out, max_batch]
+
+
+def bucket_for(n: int, sizes: list[int]) -> int:
+    """The smallest bucket holding n images (n itself when over the largest)."""
+    return next((b for b in sizes if b >= n), n)
+
+
 Outputs = dict[str, np.ndarray]  # ONNX output name -> [N, ...] array
 
 
@@ -60,8 +110,11 @@ class OnnxModel:
         require_gpu: bool = False,
         intra_op_threads: int = 0,
         inter_op_threads: int = 1,
+        gpu: GpuOptions | None = None,
+        bucketed: bool | None = None,
     ):
         self.model_dir = Path(model_dir)
+        self.gpu = gpu or GpuOptions()
         self.manifest: ModelManifest = load_manifest(self.model_dir)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -70,7 +123,9 @@ class OnnxModel:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         chosen = choose_providers(providers, require_gpu)
         self.session = ort.InferenceSession(
-            str(self.model_dir / self.manifest.onnx_file), sess_options=options, providers=chosen
+            str(self.model_dir / self.manifest.onnx_file),
+            sess_options=options,
+            providers=[(p, provider_options(p, self.gpu)) for p in chosen],
         )
         active = self.session.get_providers()
         self.provider: str = active[0]
@@ -83,6 +138,9 @@ class OnnxModel:
         if missing:
             raise ModelIntegrityError(f"the manifest lists outputs {missing} that model.onnx lacks")
         log.info("model %s %s on %s", self.manifest.name, self.manifest.version, self.provider)
+        self.on_gpu = self.provider in GPU_PROVIDERS
+        self.buckets = buckets(self.gpu.max_batch) if (self.on_gpu if bucketed is None else bucketed) else []
+        self._bindings: dict[int, tuple] = {}  # bucket -> (io binding, output OrtValues)
 
     @property
     def labels(self) -> list[str]:
@@ -91,9 +149,39 @@ class OnnxModel:
     def run(self, batch: np.ndarray) -> Outputs:
         """[N,3,S,S] float32 -> {output name: [N, ...]} for every output in the manifest."""
         names = self.manifest.outputs
-        return dict(zip(names, self.session.run(names, {self.manifest.input_name: batch}), strict=True))
+        n = len(batch)
+        size = bucket_for(n, self.buckets) if self.buckets else n
+        if size != n:  # pad to the bucket: one engine / algorithm choice per bucket, reused
+            batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
+        if self.on_gpu:
+            out = self._run_bound(np.ascontiguousarray(batch, dtype=np.float32))
+        else:
+            out = self.session.run(names, {self.manifest.input_name: batch})
+        return {name: o[:n] for name, o in zip(names, out, strict=True)}
+
+    def _run_bound(self, batch: np.ndarray) -> list[np.ndarray]:
+        """IO binding: the input is copied to the device once, outputs land in buffers preallocated for
+        this batch size and come back in one copy each."""
+        size = len(batch)
+        if size not in self._bindings:
+            binding = self.session.io_binding()
+            dims = {o.name: o.shape for o in self.session.get_outputs()}
+            values = []
+            for name in self.manifest.outputs:
+                shape = [size, *[d if isinstance(d, int) else 1 for d in dims[name][1:]]]
+                value = ort.OrtValue.ortvalue_from_shape_and_type(
+                    shape, np.float32, "cuda", self.gpu.device_id
+                )
+                binding.bind_ortvalue_output(name, value)
+                values.append(value)
+            self._bindings[size] = (binding, values)
+        binding, values = self._bindings[size]
+        binding.bind_cpu_input(self.manifest.input_name, batch)
+        self.session.run_with_iobinding(binding)
+        return [v.numpy() for v in values]
 
     def warm_up(self, batch_sizes: tuple[int, ...] = (1, 8)) -> None:
+        """Run zeros once per batch size (every bucket on a GPU: engines and algorithms get built now)."""
         s = self.manifest.input_size
-        for n in batch_sizes:
+        for n in self.buckets or batch_sizes:
             self.run(np.zeros((n, 3, s, s), dtype=np.float32))

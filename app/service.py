@@ -19,7 +19,7 @@ from app.catalog import Catalog, SearchFilter, open_catalog
 from app.config import Settings
 from app.errors import ConflictError
 from app.fingerprint import pixel_fingerprint
-from app.inference import OnnxModel, Outputs, logits_of
+from app.inference import GpuOptions, OnnxModel, Outputs, logits_of
 from app.metrics import Metrics
 from app.openset import OpenSetScorer, softmax
 from app.preprocessing import decode_and_preprocess
@@ -37,6 +37,12 @@ class Prediction:
     timings_ms: dict[str, float] = field(default_factory=dict)
     fingerprint: str = ""  # exact-copy fingerprint of the decoded pixels (when asked for)
     input: np.ndarray | None = None  # the preprocessed network input, for further views of the same image
+
+
+def open_model(s: Settings) -> OnnxModel:
+    """The served model, with the providers and GPU options of the settings."""
+    gpu = GpuOptions(s.gpu_device_id, s.gpu_cudnn_algo_search, s.trt_fp16, s.trt_engine_cache, s.max_batch)
+    return OnnxModel(s.model_dir, s.providers, s.require_gpu, s.intra_op_threads, gpu=gpu)
 
 
 def unbatched_prediction(model: OnnxModel, out: Outputs, timings: dict | None = None) -> Prediction:
@@ -73,9 +79,7 @@ class Service:
         """Verify + load the model, warm it up, open the catalog; only then mark ready."""
         s = self.settings
         loop = asyncio.get_running_loop()
-        self.model = await loop.run_in_executor(
-            self.pool, lambda: OnnxModel(s.model_dir, s.providers, s.require_gpu, s.intra_op_threads)
-        )
+        self.model = await loop.run_in_executor(self.pool, lambda: open_model(s))
         await loop.run_in_executor(self.pool, self.model.warm_up, (1, min(8, s.max_batch)))
         m = self.model.manifest
         if m.unknown is not None:
