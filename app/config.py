@@ -51,6 +51,11 @@ class Settings(BaseSettings):
         "", description="TensorRT: folder caching built engines across restarts (empty: rebuild each start)"
     )
     intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads (0 = one per core)")
+    intra_op_spinning: bool = Field(
+        False,
+        description="let idle ONNX Runtime threads spin (lower latency alone, but they take the cores that "
+        "decode requests; `nftlens bench peers` measured it off)",
+    )
     batching: bool = Field(True, description="dynamic micro-batching of concurrent requests")
     max_batch: int = Field(16, ge=1, description="largest batch one ONNX call runs")
     max_wait_ms: float = Field(

@@ -112,6 +112,7 @@ class OnnxModel:
         inter_op_threads: int = 1,
         gpu: GpuOptions | None = None,
         bucketed: bool | None = None,
+        spinning: bool = True,
     ):
         self.model_dir = Path(model_dir)
         self.gpu = gpu or GpuOptions()
@@ -121,6 +122,8 @@ class OnnxModel:
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        if not spinning:  # idle intra-op threads sleep instead of spinning on cores others need
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         chosen = choose_providers(providers, require_gpu)
         self.session = ort.InferenceSession(
             str(self.model_dir / self.manifest.onnx_file),

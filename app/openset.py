@@ -41,15 +41,25 @@ def energy_score(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     return -(temperature * (m + np.log(np.exp(z - m[:, None]).sum(axis=1))))
 
 
+class Mahalanobis:
+    """min over classes of (x - mu_c)^T P (x - mu_c), with everything that does not depend on x computed
+    once: (x-m)P(x-m) = xPx - 2 x(Pm) + mPm."""
+
+    def __init__(self, means: np.ndarray, precision: np.ndarray):
+        self.p = np.asarray(precision, dtype=np.float64)
+        means = np.asarray(means, dtype=np.float64)
+        self.pm = self.p @ means.T  # [D, C] (P is symmetric)
+        self.mpm = (means.T * self.pm).sum(0)  # [C]
+
+    def score(self, embedding: np.ndarray) -> np.ndarray:
+        x = np.atleast_2d(np.asarray(embedding, dtype=np.float64))
+        d = ((x @ self.p) * x).sum(1)[:, None] - 2 * x @ self.pm + self.mpm[None, :]
+        return d.min(axis=1)
+
+
 def mahalanobis_score(embedding: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """min over classes of (x - mu_c)^T P (x - mu_c)."""
-    x = np.asarray(embedding, dtype=np.float64)
-    means = np.asarray(means, dtype=np.float64)
-    p = np.asarray(precision, dtype=np.float64)
-    xp = x @ p
-    # (x-m)P(x-m) = xPx - 2 xPm + mPm
-    d = (xp * x).sum(1)[:, None] - 2 * xp @ means.T + ((means @ p) * means).sum(1)[None, :]
-    return d.min(axis=1)
+    return Mahalanobis(means, precision).score(embedding)
 
 
 def knn_score(embedding: np.ndarray, references: np.ndarray, k: int = 10) -> np.ndarray:
@@ -90,6 +100,8 @@ class OpenSetScorer:
                 if missing:
                     raise ModelIntegrityError(f"{path} lacks {missing}")
                 self.stats = {k: data[k].astype(np.float32) for k in need}
+        if detector.method == "mahalanobis":
+            self._mahalanobis = Mahalanobis(self.stats["means"], self.stats["precision"])
 
     def score(self, logits: np.ndarray, embedding: np.ndarray) -> np.ndarray:
         """[N,C] logits and [N,D] embeddings -> [N] scores."""
@@ -99,12 +111,12 @@ class OpenSetScorer:
         if d.method == "energy":
             return energy_score(logits, d.temperature)
         if d.method == "mahalanobis":
-            return mahalanobis_score(embedding, self.stats["means"], self.stats["precision"])
+            return self._mahalanobis.score(embedding)
         return knn_score(embedding, self.stats["references"], d.k)
 
-    def verdict(self, logits: np.ndarray, embedding: np.ndarray) -> dict:
-        """The `unknown` block of one image's response."""
-        score = float(self.score(logits[None], embedding[None])[0])
+    def verdict(self, logits: np.ndarray, embedding: np.ndarray, score: float | None = None) -> dict:
+        """The `unknown` block of one image's response (from its score, when already computed)."""
+        score = float(self.score(logits[None], embedding[None])[0] if score is None else score)
         return {
             "method": self.detector.method,
             "score": round(score, 6),

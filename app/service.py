@@ -37,12 +37,15 @@ class Prediction:
     timings_ms: dict[str, float] = field(default_factory=dict)
     fingerprint: str = ""  # exact-copy fingerprint of the decoded pixels (when asked for)
     input: np.ndarray | None = None  # the preprocessed network input, for further views of the same image
+    unknown_score: float | None = None  # the open-set score, computed with the batch
 
 
 def open_model(s: Settings) -> OnnxModel:
     """The served model, with the providers and GPU options of the settings."""
     gpu = GpuOptions(s.gpu_device_id, s.gpu_cudnn_algo_search, s.trt_fp16, s.trt_engine_cache, s.max_batch)
-    return OnnxModel(s.model_dir, s.providers, s.require_gpu, s.intra_op_threads, gpu=gpu)
+    return OnnxModel(
+        s.model_dir, s.providers, s.require_gpu, s.intra_op_threads, gpu=gpu, spinning=s.intra_op_spinning
+    )
 
 
 def unbatched_prediction(model: OnnxModel, out: Outputs, timings: dict | None = None) -> Prediction:
@@ -52,7 +55,15 @@ def unbatched_prediction(model: OnnxModel, out: Outputs, timings: dict | None = 
     probs = out["probabilities"]
     if m.calibration is not None and "logits" in out:
         probs = softmax(logits[None], m.calibration.temperature)[0]
-    return Prediction(probs, out["embedding"], logits, out.get("instance"), timings or {})
+    score = out.get("unknown_score")
+    return Prediction(
+        probs,
+        out["embedding"],
+        logits,
+        out.get("instance"),
+        timings or {},
+        unknown_score=None if score is None else float(score),
+    )
 
 
 class Service:
@@ -125,7 +136,12 @@ class Service:
 
     # -- pipeline ------------------------------------------------------------------------------------
     def _infer(self, batch: np.ndarray) -> Outputs:
-        return self.model.run(batch)
+        """The predict hook: one ONNX call, then what is computed per batch rather than per request (the
+        open-set score), on the inference thread instead of the event loop."""
+        out = self.model.run(batch)
+        if self.openset is not None:
+            out["unknown_score"] = self.openset.score(logits_of(out), out["embedding"])
+        return out
 
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
@@ -172,7 +188,7 @@ class Service:
         """The open-set verdict for one prediction (None when the model ships no detector)."""
         if self.openset is None:
             return None
-        return self.openset.verdict(pred.logits, pred.embedding)
+        return self.openset.verdict(pred.logits, pred.embedding, pred.unknown_score)
 
     # -- copies --------------------------------------------------------------------------------------
     def require_copies(self) -> None:

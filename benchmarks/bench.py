@@ -6,7 +6,9 @@ Every ratio compares figures measured in the same run on the same machine.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import json
 import os
 import platform
 import re
@@ -308,11 +310,18 @@ def bench_peers(
     from benchmarks.serverproc import running_server
 
     body, ctype = multipart_body(image.read_bytes(), image.name)
+    as_json = json.dumps({"image": base64.b64encode(image.read_bytes()).decode()}).encode()
     out: dict = {"image": str(image), "seconds": seconds, "rounds": rounds, "connections": connections}
     runs: dict[str, list[dict]] = {"nftlens": [], "naive FastAPI + ORT": [], "LitServe (batch 16, 5 ms)": []}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         tmp = Path(tmp)
         (tmp / "body").write_bytes(body)
+        (tmp / "json").write_bytes(as_json)
+        bodies = {
+            "nftlens": (tmp / "body", ctype),
+            "naive FastAPI + ORT": (tmp / "body", ctype),
+            "LitServe (batch 16, 5 ms)": (tmp / "json", "application/json"),
+        }
         env = {
             "NFTLENS_PROVIDERS": '["CPUExecutionProvider"]',
             "NFTLENS_LOG_LEVEL": "warning",
@@ -324,11 +333,11 @@ def bench_peers(
             "naive FastAPI + ORT": stack.enter_context(_peer("naive", model_dir, tmp)) + "/classify",
             "LitServe (batch 16, 5 ms)": stack.enter_context(_peer("litserve", model_dir, tmp)) + "/classify",
         }
-        for url in urls.values():  # warm-up
-            wrk_post(url, tmp / "body", ctype, 2, connections)
+        for name, url in urls.items():  # warm-up
+            wrk_post(url, *bodies[name], 2, connections)
         for _ in range(rounds):
             for name, url in urls.items():
-                runs[name].append(wrk_post(url, tmp / "body", ctype, seconds, connections))
+                runs[name].append(wrk_post(url, *bodies[name], seconds, connections))
     out["servers"] = {
         name: {
             "rps": float(np.median([r["rps"] for r in rs])),

@@ -8,7 +8,8 @@
 - `litserve`: LitServe's documented dynamic batching (max_batch_size 16, batch_timeout 5 ms), with the
   decode → batch → predict → unbatch → encode hooks filled by the same functions.
 
-Both answer `POST /classify` (multipart `file`) with the top-5 labels and the embedding, as nftlens does.
+Both answer `POST /classify` with the top-5 labels and the embedding, as nftlens does; the naive server
+takes multipart `file` as nftlens does, LitServe a JSON `{"image": base64}` (see peers_litserve.py).
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from fastapi import FastAPI, UploadFile  # module level: the route's annotations resolve here
 
 from app.inference import OnnxModel
 from app.preprocessing import decode_and_preprocess
 
 
-def _answer(model: OnnxModel, probs: np.ndarray, embedding: np.ndarray) -> dict:
+def answer(model: OnnxModel, probs: np.ndarray, embedding: np.ndarray) -> dict:
     top = np.argsort(-probs)[:5]
     return {
         "predictions": [{"label": model.labels[i], "probability": float(probs[i])} for i in top],
@@ -32,8 +34,6 @@ def _answer(model: OnnxModel, probs: np.ndarray, embedding: np.ndarray) -> dict:
 
 def naive_app(model_dir: Path, threads: int = 0):
     """FastAPI + ONNX Runtime, one session.run per request."""
-    from fastapi import FastAPI, UploadFile
-
     model = OnnxModel(model_dir, ["CPUExecutionProvider"], intra_op_threads=threads)
     cfg = model.manifest.preprocessing
     app = FastAPI()
@@ -46,7 +46,7 @@ def naive_app(model_dir: Path, threads: int = 0):
     def classify(file: UploadFile) -> dict:  # a sync route: FastAPI runs it on its thread pool
         _, x = decode_and_preprocess(file.file.read(), cfg)
         out = model.run(x[None])
-        return _answer(model, out["probabilities"][0], out["embedding"][0])
+        return answer(model, out["probabilities"][0], out["embedding"][0])
 
     return app
 
@@ -56,29 +56,12 @@ def litserve_server(
 ):
     """LitServe with dynamic batching, the same model and preprocessing."""
     import litserve as ls
-    from fastapi import Request
 
-    class ClassifyAPI(ls.LitAPI):
-        def setup(self, device) -> None:
-            self.model = OnnxModel(model_dir, ["CPUExecutionProvider"], intra_op_threads=threads)
-            self.cfg = self.model.manifest.preprocessing
+    from benchmarks.peers_litserve import ClassifyAPI
 
-        def decode_request(self, request: Request):
-            return decode_and_preprocess(request["file"].file.read(), self.cfg)[1]
-
-        def batch(self, inputs):
-            return np.stack(inputs)
-
-        def predict(self, x):
-            return self.model.run(x)
-
-        def unbatch(self, output):
-            return [(p, e) for p, e in zip(output["probabilities"], output["embedding"], strict=True)]
-
-        def encode_response(self, output):
-            return _answer(self.model, *output)
-
-    api = ClassifyAPI(max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/classify")
+    api = ClassifyAPI(
+        model_dir, threads, max_batch_size=max_batch_size, batch_timeout=batch_timeout, api_path="/classify"
+    )
     return ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=60)
 
 
