@@ -7,7 +7,7 @@ SHARED    ?= ../shared/data
 export NFTLENS_MODEL_DIR ?= models/default
 export NFTLENS_CATALOG   ?= catalog/catalog.db
 
-.PHONY: serve test install install-train install-bench install-gpu data catalog lint model model-data evaluate loo previous clean
+.PHONY: serve test install install-train install-bench install-gpu data catalog lint model model-data evaluate loo previous int8 clean
 
 $(BIN)/uv:
 	$(PY) -m venv $(VENV)
@@ -77,3 +77,9 @@ previous: model-data          ## the model this one replaced, evaluated on the s
 
 clean:
 	rm -rf $(VENV) catalog runs .pytest_cache
+
+int8: model-data              ## the int8 variant of the default model: quantise, calibrate and evaluate it
+	$(BIN)/nftlens quantize models/default --out models/default-int8
+	$(BIN)/nftlens calibrate models/default-int8 --method $(OPENSET) --out reports/int8
+	$(BIN)/nftlens evaluate models/default-int8 $(TEST_SETS) --label-field collection --no-robustness --out reports/int8
+	$(BIN)/nftlens copies evaluate models/default-int8 --out reports/int8/copies

@@ -96,6 +96,12 @@ def bench_model(
     return out
 
 
+def _sum_count(text: str, name: str) -> tuple[float, float]:
+    """A Prometheus histogram's _sum and _count from /metrics text."""
+    sc = [float(re.search(rf"^{name}_{k} ([0-9.e+-]+)$", text, re.M).group(1)) for k in ("sum", "count")]
+    return sc[0], sc[1]
+
+
 def _metric_counts(text: str, name: str) -> dict[str, float]:
     return {
         le: float(v) for le, v in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} ([0-9.e+-]+)$', text, re.M)
@@ -307,6 +313,8 @@ def bench_peers(
 ) -> dict:
     """nftlens against a naive FastAPI + ORT server and LitServe (benchmarks.peers), same model file and
     preprocessing, one real image posted as multipart by wrk, rounds alternating between the servers."""
+    import httpx
+
     from benchmarks.serverproc import running_server
 
     body, ctype = multipart_body(image.read_bytes(), image.name)
@@ -335,9 +343,18 @@ def bench_peers(
         }
         for name, url in urls.items():  # warm-up
             wrk_post(url, *bodies[name], 2, connections)
+        before = httpx.get(f"{srv.url}/metrics").text
         for _ in range(rounds):
             for name, url in urls.items():
                 runs[name].append(wrk_post(url, *bodies[name], seconds, connections))
+        after = httpx.get(f"{srv.url}/metrics").text
+    (sum0, n0), (sum1, n1) = _sum_count(before, "nftlens_batch_size"), _sum_count(after, "nftlens_batch_size")
+    mean_batch = (sum1 - sum0) / max(1.0, n1 - n0)
+    out["nftlens_mean_batch"] = mean_batch
+    model = OnnxModel(model_dir, ["CPUExecutionProvider"], spinning=False)
+    size = max(1, round(mean_batch))
+    x = np.random.default_rng(0).normal(size=(size, 3, model.manifest.input_size, model.manifest.input_size))
+    out["raw_ort_at_mean_batch"] = _rate(lambda: model.run(x.astype(np.float32)), size, 4.0)
     out["servers"] = {
         name: {
             "rps": float(np.median([r["rps"] for r in rs])),
@@ -689,7 +706,12 @@ def render_markdown(report: dict) -> str:
             for name, s in p["servers"].items()
         ]
         lines += [markdown_table(rows, list(rows[0])), ""]
-        lines += [f"- {k}: **{v:.2f}×**" for k, v in p["ratios"].items()] + [""]
+        lines += [f"- {k}: **{v:.2f}×**" for k, v in p["ratios"].items()]
+        lines += [
+            f"- nftlens's mean batch over the rounds: {p['nftlens_mean_batch']:.1f}; raw ONNX Runtime at that "
+            f"batch, same run: {p['raw_ort_at_mean_batch']['images_per_s']:.0f} img/s",
+            "",
+        ]
     if "catalog" in report and "real_vectors" in report["catalog"]:
         c = report["catalog"]
         lines += [
