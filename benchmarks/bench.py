@@ -256,51 +256,16 @@ def wrk_post(url: str, body: Path, ctype: str, seconds: int, connections: int, t
 
 @contextlib.contextmanager
 def _peer(kind: str, model_dir: Path, log_dir: Path):
-    """Start a peer server (benchmarks.peers) and wait for it to answer."""
-    import subprocess
+    """Start a peer server (benchmarks.peers) and yield its URL once it answers."""
     import sys
 
-    import httpx
-
-    from benchmarks.serverproc import free_port
+    from benchmarks.serverproc import free_port, serving
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    with open(log_dir / f"{kind}.log", "wb") as fh:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.peers",
-                kind,
-                "--model-dir",
-                str(model_dir),
-                "--port",
-                str(port),
-            ],
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.time() + 120
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{kind} exited: {(log_dir / f'{kind}.log').read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"{kind} did not start")
-            time.sleep(0.3)
+    cmd = [sys.executable, "-m", "benchmarks.peers", kind, "--model-dir", str(model_dir), "--port", str(port)]
+    with serving(cmd, url, "/health", log_dir / f"{kind}.log", 120):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except Exception:
-            proc.kill()
 
 
 def bench_peers(

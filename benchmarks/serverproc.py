@@ -31,6 +31,36 @@ class Server:
 
 
 @contextmanager
+def serving(
+    cmd: list[str], url: str, ready_path: str, log: Path, timeout: float = 90, env: dict | None = None
+):
+    """Run a server command, wait until `url + ready_path` answers 200, yield the process; stop it after."""
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    deadline = time.time() + timeout
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+            try:
+                if httpx.get(f"{url}{ready_path}", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.time() > deadline:
+                raise RuntimeError(f"server not ready in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+@contextmanager
 def running_server(model_dir: Path, catalog: Path | str, log_dir: Path, timeout: float = 90, **env: str):
     """Start the service on a free loopback port; yield a `Server` once /ready answers 200."""
     port = free_port()
@@ -44,29 +74,7 @@ def running_server(model_dir: Path, catalog: Path | str, log_dir: Path, timeout:
         "NFTLENS_LOG_LEVEL": "warning",
         **env,
     }
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve"], env=full_env, stdout=fh, stderr=subprocess.STDOUT
-        )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + timeout
-    try:
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(f"server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{url}/ready", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.time() > deadline:
-                raise RuntimeError(f"server not ready in {timeout:.0f} s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+    cmd = [sys.executable, "-m", "app.cli", "serve"]
+    with serving(cmd, url, "/ready", log, timeout, full_env) as proc:
         yield Server(proc, url, log)
-    finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()

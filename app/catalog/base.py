@@ -29,6 +29,21 @@ class Token:
     image_sha256: str = ""  # sha256 of the stored image bytes (bulk indexing resumes by it)
 
 
+def as_written(token: Token, model_key: str, model_label: str, created_at: str, updated_at: str) -> Token:
+    """The record a catalog answers a write with: what the caller sent, stamped with model and times."""
+    return Token(
+        token.collection,
+        token.token_id,
+        token.metadata,
+        model_key,
+        created_at,
+        updated_at,
+        fingerprint=token.fingerprint,
+        model_label=model_label,
+        image_sha256=token.image_sha256,
+    )
+
+
 @dataclass
 class Neighbour:
     collection: str

@@ -25,7 +25,7 @@ import json
 
 import numpy as np
 
-from app.catalog.base import Neighbour, SearchFilter, Token, utc_now
+from app.catalog.base import Neighbour, SearchFilter, Token, as_written, utc_now
 from app.catalog.sqlite_faiss import decode_cursor, encode_cursor
 
 MAX_IMAGE_CHARS = 60_000
@@ -170,19 +170,7 @@ class MilvusCatalog:
                     "vector": vec.tolist(),
                 }
             )
-            written.append(
-                Token(
-                    token.collection,
-                    token.token_id,
-                    token.metadata,
-                    self.model_key,
-                    created.get(key, now),
-                    now,
-                    fingerprint=token.fingerprint,
-                    model_label=self.model_label,
-                    image_sha256=token.image_sha256,
-                )  # fmt: skip
-            )
+            written.append(as_written(token, self.model_key, self.model_label, created.get(key, now), now))
         if rows:
             self._client.upsert(self.name, rows)
         return written

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.catalog.base import Neighbour, SearchFilter, Token, utc_now
+from app.catalog.base import Neighbour, SearchFilter, Token, as_written, utc_now
 from app.catalog.vectors import IndexKind, VectorSpace
 
 SCHEMA = """
@@ -280,19 +280,7 @@ class SqliteFaissCatalog:
                             token.fingerprint or None,
                         ),
                     ).fetchone()[0]
-                    written.append(
-                        Token(
-                            token.collection,
-                            token.token_id,
-                            token.metadata,
-                            self.model_key,
-                            created,
-                            now,
-                            model_label=self.model_label,
-                            fingerprint=token.fingerprint,
-                            image_sha256=token.image_sha256,
-                        )  # fmt: skip
-                    )
+                    written.append(as_written(token, self.model_key, self.model_label, created, now))
                 self._commit_and_sync()
             except BaseException:
                 if self._db.in_transaction:
