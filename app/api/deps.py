@@ -27,14 +27,14 @@ api_key_header = APIKeyHeader(
 )
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
     service: Service = request.app.state.service
     if not service.ready:
         raise NotReadyError("the model or catalog is still loading, or the batching loop is restarting")
     return service
 
 
-def require_api_key(request: Request, x_api_key: str | None = Security(api_key_header)) -> None:
+async def require_api_key(request: Request, x_api_key: str | None = Security(api_key_header)) -> None:
     expected = request.app.state.service.settings.api_key
     if expected and x_api_key != expected:
         raise UnauthorizedError("this write needs a valid X-API-Key header")

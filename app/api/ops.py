@@ -55,7 +55,7 @@ async def ready(request: Request) -> Response:
 @router.get("/model", response_model=ModelInfo, responses=errors(503))
 async def model(request: Request) -> dict:
     """The model manifest (labels, preprocessing, metrics), plus the provider it runs on."""
-    service = get_service(request)
+    service = await get_service(request)
     return {**service.model.manifest.model_dump(mode="json"), "provider": service.model.provider}
 
 
