@@ -337,6 +337,34 @@ def bench_peers(
     return out
 
 
+TUNING = {
+    "default (spinning off, 1 worker)": {},
+    "ORT threads spinning": {"NFTLENS_INTRA_OP_SPINNING": "true"},
+    "2 workers, 1 ORT thread each": {"NFTLENS_WORKERS": "2", "NFTLENS_INTRA_OP_THREADS": "1"},
+    "no dynamic batching": {"NFTLENS_BATCHING": "false"},
+}
+
+
+def bench_tuning(model_dir: Path, image: Path, seconds: int = 8, connections: int = 8) -> dict:
+    """nftlens alone under wrk, one server at a time, per setting variant (TUNING): which settings pay."""
+    from benchmarks.serverproc import running_server
+
+    body, ctype = multipart_body(image.read_bytes(), image.name)
+    out: dict = {"image": str(image), "seconds": seconds, "connections": connections, "variants": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "body").write_bytes(body)
+        for name, env in TUNING.items():
+            env = {"NFTLENS_PROVIDERS": '["CPUExecutionProvider"]', **env}
+            with running_server(model_dir, tmp / f"{len(out['variants'])}.db", tmp, **env) as srv:
+                wrk_post(f"{srv.url}/classify", tmp / "body", ctype, 2, connections)  # warm-up
+                out["variants"][name] = {
+                    "env": env,
+                    **wrk_post(f"{srv.url}/classify", tmp / "body", ctype, seconds, connections),
+                }
+    return out
+
+
 def _percentiles(latencies: list[float]) -> dict[str, float]:
     ms = np.array(latencies) * 1000
     return {f"p{q}": float(np.percentile(ms, q)) for q in (50, 95, 99)}
@@ -677,6 +705,25 @@ def render_markdown(report: dict) -> str:
             f"batch, same run: {p['raw_ort_at_mean_batch']['images_per_s']:.0f} img/s",
             "",
         ]
+    if "tuning" in report:
+        t = report["tuning"]
+        lines += [
+            f"## Settings that pay: nftlens alone under wrk ({t['connections']} connections, {t['seconds']} s), "
+            "one server at a time",
+            "",
+        ]
+        lines += [where(t["machine"]), ""] if t.get("machine") else []
+        rows = [
+            {
+                "variant": name,
+                "req/s": v["rps"],
+                "p50 ms": v["p50_ms"],
+                "p99 ms": v["p99_ms"],
+                "non-2xx": v["non_2xx"],
+            }
+            for name, v in t["variants"].items()
+        ]
+        lines += [markdown_table(rows, list(rows[0])), ""]
     if "catalog" in report and "real_vectors" in report["catalog"]:
         c = report["catalog"]
         lines += [

@@ -290,7 +290,7 @@ def report_compare(
 
 @app.command("bench")
 def bench_cmd(
-    what: str = typer.Argument("all", help="model | service | peers | catalog | copies | all"),
+    what: str = typer.Argument("all", help="model | service | peers | tuning | catalog | copies | all"),
     model_dir: Path = typer.Option(Path("models/default"), exists=True),
     images: Path = typer.Option(
         Path("data/cryptopunks"), help="dataset folder whose images the load generator sends"
@@ -318,6 +318,7 @@ def bench_cmd(
         "model",
         "service",
         "peers",
+        "tuning",
         "catalog",
         "copies",
     ):  # sections not re-run are kept, with their machine
@@ -337,6 +338,12 @@ def bench_cmd(
         ds = load_dataset(images)
         report["peers"] = {
             **bench.bench_peers(model_dir, ds.image_path(ds.rows[0]), connections=min(clients, 8)),
+            "machine": report["machine"],
+        }
+    if what in ("tuning", "all"):
+        ds = load_dataset(images)
+        report["tuning"] = {
+            **bench.bench_tuning(model_dir, ds.image_path(ds.rows[0]), connections=min(clients, 8)),
             "machine": report["machine"],
         }
     if what in ("catalog", "all"):
