@@ -74,7 +74,11 @@ def embed_into_catalog(
             catalog.upsert_many(
                 [
                     (
-                        replace(tok, fingerprint=fp, image_sha256=hashlib.sha256(data).hexdigest()),
+                        replace(
+                            tok,
+                            fingerprint=fp,
+                            image_sha256=tok.image_sha256 or hashlib.sha256(data).hexdigest(),
+                        ),
                         emb[i],
                         data,
                         inst[i] if inst is not None else None,
@@ -114,12 +118,9 @@ def index_source(
     stored = catalog.stored_hashes()
     todo: list[tuple[Token, bytes]] = []
     for token, path in tqdm(items, desc="check", unit="img", leave=False):
-        data = path.read_bytes()
-        if stored.get((token.collection, token.token_id)) != (
-            catalog.model_key,
-            hashlib.sha256(data).hexdigest(),
-        ):
-            todo.append((token, path))
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if stored.get((token.collection, token.token_id)) != (catalog.model_key, digest):
+            todo.append((replace(token, image_sha256=digest), path))  # hashed once: embedding keeps it
     result = embed_into_catalog(model, catalog, ((t, p.read_bytes()) for t, p in todo), len(todo), batch)
     return {**result, "skipped": len(items) - len(todo), "catalog": catalog.count()}
 

@@ -18,6 +18,7 @@ import base64
 import json
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -119,6 +120,7 @@ class SqliteFaissCatalog:
             self._db.execute("ROLLBACK")
             raise
         self._compaction: threading.Thread | None = None
+        self._dirty = False  # this connection committed: its own writes do not change data_version
         self._load()
 
     # -- the in-memory indexes follow the change log --------------------------------------------------
@@ -189,15 +191,11 @@ class SqliteFaissCatalog:
             self._maybe_compact()
             return len(ids)
 
-    _dirty = False
-
     def _maybe_compact(self) -> None:
         for space in self._spaces.values():
-            if space.needs_compaction():
-                background = self.background_compaction and space._wants_hnsw(len(space))
-                thread = space.compact(self._lock, background)
-                if thread is not None:
-                    self._compaction = thread
+            thread = space.compact(self._lock, self.background_compaction)
+            if thread is not None:
+                self._compaction = thread
 
     def wait_for_compaction(self, timeout: float | None = None) -> None:
         """Block until a background index rebuild (if any) has been installed (tests, benches)."""
@@ -225,13 +223,24 @@ class SqliteFaissCatalog:
             raise ValueError(f"{what} vector has {vec.shape[0]} dims, catalog expects {dim}")
         return vec
 
-    def _commit_and_sync(self) -> None:
-        self._db.execute("COMMIT")
-        self._dirty = True
-        seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
-        if seq % 1000 == 0 or seq - self._seq > 1000:
-            self._db.execute("DELETE FROM changes WHERE seq <= ?", (seq - LOG_KEEP,))
-        self.sync()
+    @contextmanager
+    def _writing(self):
+        """One write transaction under the lock: rolled back on any error; after the commit the change log
+        is pruned and applied to this process's indexes."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._dirty = True
+            seq = self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
+            if seq % 1000 == 0 or seq - self._seq > 1000:
+                self._db.execute("DELETE FROM changes WHERE seq <= ?", (seq - LOG_KEEP,))
+            self.sync()
 
     # -- writes ------------------------------------------------------------------------------------
     def upsert(
@@ -248,62 +257,51 @@ class SqliteFaissCatalog:
         """
         now = utc_now()
         written: list[Token] = []
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for token, vector, image, *rest in items:
-                    vec = self._check(vector, self.dim, "collection")
-                    inst = self._check(rest[0] if rest else None, self.instance_dim, "instance")
-                    created = self._db.execute(
-                        "INSERT INTO tokens (collection, token_id, metadata, model, model_label, dim, vector,"
-                        " image, image_sha256, created_at, updated_at, instance, fingerprint)"
-                        " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                        " ON CONFLICT (collection, token_id) DO UPDATE SET metadata=excluded.metadata,"
-                        " model=excluded.model, model_label=excluded.model_label, dim=excluded.dim,"
-                        " vector=excluded.vector, image=excluded.image, image_sha256=excluded.image_sha256,"
-                        " updated_at=excluded.updated_at, instance=excluded.instance,"
-                        " fingerprint=excluded.fingerprint"
-                        " RETURNING created_at",
-                        (
-                            token.collection,
-                            token.token_id,
-                            json.dumps(token.metadata),
-                            self.model_key,
-                            self.model_label,
-                            self.dim,
-                            vec.tobytes(),
-                            image,
-                            token.image_sha256 or None,
-                            now,
-                            now,
-                            inst.tobytes() if inst is not None else None,
-                            token.fingerprint or None,
-                        ),
-                    ).fetchone()[0]
-                    written.append(as_written(token, self.model_key, self.model_label, created, now))
-                self._commit_and_sync()
-            except BaseException:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
-                raise
+        with self._writing():
+            for token, vector, image, *rest in items:
+                vec = self._check(vector, self.dim, "collection")
+                inst = self._check(rest[0] if rest else None, self.instance_dim, "instance")
+                created = self._db.execute(
+                    "INSERT INTO tokens (collection, token_id, metadata, model, model_label, dim, vector,"
+                    " image, image_sha256, created_at, updated_at, instance, fingerprint)"
+                    " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (collection, token_id) DO UPDATE SET metadata=excluded.metadata,"
+                    " model=excluded.model, model_label=excluded.model_label, dim=excluded.dim,"
+                    " vector=excluded.vector, image=excluded.image, image_sha256=excluded.image_sha256,"
+                    " updated_at=excluded.updated_at, instance=excluded.instance,"
+                    " fingerprint=excluded.fingerprint"
+                    " RETURNING created_at",
+                    (
+                        token.collection,
+                        token.token_id,
+                        json.dumps(token.metadata),
+                        self.model_key,
+                        self.model_label,
+                        self.dim,
+                        vec.tobytes(),
+                        image,
+                        token.image_sha256 or None,
+                        now,
+                        now,
+                        inst.tobytes() if inst is not None else None,
+                        token.fingerprint or None,
+                    ),
+                ).fetchone()[0]
+                written.append(as_written(token, self.model_key, self.model_label, created, now))
         return written
 
     def delete(self, collection: str, token_id: str) -> bool:
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._writing():
             gone = self._db.execute(
                 "DELETE FROM tokens WHERE collection=? AND token_id=? RETURNING id", (collection, token_id)
             ).fetchall()
-            self._commit_and_sync()
-            return bool(gone)
+        return bool(gone)
 
     def delete_collection(self, collection: str) -> int:
         """Delete every token of a collection; returns how many."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._writing():
             n = self._db.execute("DELETE FROM tokens WHERE collection=?", (collection,)).rowcount
-            self._commit_and_sync()
-            return n
+        return n
 
     def drop_superseded(self) -> int:
         """Nothing to drop: a token has one row here, updated in place by a reindex."""

@@ -106,11 +106,12 @@ class Graph:
         scores, pos = self.index.search(q, k, params=params)
         return [(int(self.pos_row[p]), float(s)) for p, s in zip(pos[0], scores[0], strict=True) if p >= 0]
 
-    def rebuilt(self, rows: np.ndarray, vecs: np.ndarray, codes: np.ndarray) -> Graph:
-        """A fresh graph of the same kind over a snapshot (slow for HNSW; touches no shared state)."""
-        fresh = Graph(self.dim, self.hnsw, self.m, self.ef_construction)
-        fresh.add(rows, vecs, codes)
-        return fresh
+    @classmethod
+    def over(cls, dim: int, hnsw: bool, m: int, ef_construction: int, snapshot: tuple) -> Graph:
+        """A fresh graph over a (rows, vectors, codes) snapshot (slow for HNSW; touches no shared state)."""
+        graph = cls(dim, hnsw, m, ef_construction)
+        graph.add(*snapshot)
+        return graph
 
 
 class VectorSpace:
@@ -171,9 +172,12 @@ class VectorSpace:
             if coll is not None:
                 by_shard.setdefault(coll, []).append(row)
         for coll, ids in by_shard.items():
-            self._shards[coll].remove_ids(np.asarray(ids, dtype=np.int64))
+            shard = self._shards[coll]
+            shard.remove_ids(np.asarray(ids, dtype=np.int64))
             if coll in self._own:
                 self._own[coll].remove(ids)
+                if shard.ntotal < self.exact_limit // 2 and coll not in self._building:
+                    del self._own[coll]  # small again: the exact shard answers
         self.graph.remove(r for ids in by_shard.values() for r in ids)
 
     def put(self, rows: list[int], collections: list[str], vectors: np.ndarray) -> None:
@@ -209,16 +213,11 @@ class VectorSpace:
             if coll in self._building:
                 continue
             own = self._own.get(coll)
-            if own is None and self.graph.hnsw and shard.ntotal > self.exact_limit:
-                due.append(coll)
-            elif own is not None and (not self.graph.hnsw or shard.ntotal < self.exact_limit // 2):
-                del self._own[coll]  # small again: the exact shard answers
-            elif own is not None and own.needs_compaction(self.compact_fraction):
+            first = own is None and self.graph.hnsw and shard.ntotal > self.exact_limit
+            churned = own is not None and own.needs_compaction(self.compact_fraction)
+            if first or churned:
                 due.append(coll)
         return due
-
-    def needs_compaction(self) -> bool:
-        return bool(self._due())
 
     def _snapshot(self, scope: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, vectors, codes) of every live vector of a collection, or of all (scope None)."""
@@ -235,32 +234,32 @@ class VectorSpace:
         return self.graph if scope is None else self._own.get(scope)
 
     def compact(self, lock: threading.RLock, in_background: bool) -> threading.Thread | None:
-        """Rebuild every graph that is due from the shards: inline, or on a thread (HNSW builds of 100k
-        vectors take tens of seconds); writes made meanwhile are replayed onto the new graph."""
+        """Rebuild every graph that is due from the shards: inline, or (with `in_background`, for HNSW
+        builds, which take tens of seconds at 100k vectors) on a thread; writes made meanwhile are
+        replayed onto the new graph. Returns the thread, if one was started."""
         with lock:
             jobs = []
             for scope in self._due():
-                old = self._graph_of(scope)
-                template = old or Graph(self.dim, True, self.m, self.ef_construction)
-                if scope is None:
-                    template = Graph(self.dim, self._wants_hnsw(len(self)), self.m, self.ef_construction)
-                if old is not None:
-                    old.touched = set()
-                else:
-                    self._own[scope] = template  # new, empty: collects writes until the build lands
-                    template.touched = set()
+                hnsw = self._wants_hnsw(len(self)) if scope is None else True  # own graphs are HNSW
+                current = self._graph_of(scope)
+                if current is None:  # a collection's first graph: empty, collecting writes until built
+                    current = self._own[scope] = Graph(self.dim, True, self.m, self.ef_construction)
+                current.touched = set()
                 self._building.add(scope)
-                jobs.append((scope, template, self._snapshot(scope)))
+                jobs.append((scope, hnsw, self._snapshot(scope)))
         if not jobs:
             return None
 
         def run() -> None:
-            built = [(scope, template.rebuilt(*snap)) for scope, template, snap in jobs]
+            built = [
+                (scope, Graph.over(self.dim, hnsw, self.m, self.ef_construction, snap))
+                for scope, hnsw, snap in jobs
+            ]
             with lock:
                 for scope, graph in built:
                     self._install(scope, graph)
 
-        if not in_background:
+        if not (in_background and any(hnsw for _, hnsw, _ in jobs)):
             run()
             return None
         thread = threading.Thread(target=run, name="compact", daemon=True)
@@ -275,6 +274,8 @@ class VectorSpace:
             return  # dropped while building
         if scope is None:
             self.graph = graph
+            if not graph.hnsw:
+                self._own.clear()  # a flat global graph is exact: collections need no graphs of their own
         else:
             self._own[scope] = graph
         graph.remove(touched)  # the snapshot's copies of rows changed since are stale or gone
