@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from app.denoiser import load_denoiser
 from app.errors import ModelIntegrityError
 from app.preprocessing import PreprocessConfig
 
@@ -122,7 +123,8 @@ def sha256_of(path: Path) -> str:
 
 
 def load_manifest(model_dir: str | Path, verify: bool = True) -> ModelManifest:
-    """Read `model.json`; with `verify`, refuse it unless model.onnx exists and its sha256 matches."""
+    """Read `model.json`; with `verify`, refuse it unless model.onnx exists and its sha256 matches, and
+    likewise the learned denoiser its preprocessing names (which is then registered for `preprocess`)."""
     model_dir = Path(model_dir)
     path = model_dir / MANIFEST_FILE
     if not path.is_file():
@@ -135,6 +137,9 @@ def load_manifest(model_dir: str | Path, verify: bool = True) -> ModelManifest:
         raise ModelIntegrityError(f"{path} is not a valid model manifest: {exc}") from exc
     if verify:
         verify_file(model_dir / manifest.onnx_file, manifest.sha256)
+        denoise = manifest.preprocessing.denoise
+        if denoise.method == "autoencoder":
+            load_denoiser(model_dir / (denoise.model_file or ""), denoise.model_sha256)
     return manifest
 
 

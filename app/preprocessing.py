@@ -14,8 +14,9 @@ from typing import Literal
 
 import cv2
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from app.denoiser import denoiser_for
 from app.imaging import DEFAULT_MAX_PIXELS, decode_image, parse_hex_color
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -43,9 +44,10 @@ class CompressionConfig(_Strict):
 
 
 class DenoiseConfig(_Strict):
-    """Noise removal (OpenCV). Only the parameters of the chosen method are used."""
+    """Noise removal: an OpenCV filter, or the learned `autoencoder` (ONNX Runtime, `app.denoiser`).
+    Only the parameters of the chosen method are used."""
 
-    method: Literal["none", "median", "gaussian", "bilateral", "nlmeans"] = "none"
+    method: Literal["none", "median", "gaussian", "bilateral", "nlmeans", "autoencoder"] = "none"
     ksize: int = Field(3, ge=1, description="median/gaussian kernel size (odd)")
     sigma: float = Field(0.0, ge=0, description="gaussian sigma; 0 derives it from ksize")
     diameter: int = Field(7, ge=1, description="bilateral neighbourhood diameter")
@@ -54,6 +56,18 @@ class DenoiseConfig(_Strict):
     h: float = Field(10.0, gt=0, description="non-local means filter strength (luma and colour)")
     template_window: int = Field(7, ge=3, description="non-local means template window (odd)")
     search_window: int = Field(21, ge=3, description="non-local means search window (odd)")
+    model_file: str | None = Field(
+        None, description="autoencoder: its ONNX file, relative to the model folder whose manifest names it"
+    )
+    model_sha256: str | None = Field(
+        None, pattern=r"^[0-9a-f]{64}$", description="autoencoder: sha256 of `model_file` (checked at load)"
+    )
+
+    @model_validator(mode="after")
+    def _autoencoder_named(self) -> DenoiseConfig:
+        if self.method == "autoencoder" and not (self.model_file and self.model_sha256):
+            raise ValueError("denoise method autoencoder needs model_file and model_sha256")
+        return self
 
 
 class ResizeConfig(_Strict):
@@ -138,9 +152,11 @@ def compress(rgb: np.ndarray, cfg: CompressionConfig) -> np.ndarray:
 
 
 def denoise(rgb: np.ndarray, cfg: DenoiseConfig) -> np.ndarray:
-    """Apply the configured OpenCV noise-removal filter."""
+    """Apply the configured noise removal; `autoencoder` runs the registered denoiser of that sha256."""
     if cfg.method == "none":
         return rgb
+    if cfg.method == "autoencoder":
+        return denoiser_for(cfg.model_sha256)(rgb)
     if cfg.method == "median":
         return cv2.medianBlur(rgb, _odd(cfg.ksize))
     if cfg.method == "gaussian":

@@ -171,6 +171,57 @@ def evaluate_cmd(
     typer.echo(f"report: {out or model_dir / 'report'}/report.md")
 
 
+@app.command("train-denoiser")
+def train_denoiser_cmd(
+    out: Path = typer.Option(Path("models/denoiser"), help="folder for denoiser.onnx + denoiser.json"),
+    data: list[str] = typer.Option(
+        ["data/nft-thumbs@train", "data/cryptopunks@train", "data/nouns@train"],
+        help="training images: DIR@SPLIT (repeatable); never test data",
+    ),
+    steps: int = typer.Option(4500, help="optimiser steps (one source per batch)"),
+    base: int = typer.Option(24, help="channels of the first level (x2, x4 below)"),
+    patch: int = typer.Option(96, help="crop side for large images (pixel art trains whole)"),
+    batch_pixels: int = typer.Option(16 * 96 * 96, help="pixels per batch (the batch size follows)"),
+    lr: float = typer.Option(2e-3, help="peak learning rate (one-cycle)"),
+    threads: int = typer.Option(2, help="torch CPU threads"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Train the denoising autoencoder on degraded training images, export it to ONNX and score it on val."""
+    _need_train_extra()
+    from training.denoiser import train_denoiser
+
+    m = train_denoiser(
+        out,
+        data,
+        steps=steps,
+        base=base,
+        patch=patch,
+        batch_pixels=batch_pixels,
+        lr=lr,
+        threads=threads,
+        seed=seed,
+    )
+    typer.echo(f"wrote {out}/{m.onnx_file} (sha256 {m.sha256[:12]}…) in {m.training['seconds']:.0f} s")
+    for spec, table in m.val["psnr"].items():
+        typer.echo(
+            f"  {spec}: "
+            + ", ".join(f"{c} {v['none_psnr']:.2f}->{v['autoencoder_psnr']:.2f} dB" for c, v in table.items())
+        )
+
+
+@app.command("denoise-eval")
+def denoise_eval_cmd(
+    denoiser: Path = typer.Option(Path("models/denoiser"), help="denoiser folder (skipped if absent)"),
+    per_domain: int = typer.Option(300, help="test images per domain (pixel art, painted), evenly drawn"),
+    out: Path = typer.Option(Path("reports/denoise"), help="writes DENOISE.md, denoise.json and plots"),
+) -> None:
+    """PSNR/SSIM against clean test images and ms per image of every denoise method, per corruption."""
+    from training.denoiser import evaluate_denoisers
+
+    evaluate_denoisers(denoiser, out, per_domain)
+    typer.echo((out / "DENOISE.md").read_text())
+
+
 @app.command("quantize")
 def quantize_cmd(
     model_dir: Path = typer.Argument(..., exists=True, help="folder with the fp32 model.onnx + model.json"),

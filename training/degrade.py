@@ -75,3 +75,45 @@ def random_degradation(probability: float) -> Degrade:
         return downscale(rgb, float(rng.uniform(2, 4)))
 
     return apply
+
+
+def downscale_blur(rgb: np.ndarray, factor: float) -> np.ndarray:
+    """Downscale by `factor` and back up to the same size (linear): the blur of a resampled upload."""
+    h, w = rgb.shape[:2]
+    return cv2.resize(downscale(rgb, factor), (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+# The same-size corruptions a denoiser is scored on against the clean image (PSNR/SSIM).
+DENOISE_CORRUPTIONS: dict[str, Degrade] = {
+    "clean": CORRUPTIONS["clean"],
+    "gauss_sigma25": CORRUPTIONS["gauss_sigma25"],
+    "salt_pepper_2pct": CORRUPTIONS["salt_pepper_2pct"],
+    "jpeg_q10": CORRUPTIONS["jpeg_q10"],
+    "downscale_blur_2x": lambda x, rng: downscale_blur(x, 2),
+}
+
+# What the learned denoiser trains on: (name, weight, strength range); `clean` teaches it to leave
+# clean pixels alone.
+DENOISER_TRAINING_MIX: tuple[tuple[str, float, tuple[float, float]], ...] = (
+    ("clean", 0.1, (0, 0)),
+    ("gaussian_sigma", 0.25, (5, 35)),
+    ("salt_pepper_amount", 0.2, (0.005, 0.04)),
+    ("jpeg_quality", 0.25, (8, 60)),
+    ("downscale_blur_factor", 0.2, (1.5, 3)),
+)
+
+
+def denoiser_degradation(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """One draw from `DENOISER_TRAINING_MIX`: a same-size degradation of random kind and strength."""
+    weights = np.array([w for _, w, _ in DENOISER_TRAINING_MIX])
+    kind, _, (lo, hi) = DENOISER_TRAINING_MIX[rng.choice(len(weights), p=weights / weights.sum())]
+    strength = float(rng.uniform(lo, hi))
+    if kind == "gaussian_sigma":
+        return gaussian_noise(rgb, strength, rng)
+    if kind == "salt_pepper_amount":
+        return salt_and_pepper(rgb, strength, rng)
+    if kind == "jpeg_quality":
+        return jpeg(rgb, round(strength))
+    if kind == "downscale_blur_factor":
+        return downscale_blur(rgb, strength)
+    return rgb
