@@ -116,3 +116,18 @@ def read_image_file(path: str, background: tuple[int, int, int] | str = (255, 25
     """Read and decode an image file from disk (same code path as bytes from the network)."""
     with open(path, "rb") as fh:
         return decode_image(fh.read(), background)
+
+
+_SIGNATURES = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF8", "image/gif"),
+    (b"BM", "image/bmp"),
+)
+
+
+def media_type(data: bytes) -> str:
+    """The MIME type of encoded image bytes, from their signature (application/octet-stream if unknown)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((mime for magic, mime in _SIGNATURES if data.startswith(magic)), "application/octet-stream")

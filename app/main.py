@@ -8,11 +8,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match
 
-from app import __version__
-from app.api import classify, copies, ops, similar, tokens
+from app import __version__, ui
+from app.api import classify, copies, explain, ops, similar, tokens
 from app.config import Settings
 from app.errors import NftlensError
 from app.metrics import ObserveRequests
@@ -64,7 +65,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await service.stop()
 
-    app = FastAPI(
+    # /docs and /redoc with Swagger UI and ReDoc served from the installed package, not a CDN
+    app = FastAPIOffline(
         title="nftlens",
         version=__version__,
         lifespan=lifespan,
@@ -72,7 +74,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "Every error answers `{error, detail}` JSON; the codes are listed in the README.",
     )
     app.state.service = service
-    routers = (classify.router, similar.router, copies.router, tokens.router, ops.router)
+    app.mount("/ui", ui.static_files(), name="ui")
+    routers = (
+        classify.router,
+        similar.router,
+        copies.router,
+        explain.router,
+        tokens.router,
+        ops.router,
+        ui.router,
+    )
     for router in routers:
         app.include_router(router)
     # FastAPI wraps included routers, so the endpoints are listed from the routers themselves

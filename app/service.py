@@ -18,12 +18,14 @@ from app.batching import MicroBatcher
 from app.catalog import Catalog, SearchFilter, open_catalog
 from app.config import Settings
 from app.errors import ConflictError
+from app.explain import Heatmap, heatmap, log_odds, occluded_batch
 from app.fingerprint import pixel_fingerprint
+from app.imaging import decode_image
 from app.inference import GpuOptions, OnnxModel, Outputs, logits_of
 from app.metrics import Metrics
 from app.openset import OpenSetScorer, softmax
-from app.preprocessing import decode_and_preprocess
-from app.views import dihedral_views
+from app.preprocessing import decode_and_preprocess, normalize, prepare_pixels
+from app.views import dihedral_view, dihedral_views
 
 
 @dataclass
@@ -251,3 +253,44 @@ class Service:
             "threshold": matches[0]["threshold"] if matches else round(detector.threshold, 6),
             "matches": matches,
         }
+
+    # -- explanations --------------------------------------------------------------------------------
+    def _occlusions(self, data: bytes) -> tuple[np.ndarray, np.ndarray]:
+        """Bytes -> (decoded RGB, the occluded network inputs [1 + P, 3, S, S], the unoccluded first)."""
+        cfg = self.model.manifest.preprocessing
+        rgb = decode_image(data, cfg.background_rgb, self.settings.max_pixels)
+        batch = occluded_batch(prepare_pixels(rgb, cfg))
+        return rgb, np.stack([normalize(p, cfg.normalize) for p in batch])
+
+    async def _best_view(self, x: np.ndarray, reference: np.ndarray) -> tuple[int, np.ndarray]:
+        """The dihedral view of input `x` whose instance vector is closest to `reference`, and that vector
+        (view 0 when the copy verdict does not use views)."""
+        copies = self.model.manifest.copies
+        if copies is None or not copies.dihedral:
+            return 0, (await self.batcher.run_now(x[None]))["instance"][0]
+        views = (await self.batcher.run_now(dihedral_views(x)))["instance"]
+        view = int(np.argmax(views @ reference))
+        return view, views[view]
+
+    async def matching_instance(self, data: bytes, reference: np.ndarray) -> np.ndarray:
+        """The image's instance vector in the view that best matches `reference`."""
+        x, _ = await self.blocking(self._prepare, data, False, {})
+        return (await self._best_view(x, reference))[1]
+
+    async def explain(
+        self, data: bytes, label: int | None = None, original: np.ndarray | None = None
+    ) -> tuple[np.ndarray, Heatmap, int | None]:
+        """The occlusion heatmap of one image: for the class `label` (its calibrated log-odds; None: the
+        predicted class), or, given an `original`'s instance vector, for the copy score against it (in the
+        dihedral view that matches it best). Returns (decoded RGB, heatmap, the label explained)."""
+        rgb, batch = await self.blocking(self._occlusions, data)
+        if original is not None:
+            view, _ = await self._best_view(batch[0], original)
+            batch = np.ascontiguousarray(dihedral_view(batch, view))
+            scores = (await self.batcher.run_now(batch))["instance"] @ original
+            return rgb, heatmap(scores, batch.shape[-1]), None
+        out = await self.batcher.run_now(batch)
+        m = self.model.manifest
+        logits = logits_of(out) / (m.calibration.temperature if m.calibration else 1.0)
+        label = int(np.argmax(logits[0])) if label is None else label
+        return rgb, heatmap(log_odds(logits, label), batch.shape[-1]), label

@@ -12,12 +12,17 @@ import numpy as np
 N_VIEWS = 8
 
 
+def dihedral_view(x: np.ndarray, view: int) -> np.ndarray:
+    """View `view` (0..7) of an image or a batch of them (the last two axes are H, W): rotation by
+    `view % 4` quarter turns, of the mirror image when `view >= 4`."""
+    if view >= 4:
+        x = x[..., ::-1]
+    return np.rot90(x, view % 4, axes=(-2, -1))
+
+
 def dihedral_views(x: np.ndarray) -> np.ndarray:
     """[3,S,S] -> [8,3,S,S]: rotations by 0/90/180/270 degrees, then the same of the mirror image."""
-    flipped = x[:, :, ::-1]
-    views = [np.rot90(x, k, axes=(1, 2)) for k in range(4)]
-    views += [np.rot90(flipped, k, axes=(1, 2)) for k in range(4)]
-    return np.ascontiguousarray(np.stack(views))
+    return np.ascontiguousarray(np.stack([dihedral_view(x, v) for v in range(N_VIEWS)]))
 
 
 def best_over_views(sims: np.ndarray) -> np.ndarray:

@@ -252,3 +252,18 @@ class Readiness(BaseModel):
 
 class ModelInfo(ModelManifest):
     provider: str
+
+
+class Explanation(BaseModel):
+    """POST /explain with format=json: the occlusion grid behind one decision."""
+
+    model: str
+    kind: Literal["class", "copy"] = Field(..., description="class: a label's probability; copy: a match")
+    target: str = Field(..., description="the label, or collection/token_id of the original")
+    side: Literal["query", "original"] = Field(..., description="whose image the heatmap is on")
+    score: float = Field(..., description="the decision's score on the whole image")
+    input_size: int = Field(..., description="side of the network input the patches are laid on")
+    patch: int = Field(..., description="occluder side, network-input pixels")
+    stride: int = Field(..., description="step between occluders")
+    grid: list[list[float]] = Field(..., description="score drop when each patch is occluded, row by row")
+    timings_ms: dict[str, float]

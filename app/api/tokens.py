@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
 from pydantic import TypeAdapter, ValidationError
 
 from app.api.deps import CollectionPath, TokenPath, get_service, require_api_key
@@ -36,6 +37,7 @@ from app.errors import (
     NftlensError,
     NotFoundError,
 )
+from app.imaging import media_type
 from app.service import Prediction, Service
 
 router = APIRouter(tags=["tokens"])
@@ -263,6 +265,28 @@ async def get_token(
     if token is None:
         raise NotFoundError(f"no token {collection}/{token_id} in the catalog")
     return token_json(token, vector)
+
+
+@router.get(
+    "/tokens/{collection}/{token_id}/image",
+    response_class=Response,
+    responses={
+        200: {"content": {"image/*": {}}, "description": "the stored image bytes, as they were uploaded"},
+        **errors(404, 422, 503),
+    },
+)
+async def get_token_image(
+    collection: str = CollectionPath,
+    token_id: str = TokenPath,
+    service: Service = Depends(get_service),
+) -> Response:
+    """The image a token was stored with (what the review page shows as thumbnails); cacheable, since a
+    re-PUT image changes its ETag."""
+    image = await service.in_catalog(service.catalog.image, collection, token_id)
+    if image is None:
+        raise NotFoundError(f"no image for {collection}/{token_id}: no such token, or stored without one")
+    headers = {"Cache-Control": "public, max-age=60", "ETag": f'"{hashlib.sha256(image).hexdigest()[:32]}"'}
+    return Response(image, media_type=media_type(image), headers=headers)
 
 
 @router.delete(
