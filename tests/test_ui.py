@@ -1,0 +1,130 @@
+"""The review page in a real browser: headless Chromium (Debian's package) through Playwright, against the
+real service over HTTP, with every request outside the service blocked (no CDN, like a closed cluster).
+
+Without a Chromium the tests skip, except where NFTLENS_REQUIRE_BROWSER=1 (CI sets it): there they fail.
+"""
+
+from __future__ import annotations
+
+import os
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from app.manifest import load_manifest
+from benchmarks.ui import check_image, docs_rendered, find_chromium, offline_page, open_scan
+from tests.server import running_server
+
+pytest.importorskip("playwright", reason="the [dev] extra installs playwright")
+if find_chromium() is None:
+    if os.environ.get("NFTLENS_REQUIRE_BROWSER") == "1":
+        raise RuntimeError("NFTLENS_REQUIRE_BROWSER=1 but no Chromium: apt-get install chromium")
+    pytest.skip("no Chromium on this machine (apt-get install chromium)", allow_module_level=True)
+
+CATALOGUED = 30
+REDOC_FOOTER_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
+
+
+@pytest.fixture(scope="module")
+def setup(model_dir, punks, nouns, tmp_path_factory, monkeypatch_module):
+    """A catalog of punks and Nouns indexed by the CLI, a `copies scan` of a small new folder, a server."""
+    from app.cli import serve_app
+
+    tmp = tmp_path_factory.mktemp("ui")
+    monkeypatch_module.setenv("NFTLENS_MODEL_DIR", str(model_dir))
+    monkeypatch_module.setenv("NFTLENS_CATALOG", str(tmp / "c.db"))
+    runner = CliRunner()
+    for name, ds, n in (("cryptopunks", punks, CATALOGUED), ("nouns", nouns, 10)):
+        folder = tmp / name
+        folder.mkdir()
+        for i in range(n):
+            (folder / f"{i}.png").write_bytes(ds.image_path(ds.rows[i]).read_bytes())
+        r = runner.invoke(serve_app, ["catalog", "index", str(folder), "--collection", name])
+        assert r.exit_code == 0, r.output
+    new = tmp / "new-collection"
+    new.mkdir()
+    (new / "copy-of-5.png").write_bytes(punks.image_path(punks.rows[5]).read_bytes())
+    mirrored = Image.open(punks.image_path(punks.rows[9])).transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    mirrored.save(new / "mirror-of-9.png")
+    (new / "not-catalogued.png").write_bytes(punks.image_path(punks.rows[CATALOGUED + 50]).read_bytes())
+    scan = None
+    if load_manifest(model_dir).copies is not None:
+        r = runner.invoke(serve_app, ["copies", "scan", str(new), "--out", str(tmp / "scan")])
+        assert r.exit_code == 0, r.output
+        scan = tmp / "scan" / "copies.csv"
+    with running_server(model_dir, tmp / "c.db", tmp) as srv:
+        yield srv, new, scan
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as mp:
+        yield mp
+
+
+def test_check_an_image_shows_label_heatmap_copy_and_neighbours(setup, punks, model_dir):
+    srv, new, _ = setup
+    with offline_page(srv.url) as (page, blocked):
+        shown = check_image(page, new / "copy-of-5.png")
+        heat = page.evaluate("() => document.getElementById('class-heat').naturalWidth")
+        if load_manifest(model_dir).copies is not None:
+            assert "Copy of cryptopunks/5" in shown["verdict"], shown
+            assert page.get_attribute("#copy-original", "src").endswith("/tokens/cryptopunks/5/image")
+    assert shown["label"] == "cryptopunks" and not shown["error"], shown
+    assert shown["neighbours"] == 12 and heat >= 256  # pixel art is enlarged under its heatmap
+    assert "CPUExecutionProvider" in shown["model"]
+    assert blocked == []
+
+
+def test_scan_view_pages_through_a_scan(setup):
+    srv, new, scan = setup
+    if scan is None:
+        pytest.skip("the model under test has no copy head")
+    with offline_page(srv.url) as (page, blocked):
+        shown = open_scan(page, scan, sorted(new.iterdir()))
+        assert shown["rows"] >= 1 and "3 images scanned" in shown["summary"], shown
+        flagged = int(shown["summary"].split(", ")[1].split()[0])
+        assert shown["rows"] == flagged  # the default filter: only flagged copies
+        page.uncheck("#only-copies")
+        assert page.locator("#scan-table .scan-row").count() == 3
+        # the scanned images were picked too, so each query shows beside its match
+        assert page.locator("#scan-table .scan-row img").count() >= 4
+    assert blocked == []
+
+
+def test_docs_and_redoc_render_without_network(setup):
+    srv, *_ = setup
+    with offline_page(srv.url) as (page, blocked):
+        shown = docs_rendered(page)
+    assert shown["swagger_operations"] >= 15 and shown["redoc_operations"] >= 15, shown
+    # the assets come from the package, not a CDN; the one exception is the "powered by" footer logo that
+    # redoc.standalone.js itself hard-codes (tfranzel/drf-spectacular-sidecar#11): decorative, not needed
+    assert [u for u in blocked if u != REDOC_FOOTER_LOGO] == []
+
+
+def test_explain_highlights_the_subject_and_answers_json(setup, punks):
+    srv, new, _ = setup
+    data = (new / "copy-of-5.png").read_bytes()
+    with httpx.Client(base_url=srv.url, timeout=60) as c:
+        r = c.post("/explain", params={"format": "json"}, files={"file": data})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        grid = np.asarray(body["grid"])
+        assert body["kind"] == "class" and body["target"] == "cryptopunks" and grid.shape == (7, 7)
+        # a punk sits in the middle of a flat background: the border patches matter least
+        assert grid[2:5, 2:5].mean() > grid[[0, -1]].mean()
+        png = c.post("/explain", params={"target": "nouns"}, files={"file": data})
+        assert png.headers["content-type"] == "image/png" and png.headers["x-explain-target"] == "nouns"
+        bad = c.post("/explain", params={"target": "no-such-label"}, files={"file": data})
+        assert bad.status_code == 422 and "cryptopunks" in bad.json()["detail"]
+        both = c.post("/explain", params={"target": "nouns", "copy_of": "cryptopunks/5"}, files={"file": data})
+        assert both.status_code == 422
+        missing = c.post("/explain", params={"copy_of": "cryptopunks/99999"}, files={"file": data})
+        assert missing.status_code in (404, 409)
+        image = c.get("/tokens/cryptopunks/5/image")
+        assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+        assert image.content == punks.image_path(punks.rows[5]).read_bytes()
+        assert c.get("/tokens/cryptopunks/99999/image").status_code == 404
