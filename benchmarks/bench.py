@@ -418,6 +418,42 @@ def bench_copies(
     return result
 
 
+EXPLAIN_MODES = {
+    "class, PNG overlay": {},
+    "class, JSON grid": {"format": "json"},
+    "copy, PNG overlay": {"copy_of": "bench/0"},
+}
+
+
+def bench_explain(model_dir: Path, images: list[Path], requests: int = 60) -> dict:
+    """POST /explain latency, one request at a time (the ceiling a reviewer waits for): a label's heatmap
+    as PNG and as JSON, and a copy heatmap against a stored token."""
+    import httpx
+
+    from app.explain import occluders
+    from app.manifest import load_manifest
+    from benchmarks.serverproc import running_server
+
+    m = load_manifest(model_dir)
+    data = [p.read_bytes() for p in images]
+    result: dict = {
+        "requests": requests,
+        "images": len(data),
+        "network_inputs": 1 + len(occluders(m.input_size)),
+        "modes": {},
+    }
+    modes = {k: v for k, v in EXPLAIN_MODES.items() if "copy_of" not in v or m.copies is not None}
+    with tempfile.TemporaryDirectory() as tmp:
+        env = {"NFTLENS_PROVIDERS": '["CPUExecutionProvider"]'}
+        with running_server(model_dir, Path(tmp) / "c.db", Path(tmp), **env) as srv:
+            httpx.put(f"{srv.url}/tokens/bench/0", files={"file": data[0]}, timeout=60).raise_for_status()
+            for name, params in modes.items():
+                asyncio.run(_load(srv.url, data, 1, 3, "/explain", params))  # warm-up
+                lat, wall, errors = asyncio.run(_load(srv.url, data, 1, requests, "/explain", params))
+                result["modes"][name] = {"errors": errors, "latency_ms": _percentiles(lat)}
+    return result
+
+
 def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
     v = rng.standard_normal((n, dim), dtype=np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
@@ -678,6 +714,23 @@ def render_markdown(report: dict) -> str:
                 "errors": c[route]["errors"],
             }
             for route in ("/copies", "/classify")
+        ]
+        lines += [markdown_table(rows, list(rows[0])), ""]
+    if "explain" in report:
+        e = report["explain"]
+        lines += [
+            f"## POST /explain: one request at a time, {e['requests']} requests over {e['images']} real "
+            f"images, {e['network_inputs']} network inputs (the occlusions) per request",
+            "",
+            *([where(e["machine"]), ""] if e.get("machine") else []),
+        ]
+        rows = [
+            {
+                "mode": name,
+                **{f"{q} ms": v["latency_ms"][q] for q in ("p50", "p95", "p99")},
+                "errors": v["errors"],
+            }
+            for name, v in e["modes"].items()
         ]
         lines += [markdown_table(rows, list(rows[0])), ""]
     if "peers" in report:
