@@ -170,6 +170,27 @@ def copies_scan(
     typer.echo(f"report: {dest}/copies.csv, {dest}/SUMMARY.md")
 
 
+@serve_app.command("explain")
+def explain_cmd(
+    images: list[str] = typer.Argument(..., help="image files to explain"),
+    out: str = typer.Option("reports/explain", help="writes the overlays and EXPLAIN.md here"),
+    target: str = typer.Option(None, help="label to explain (default: each image's prediction)"),
+    model_dir: str = typer.Option(None, help="model folder (NFTLENS_MODEL_DIR)"),
+) -> None:
+    """Occlusion heatmaps of image files, without a server, and how much of the heat is on the subject."""
+    from app.config import Settings
+    from app.explain import explain_files
+    from app.inference import OnnxModel
+
+    model = OnnxModel(model_dir or Settings().model_dir)
+    if target is not None and target not in model.labels:
+        typer.echo(f"error: unknown target {target!r}; labels: {', '.join(model.labels)}", err=True)
+        raise typer.Exit(2)
+    for row in explain_files(model, images, out, target):
+        typer.echo(f"{row['image']}: {row['explained']}, heat on subject {row['heat on subject']:.2f}")
+    typer.echo(f"report: {out}/EXPLAIN.md")
+
+
 TRAINING_COMMANDS = ("data", "train", "export", "calibrate", "evaluate", "loo", "report", "bench")
 _TRAINING_HINT = (
     "this command needs the training package and its extra: from a source checkout, pip install -e "

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from app.preprocessing import ResizeConfig
+from app.preprocessing import PreprocessConfig, ResizeConfig, normalize, prepare_pixels
 
 PATCH = 24  # occluder side, in network-input pixels
 STRIDE = 12  # step between occluders: half a patch, so every pixel is covered by up to 4
@@ -59,6 +59,23 @@ def occluded_batch(pixels: np.ndarray, patch: int = PATCH, stride: int = STRIDE)
     for i, (y, x) in enumerate(corners, start=1):
         batch[i, y : y + patch, x : x + patch] = blurred[y : y + patch, x : x + patch]
     return batch
+
+
+def occlusion_inputs(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """A decoded RGB image -> the network inputs [1 + P, 3, S, S] (the unoccluded one first), through the
+    model's own preprocessing."""
+    batch = occluded_batch(prepare_pixels(rgb, cfg))
+    return np.stack([normalize(p, cfg.normalize) for p in batch])
+
+
+def class_heatmap(
+    logits: np.ndarray, size: int, temperature: float = 1.0, label: int | None = None
+) -> tuple[Heatmap, int]:
+    """Logits of `occlusion_inputs`' rows (network inputs of side `size`) -> (the heatmap of class
+    `label`'s calibrated log-odds, the label; None: the class predicted on the unoccluded image)."""
+    z = np.asarray(logits) / temperature
+    label = int(np.argmax(z[0])) if label is None else label
+    return heatmap(log_odds(z, label), size), label
 
 
 def log_odds(logits: np.ndarray, label: int) -> np.ndarray:
@@ -132,3 +149,63 @@ def foreground_mask(rgb: np.ndarray, tolerance: int = 24) -> np.ndarray:
     colours, counts = np.unique(edge, axis=0, return_counts=True)
     background = colours[counts.argmax()]
     return np.abs(rgb.astype(np.int16) - background).max(axis=-1) > tolerance
+
+
+def explain_files(model, paths: list, out, target: str | None = None) -> list[dict]:
+    """Heatmaps of image files with an `OnnxModel` (no server): `out`/<name>.png (the image beside its
+    overlay) and `out`/EXPLAIN.md with, per image, the share of the heat on the subject (pixels unlike the
+    border colour) against the subject's share of the area. Returns the table's rows."""
+    from pathlib import Path
+
+    from app.imaging import read_image_file
+    from app.inference import logits_of
+    from app.preprocessing import encode
+
+    m = model.manifest
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    label = None if target is None else model.labels.index(target)
+    rows = []
+    for path in map(Path, paths):
+        rgb = read_image_file(str(path), m.preprocessing.background_rgb)
+        logits = logits_of(model.run(occlusion_inputs(rgb, m.preprocessing)))
+        t = m.calibration.temperature if m.calibration else 1.0
+        heat, explained = class_heatmap(logits, m.input_size, t, label)
+        full = to_original(heat.heat, rgb.shape[:2], m.preprocessing.resize)
+        subject = foreground_mask(rgb)
+        shown = overlay(rgb, full)
+        side = cv2.resize(rgb, shown.shape[1::-1], interpolation=cv2.INTER_NEAREST)
+        (out / f"{path.parent.name}-{path.stem}.png").write_bytes(encode(np.hstack([side, shown]), "png"))
+        rows.append(
+            {
+                "image": f"{path.parent.name}/{path.name}",
+                "explained": model.labels[explained],
+                "predicted": model.labels[int(np.argmax(logits[0]))],
+                "heat on subject": round(heat_share(full, subject), 3),
+                "subject area": round(float(subject.mean()), 3),
+            }
+        )
+    lines = [
+        f"# Occlusion heatmaps: {m.name}@{m.version}",
+        "",
+        "Made by `nftlens explain "
+        + " ".join(str(p) for p in paths)
+        + f" --out {out}`"
+        + (f" --target {target}" if target else "")
+        + ". *Heat on subject*: the share of the heatmap on pixels unlike the border colour (the subject of "
+        "a flat-background NFT); *subject area*: their share of the image. Heat on subject above subject "
+        "area means the decision rests on the subject more than on the background.",
+        "",
+        "| image | predicted | explained | heat on subject | subject area |",
+        "|---|---|---|---:|---:|",
+        *(
+            f"| {r['image']} | {r['predicted']} | {r['explained']} | {r['heat on subject']:.3f} | "
+            f"{r['subject area']:.3f} |"
+            for r in rows
+        ),
+        "",
+        *(f"![{r['image']}]({r['image'].replace('/', '-').rsplit('.', 1)[0]}.png)" for r in rows),
+        "",
+    ]
+    (out / "EXPLAIN.md").write_text("\n".join(lines))
+    return rows

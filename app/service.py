@@ -18,13 +18,13 @@ from app.batching import MicroBatcher
 from app.catalog import Catalog, SearchFilter, open_catalog
 from app.config import Settings
 from app.errors import ConflictError
-from app.explain import Heatmap, heatmap, log_odds, occluded_batch
+from app.explain import Heatmap, class_heatmap, heatmap, occlusion_inputs
 from app.fingerprint import pixel_fingerprint
 from app.imaging import decode_image
 from app.inference import GpuOptions, OnnxModel, Outputs, logits_of
 from app.metrics import Metrics
 from app.openset import OpenSetScorer, softmax
-from app.preprocessing import decode_and_preprocess, normalize, prepare_pixels
+from app.preprocessing import decode_and_preprocess
 from app.views import dihedral_view, dihedral_views
 
 
@@ -259,8 +259,7 @@ class Service:
         """Bytes -> (decoded RGB, the occluded network inputs [1 + P, 3, S, S], the unoccluded first)."""
         cfg = self.model.manifest.preprocessing
         rgb = decode_image(data, cfg.background_rgb, self.settings.max_pixels)
-        batch = occluded_batch(prepare_pixels(rgb, cfg))
-        return rgb, np.stack([normalize(p, cfg.normalize) for p in batch])
+        return rgb, occlusion_inputs(rgb, cfg)
 
     async def _best_view(self, x: np.ndarray, reference: np.ndarray) -> tuple[int, np.ndarray]:
         """The dihedral view of input `x` whose instance vector is closest to `reference`, and that vector
@@ -289,8 +288,9 @@ class Service:
             batch = np.ascontiguousarray(dihedral_view(batch, view))
             scores = (await self.batcher.run_now(batch))["instance"] @ original
             return rgb, heatmap(scores, batch.shape[-1]), None
-        out = await self.batcher.run_now(batch)
-        m = self.model.manifest
-        logits = logits_of(out) / (m.calibration.temperature if m.calibration else 1.0)
-        label = int(np.argmax(logits[0])) if label is None else label
-        return rgb, heatmap(log_odds(logits, label), batch.shape[-1]), label
+        calibration = self.model.manifest.calibration
+        logits = logits_of(await self.batcher.run_now(batch))
+        heat, label = class_heatmap(
+            logits, batch.shape[-1], calibration.temperature if calibration else 1.0, label
+        )
+        return rgb, heat, label
