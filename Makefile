@@ -7,7 +7,7 @@ SHARED    ?= ../shared/data
 export NFTLENS_MODEL_DIR ?= models/default
 export NFTLENS_CATALOG   ?= catalog/catalog.db
 
-.PHONY: serve test install install-train install-bench install-gpu data catalog lint model model-data evaluate loo previous int8 clean
+.PHONY: serve test install install-train install-bench install-gpu data catalog lint model model-data evaluate loo previous int8 denoiser clean
 
 $(BIN)/uv:
 	$(PY) -m venv $(VENV)
@@ -83,3 +83,9 @@ int8: model-data              ## the int8 variant of the default model: quantise
 	$(BIN)/nftlens calibrate models/default-int8 --method $(OPENSET) --out reports/int8
 	$(BIN)/nftlens evaluate models/default-int8 $(TEST_SETS) --label-field collection --no-robustness --out reports/int8
 	$(BIN)/nftlens copies evaluate models/default-int8 --out reports/int8/copies
+
+DENOISE_SWEEP_SETS ?= $(TEST_SETS)
+denoiser: model-data          ## the learned denoiser: train + export, PSNR/SSIM table, the classifier's denoise sweep
+	$(BIN)/nftlens train-denoiser --out models/denoiser
+	$(BIN)/nftlens denoise-eval --denoiser models/denoiser --out reports/denoise
+	$(BIN)/nftlens evaluate models/default $(DENOISE_SWEEP_SETS) --label-field collection --no-robustness --denoise-sweep --denoiser models/denoiser --no-update-manifest --out reports/denoise/sweep

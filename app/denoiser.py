@@ -12,14 +12,19 @@ same session on the same pixels. Nothing here resolves paths at preprocess time.
 from __future__ import annotations
 
 import json
+import os
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnxruntime as ort
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.errors import ModelIntegrityError
+
+if TYPE_CHECKING:
+    from app.preprocessing import DenoiseConfig
 
 DENOISER_MANIFEST = "denoiser.json"
 DENOISER_ONNX = "denoiser.onnx"
@@ -87,6 +92,17 @@ def load_denoiser_dir(folder: str | Path) -> tuple[DenoiserManifest, Denoiser]:
         raise ModelIntegrityError(f"{path} not found: train one with `nftlens train-denoiser`")
     manifest = DenoiserManifest.model_validate(json.loads(path.read_text()))
     return manifest, load_denoiser(Path(folder) / manifest.onnx_file, manifest.sha256)
+
+
+def autoencoder_config(folder: str | Path, model_dir: str | Path | None = None) -> DenoiseConfig:
+    """Verify and register the denoiser in `folder`; the `DenoiseConfig` naming it, its file relative to
+    `model_dir` (the classifier folder whose manifest will carry it; default: as given)."""
+    from app.preprocessing import DenoiseConfig  # lazy: app.preprocessing imports this module
+
+    manifest, _ = load_denoiser_dir(folder)
+    path = Path(folder) / manifest.onnx_file
+    rel = os.path.relpath(path.resolve(), Path(model_dir).resolve()) if model_dir else str(path)
+    return DenoiseConfig(method="autoencoder", model_file=rel, model_sha256=manifest.sha256)
 
 
 def denoiser_for(sha256: str | None) -> Denoiser:

@@ -154,6 +154,9 @@ def evaluate_cmd(
     out: Path = typer.Option(None, help="report folder (default MODEL_DIR/report)"),
     robustness: bool = typer.Option(True, help="robustness table over the standard corruptions"),
     denoise_sweep: bool = typer.Option(False, help="also compare denoise methods at test time"),
+    denoiser: Path = typer.Option(
+        Path("models/denoiser"), help="learned denoiser the sweep also swaps in (skipped if absent)"
+    ),
     update_manifest: bool = typer.Option(
         True, help="record metrics.test and the unknown threshold in model.json"
     ),
@@ -162,7 +165,15 @@ def evaluate_cmd(
     from training.evaluate import evaluate
 
     r = evaluate(
-        model_dir, [str(d) for d in data], label_field, split, out, robustness, denoise_sweep, update_manifest
+        model_dir,
+        [str(d) for d in data],
+        label_field,
+        split,
+        out,
+        robustness,
+        denoise_sweep,
+        update_manifest,
+        denoiser,
     )
     c = r["clean"]
     typer.echo(
@@ -216,6 +227,7 @@ def denoise_eval_cmd(
     out: Path = typer.Option(Path("reports/denoise"), help="writes DENOISE.md, denoise.json and plots"),
 ) -> None:
     """PSNR/SSIM against clean test images and ms per image of every denoise method, per corruption."""
+    _need_train_extra()
     from training.denoiser import evaluate_denoisers
 
     evaluate_denoisers(denoiser, out, per_domain)
@@ -341,7 +353,9 @@ def report_compare(
 
 @app.command("bench")
 def bench_cmd(
-    what: str = typer.Argument("all", help="model | service | peers | tuning | catalog | copies | all"),
+    what: str = typer.Argument(
+        "all", help="model | service | peers | tuning | catalog | copies | explain | all"
+    ),
     model_dir: Path = typer.Option(Path("models/default"), exists=True),
     images: Path = typer.Option(
         Path("data/cryptopunks"), help="dataset folder whose images the load generator sends"
@@ -372,6 +386,7 @@ def bench_cmd(
         "tuning",
         "catalog",
         "copies",
+        "explain",
     ):  # sections not re-run are kept, with their machine
         if isinstance(previous.get(section), dict):
             previous[section].setdefault("machine", previous.get("machine"))
@@ -407,6 +422,13 @@ def bench_cmd(
         paths = [ds.image_path(r) for r in ds.rows[:: max(1, len(ds.rows) // 200)]]
         report["copies"] = {
             **bench.bench_copies(model_dir, paths, copies_tokens, min(clients, 4), requests // 2),
+            "machine": report["machine"],
+        }
+    if what in ("explain", "all"):
+        ds = load_dataset(images)
+        paths = [ds.image_path(r) for r in ds.rows[:: max(1, len(ds.rows) // 20)]]
+        report["explain"] = {
+            **bench.bench_explain(model_dir, paths, max(20, requests // 8)),
             "machine": report["machine"],
         }
     (out / "bench.json").write_text(json.dumps(report, indent=2) + "\n")

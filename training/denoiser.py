@@ -11,7 +11,6 @@ method of the preprocessing contract (PSNR/SSIM against the clean image, ms per 
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 import time
@@ -25,7 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from app.denoiser import DENOISER_MANIFEST, DENOISER_ONNX, Denoiser, DenoiserManifest, load_denoiser_dir
+from app.denoiser import DENOISER_MANIFEST, DENOISER_ONNX, Denoiser, DenoiserManifest, autoencoder_config
 from app.imaging import decode_image
 from app.manifest import sha256_of
 from app.preprocessing import DenoiseConfig, denoise
@@ -146,10 +145,9 @@ def export_onnx(net: DenoiserNet, path: Path) -> None:
         raise RuntimeError(f"torch vs ONNX Runtime differ by {np.abs(ref - got).max():.2e}")
 
 
-def psnr(clean: np.ndarray, other: np.ndarray) -> float:
-    """PSNR in dB between uint8 images (capped at 100 dB for identical ones)."""
-    mse = float(np.mean((clean.astype(np.float64) - other.astype(np.float64)) ** 2))
-    return 100.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
+def psnr(mse: float) -> float:
+    """PSNR in dB of a mean squared error on the 0-255 scale (100 dB for identical images)."""
+    return 100.0 if mse == 0 else float(10 * np.log10(255.0**2 / mse))
 
 
 def ssim(clean: np.ndarray, other: np.ndarray) -> float:
@@ -172,16 +170,17 @@ def score(
     fn: Callable[[np.ndarray], np.ndarray],
     seed: int = 0,
 ) -> dict[str, float]:
-    """Mean PSNR/SSIM of `fn(corrupted)` against each clean image, and fn's mean ms per image."""
-    p, s, secs = [], [], 0.0
+    """PSNR of the mean squared error over the set (so one unchanged image cannot dominate a mean of
+    per-image PSNRs), mean SSIM, and fn's mean ms per image, of `fn(corrupted)` against the clean images."""
+    mse, s, secs = [], [], 0.0
     for i, clean in enumerate(images):
         noisy = corruption(clean, np.random.default_rng((seed, i)))
         t0 = time.perf_counter()
         out = fn(noisy)
         secs += time.perf_counter() - t0
-        p.append(psnr(clean, out))
+        mse.append(np.mean((clean.astype(np.float64) - out.astype(np.float64)) ** 2))
         s.append(ssim(clean, out))
-    return {"psnr": float(np.mean(p)), "ssim": float(np.mean(s)), "ms": 1000 * secs / len(images)}
+    return {"psnr": psnr(float(np.mean(mse))), "ssim": float(np.mean(s)), "ms": 1000 * secs / len(images)}
 
 
 def train_denoiser(
@@ -259,15 +258,6 @@ def train_denoiser(
     )
     (out / DENOISER_MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
     return manifest
-
-
-def autoencoder_config(denoiser_dir: Path, model_dir: Path | None = None) -> DenoiseConfig:
-    """Verify and register the denoiser in `denoiser_dir`; its `DenoiseConfig` (file relative to
-    `model_dir`, default the denoiser's own folder)."""
-    manifest, _ = load_denoiser_dir(denoiser_dir)
-    onnx_path = Path(denoiser_dir) / manifest.onnx_file
-    rel = os.path.relpath(onnx_path.resolve(), Path(model_dir).resolve()) if model_dir else str(onnx_path)
-    return DenoiseConfig(method="autoencoder", model_file=rel, model_sha256=manifest.sha256)
 
 
 def evaluate_denoisers(

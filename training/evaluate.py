@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.denoiser import DENOISER_MANIFEST, autoencoder_config
 from app.inference import OnnxModel, logits_of
 from app.openset import OpenSetScorer, softmax
 from training.calibrate import expected_calibration_error, openset_scores
@@ -27,7 +28,7 @@ from training.reports import (
 )
 from training.runner import infer
 
-SWEEP_CORRUPTIONS = ("gauss_sigma25", "salt_pepper_2pct", "jpeg_q10")
+SWEEP_CORRUPTIONS = ("clean", "gauss_sigma25", "salt_pepper_2pct", "jpeg_q10")
 DENOISE_METHODS = ("none", "median", "gaussian", "bilateral", "nlmeans")
 
 
@@ -78,8 +79,10 @@ def evaluate(
     robustness: bool = True,
     denoise_sweep: bool = False,
     update_manifest: bool = True,
+    denoiser: str | Path | None = None,
 ) -> dict:
-    """Classification, robustness, embedding quality, duplicate retrieval and unknown detection."""
+    """Classification, robustness, embedding quality, duplicate retrieval and unknown detection; the
+    denoise sweep also swaps in the learned denoiser in `denoiser` (a folder with denoiser.json) if any."""
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
     cfg, labels = model.manifest.preprocessing, model.labels
     out = Path(out or Path(model_dir) / "report")
@@ -180,14 +183,21 @@ def evaluate(
             "score",
         )
     if denoise_sweep:
+        methods = {m: cfg.denoise.model_copy(update={"method": m}) for m in DENOISE_METHODS}
+        if denoiser is not None and (Path(denoiser) / DENOISER_MANIFEST).is_file():
+            methods["autoencoder"] = autoencoder_config(denoiser, model_dir)
+            result["denoiser"] = {"dir": str(denoiser), "sha256": methods["autoencoder"].model_sha256}
         sweep: dict[str, dict[str, float]] = {}
-        for method in DENOISE_METHODS:
-            swept = cfg.model_copy(update={"denoise": cfg.denoise.model_copy(update={"method": method})})
+        for method, denoise in methods.items():
+            swept = cfg.model_copy(update={"denoise": denoise})
             sweep[method] = {}
             for name in SWEEP_CORRUPTIONS:
-                pr = infer(model, known_paths, CORRUPTIONS[name], swept, desc=f"{method}/{name}")[
-                    "probabilities"
-                ]
+                if name == "clean" and swept == cfg:  # the clean pass above
+                    pr = probs[primary]
+                else:
+                    pr = infer(model, known_paths, CORRUPTIONS[name], swept, desc=f"{method}/{name}")[
+                        "probabilities"
+                    ]
                 sweep[method][name] = classification_report(y_true[primary], pr.argmax(1), labels)["macro_f1"]
         result["denoise_sweep"] = sweep
         plot_grouped_bars(sweep, out / "denoise.png", "macro-F1 by test-time denoise method", "macro-F1")
