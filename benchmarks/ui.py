@@ -20,6 +20,9 @@ from urllib.parse import urlparse
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 TIMEOUT_MS = 30_000
+# the one request /redoc makes outside the service: the "powered by" footer logo that redoc.standalone.js
+# itself hard-codes (tfranzel/drf-spectacular-sidecar#11). Decorative; the page renders without it.
+REDOC_FOOTER_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 
 
 def find_chromium() -> str | None:
@@ -143,6 +146,7 @@ def main() -> None:
         page.goto("/docs")
         page.wait_for_selector(".swagger-ui .opblock")
         page.screenshot(path=args.out / "docs.png")
+    blocked = [u for u in blocked if u != REDOC_FOOTER_LOGO]
     if blocked:
         raise SystemExit(f"the page tried to leave the service: {blocked}")
     print(f"screenshots in {args.out}")

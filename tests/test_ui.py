@@ -15,7 +15,14 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from app.manifest import load_manifest
-from benchmarks.ui import check_image, docs_rendered, find_chromium, offline_page, open_scan
+from benchmarks.ui import (
+    REDOC_FOOTER_LOGO,
+    check_image,
+    docs_rendered,
+    find_chromium,
+    offline_page,
+    open_scan,
+)
 from tests.server import running_server
 
 pytest.importorskip("playwright", reason="the [dev] extra installs playwright")
@@ -25,7 +32,6 @@ if find_chromium() is None:
     pytest.skip("no Chromium on this machine (apt-get install chromium)", allow_module_level=True)
 
 CATALOGUED = 30
-REDOC_FOOTER_LOGO = "https://cdn.redoc.ly/redoc/logo-mini.svg"
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +106,7 @@ def test_docs_and_redoc_render_without_network(setup):
     with offline_page(srv.url) as (page, blocked):
         shown = docs_rendered(page)
     assert shown["swagger_operations"] >= 15 and shown["redoc_operations"] >= 15, shown
-    # the assets come from the package, not a CDN; the one exception is the "powered by" footer logo that
-    # redoc.standalone.js itself hard-codes (tfranzel/drf-spectacular-sidecar#11): decorative, not needed
+    # the assets come from the package, not a CDN (but for ReDoc's decorative footer logo)
     assert [u for u in blocked if u != REDOC_FOOTER_LOGO] == []
 
 
@@ -120,7 +125,9 @@ def test_explain_highlights_the_subject_and_answers_json(setup, punks):
         assert png.headers["content-type"] == "image/png" and png.headers["x-explain-target"] == "nouns"
         bad = c.post("/explain", params={"target": "no-such-label"}, files={"file": data})
         assert bad.status_code == 422 and "cryptopunks" in bad.json()["detail"]
-        both = c.post("/explain", params={"target": "nouns", "copy_of": "cryptopunks/5"}, files={"file": data})
+        both = c.post(
+            "/explain", params={"target": "nouns", "copy_of": "cryptopunks/5"}, files={"file": data}
+        )
         assert both.status_code == 422
         missing = c.post("/explain", params={"copy_of": "cryptopunks/99999"}, files={"file": data})
         assert missing.status_code in (404, 409)
