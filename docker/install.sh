@@ -20,6 +20,9 @@ import importlib.util, sys
 import onnxruntime
 import pymilvus  # noqa: F401
 assert importlib.util.find_spec("torch") is None, "torch must never be in the serving install"
+import app.ui  # the review page's files are package data: a plain (non-editable) install must carry them
+import fastapi_offline  # noqa: F401  (the /docs and /redoc assets)
+assert all((app.ui.STATIC / f).is_file() for f in ("index.html", "review.js", "review.css")), app.ui.STATIC
 providers = onnxruntime.get_available_providers()
 if sys.argv[1] == "gpu":
     assert "CUDAExecutionProvider" in providers, providers

@@ -194,7 +194,7 @@ function renderScan() {
 $("scan-csv").addEventListener("change", async (e) => {
   const file = e.target.files[0];
   if (!file) return;
-  scan.rows = parseCsv(await file.text());
+  scan.rows = parseCsv(await file.text()).sort((a, b) => (Number(b.score) || 0) - (Number(a.score) || 0));
   scan.page = 0;
   renderScan();
 });
