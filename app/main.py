@@ -94,7 +94,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     build_openapi = app.openapi  # FastAPI's, which caches the document
 
     def openapi() -> dict:
-        return for_settings(build_openapi(), settings)
+        schema = for_settings(build_openapi(), settings)
+        if service.model is not None:  # the labels /explain accepts as `target` are the served model's
+            params = schema["paths"]["/explain"]["post"]["parameters"]
+            target = next(p for p in params if p["name"] == "target")
+            target["schema"] = {"anyOf": [{"enum": service.model.labels}, {"type": "null"}]}
+        return schema
 
     app.openapi = openapi
 

@@ -379,6 +379,8 @@ def test_openapi_declares_the_real_contract(client, model_dir, tmp_path):
         ok = responses["200"]["content"]
         if path == "/metrics":
             assert list(ok) == ["text/plain"]
+        elif path.endswith("/image"):
+            assert list(ok) == ["image/*"]
         else:
             assert "$ref" in ok["application/json"]["schema"], (path, method)
         writes = method in ("put", "delete")
@@ -395,6 +397,9 @@ def test_openapi_declares_the_real_contract(client, model_dir, tmp_path):
     assert (
         bulk["properties"]["files"]["maxItems"] == bulk["properties"]["tokens"]["maxItems"] == MAX_BATCH_FILES
     )
+    explain = spec["paths"]["/explain"]["post"]["responses"]["200"]["content"]
+    assert set(explain) == {"image/png", "application/json"}
+    assert explain["application/json"]["schema"]["$ref"].endswith("/Explanation")
     for path, method in (("/similar", "get"), ("/similar", "post"), ("/copies", "post")):
         k = next(p for p in spec["paths"][path][method]["parameters"] if p["name"] == "k")
         assert k["schema"]["maximum"] == 100

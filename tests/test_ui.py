@@ -110,7 +110,7 @@ def test_docs_and_redoc_render_without_network(setup):
     assert [u for u in blocked if u != REDOC_FOOTER_LOGO] == []
 
 
-def test_explain_highlights_the_subject_and_answers_json(setup, punks):
+def test_explain_highlights_the_subject_and_answers_json(setup, punks, model_dir):
     srv, new, _ = setup
     data = (new / "copy-of-5.png").read_bytes()
     with httpx.Client(base_url=srv.url, timeout=60) as c:
@@ -125,10 +125,14 @@ def test_explain_highlights_the_subject_and_answers_json(setup, punks):
         assert png.headers["content-type"] == "image/png" and png.headers["x-explain-target"] == "nouns"
         bad = c.post("/explain", params={"target": "no-such-label"}, files={"file": data})
         assert bad.status_code == 422 and "cryptopunks" in bad.json()["detail"]
-        both = c.post(
-            "/explain", params={"target": "nouns", "copy_of": "cryptopunks/5"}, files={"file": data}
-        )
-        assert both.status_code == 422
+        malformed = c.post("/explain", params={"copy_of": "cryptopunks"}, files={"file": data})
+        assert malformed.status_code == 422
+        target = c.get("/openapi.json").json()["paths"]["/explain"]["post"]["parameters"][0]["schema"]
+        assert target["anyOf"][0]["enum"] == c.get("/model").json()["labels"]
+        if load_manifest(model_dir).copies is not None:
+            params = {"copy_of": "cryptopunks/5", "format": "json"}
+            copy = c.post("/explain", params=params, files={"file": data}).json()
+            assert copy["kind"] == "copy" and copy["score"] > 0.999  # the same image
         missing = c.post("/explain", params={"copy_of": "cryptopunks/99999"}, files={"file": data})
         assert missing.status_code in (404, 409)
         image = c.get("/tokens/cryptopunks/5/image")

@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
 from app.api.deps import get_service
-from app.api.schemas import IMAGE_ERRORS, Explanation, errors
+from app.api.schemas import IMAGE_ERRORS, NAME_PATTERN, Explanation, errors
 from app.api.similar import stored_token
 from app.api.uploads import image_body_doc, read_upload
 from app.errors import ConflictError, InvalidParametersError
@@ -19,6 +19,7 @@ from app.preprocessing import encode
 from app.service import Service
 
 router = APIRouter(tags=["explain"])
+COPY_OF_PATTERN = f"{NAME_PATTERN[:-1]}/{NAME_PATTERN[1:]}"  # collection/token_id
 PNG_RESPONSE = {
     200: {
         "model": Explanation,
@@ -37,9 +38,7 @@ def _label_index(service: Service, target: str) -> int:
 
 async def _original(service: Service, copy_of: str) -> tuple[str, str, np.ndarray]:
     """`collection/token_id` -> (collection, token_id, its stored instance vector)."""
-    collection, sep, token_id = copy_of.partition("/")
-    if not sep or not collection or not token_id:
-        raise InvalidParametersError(f"copy_of must be collection/token_id, not {copy_of!r}")
+    collection, _, token_id = copy_of.partition("/")  # the route's pattern guarantees both parts
     service.require_copies()
     token = await stored_token(service, collection, token_id)
     return collection, token_id, token.instance
@@ -60,9 +59,15 @@ async def _stored_image(service: Service, collection: str, token_id: str) -> byt
 )
 async def explain(
     request: Request,
-    target: str | None = Query(None, description="the label to explain; default: the predicted one"),
+    target: str | None = Query(
+        None, description="the label to explain (one of the model's labels); default: the predicted one"
+    ),
     copy_of: str | None = Query(
-        None, description="collection/token_id of a catalogued original: explain the copy match instead"
+        None,
+        pattern=COPY_OF_PATTERN,
+        description="collection/token_id of a catalogued original: explain the copy match instead "
+        "(`target` is then not used)",
+        examples=["cryptopunks/7804"],
     ),
     side: Literal["query", "original"] = Query(
         "query", description="copy_of: heat on the uploaded image, or on the stored original"
@@ -74,8 +79,6 @@ async def explain(
     out in one batched ONNX call. Explains a label's calibrated probability (`target`, default the
     prediction) or, with `copy_of`, the copy score against a stored token, on the uploaded image or
     (`side=original`) on the stored original. The PNG is the image with the heatmap blended over it."""
-    if target is not None and copy_of is not None:
-        raise InvalidParametersError("give either target or copy_of, not both")
     t0 = time.perf_counter()
     data, _ = await read_upload(request, service.settings.max_upload_bytes)
     if copy_of is None:
