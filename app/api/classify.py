@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import Response
 
 from app.api.deps import MAX_K, get_service
+from app.api.encoding import answer
 from app.api.filters import collection_filter
 from app.api.schemas import IMAGE_ERRORS, BatchClassification, Classification, errors
 from app.api.uploads import image_body_doc, images_body_doc, read_upload, read_uploads
@@ -47,7 +49,7 @@ async def classify(
     k: int = Query(5, ge=1, le=MAX_K, description="copies: how many matches"),
     collections: str | None = Query(None, description="copies: comma-separated collections to search"),
     service: Service = Depends(get_service),
-) -> dict:
+) -> Response:
     """Calibrated class probabilities (sorted), the unknown-collection verdict and the embedding of one
     image; with `copies=true`, also the copy verdict against the catalog (409 if the model has no copy
     head)."""
@@ -61,7 +63,7 @@ async def classify(
         body["copies"] = await service.in_catalog(
             service.copies, vectors, k, collection_filter(collections), fingerprint
         )
-    return body
+    return answer(Classification, body, exclude_unset=True)
 
 
 @router.post(
@@ -76,7 +78,7 @@ async def classify_batch(
     top_k: int = Query(5, ge=1, le=1000),
     embedding: bool = Query(True),
     service: Service = Depends(get_service),
-) -> dict:
+) -> Response:
     """Several images (at most NFTLENS_MAX_BATCH_FILES, their bytes together at most
     NFTLENS_MAX_UPLOAD_BYTES); each item carries its result or its own error, so one bad file fails only
     itself."""
@@ -96,4 +98,5 @@ async def classify_batch(
             service.metrics.errors.labels(exc.error).inc()
             return {"filename": name, **exc.item()}
 
-    return {"results": await asyncio.gather(*(one(n, d) for n, d in parts))}
+    results = await asyncio.gather(*(one(n, d) for n, d in parts))
+    return answer(BatchClassification, {"results": results}, exclude_unset=True)
