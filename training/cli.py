@@ -194,6 +194,7 @@ def train_denoiser_cmd(
     patch: int = typer.Option(96, help="crop side for large images (pixel art trains whole)"),
     batch_pixels: int = typer.Option(16 * 96 * 96, help="pixels per batch (the batch size follows)"),
     lr: float = typer.Option(2e-3, help="peak learning rate (one-cycle)"),
+    loss: str = typer.Option("mse", help="mse (what PSNR scores) | l1"),
     threads: int = typer.Option(2, help="torch CPU threads"),
     seed: int = typer.Option(0),
 ) -> None:
@@ -209,6 +210,7 @@ def train_denoiser_cmd(
         patch=patch,
         batch_pixels=batch_pixels,
         lr=lr,
+        loss=loss,
         threads=threads,
         seed=seed,
     )

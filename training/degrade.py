@@ -97,8 +97,8 @@ DENOISE_CORRUPTIONS: dict[str, Degrade] = {
 DENOISER_TRAINING_MIX: tuple[tuple[str, float, tuple[float, float]], ...] = (
     ("clean", 0.1, (0, 0)),
     ("gaussian_sigma", 0.25, (5, 35)),
-    ("salt_pepper_amount", 0.2, (0.005, 0.04)),
-    ("jpeg_quality", 0.25, (8, 60)),
+    ("salt_pepper_amount", 0.25, (0.005, 0.04)),
+    ("jpeg_quality", 0.2, (8, 60)),
     ("downscale_blur_factor", 0.2, (1.5, 3)),
 )
 

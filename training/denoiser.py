@@ -110,14 +110,17 @@ def sample_batch(
     return stack(noisy), stack(clean)
 
 
-def train_step(net: DenoiserNet, opt: torch.optim.Optimizer, noisy: np.ndarray, clean: np.ndarray) -> float:
-    """One L1 step on a batch; returns the loss."""
+def train_step(
+    net: DenoiserNet, opt: torch.optim.Optimizer, noisy: np.ndarray, clean: np.ndarray, loss: str = "mse"
+) -> float:
+    """One step on a batch with `loss` (mse: what PSNR scores; l1); returns the loss."""
     net.train()
-    loss = nn.functional.l1_loss(net(torch.from_numpy(noisy)), torch.from_numpy(clean))
+    fn = nn.functional.mse_loss if loss == "mse" else nn.functional.l1_loss
+    value = fn(net(torch.from_numpy(noisy)), torch.from_numpy(clean))
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    value.backward()
     opt.step()
-    return loss.item()
+    return value.item()
 
 
 def export_onnx(net: DenoiserNet, path: Path) -> None:
@@ -192,6 +195,7 @@ def train_denoiser(
     patch: int = 96,
     batch_pixels: int = 16 * 96 * 96,
     lr: float = 2e-3,
+    loss: str = "mse",
     threads: int = 2,
     seed: int = 0,
     val_images: int = 100,
@@ -213,10 +217,10 @@ def train_denoiser(
     t0, bar, ema = time.perf_counter(), tqdm(range(steps), desc="train-denoiser"), None
     for _ in bar:
         noisy, clean = sample_batch(sources[names[rng.integers(len(names))]], patch, batch_pixels, rng)
-        loss = train_step(net, opt, noisy, clean)
+        value = train_step(net, opt, noisy, clean, loss)
         sched.step()
-        ema = loss if ema is None else 0.98 * ema + 0.02 * loss
-        bar.set_postfix(l1=f"{ema:.4f}")
+        ema = value if ema is None else 0.98 * ema + 0.02 * value
+        bar.set_postfix(loss=f"{ema:.5f}")
     train_seconds = time.perf_counter() - t0
 
     out.mkdir(parents=True, exist_ok=True)
@@ -244,11 +248,11 @@ def train_denoiser(
             "patch": patch,
             "batch_pixels": batch_pixels,
             "lr": lr,
-            "loss": "l1",
+            "loss": loss,
             "seed": seed,
             "threads": threads,
             "seconds": round(train_seconds, 1),
-            "final_l1_ema": ema,
+            "final_loss_ema": ema,
             "opset": OPSET,
         },
         val={"data": list(val_data), "images_per_source": val_images, "psnr": val},
