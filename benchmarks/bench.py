@@ -342,6 +342,8 @@ TUNING = {
     "ORT threads spinning": {"NFTLENS_INTRA_OP_SPINNING": "true"},
     "2 workers, 1 ORT thread each": {"NFTLENS_WORKERS": "2", "NFTLENS_INTRA_OP_THREADS": "1"},
     "no dynamic batching": {"NFTLENS_BATCHING": "false"},
+    "greedy batching (max wait 0 ms)": {"NFTLENS_MAX_WAIT_MS": "0"},
+    "max wait 2 ms": {"NFTLENS_MAX_WAIT_MS": "2"},
 }
 
 
