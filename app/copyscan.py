@@ -17,7 +17,6 @@ from app.catalog import Catalog, SearchFilter
 from app.imaging import IMAGE_SUFFIXES
 from app.indexing import safe_prepare
 from app.inference import OnnxModel
-from app.views import N_VIEWS, dihedral_views
 
 CSV_COLUMNS = ("query", "best_collection", "best_token_id", "score", "is_copy", "exact", "error")
 
@@ -39,21 +38,18 @@ def scan_folder(
     if not files:
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
     out.mkdir(parents=True, exist_ok=True)
-    detector = m.copies
+    detector, views = m.copies, m.copies.views
     flt = SearchFilter(collections=collections)
     rows: list[dict] = []
     with ThreadPoolExecutor(threads) as pool, tqdm(total=len(files), desc="copies scan", unit="img") as bar:
         for start in range(0, len(files), batch):
             chunk = files[start : start + batch]
-            prepared = list(pool.map(lambda p: safe_prepare(p.read_bytes(), m.preprocessing), chunk))
+            prepared = list(pool.map(lambda p: safe_prepare(p.read_bytes(), m.preprocessing, views), chunk))
             ok = [i for i, t in enumerate(prepared) if t is not None]
-            views = N_VIEWS if m.copies.dihedral else 1
             inst = None
             if ok:
-                x = np.concatenate(
-                    [dihedral_views(prepared[i][0]) if views > 1 else prepared[i][0][None] for i in ok]
-                )
-                inst = model.run(x)["instance"].reshape(len(ok), views, -1)
+                x = np.concatenate([prepared[i][0] for i in ok])
+                inst = model.run(x)["instance"].reshape(len(ok), views.count, -1)
             found = dict(zip(ok, range(len(ok)), strict=True))
             for i, path in enumerate(chunk):
                 rel = str(path.relative_to(folder))

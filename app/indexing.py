@@ -18,6 +18,7 @@ from app.fingerprint import pixel_fingerprint
 from app.imaging import IMAGE_SUFFIXES
 from app.inference import OnnxModel
 from app.preprocessing import decode_and_preprocess
+from app.views import ViewSet
 
 _BASE = {"path", "collection", "token_id", "label", "split"}
 
@@ -100,13 +101,14 @@ def embed_into_catalog(
     return {"indexed": done, "failed": failed}
 
 
-def safe_prepare(data: bytes, cfg) -> tuple[np.ndarray, str] | None:
-    """(network input, pixel fingerprint) for image bytes, or None when they cannot be decoded."""
+def safe_prepare(data: bytes, cfg, views: ViewSet | None = None) -> tuple[np.ndarray, str] | None:
+    """(network input, pixel fingerprint) for image bytes, or None when they cannot be decoded; with
+    `views`, the inputs of those views [V, 3, S, S] instead of the one input."""
     try:
         rgb, tensor = decode_and_preprocess(data, cfg)
     except NftlensError:
         return None
-    return tensor, pixel_fingerprint(rgb)
+    return (tensor if views is None else views.inputs(rgb, tensor, cfg)), pixel_fingerprint(rgb)
 
 
 def index_source(

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from app.denoiser import load_denoiser
 from app.errors import ModelIntegrityError
 from app.preprocessing import PreprocessConfig
+from app.views import ViewSet
 
 MANIFEST_FILE = "model.json"
 ONNX_FILE = "model.onnx"
@@ -61,10 +62,18 @@ class CopyDetector(BaseModel):
     dihedral: bool = Field(
         False, description="queries are embedded in 8 views (rotations x mirror); each token keeps its best"
     )
+    peel: bool = Field(
+        False, description="one more query view: the image inside its uniform frame or canvas, if any"
+    )
     precision: float | None = Field(None, description="on the held-out calibration pairs")
     recall: float | None = Field(None, description="on the held-out calibration pairs")
     target: str = ""
     calibrated_on: str = ""
+
+    @property
+    def views(self) -> ViewSet:
+        """The views a query is embedded in, as calibrated."""
+        return ViewSet(self.dihedral, self.peel)
 
     def threshold_for(self, collection: str) -> float:
         """The threshold a match from `collection` must reach."""

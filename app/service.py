@@ -39,6 +39,7 @@ class Prediction:
     timings_ms: dict[str, float] = field(default_factory=dict)
     fingerprint: str = ""  # exact-copy fingerprint of the decoded pixels (when asked for)
     input: np.ndarray | None = None  # the preprocessed network input, for further views of the same image
+    image: np.ndarray | None = None  # the decoded RGB (kept with the fingerprint, for the copy views)
     unknown_score: float | None = None  # the open-set score, computed with the batch
 
 
@@ -158,18 +159,19 @@ class Service:
         """Run catalog I/O or a search on the catalog pool."""
         return await asyncio.get_running_loop().run_in_executor(self.catalog_pool, fn, *args)
 
-    def _prepare(self, data: bytes, fingerprint: bool, timings: dict) -> tuple[np.ndarray, str]:
+    def _prepare(self, data: bytes, fingerprint: bool, timings: dict) -> tuple[np.ndarray, np.ndarray, str]:
+        """(decoded RGB, network input, pixel fingerprint if asked for)."""
         rgb, x = decode_and_preprocess(
             data, self.model.manifest.preprocessing, self.settings.max_pixels, timings
         )
-        return x, pixel_fingerprint(rgb) if fingerprint else ""
+        return rgb, x, pixel_fingerprint(rgb) if fingerprint else ""
 
     async def predict(self, data: bytes, fingerprint: bool = False) -> Prediction:
         """Bytes -> every model output for one image, through the shared preprocessing and the batcher
         (and the pixel fingerprint, with `fingerprint`)."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        x, fp = await self.blocking(self._prepare, data, fingerprint, timings)
+        rgb, x, fp = await self.blocking(self._prepare, data, fingerprint, timings)
         t1 = time.perf_counter()
         if self.settings.batching:
             self.metrics.queue_depth.set(self.batcher.queue_depth + 1)
@@ -180,6 +182,7 @@ class Service:
         timings["total"] = (time.perf_counter() - t0) * 1000
         pred = unbatched_prediction(self.model, out, {k: round(v, 3) for k, v in timings.items()})
         pred.fingerprint, pred.input = fp, x
+        pred.image = rgb if fingerprint else None
         return pred
 
     def top_k(self, probs: np.ndarray, k: int) -> list[dict]:
@@ -204,16 +207,17 @@ class Service:
 
     async def copy_query(self, data: bytes, pred: Prediction | None = None) -> tuple[np.ndarray, str]:
         """The query's instance vectors [V, D] and pixel fingerprint: from `pred` when given (predicted with
-        its fingerprint: the image is not decoded again), and, when the copy verdict was calibrated on 8
-        dihedral views, all 8 views run through the batcher together."""
-        if not self.model.manifest.copies.dihedral:
+        its fingerprint: the image is not decoded again), and, when the copy verdict was calibrated on more
+        views than the image itself (`CopyDetector.views`), all of them run through the batcher together."""
+        view_set = self.model.manifest.copies.views
+        if view_set.count == 1:
             pred = pred or await self.predict(data, fingerprint=True)
             return pred.instance[None], pred.fingerprint
         if pred is not None:
-            x, fp = pred.input, pred.fingerprint
+            rgb, x, fp = pred.image, pred.input, pred.fingerprint
         else:
-            x, fp = await self.blocking(self._prepare, data, True, {})
-        views = dihedral_views(x)
+            rgb, x, fp = await self.blocking(self._prepare, data, True, {})
+        views = await self.blocking(view_set.inputs, rgb, x, self.model.manifest.preprocessing)
         if self.settings.batching:
             outs = await asyncio.gather(*(self.batcher.submit(v) for v in views))
             return np.stack([o["instance"] for o in outs]), fp
@@ -273,7 +277,7 @@ class Service:
 
     async def matching_instance(self, data: bytes, reference: np.ndarray) -> np.ndarray:
         """The image's instance vector in the view that best matches `reference`."""
-        x, _ = await self.blocking(self._prepare, data, False, {})
+        _, x, _ = await self.blocking(self._prepare, data, False, {})
         return (await self._best_view(x, reference))[1]
 
     async def explain(

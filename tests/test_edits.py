@@ -7,7 +7,7 @@ import pytest
 
 from app.imaging import decode_image
 
-pytest.importorskip("cv2")
+cv2 = pytest.importorskip("cv2")
 from training.edits import EDITS, PIXEL_ART_SIDE, apply_edit, border_colour, random_edit, working_copy  # noqa: E402
 
 OPENSEA = {
@@ -102,3 +102,33 @@ def test_pixel_fingerprint_ignores_upscale_mirror_and_turns_only(punk):
     changed[10, 10] = 255 - changed[10, 10]  # one pixel
     assert pixel_fingerprint(changed) != fp
     assert pixel_fingerprint(apply_edit("reencode_resize", punk, np.random.default_rng(0))) != fp
+
+
+@pytest.mark.parametrize("edit", ["border", "reposition"])
+def test_peel_undoes_a_frame_or_canvas(edit, punk, painted):
+    from app.views import peel_canvas
+
+    for img in (working_copy(punk), painted):
+        edited = apply_edit(edit, img, np.random.default_rng(5))
+        inner = peel_canvas(edited)
+        assert inner is not None and inner.shape[0] < img.shape[0]
+        # what is left is the original, scaled: compare at the original's size
+        back = cv2.resize(inner, img.shape[1::-1], interpolation=cv2.INTER_AREA).astype(int)
+        assert np.abs(back - img.astype(int)).mean() < 12
+
+
+def test_peel_leaves_plain_images_and_view_set_counts(punk, painted):
+    from app.preprocessing import PreprocessConfig, preprocess
+    from app.views import ViewSet, peel_canvas
+
+    assert peel_canvas(np.full((32, 32, 3), 9, np.uint8)) is None  # all one colour: nothing inside
+    assert peel_canvas(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)) is None
+    cfg = PreprocessConfig()
+    x = preprocess(painted, cfg)
+    for views, n in ((ViewSet(), 1), (ViewSet(dihedral=True), 8), (ViewSet(True, True), 9)):
+        out = views.inputs(painted, x, cfg)
+        assert out.shape == (n, *x.shape) and views.count == n
+        assert np.array_equal(out[0], x)
+    framed = apply_edit("border", painted, np.random.default_rng(1))
+    peeled = ViewSet(peel=True).inputs(framed, preprocess(framed, cfg), cfg)
+    assert not np.array_equal(peeled[1], peeled[0])  # the extra view is the image inside the frame

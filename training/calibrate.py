@@ -31,6 +31,7 @@ from app.openset import (
     save_statistics,
     softmax,
 )
+from app.views import ViewSet
 from training.datasets.select import select_rows
 from training.edits import EDITS
 from training.runner import edit_transform, infer, view_similarity
@@ -174,10 +175,10 @@ def copy_pairs(
     holdout,
     per_edit: int = 60,
     seed: int = 1,
-    dihedral: bool = False,
+    views: ViewSet | None = None,
 ) -> dict[str, np.ndarray]:
-    """Validation pairs for the copy thresholds, scored as the service scores (best of the query's views
-    with `dihedral`).
+    """Validation pairs for the copy thresholds, scored as the service scores (best of the query's
+    `views`).
 
     Positives: sim(edit(x), x) for validation images x, every edit on a seeded sample.
     Negatives: for each validation image, its highest similarity to any *other* token of its collection in
@@ -186,8 +187,8 @@ def copy_pairs(
     """
     vpaths, vrows = select_rows(data, "val", label_field, exclude, holdout)
     tpaths, trows = select_rows(data, "train", label_field, exclude, holdout)
-    val_q = infer(model, vpaths, desc="copy val", views=dihedral)["instance"]
-    val = val_q[:, 0] if dihedral else val_q  # view 0 is the image as it is: the catalogued vector
+    val_q = infer(model, vpaths, desc="copy val", views=views)["instance"]
+    val = val_q[:, 0] if views else val_q  # view 0 is the image as it is: the catalogued vector
     ref = infer(model, tpaths, desc="copy ref")["instance"]
     vcol = np.array([r["collection"] for r in vrows])
     tcol = np.array([r["collection"] for r in trows])
@@ -210,7 +211,7 @@ def copy_pairs(
             edit_transform(name),
             desc=f"copy {name}",
             seed=seed + e,
-            views=dihedral,
+            views=views,
         )["instance"]
         for j, i in enumerate(pick):
             pos.append(float(view_similarity(edited[j : j + 1], val[i : i + 1])[0, 0]))
@@ -234,8 +235,11 @@ def calibrate(
     out: str | Path | None = None,
     copies: bool = True,
     dihedral: bool = True,
+    peel: bool = True,
+    copies_only: bool = False,
 ) -> dict:
-    """Fit temperature, open-set detector and copy threshold on validation data; update model.json."""
+    """Fit temperature, open-set detector and copy threshold on validation data; update model.json
+    (`copies_only`: only the copy thresholds, e.g. after the query views changed)."""
     from training.reports import plot_pr_curve, plot_reliability
 
     model_dir = Path(model_dir)
@@ -248,47 +252,50 @@ def calibrate(
     label_field, exclude, holdout = tc.get("label_field", "label"), tc.get("exclude"), tc.get("holdout")
     out = Path(out or model_dir / "report")
     out.mkdir(parents=True, exist_ok=True)
-    vpaths, vrows = select_rows(data, "val", label_field, exclude, holdout)
-    keep = [i for i, r in enumerate(vrows) if r["_label"] in m.labels]
-    val = infer(model, [vpaths[i] for i in keep], desc="val")
-    y = np.array([m.labels.index(vrows[i]["_label"]) for i in keep])
-    logits = logits_of(val)
+    result: dict = {}
+    if not copies_only:  # temperature and the open-set detector (copies_only keeps them as they are)
+        vpaths, vrows = select_rows(data, "val", label_field, exclude, holdout)
+        keep = [i for i, r in enumerate(vrows) if r["_label"] in m.labels]
+        val = infer(model, [vpaths[i] for i in keep], desc="val")
+        y = np.array([m.labels.index(vrows[i]["_label"]) for i in keep])
+        logits = logits_of(val)
 
-    t = fit_temperature(logits, y) if "logits" in val else 1.0
-    before = expected_calibration_error(softmax(logits, 1.0), y)
-    after = expected_calibration_error(softmax(logits, t), y)
-    m.calibration = Calibration(
-        temperature=t, fitted_on="validation split", ece_before=before["ece"], ece_after=after["ece"]
-    )
-    plot_reliability({"before (T=1)": before, f"after (T={t:.2f})": after}, out / "reliability_val.png")
+        t = fit_temperature(logits, y) if "logits" in val else 1.0
+        before = expected_calibration_error(softmax(logits, 1.0), y)
+        after = expected_calibration_error(softmax(logits, t), y)
+        m.calibration = Calibration(
+            temperature=t, fitted_on="validation split", ece_before=before["ece"], ece_after=after["ece"]
+        )
+        plot_reliability({"before (T=1)": before, f"after (T={t:.2f})": after}, out / "reliability_val.png")
 
-    stats = fit_openset_statistics(model, data, label_field, exclude, holdout)
-    save_statistics(model_dir / STATS_FILE, stats)
-    scores = openset_scores(val, stats, t)
-    target_tpr = 1 - false_unknown
-    thresholds = {k: float(np.quantile(v, target_tpr)) for k, v in scores.items()}
-    m.unknown = UnknownDetector(
-        method=method,
-        threshold=thresholds[method],
-        target_tpr=target_tpr,
-        temperature=t,
-        stats_file=STATS_FILE,
-        stats_sha256=sha256_of(model_dir / STATS_FILE),
-        validation={"n": len(y), "thresholds": thresholds, "false_unknown_target": false_unknown},
-    )
-    result = {
-        "temperature": t,
-        "ece_val_before": before["ece"],
-        "ece_val_after": after["ece"],
-        "openset_thresholds": thresholds,
-    }
+        stats = fit_openset_statistics(model, data, label_field, exclude, holdout)
+        save_statistics(model_dir / STATS_FILE, stats)
+        scores = openset_scores(val, stats, t)
+        target_tpr = 1 - false_unknown
+        thresholds = {k: float(np.quantile(v, target_tpr)) for k, v in scores.items()}
+        m.unknown = UnknownDetector(
+            method=method,
+            threshold=thresholds[method],
+            target_tpr=target_tpr,
+            temperature=t,
+            stats_file=STATS_FILE,
+            stats_sha256=sha256_of(model_dir / STATS_FILE),
+            validation={"n": len(y), "thresholds": thresholds, "false_unknown_target": false_unknown},
+        )
+        result = {
+            "temperature": t,
+            "ece_val_before": before["ece"],
+            "ece_val_after": after["ece"],
+            "openset_thresholds": thresholds,
+        }
     if m.instance_dim and copies:
-        pairs = copy_pairs(model, data, label_field, exclude, holdout, dihedral=dihedral)
+        pairs = copy_pairs(model, data, label_field, exclude, holdout, views=ViewSet(dihedral, peel))
         chosen = copy_thresholds(pairs, false_copy)
         m.copies = CopyDetector(
             threshold=chosen["threshold"],
             per_collection=chosen["per_collection"],
             dihedral=dihedral,
+            peel=peel,
             precision=chosen["precision"],
             recall=chosen["recall"],
             target=f"false-copy rate <= {false_copy} per collection on distinct validation tokens",
@@ -302,5 +309,8 @@ def calibrate(
         )
         result["copies"] = {**chosen, "n_positive": len(pairs["pos"]), "n_negative": len(pairs["neg"])}
     m.write(model_dir)
-    (out / "calibration.json").write_text(json.dumps(result, indent=2) + "\n")
+    previous = out / "calibration.json"
+    if copies_only and previous.is_file():
+        result = {**json.loads(previous.read_text()), **result}
+    previous.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -274,6 +274,10 @@ def calibrate_cmd(
         0.005, help="share of distinct validation tokens allowed to be called copies"
     ),
     out: Path = typer.Option(None, help="plots and calibration.json (default MODEL_DIR/report)"),
+    peel: bool = typer.Option(
+        True, help="copy queries also run the image inside its uniform frame or canvas (one more view)"
+    ),
+    copies_only: bool = typer.Option(False, help="re-fit only the copy thresholds (keep the rest)"),
 ) -> None:
     """Fit temperature, unknown detector (+ openset.npz) and copy threshold on validation data."""
     _need_train_extra()
@@ -281,11 +285,12 @@ def calibrate_cmd(
 
     if method not in OPENSET_METHODS:
         raise typer.BadParameter(f"choose one of {', '.join(OPENSET_METHODS)}", param_hint="--method")
-    r = calibrate(model_dir, method, false_unknown, false_copy, out)
-    typer.echo(
-        f"temperature {r['temperature']:.3f}: val ECE {r['ece_val_before']:.4f} -> {r['ece_val_after']:.4f}"
-    )
-    typer.echo(f"unknown thresholds (val): {r['openset_thresholds']}")
+    r = calibrate(model_dir, method, false_unknown, false_copy, out, peel=peel, copies_only=copies_only)
+    if not copies_only:
+        typer.echo(
+            f"temperature {r['temperature']:.3f}: val ECE {r['ece_val_before']:.4f} -> {r['ece_val_after']:.4f}"
+        )
+        typer.echo(f"unknown thresholds (val): {r['openset_thresholds']}")
     if "copies" in r:
         c = r["copies"]
         typer.echo(

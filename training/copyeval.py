@@ -87,7 +87,7 @@ def evaluate_copies(
     if output not in m.outputs:
         raise ValueError(f"{model_dir} has no {output!r} output")
     detector = m.copies if space == "instance" else None  # the served verdict (per-collection thresholds)
-    dihedral = detector is not None and detector.dihedral
+    views = detector.views if detector is not None else None
     data = data or [d for d in DEFAULT_DATA if Path(d, "manifest.csv").is_file()]
     if holdout is None:  # the test datasets the model was trained without
         holdout = m.training.get("config", {}).get("holdout", [])
@@ -139,7 +139,7 @@ def evaluate_copies(
             edit_transform(name),
             desc=f"edit {name}",
             seed=seed + 100 + e,
-            views=dihedral,
+            views=views,
             fingerprints=True,
         )
         q = q_out[output]
@@ -162,14 +162,15 @@ def evaluate_copies(
         model,
         [sets["rows"][k][0] for k in distinct],
         desc="distinct tokens",
-        views=dihedral,
+        views=views,
         fingerprints=True,
     )
     neg_arg, neg_best, neg_exact = exact_stage(neg_out, view_similarity(neg_out[output], cat))
     result: dict = {
         "model": f"{m.name}@{m.version}",
         "space": space,
-        "dihedral_views": dihedral,
+        "dihedral_views": bool(views and views.dihedral),
+        "peel_view": bool(views and views.peel),
         "thresholds": (
             {"default": detector.threshold, **detector.per_collection} if detector is not None else None
         ),

@@ -12,7 +12,7 @@ from app.fingerprint import pixel_fingerprint
 from app.imaging import decode_image
 from app.inference import OnnxModel
 from app.preprocessing import PreprocessConfig, preprocess
-from app.views import N_VIEWS, dihedral_views
+from app.views import ViewSet
 
 Transform = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 
@@ -25,32 +25,37 @@ def infer(
     batch: int = 64,
     desc: str = "infer",
     seed: int = 0,
-    views: bool = False,
+    views: ViewSet | bool | None = None,
     fingerprints: bool = False,
 ) -> dict[str, np.ndarray]:
     """Every model output for image files, concatenated.
 
     `transform` (a corruption, a copymint edit) acts on the decoded RGB with a generator seeded by
     (seed, index), so runs repeat exactly; `cfg` swaps in another preprocessing (the denoise sweep).
-    With `views`, each image runs in its 8 dihedral views and outputs are [N, 8, ...]; with
+    With `views` (a `ViewSet`; True: the 8 dihedral views), each image runs in those views as the service
+    runs a copy query, and outputs are [N, V, ...]; with
     `fingerprints`, a "fingerprint" entry holds each (transformed) image's pixel fingerprint.
     """
     cfg = cfg or model.manifest.preprocessing
     outs: dict[str, list[np.ndarray]] = {}
+    views = ViewSet(dihedral=True) if views is True else (views or None)
     if views:
-        batch = max(1, batch // N_VIEWS)
+        batch = max(1, batch // views.count)
     for start in tqdm(range(0, len(paths), batch), desc=desc, leave=False):
         xs = []
         for i, p in enumerate(paths[start : start + batch]):
             rgb = decode_image(Path(p).read_bytes(), cfg.background_rgb)
             if transform is not None:
                 rgb = transform(rgb, np.random.default_rng((seed, start + i)))
-            xs.append(preprocess(rgb, cfg))
+            x = preprocess(rgb, cfg)
+            xs.append(views.inputs(rgb, x, cfg) if views else x)
             if fingerprints:
                 outs.setdefault("fingerprint", []).append(np.array([pixel_fingerprint(rgb)]))
-        x = np.concatenate([dihedral_views(t) for t in xs]) if views else np.stack(xs)
-        for name, arr in model.run(x).items():
-            outs.setdefault(name, []).append(arr.reshape(len(xs), N_VIEWS, *arr.shape[1:]) if views else arr)
+        batch_in = np.concatenate(xs) if views else np.stack(xs)
+        for name, arr in model.run(batch_in).items():
+            outs.setdefault(name, []).append(
+                arr.reshape(len(xs), views.count, *arr.shape[1:]) if views else arr
+            )
     return {k: np.concatenate(v) for k, v in outs.items()}
 
 
