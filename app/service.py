@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -17,7 +18,7 @@ import numpy as np
 from app.batching import MicroBatcher
 from app.catalog import Catalog, SearchFilter, open_catalog
 from app.config import Settings
-from app.errors import ConflictError
+from app.errors import ConflictError, OverloadedError
 from app.explain import Heatmap, class_heatmap, heatmap, occlusion_inputs
 from app.fingerprint import pixel_fingerprint
 from app.imaging import decode_image
@@ -69,6 +70,9 @@ def unbatched_prediction(model: OnnxModel, out: Outputs, timings: dict | None = 
     )
 
 
+EXPLAIN_SLOTS = 4  # explanations in flight at once: each is a whole batch of occluded inputs; more get 503
+
+
 class Service:
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -82,6 +86,7 @@ class Service:
             max_workers=settings.catalog_threads, thread_name_prefix="catalog"
         )
         self.started = False
+        self._explaining = 0
 
     @property
     def ready(self) -> bool:
@@ -279,6 +284,20 @@ class Service:
         """The image's instance vector in the view that best matches `reference`."""
         _, x, _ = await self.blocking(self._prepare, data, False, {})
         return (await self._best_view(x, reference))[1]
+
+    @contextmanager
+    def explain_slot(self):
+        """Hold one of EXPLAIN_SLOTS while explaining; raise OverloadedError (503) when none is free, so a
+        burst of heatmaps cannot queue unbounded work in front of /classify."""
+        if self._explaining >= EXPLAIN_SLOTS:
+            raise OverloadedError(
+                f"{EXPLAIN_SLOTS} explanations are already being computed", self.batcher.retry_after_s()
+            )
+        self._explaining += 1
+        try:
+            yield
+        finally:
+            self._explaining -= 1
 
     async def explain(
         self, data: bytes, label: int | None = None, original: np.ndarray | None = None

@@ -139,3 +139,25 @@ def test_explain_highlights_the_subject_and_answers_json(setup, punks, model_dir
         assert image.status_code == 200 and image.headers["content-type"] == "image/png"
         assert image.content == punks.image_path(punks.rows[5]).read_bytes()
         assert c.get("/tokens/cryptopunks/99999/image").status_code == 404
+
+
+def test_a_burst_of_explanations_gets_503_beyond_the_slots_never_500(setup):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from app.service import EXPLAIN_SLOTS
+
+    srv, new, _ = setup
+    data = (new / "copy-of-5.png").read_bytes()
+
+    def post(_: int) -> httpx.Response:
+        return httpx.post(f"{srv.url}/explain", files={"file": data}, timeout=120)
+
+    with ThreadPoolExecutor(4 * EXPLAIN_SLOTS) as pool:
+        answers = list(pool.map(post, range(4 * EXPLAIN_SLOTS)))
+    codes = [r.status_code for r in answers]
+    # each heatmap takes 100+ ms, the 16 requests arrive within a few: some find every slot taken
+    assert set(codes) == {200, 503} and codes.count(200) >= EXPLAIN_SLOTS, codes
+    for r in answers:
+        if r.status_code == 503:
+            assert r.json()["error"] == "overloaded" and int(r.headers["Retry-After"]) >= 1
+    assert httpx.post(f"{srv.url}/explain", files={"file": data}, timeout=60).status_code == 200  # freed

@@ -54,7 +54,7 @@ async def _stored_image(service: Service, collection: str, token_id: str) -> byt
 @router.post(
     "/explain",
     response_model=None,
-    responses={**PNG_RESPONSE, **errors(*IMAGE_ERRORS, 404, 409)},
+    responses={**PNG_RESPONSE, **errors(*IMAGE_ERRORS, 404, 409)},  # 503 also when the slots are full
     openapi_extra=image_body_doc(),
 )
 async def explain(
@@ -81,18 +81,19 @@ async def explain(
     (`side=original`) on the stored original. The PNG is the image with the heatmap blended over it."""
     t0 = time.perf_counter()
     data, _ = await read_upload(request, service.settings.max_upload_bytes)
-    if copy_of is None:
-        label = None if target is None else _label_index(service, target)
-        rgb, heat, label = await service.explain(data, label)
-        kind, name = "class", service.model.labels[label]
-    else:
-        collection, token_id, reference = await _original(service, copy_of)
-        kind, name = "copy", f"{collection}/{token_id}"
-        if side == "original":
-            # the stored image against the query's instance vector, in the query's best-matching view
-            reference = await service.matching_instance(data, reference)
-            data = await _stored_image(service, collection, token_id)
-        rgb, heat, _ = await service.explain(data, original=reference)
+    with service.explain_slot():  # 503 when EXPLAIN_SLOTS heatmaps are already being computed
+        if copy_of is None:
+            label = None if target is None else _label_index(service, target)
+            rgb, heat, label = await service.explain(data, label)
+            kind, name = "class", service.model.labels[label]
+        else:
+            collection, token_id, reference = await _original(service, copy_of)
+            kind, name = "copy", f"{collection}/{token_id}"
+            if side == "original":
+                # the stored image against the query's instance vector, in the query's best-matching view
+                reference = await service.matching_instance(data, reference)
+                data = await _stored_image(service, collection, token_id)
+            rgb, heat, _ = await service.explain(data, original=reference)
     ms = round((time.perf_counter() - t0) * 1000, 3)
     if format == "json":
         return {
