@@ -131,3 +131,9 @@ def media_type(data: bytes) -> str:
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
     return next((mime for magic, mime in _SIGNATURES if data.startswith(magic)), "application/octet-stream")
+
+
+def border_colour(rgb: np.ndarray) -> np.ndarray:
+    """The median colour of the image's outermost ring of pixels (its background, for most NFTs)."""
+    ring = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
+    return np.median(ring, axis=0)

@@ -65,6 +65,7 @@ class CopyDetector(BaseModel):
     peel: bool = Field(
         False, description="one more query view: the image inside its uniform frame or canvas, if any"
     )
+    deskew: bool = Field(False, description="one more query view: the image turned upright, if it is skewed")
     precision: float | None = Field(None, description="on the held-out calibration pairs")
     recall: float | None = Field(None, description="on the held-out calibration pairs")
     target: str = ""
@@ -73,7 +74,7 @@ class CopyDetector(BaseModel):
     @property
     def views(self) -> ViewSet:
         """The views a query is embedded in, as calibrated."""
-        return ViewSet(self.dihedral, self.peel)
+        return ViewSet(self.dihedral, self.peel, self.deskew)
 
     def threshold_for(self, collection: str) -> float:
         """The threshold a match from `collection` must reach."""

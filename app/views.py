@@ -1,5 +1,6 @@
 """The views a copy query is embedded in: the eight dihedral views of a network input (identity, 3
-rotations, and the mirror of each), and the image inside its frame or canvas (`peel_canvas`).
+rotations, and the mirror of each), the image inside its frame or canvas (`peel_canvas`), and the image
+turned upright (`deskew`).
 
 A copy search may embed all eight views of the query and keep, for each catalogued token, the best
 score: a mirrored or quarter-turned copy then meets its original in the orientation it was catalogued in.
@@ -10,8 +11,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 
+from app.imaging import border_colour
 from app.preprocessing import PreprocessConfig, preprocess
 
 N_VIEWS = 8
@@ -56,24 +59,54 @@ def peel_canvas(rgb: np.ndarray, tolerance: int = 12, min_keep: float = 0.3) -> 
     return np.ascontiguousarray(rgb[top:bottom, left:right])
 
 
+def skew_degrees(rgb: np.ndarray) -> float:
+    """The dominant orientation of the image's edges modulo 90 degrees, in (-45, 45]: 0 for upright art
+    (pixel art above all), the angle of a copy turned by a few degrees."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    gx, gy = cv2.Sobel(grey, cv2.CV_32F, 1, 0, ksize=3), cv2.Sobel(grey, cv2.CV_32F, 0, 1, ksize=3)
+    hist, _ = np.histogram(
+        np.degrees(np.arctan2(gy, gx)) % 90.0, bins=180, range=(0.0, 90.0), weights=np.hypot(gx, gy)
+    )
+    smooth = np.convolve(np.r_[hist[-3:], hist, hist[:3]], np.ones(7) / 7, mode="valid")  # circular
+    bins = np.arange(int(np.argmax(smooth)) - 3, int(np.argmax(smooth)) + 4)  # the peak's window
+    weights = hist[bins % 180]
+    offset = float((weights * (bins + 0.5)).sum() / max(weights.sum(), 1e-9)) * 0.5  # degrees, may wrap
+    angle = offset % 90.0
+    return angle if angle <= 45 else angle - 90
+
+
+def deskew(rgb: np.ndarray, min_degrees: float = 2.0) -> np.ndarray | None:
+    """The image turned back by `skew_degrees`, corners filled with its border colour, so a copy rotated by
+    a few degrees meets its original upright; None when it is already upright within `min_degrees`."""
+    angle = skew_degrees(rgb)
+    if abs(angle) < min_degrees:
+        return None
+    h, w = rgb.shape[:2]
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+    fill = tuple(int(c) for c in border_colour(rgb))
+    return cv2.warpAffine(rgb, turn, (w, h), flags=cv2.INTER_LINEAR, borderValue=fill)
+
+
 @dataclass(frozen=True)
 class ViewSet:
     """The views a copy query is embedded in (each catalog token keeps its best score): the image, its 8
-    dihedral views with `dihedral`, and with `peel` one more, the image inside its uniform frame or canvas
-    (`peel_canvas`; the image itself again when there is none, so the count is fixed)."""
+    dihedral views with `dihedral`; with `peel` one more, the image inside its uniform frame or canvas
+    (`peel_canvas`), and with `deskew` one more, the image turned upright (`deskew`). An extra view that
+    does not apply is the image itself again, so the count is fixed."""
 
     dihedral: bool = False
     peel: bool = False
+    deskew: bool = False
 
     @property
     def count(self) -> int:
-        return (N_VIEWS if self.dihedral else 1) + self.peel
+        return (N_VIEWS if self.dihedral else 1) + self.peel + self.deskew
 
     def inputs(self, rgb: np.ndarray, x: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
         """Decoded RGB + its network input [3,S,S] -> the views' network inputs [count, 3, S, S]."""
-        views = dihedral_views(x) if self.dihedral else x[None]
-        if not self.peel:
-            return views
-        inner = peel_canvas(rgb)
-        extra = x if inner is None else preprocess(inner, cfg)
-        return np.concatenate([views, extra[None]])
+        views = [dihedral_views(x) if self.dihedral else x[None]]
+        for wanted, undo in ((self.peel, peel_canvas), (self.deskew, deskew)):
+            if wanted:
+                undone = undo(rgb)
+                views.append((x if undone is None else preprocess(undone, cfg))[None])
+        return np.concatenate(views)

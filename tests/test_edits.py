@@ -125,10 +125,36 @@ def test_peel_leaves_plain_images_and_view_set_counts(punk, painted):
     assert peel_canvas(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)) is None
     cfg = PreprocessConfig()
     x = preprocess(painted, cfg)
-    for views, n in ((ViewSet(), 1), (ViewSet(dihedral=True), 8), (ViewSet(True, True), 9)):
+    for views, n in (
+        (ViewSet(), 1),
+        (ViewSet(dihedral=True), 8),
+        (ViewSet(True, True), 9),
+        (ViewSet(True, True, True), 10),
+    ):
         out = views.inputs(painted, x, cfg)
         assert out.shape == (n, *x.shape) and views.count == n
         assert np.array_equal(out[0], x)
     framed = apply_edit("border", painted, np.random.default_rng(1))
     peeled = ViewSet(peel=True).inputs(framed, preprocess(framed, cfg), cfg)
     assert not np.array_equal(peeled[1], peeled[0])  # the extra view is the image inside the frame
+
+
+def test_deskew_turns_a_slightly_rotated_copy_upright(punk):
+    from app.views import deskew, skew_degrees
+
+    upright = working_copy(punk)
+    assert abs(skew_degrees(upright)) < 1 and deskew(upright) is None  # pixel art is axis-aligned
+    for degrees in (-15.0, 8.0):
+        turned = cv2.warpAffine(
+            upright,
+            cv2.getRotationMatrix2D((upright.shape[1] / 2, upright.shape[0] / 2), degrees, 1.0),
+            upright.shape[1::-1],
+            flags=cv2.INTER_LINEAR,
+            borderValue=tuple(int(c) for c in border_colour(upright)),
+        )
+        assert abs(skew_degrees(turned) + degrees) < 2.5  # turning by +d counter-clockwise reads as -d
+        back = deskew(turned)
+        assert (
+            np.abs(back.astype(int) - upright.astype(int)).mean()
+            < np.abs(turned.astype(int) - upright.astype(int)).mean() / 2
+        )

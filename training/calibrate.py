@@ -236,6 +236,7 @@ def calibrate(
     copies: bool = True,
     dihedral: bool = True,
     peel: bool = True,
+    deskew: bool = True,
     copies_only: bool = False,
 ) -> dict:
     """Fit temperature, open-set detector and copy threshold on validation data; update model.json
@@ -289,13 +290,14 @@ def calibrate(
             "openset_thresholds": thresholds,
         }
     if m.instance_dim and copies:
-        pairs = copy_pairs(model, data, label_field, exclude, holdout, views=ViewSet(dihedral, peel))
+        pairs = copy_pairs(model, data, label_field, exclude, holdout, views=ViewSet(dihedral, peel, deskew))
         chosen = copy_thresholds(pairs, false_copy)
         m.copies = CopyDetector(
             threshold=chosen["threshold"],
             per_collection=chosen["per_collection"],
             dihedral=dihedral,
             peel=peel,
+            deskew=deskew,
             precision=chosen["precision"],
             recall=chosen["recall"],
             target=f"false-copy rate <= {false_copy} per collection on distinct validation tokens",

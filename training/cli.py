@@ -277,6 +277,7 @@ def calibrate_cmd(
     peel: bool = typer.Option(
         True, help="copy queries also run the image inside its uniform frame or canvas (one more view)"
     ),
+    deskew: bool = typer.Option(True, help="copy queries also run the image turned upright (one more view)"),
     copies_only: bool = typer.Option(False, help="re-fit only the copy thresholds (keep the rest)"),
 ) -> None:
     """Fit temperature, unknown detector (+ openset.npz) and copy threshold on validation data."""
@@ -285,7 +286,9 @@ def calibrate_cmd(
 
     if method not in OPENSET_METHODS:
         raise typer.BadParameter(f"choose one of {', '.join(OPENSET_METHODS)}", param_hint="--method")
-    r = calibrate(model_dir, method, false_unknown, false_copy, out, peel=peel, copies_only=copies_only)
+    r = calibrate(
+        model_dir, method, false_unknown, false_copy, out, peel=peel, deskew=deskew, copies_only=copies_only
+    )
     if not copies_only:
         typer.echo(
             f"temperature {r['temperature']:.3f}: val ECE {r['ece_val_before']:.4f} -> {r['ece_val_after']:.4f}"

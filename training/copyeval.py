@@ -171,6 +171,7 @@ def evaluate_copies(
         "space": space,
         "dihedral_views": bool(views and views.dihedral),
         "peel_view": bool(views and views.peel),
+        "deskew_view": bool(views and views.deskew),
         "thresholds": (
             {"default": detector.threshold, **detector.per_collection} if detector is not None else None
         ),

@@ -16,6 +16,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
+from app.imaging import border_colour
 from app.preprocessing import reencode
 
 Edit = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -35,12 +36,6 @@ def working_copy(rgb: np.ndarray, min_side: int = WORK_MIN_SIDE) -> np.ndarray:
 
 def _colour(rng: np.random.Generator) -> tuple[int, int, int]:
     return tuple(int(c) for c in rng.integers(0, 256, 3))
-
-
-def border_colour(rgb: np.ndarray) -> np.ndarray:
-    """The median colour of the image's outermost ring of pixels (its background, for most NFTs)."""
-    ring = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
-    return np.median(ring, axis=0)
 
 
 def exact(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
