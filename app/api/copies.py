@@ -12,9 +12,8 @@ from fastapi import APIRouter, Depends, Query, Request
 from app.api.deps import MAX_K, CollectionPath, CollectionsQuery, TokenPath, get_service
 from app.api.filters import collection_filter
 from app.api.schemas import IMAGE_ERRORS, CopiesAnswer, errors
-from app.api.similar import stored_token
+from app.api.similar import stored_image, stored_token
 from app.api.uploads import image_body_doc, read_upload
-from app.errors import ConflictError
 from app.service import Service
 
 router = APIRouter(tags=["copies"])
@@ -61,11 +60,7 @@ async def copies_of_token(
     """Copies of a stored token among every other catalogued token (the token itself is excluded)."""
     service.require_copies()
     await stored_token(service, collection, token_id)
-    image = await service.in_catalog(service.catalog.image, collection, token_id)
-    if image is None:
-        raise ConflictError(
-            f"{collection}/{token_id} was stored without its image: PUT it again with the image"
-        )
+    image = await stored_image(service, collection, token_id)
     vectors, fingerprint = await service.copy_query(image)
     flt = collection_filter(collections, None, (collection, token_id), same_collection)
     body = await service.in_catalog(service.copies, vectors, k, flt, fingerprint)

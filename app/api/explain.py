@@ -11,9 +11,9 @@ from fastapi.responses import Response
 
 from app.api.deps import get_service
 from app.api.schemas import IMAGE_ERRORS, NAME_PATTERN, Explanation, errors
-from app.api.similar import stored_token
+from app.api.similar import stored_image, stored_token
 from app.api.uploads import image_body_doc, read_upload
-from app.errors import ConflictError, InvalidParametersError
+from app.errors import InvalidParametersError
 from app.explain import overlay, to_original
 from app.preprocessing import encode
 from app.service import Service
@@ -42,13 +42,6 @@ async def _original(service: Service, copy_of: str) -> tuple[str, str, np.ndarra
     service.require_copies()
     token = await stored_token(service, collection, token_id)
     return collection, token_id, token.instance
-
-
-async def _stored_image(service: Service, collection: str, token_id: str) -> bytes:
-    image = await service.in_catalog(service.catalog.image, collection, token_id)
-    if image is None:
-        raise ConflictError(f"{collection}/{token_id} was stored without its image: PUT it again with it")
-    return image
 
 
 @router.post(
@@ -92,7 +85,7 @@ async def explain(
             if side == "original":
                 # the stored image against the query's instance vector, in the query's best-matching view
                 reference = await service.matching_instance(data, reference)
-                data = await _stored_image(service, collection, token_id)
+                data = await stored_image(service, collection, token_id)
             rgb, heat, _ = await service.explain(data, original=reference)
     ms = round((time.perf_counter() - t0) * 1000, 3)
     if format == "json":

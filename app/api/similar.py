@@ -30,6 +30,16 @@ async def stored_token(service: Service, collection: str, token_id: str) -> Toke
     return token
 
 
+async def stored_image(service: Service, collection: str, token_id: str) -> bytes:
+    """The image bytes a stored token was PUT with (409 when it was stored without them)."""
+    image = await service.in_catalog(service.catalog.image, collection, token_id)
+    if image is None:
+        raise ConflictError(
+            f"{collection}/{token_id} was stored without its image: PUT it again with the image"
+        )
+    return image
+
+
 async def _search(service: Service, vector, k: int, flt: SearchFilter) -> list[dict]:
     hits = await service.in_catalog(service.catalog.search, vector, k, flt)
     return [
