@@ -635,6 +635,23 @@ def bench_catalog(
     return out
 
 
+def _wrk_table(first: str, runs: dict[str, dict]) -> str:
+    """A Markdown table of `wrk_post` figures, one row per named run."""
+    from training.reports import markdown_table
+
+    rows = [
+        {
+            first: name,
+            "req/s": r["rps"],
+            "p50 ms": r["p50_ms"],
+            "p99 ms": r["p99_ms"],
+            "non-2xx": r["non_2xx"],
+        }
+        for name, r in runs.items()
+    ]
+    return markdown_table(rows, list(rows[0]))
+
+
 def render_markdown(report: dict) -> str:
     from training.reports import markdown_table
 
@@ -743,17 +760,7 @@ def render_markdown(report: dict) -> str:
             "",
         ]
         lines += [where(p["machine"]), ""] if p.get("machine") else []
-        rows = [
-            {
-                "server": name,
-                "req/s": s["rps"],
-                "p50 ms": s["p50_ms"],
-                "p99 ms": s["p99_ms"],
-                "non-2xx": s["non_2xx"],
-            }
-            for name, s in p["servers"].items()
-        ]
-        lines += [markdown_table(rows, list(rows[0])), ""]
+        lines += [_wrk_table("server", p["servers"]), ""]
         lines += [f"- {k}: **{v:.2f}×**" for k, v in p["ratios"].items()]
         lines += [
             f"- nftlens's mean batch over the rounds: {p['nftlens_mean_batch']:.1f}; raw ONNX Runtime at that "
@@ -768,17 +775,7 @@ def render_markdown(report: dict) -> str:
             "",
         ]
         lines += [where(t["machine"]), ""] if t.get("machine") else []
-        rows = [
-            {
-                "variant": name,
-                "req/s": v["rps"],
-                "p50 ms": v["p50_ms"],
-                "p99 ms": v["p99_ms"],
-                "non-2xx": v["non_2xx"],
-            }
-            for name, v in t["variants"].items()
-        ]
-        lines += [markdown_table(rows, list(rows[0])), ""]
+        lines += [_wrk_table("variant", t["variants"]), ""]
     if "catalog" in report and "real_vectors" in report["catalog"]:
         c = report["catalog"]
         lines += [
