@@ -19,11 +19,14 @@ Cost is bounded: one image, `1 + ((S - patch) // stride + 1)^2` network inputs (
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 
-from app.preprocessing import PreprocessConfig, ResizeConfig, normalize, prepare_pixels
+from app.imaging import read_image_file
+from app.inference import OnnxModel, logits_of
+from app.preprocessing import PreprocessConfig, ResizeConfig, encode, normalize, prepare_pixels
 
 PATCH = 24  # occluder side, in network-input pixels
 STRIDE = 12  # step between occluders: half a patch, so every pixel is covered by up to 4
@@ -151,16 +154,10 @@ def foreground_mask(rgb: np.ndarray, tolerance: int = 24) -> np.ndarray:
     return np.abs(rgb.astype(np.int16) - background).max(axis=-1) > tolerance
 
 
-def explain_files(model, paths: list, out, target: str | None = None) -> list[dict]:
+def explain_files(model: OnnxModel, paths: list, out: str | Path, target: str | None = None) -> list[dict]:
     """Heatmaps of image files with an `OnnxModel` (no server): `out`/<name>.png (the image beside its
     overlay) and `out`/EXPLAIN.md with, per image, the share of the heat on the subject (pixels unlike the
     border colour) against the subject's share of the area. Returns the table's rows."""
-    from pathlib import Path
-
-    from app.imaging import read_image_file
-    from app.inference import logits_of
-    from app.preprocessing import encode
-
     m = model.manifest
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
