@@ -25,20 +25,19 @@ def infer(
     batch: int = 64,
     desc: str = "infer",
     seed: int = 0,
-    views: ViewSet | bool | None = None,
+    views: ViewSet | None = None,
     fingerprints: bool = False,
 ) -> dict[str, np.ndarray]:
     """Every model output for image files, concatenated.
 
     `transform` (a corruption, a copymint edit) acts on the decoded RGB with a generator seeded by
     (seed, index), so runs repeat exactly; `cfg` swaps in another preprocessing (the denoise sweep).
-    With `views` (a `ViewSet`; True: the 8 dihedral views), each image runs in those views as the service
-    runs a copy query, and outputs are [N, V, ...]; with
+    With `views`, each image runs in those views as the service runs a copy query, and outputs are
+    [N, V, ...]; with
     `fingerprints`, a "fingerprint" entry holds each (transformed) image's pixel fingerprint.
     """
     cfg = cfg or model.manifest.preprocessing
     outs: dict[str, list[np.ndarray]] = {}
-    views = ViewSet(dihedral=True) if views is True else (views or None)
     if views:
         batch = max(1, batch // views.count)
     for start in tqdm(range(0, len(paths), batch), desc=desc, leave=False):
