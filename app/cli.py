@@ -25,16 +25,20 @@ def serve(
     port: int = typer.Option(None, help="port (NFTLENS_PORT, default 8000)"),
     model_dir: str = typer.Option(None, help="folder with model.onnx + model.json (NFTLENS_MODEL_DIR)"),
     catalog: str = typer.Option(None, help="catalog URL or SQLite path (NFTLENS_CATALOG)"),
-    workers: int = typer.Option(None, help="server processes sharing the port (NFTLENS_WORKERS, default 1)"),
+    workers: int = typer.Option(
+        None, help="server processes sharing the port (NFTLENS_WORKERS; default 0: one per core, at most 4)"
+    ),
 ) -> None:
     """Run the HTTP service (uvicorn). With several workers, each process holds its own model session
     and catalog indexes; the catalog's change log keeps every worker's searches consistent."""
     import os
+    import tempfile
 
     import uvicorn
 
     from app.config import Settings
     from app.main import create_app
+    from app.metrics import MULTIPROC_ENV
 
     overrides = {
         k: v
@@ -48,13 +52,18 @@ def serve(
         if v is not None
     }
     settings = Settings(**overrides)
+    workers = settings.worker_count()
+    settings = settings.model_copy(update={"workers": workers})
     common = {"host": settings.host, "port": settings.port, "log_level": settings.log_level}
-    if settings.workers == 1:
+    if workers == 1:
         uvicorn.run(create_app(settings), **common)
         return
+    overrides["workers"] = workers  # resolved once here, so every worker splits the cores the same way
     for key, value in overrides.items():  # worker processes read their settings from the environment
         os.environ[f"NFTLENS_{key.upper()}"] = str(value)
-    uvicorn.run("app.main:create_app", factory=True, workers=settings.workers, **common)
+    with tempfile.TemporaryDirectory(prefix="nftlens-metrics-") as folder:  # /metrics sums the workers
+        os.environ.setdefault(MULTIPROC_ENV, folder)
+        uvicorn.run("app.main:create_app", factory=True, workers=workers, **common)
 
 
 catalog_app = typer.Typer(no_args_is_help=True, help="Build and maintain the token catalog.")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Literal
 
 from pydantic import Field
@@ -16,11 +17,12 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="bind address for `nftlens serve`")
     port: int = Field(8000, ge=0, le=65535, description="port for `nftlens serve`")
     workers: int = Field(
-        1,
-        ge=1,
+        0,
+        ge=0,
         le=64,
         description="server processes sharing the port; each has its own model session and catalog "
-        "indexes, kept consistent by the catalog's change log",
+        "indexes, kept consistent by the catalog's change log. 0: one per core up to 4 on CPU, 1 with a GPU "
+        "(`nftlens bench tuning` measured 2 workers fastest on 2 cores)",
     )
     model_dir: str = Field("models/default", description="folder holding model.onnx + model.json")
     catalog: str = Field(
@@ -50,11 +52,24 @@ class Settings(BaseSettings):
     trt_engine_cache: str = Field(
         "", description="TensorRT: folder caching built engines across restarts (empty: rebuild each start)"
     )
-    intra_op_threads: int = Field(0, description="ONNX Runtime intra-op threads (0 = one per core)")
+    intra_op_threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads per worker (0: the worker's share of the cores)"
+    )
     intra_op_spinning: bool = Field(
         False,
         description="let idle ONNX Runtime threads spin (lower latency alone, but they take the cores that "
         "decode requests; `nftlens bench peers` measured it off)",
+    )
+    blas_threads: int = Field(
+        1,
+        ge=1,
+        description="threads numpy's BLAS may use (the open-set score's matmuls); OpenBLAS's idle threads "
+        "spin and took 3/4 of a core under load (reports/bench/PROFILE.md)",
+    )
+    fast_lane: bool = Field(
+        True,
+        description="answer plain POST /classify requests in front of FastAPI's routing (same contract; "
+        "off: every request takes the FastAPI route)",
     )
     batching: bool = Field(True, description="dynamic micro-batching of concurrent requests")
     max_batch: int = Field(16, ge=1, description="largest batch one ONNX call runs")
@@ -68,7 +83,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="deadline for one request's inference; past it the request gets 503"
     )
     preprocess_threads: int = Field(
-        4, ge=1, description="threads decoding and preprocessing images off the event loop"
+        0,
+        ge=0,
+        description="threads per worker decoding and preprocessing images off the event loop (0: the "
+        "worker's share of the cores)",
     )
     max_upload_bytes: int = Field(
         20 * 1024 * 1024, ge=1, description="largest accepted request body (413 above)"
@@ -83,3 +101,32 @@ class Settings(BaseSettings):
         description="when set, every write (PUT/DELETE /tokens, DELETE /collections) needs header X-API-Key with this value",
     )
     log_level: str = Field("info", description="uvicorn/app log level")
+
+    def worker_count(self) -> int:
+        """`workers`, with 0 resolved: one per core (at most 4) on CPU, one when a GPU provider is usable
+        (one CUDA context, and the GPU batches better than processes would)."""
+        if self.workers:
+            return self.workers
+        import onnxruntime as ort
+
+        from app.inference import GPU_PROVIDERS
+
+        if set(self.providers) & set(ort.get_available_providers()) & set(GPU_PROVIDERS):
+            return 1
+        return min(cpu_cores(), MAX_AUTO_WORKERS)
+
+    def per_worker(self, threads: int) -> int:
+        """A thread count per worker, with 0 resolved to the worker's share of the cores (at least 1), so
+        the workers' budgets add up to the machine rather than each taking all of it."""
+        return threads or max(1, cpu_cores() // self.worker_count())
+
+
+MAX_AUTO_WORKERS = 4  # each worker holds its own model session and catalog indexes in memory
+
+
+def cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask, which containers and taskset narrow)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1

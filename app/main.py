@@ -14,6 +14,8 @@ from starlette.routing import BaseRoute, Match
 
 from app import __version__, ui
 from app.api import classify, copies, explain, ops, similar, tokens
+from app.api.encoding import error_json, error_response
+from app.api.fastlane import ClassifyFastLane
 from app.config import Settings
 from app.errors import NftlensError
 from app.metrics import ObserveRequests
@@ -104,13 +106,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = openapi
 
     def error(status: int, body: dict, headers: dict[str, str] | None = None) -> JSONResponse:
-        service.metrics.errors.labels(body["error"]).inc()
-        return JSONResponse(body, status_code=status, headers=headers)
+        return error_json(status, body, service.metrics, headers)
 
     @app.exception_handler(NftlensError)
     async def _typed(_: Request, exc: NftlensError) -> JSONResponse:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
-        return error(exc.status_code, exc.body(), headers)
+        return error_response(exc, service.metrics)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -128,8 +128,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return error(500, {"error": "internal", "detail": "unexpected server error; see the service log"})
+        return error_response(None, service.metrics)
 
-    app.add_middleware(ObserveRequests, metrics=service.metrics)
+    if settings.fast_lane:  # plain POST /classify answered in front of FastAPI (app/api/fastlane.py)
+        app.add_middleware(ClassifyFastLane, service=service)
+    app.add_middleware(ObserveRequests, metrics=service.metrics)  # outermost: it counts the fast lane too
 
     return app

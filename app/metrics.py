@@ -1,10 +1,19 @@
-"""Prometheus metrics, one registry per app instance."""
+"""Prometheus metrics, one registry per app instance.
+
+With several worker processes, `nftlens serve` points PROMETHEUS_MULTIPROC_DIR at a fresh folder before it
+starts them: every process then writes its samples there, and `/metrics` answers the sum over all of them,
+whichever worker takes the scrape (prometheus_client's multiprocess mode).
+"""
 
 from __future__ import annotations
 
+import os
 import time
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
@@ -27,8 +36,21 @@ class Metrics:
         self.inference = Histogram(
             "nftlens_inference_seconds", "ONNX Runtime call duration", buckets=LATENCY_BUCKETS, registry=r
         )
-        self.queue_depth = Gauge("nftlens_queue_depth", "inputs waiting for a batch", registry=r)
-        self.catalog_size = Gauge("nftlens_catalog_tokens", "tokens in the catalog", registry=r)
+        self.queue_depth = Gauge(
+            "nftlens_queue_depth", "inputs waiting for a batch", registry=r, multiprocess_mode="livesum"
+        )
+        self.catalog_size = Gauge(
+            "nftlens_catalog_tokens", "tokens in the catalog", registry=r, multiprocess_mode="mostrecent"
+        )
+
+    def exposition(self) -> bytes:
+        """The text format: this process's registry, or every worker's samples in multiprocess mode."""
+        folder = os.environ.get(MULTIPROC_ENV)
+        if not folder:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry, folder)
+        return generate_latest(registry)
 
 
 class ObserveRequests:

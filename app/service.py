@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from app.batching import MicroBatcher
 from app.catalog import Catalog, SearchFilter, open_catalog
@@ -47,9 +48,8 @@ class Prediction:
 def open_model(s: Settings) -> OnnxModel:
     """The served model, with the providers and GPU options of the settings."""
     gpu = GpuOptions(s.gpu_device_id, s.gpu_cudnn_algo_search, s.trt_fp16, s.trt_engine_cache, s.max_batch)
-    return OnnxModel(
-        s.model_dir, s.providers, s.require_gpu, s.intra_op_threads, gpu=gpu, spinning=s.intra_op_spinning
-    )
+    threads = s.per_worker(s.intra_op_threads)
+    return OnnxModel(s.model_dir, s.providers, s.require_gpu, threads, gpu=gpu, spinning=s.intra_op_spinning)
 
 
 def unbatched_prediction(model: OnnxModel, out: Outputs, timings: dict | None = None) -> Prediction:
@@ -81,7 +81,9 @@ class Service:
         self.catalog: Catalog | None = None
         self.batcher: MicroBatcher | None = None
         self.openset: OpenSetScorer | None = None
-        self.pool = ThreadPoolExecutor(max_workers=settings.preprocess_threads, thread_name_prefix="prep")
+        self.pool = ThreadPoolExecutor(
+            max_workers=settings.per_worker(settings.preprocess_threads), thread_name_prefix="prep"
+        )
         self.catalog_pool = ThreadPoolExecutor(
             max_workers=settings.catalog_threads, thread_name_prefix="catalog"
         )
@@ -98,6 +100,7 @@ class Service:
         """Verify + load the model, warm it up, open the catalog; only then mark ready."""
         s = self.settings
         loop = asyncio.get_running_loop()
+        threadpool_limits(s.blas_threads, user_api="blas")  # process-wide: every thread's matmuls
         self.model = await loop.run_in_executor(self.pool, lambda: open_model(s))
         await loop.run_in_executor(self.pool, self.model.warm_up, (1, min(8, s.max_batch)))
         m = self.model.manifest
@@ -176,13 +179,14 @@ class Service:
         (and the pixel fingerprint, with `fingerprint`)."""
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
-        rgb, x, fp = await self.blocking(self._prepare, data, fingerprint, timings)
-        t1 = time.perf_counter()
-        if self.settings.batching:
-            self.metrics.queue_depth.set(self.batcher.queue_depth + 1)
-            out = await self.batcher.submit(x)
-        else:
-            out = {k: v[0] for k, v in (await self.batcher.run_now(x[None])).items()}
+        with self.batcher.expect() as arrival:  # a forming batch may wait for this image while it decodes
+            rgb, x, fp = await self.blocking(self._prepare, data, fingerprint, timings)
+            t1 = time.perf_counter()
+            if self.settings.batching:
+                self.metrics.queue_depth.set(self.batcher.queue_depth + 1)
+                out = await self.batcher.submit(x, arrival)
+            else:
+                out = {k: v[0] for k, v in (await self.batcher.run_now(x[None])).items()}
         timings["inference"] = (time.perf_counter() - t1) * 1000
         timings["total"] = (time.perf_counter() - t0) * 1000
         pred = unbatched_prediction(self.model, out, {k: round(v, 3) for k, v in timings.items()})

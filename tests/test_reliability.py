@@ -219,12 +219,14 @@ def test_a_dead_batching_loop_is_restarted_and_unready_meanwhile():
         assert batcher.healthy
         real_collect = batcher._collect
 
-        async def broken():
+        def broken():
             batcher._collect = real_collect  # fail once, like a bug that kills the loop
             raise RuntimeError("boom")
 
         batcher._collect = broken
-        await asyncio.sleep(0.02)
+        # the thread is parked inside the real _collect: one request lets it come round to the broken one
+        assert (await batcher.submit(np.ones(3, np.float32)))["y"].tolist() == [2, 2, 2]
+        await asyncio.sleep(0.03)
         assert not batcher.healthy  # /ready reads this: 503 until the restart
         with pytest.raises(OverloadedError):
             await batcher.submit(np.ones(3, np.float32))

@@ -6,7 +6,7 @@ import os
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, PlainTextResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api.deps import get_service
 from app.api.schemas import Health, ModelInfo, Readiness, errors
@@ -65,8 +65,9 @@ async def model(request: Request) -> dict:
     responses={200: {"description": "Prometheus text exposition format", "content": {"text/plain": {}}}},
 )
 async def metrics(request: Request) -> Response:
-    """Prometheus metrics: requests, latency, batch sizes, queue depth, catalog size, errors by code."""
+    """Prometheus metrics: requests, latency, batch sizes, queue depth, catalog size, errors by code (summed
+    over the worker processes)."""
     service = request.app.state.service
     if service.batcher:
         service.metrics.queue_depth.set(service.batcher.queue_depth)
-    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(service.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
