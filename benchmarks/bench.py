@@ -9,6 +9,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import mimetypes
 import os
 import platform
 import re
@@ -214,8 +215,10 @@ wrk.headers["Content-Type"] = os.getenv("WRK_CTYPE")
 """
 
 
-def multipart_body(data: bytes, filename: str = "i.png", ctype: str = "image/png") -> tuple[bytes, str]:
-    """One multipart/form-data body with a `file` part, and its Content-Type header."""
+def multipart_body(data: bytes, filename: str = "i.png", ctype: str | None = None) -> tuple[bytes, str]:
+    """One multipart/form-data body with a `file` part (its type guessed from `filename` unless given), and
+    its Content-Type header."""
+    ctype = ctype or mimetypes.guess_type(filename)[0] or "application/octet-stream"
     boundary = "nftlens-bench-boundary"
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
@@ -338,12 +341,13 @@ def bench_peers(
 
 
 TUNING = {
-    "default (spinning off, 1 worker)": {},
+    "default (workers auto: 2 here, fast lane, BLAS 1 thread)": {},
+    "1 worker": {"NFTLENS_WORKERS": "1"},
+    "no fast lane (every request through FastAPI)": {"NFTLENS_FAST_LANE": "false"},
+    "BLAS threads 2 (OpenBLAS's default here)": {"NFTLENS_BLAS_THREADS": "2"},
     "ORT threads spinning": {"NFTLENS_INTRA_OP_SPINNING": "true"},
-    "2 workers, 1 ORT thread each": {"NFTLENS_WORKERS": "2", "NFTLENS_INTRA_OP_THREADS": "1"},
     "no dynamic batching": {"NFTLENS_BATCHING": "false"},
-    "greedy batching (max wait 0 ms)": {"NFTLENS_MAX_WAIT_MS": "0"},
-    "max wait 2 ms": {"NFTLENS_MAX_WAIT_MS": "2"},
+    "max wait 0 ms (never wait for announced images)": {"NFTLENS_MAX_WAIT_MS": "0"},
 }
 
 

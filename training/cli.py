@@ -370,6 +370,10 @@ def bench_cmd(
     images: Path = typer.Option(
         Path("data/cryptopunks"), help="dataset folder whose images the load generator sends"
     ),
+    thumbs: Path = typer.Option(
+        Path("data/nft-thumbs"),
+        help="dataset whose first image (a real 128-px WebP thumbnail) the peers and tuning benches post",
+    ),
     clients: int = typer.Option(16, help="concurrent clients"),
     requests: int = typer.Option(400, help="requests per mode"),
     sizes: str = typer.Option("100000,1000000", help="catalog sizes (real embeddings replicated to each)"),
@@ -411,13 +415,13 @@ def bench_cmd(
             "machine": report["machine"],
         }
     if what in ("peers", "all"):
-        ds = load_dataset(images)
+        ds = load_dataset(thumbs)
         report["peers"] = {
             **bench.bench_peers(model_dir, ds.image_path(ds.rows[0]), connections=min(clients, 8)),
             "machine": report["machine"],
         }
     if what in ("tuning", "all"):
-        ds = load_dataset(images)
+        ds = load_dataset(thumbs)
         report["tuning"] = {
             **bench.bench_tuning(model_dir, ds.image_path(ds.rows[0]), connections=min(clients, 8)),
             "machine": report["machine"],

@@ -15,10 +15,9 @@ import logging
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
-from starlette.routing import Match
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from app.api.classify import render
+from app.api.classify import render, router
 from app.api.encoding import answer, error_response
 from app.api.schemas import Classification
 from app.api.uploads import read_upload
@@ -48,7 +47,8 @@ class ClassifyFastLane:
 
     def __init__(self, app: ASGIApp, service: Service):
         self.app, self.service = app, service
-        self._route = None  # the FastAPI route it stands in for, for ObserveRequests' route label
+        # the route it stands in for: ObserveRequests labels the request with its path
+        self.route = next(r for r in router.routes if r.path == PATH and "POST" in r.methods)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST":
@@ -58,7 +58,7 @@ class ClassifyFastLane:
         if params is None or not self.service.ready:
             await self.app(scope, receive, send)
             return
-        scope["route"] = self._route or self._find_route(scope)
+        scope["route"] = self.route
         service = self.service
         try:
             data, _ = await read_upload(Request(scope, receive), service.settings.max_upload_bytes)
@@ -70,8 +70,3 @@ class ClassifyFastLane:
             log.exception("unhandled error")
             response = error_response(None, service.metrics)
         await response(scope, receive, send)
-
-    def _find_route(self, scope: Scope):
-        routes = scope["app"].router.routes if "app" in scope else []
-        self._route = next((r for r in routes if r.matches(scope)[0] is Match.FULL), None)
-        return self._route
