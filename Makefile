@@ -56,6 +56,7 @@ model: model-data             ## reproduce the default model (needs $(SHARED): t
 	$(BIN)/nftlens train --config training/configs/default-resnet18.yaml
 	$(BIN)/nftlens train --config training/configs/default-resnet18-continue.yaml
 	$(BIN)/nftlens export runs/default-resnet18-continue/best.pt --out models/default
+	$(BIN)/nftlens uint8-input models/default   # pixels in, normalising inside the graph
 	$(BIN)/nftlens calibrate models/default --method $(OPENSET) --out reports/default
 	$(MAKE) evaluate
 

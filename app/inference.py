@@ -18,6 +18,7 @@ import onnxruntime as ort
 
 from app.errors import ModelIntegrityError
 from app.manifest import ModelManifest, load_manifest
+from app.preprocessing import to_pixels
 
 log = logging.getLogger(__name__)
 
@@ -149,15 +150,24 @@ class OnnxModel:
     def labels(self) -> list[str]:
         return self.manifest.labels
 
+    def native(self, x: np.ndarray) -> np.ndarray:
+        """One input or a batch in the graph's own format: float32 [..,3,S,S] tensors become uint8
+        [..,S,S,3] pixels for a uint8_nhwc graph; anything already native passes through."""
+        if self.manifest.input_format == "float32_nchw":
+            return x.astype(np.float32, copy=False)
+        return x if x.dtype == np.uint8 else to_pixels(x, self.manifest.preprocessing.normalize)
+
     def run(self, batch: np.ndarray) -> Outputs:
-        """[N,3,S,S] float32 -> {output name: [N, ...]} for every output in the manifest."""
+        """[N,3,S,S] float32 tensors (or the graph's native input, see `native`) -> {output name: [N, ...]}
+        for every output in the manifest."""
         names = self.manifest.outputs
+        batch = self.native(batch)
         n = len(batch)
         size = bucket_for(n, self.buckets) if self.buckets else n
         if size != n:  # pad to the bucket: one engine / algorithm choice per bucket, reused
             batch = np.concatenate([batch, np.zeros((size - n, *batch.shape[1:]), batch.dtype)])
         if self.on_gpu:
-            out = self._run_bound(np.ascontiguousarray(batch, dtype=np.float32))
+            out = self._run_bound(np.ascontiguousarray(batch))
         else:
             out = self.session.run(names, {self.manifest.input_name: batch})
         return {name: o[:n] for name, o in zip(names, out, strict=True)}

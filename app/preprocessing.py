@@ -228,6 +228,25 @@ def preprocess(rgb: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     return normalize(prepare_pixels(rgb, cfg), cfg.normalize)
 
 
+InputFormat = Literal["float32_nchw", "uint8_nhwc"]
+
+
+def model_input(rgb: np.ndarray, cfg: PreprocessConfig, fmt: InputFormat) -> np.ndarray:
+    """One decoded image -> what a graph of input format `fmt` takes: the float32 [3,S,S] of `preprocess`,
+    or for uint8_nhwc its pixels before normalising, [S,S,3] uint8 (the graph normalises them)."""
+    return prepare_pixels(rgb, cfg) if fmt == "uint8_nhwc" else preprocess(rgb, cfg)
+
+
+def to_pixels(x: np.ndarray, cfg: NormalizeConfig) -> np.ndarray:
+    """Normalised float32 [...,3,S,S] -> the uint8 [...,S,S,3] pixels it was made from (`normalize`
+    undone, rounded): exact for tensors made from images; a view that was blurred in float space loses
+    less than half a grey level."""
+    mean = np.asarray(cfg.mean, np.float32)[:, None, None]
+    std = np.asarray(cfg.std, np.float32)[:, None, None]
+    px = np.rint((x * std + mean) * np.float32(255.0))
+    return np.ascontiguousarray(np.moveaxis(np.clip(px, 0, 255).astype(np.uint8), -3, -1))
+
+
 def preprocess_batch(images: Sequence[np.ndarray], cfg: PreprocessConfig) -> np.ndarray:
     """Several decoded images -> float32 [N, 3, S, S]."""
     s = cfg.resize.size
@@ -242,12 +261,14 @@ def decode_and_preprocess(
     cfg: PreprocessConfig,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     timings: dict[str, float] | None = None,
+    fmt: InputFormat = "float32_nchw",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bytes -> (decoded RGB uint8, network input [3, S, S]); see `load_tensor`."""
+    """Bytes -> (decoded RGB uint8, network input in format `fmt`: [3, S, S] float32 by default); see
+    `load_tensor`."""
     t0 = time.perf_counter()
     rgb = decode_image(data, cfg.background_rgb, max_pixels)
     t1 = time.perf_counter()
-    tensor = preprocess(rgb, cfg)
+    tensor = model_input(rgb, cfg, fmt)
     if timings is not None:
         timings["decode"] = timings.get("decode", 0.0) + (t1 - t0) * 1000
         timings["preprocess"] = timings.get("preprocess", 0.0) + (time.perf_counter() - t1) * 1000

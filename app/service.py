@@ -168,10 +168,12 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(self.catalog_pool, fn, *args)
 
     def _prepare(self, data: bytes, fingerprint: bool, timings: dict) -> tuple[np.ndarray, np.ndarray, str]:
-        """(decoded RGB, network input, pixel fingerprint if asked for)."""
-        rgb, x = decode_and_preprocess(
-            data, self.model.manifest.preprocessing, self.settings.max_pixels, timings
-        )
+        """(decoded RGB, network input, pixel fingerprint if asked for). The input is the float32 tensor
+        that views and occlusions are made from when the fingerprint is asked for (the copy path), and the
+        graph's native input otherwise (uint8 pixels for a uint8_nhwc model: no normalising here)."""
+        m = self.model.manifest
+        fmt = "float32_nchw" if fingerprint else m.input_format
+        rgb, x = decode_and_preprocess(data, m.preprocessing, self.settings.max_pixels, timings, fmt)
         return rgb, x, pixel_fingerprint(rgb) if fingerprint else ""
 
     async def predict(self, data: bytes, fingerprint: bool = False) -> Prediction:
@@ -184,7 +186,7 @@ class Service:
             t1 = time.perf_counter()
             if self.settings.batching:
                 self.metrics.queue_depth.set(self.batcher.queue_depth + 1)
-                out = await self.batcher.submit(x, arrival)
+                out = await self.batcher.submit(self.model.native(x), arrival)
             else:
                 out = {k: v[0] for k, v in (await self.batcher.run_now(x[None])).items()}
         timings["inference"] = (time.perf_counter() - t1) * 1000
@@ -228,7 +230,7 @@ class Service:
             rgb, x, fp = await self.blocking(self._prepare, data, True, {})
         views = await self.blocking(view_set.inputs, rgb, x, self.model.manifest.preprocessing)
         if self.settings.batching:
-            outs = await asyncio.gather(*(self.batcher.submit(v) for v in views))
+            outs = await asyncio.gather(*(self.batcher.submit(self.model.native(v)) for v in views))
             return np.stack([o["instance"] for o in outs]), fp
         return (await self.batcher.run_now(views))["instance"], fp
 

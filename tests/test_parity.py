@@ -33,3 +33,45 @@ def test_training_loader_equals_service_path(punks, nouns, cfg):
         from_service = load_tensor(path.read_bytes(), cfg)  # what app.inference feeds ONNX Runtime
         assert from_loader.dtype == from_service.dtype == np.float32
         assert from_loader.tobytes() == from_service.tobytes()
+
+
+def test_uint8_input_graph_equals_the_float_graph_on_the_training_path(punks, nouns, tmp_path):
+    """The uint8 contract: pixels into the rewritten graph give the outputs that the training path's float
+    tensors give the exported graph; float tensors into it (views, occlusions) are converted exactly."""
+    import shutil
+
+    from app.inference import OnnxModel
+    from app.manifest import load_manifest, sha256_of
+    from app.preprocessing import decode_and_preprocess
+    from tests.tiny_model import export_tiny_model
+    from training.uint8input import add_uint8_input
+
+    float_dir = export_tiny_model(tmp_path / "float", [punks.root, nouns.root])
+    pixels_dir = tmp_path / "pixels"
+    shutil.copytree(float_dir, pixels_dir)
+    add_uint8_input(pixels_dir)
+    m = load_manifest(pixels_dir)
+    assert m.input_format == "uint8_nhwc" and m.sha256 == sha256_of(pixels_dir / m.onnx_file)
+    assert m.training["uint8_input_from"]["sha256"] == load_manifest(float_dir).sha256
+
+    cpu = ["CPUExecutionProvider"]
+    reference, served = OnnxModel(float_dir, cpu), OnnxModel(pixels_dir, cpu)
+    cfg = m.preprocessing
+    files = [punks.image_path(r).read_bytes() for r in punks.rows[:6]]
+    files += [nouns.image_path(r).read_bytes() for r in nouns.rows[:6]]
+    tensors = np.stack([load_tensor(f, cfg) for f in files])  # what training feeds the network
+    pixels = np.stack([decode_and_preprocess(f, cfg, fmt="uint8_nhwc")[1] for f in files])
+    assert pixels.dtype == np.uint8 and pixels.shape == (len(files), m.input_size, m.input_size, 3)
+    want = reference.run(tensors)
+    for got in (served.run(pixels), served.run(tensors)):
+        for name in m.outputs:
+            np.testing.assert_allclose(got[name], want[name], atol=1e-4, err_msg=name)
+    assert set(want) == set(m.outputs)
+
+
+def test_pixels_survive_normalising_and_back():
+    from app.preprocessing import NormalizeConfig, normalize, to_pixels
+
+    px = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    x = np.stack([normalize(p, NormalizeConfig()) for p in px])
+    np.testing.assert_array_equal(to_pixels(x, NormalizeConfig()), px)

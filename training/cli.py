@@ -261,6 +261,20 @@ def quantize_cmd(
     )
 
 
+@app.command("uint8-input")
+def uint8_input_cmd(
+    model_dir: Path = typer.Argument(
+        ..., exists=True, help="folder with model.onnx + model.json (rewritten)"
+    ),
+) -> None:
+    """Make the model take uint8 [N,S,S,3] pixels and normalise inside the graph (outputs unchanged)."""
+    _need_train_extra()
+    from training.uint8input import add_uint8_input
+
+    add_uint8_input(model_dir)
+    typer.echo(f"{model_dir}: input is now uint8 NHWC pixels, normalised in the graph")
+
+
 @app.command("calibrate")
 def calibrate_cmd(
     model_dir: Path = typer.Argument(..., exists=True, help="folder with model.onnx + model.json"),

@@ -15,14 +15,16 @@ import numpy as np
 from tqdm import tqdm
 
 from app.manifest import load_manifest, sha256_of
-from app.preprocessing import load_tensor
+from app.preprocessing import load_tensor, to_pixels
+from training.uint8input import PREFIX
 
 
 class ImageReader:
     """onnxruntime CalibrationDataReader over preprocessed real images, in batches."""
 
-    def __init__(self, input_name: str, paths: list[Path], cfg, batch: int = 32):
+    def __init__(self, input_name: str, paths: list[Path], cfg, batch: int = 32, pixels: bool = False):
         self.input_name, self.paths, self.cfg, self.batch = input_name, paths, cfg, batch
+        self.pixels = pixels  # a uint8_nhwc graph takes the pixels
         self._bar = tqdm(total=len(paths), desc="calibrate int8", unit="img")
         self._start = 0
 
@@ -34,7 +36,7 @@ class ImageReader:
         self._start += len(chunk)
         self._bar.update(len(chunk))
         x = np.stack([load_tensor(p.read_bytes(), self.cfg) for p in chunk])
-        return {self.input_name: x}
+        return {self.input_name: to_pixels(x, self.cfg.normalize) if self.pixels else x}
 
     def rewind(self) -> None:
         self._start = 0
@@ -42,6 +44,7 @@ class ImageReader:
 
 def quantize_model(model_dir: Path, out: Path, images: list[Path], per_channel: bool = True) -> Path:
     """Write OUT/model.onnx (QDQ int8: weights per channel, activations from `images`) + model.json."""
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -50,10 +53,12 @@ def quantize_model(model_dir: Path, out: Path, images: list[Path], per_channel: 
     with tempfile.TemporaryDirectory() as tmp:
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(model_dir / m.onnx_file), str(pre))
+        prefix = [n.name for n in onnx.load(str(pre)).graph.node if n.name.startswith(PREFIX)]
         quantize_static(
             str(pre),
             str(out / m.onnx_file),
-            ImageReader(m.input_name, images, m.preprocessing),
+            ImageReader(m.input_name, images, m.preprocessing, pixels=m.input_format == "uint8_nhwc"),
+            nodes_to_exclude=prefix,  # the uint8 input's normalising stays float
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
             activation_type=QuantType.QUInt8,
