@@ -167,12 +167,14 @@ class Service:
         """Run catalog I/O or a search on the catalog pool."""
         return await asyncio.get_running_loop().run_in_executor(self.catalog_pool, fn, *args)
 
-    def _prepare(self, data: bytes, fingerprint: bool, timings: dict) -> tuple[np.ndarray, np.ndarray, str]:
-        """(decoded RGB, network input, pixel fingerprint if asked for). The input is the float32 tensor
-        that views and occlusions are made from when the fingerprint is asked for (the copy path), and the
-        graph's native input otherwise (uint8 pixels for a uint8_nhwc model: no normalising here)."""
+    def _prepare(
+        self, data: bytes, fingerprint: bool, timings: dict, native: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, str]:
+        """(decoded RGB, network input, pixel fingerprint if asked for). The input is the float32 [3,S,S]
+        tensor that views and occlusions are made from, or with `native` the graph's own input (uint8
+        pixels for a uint8_nhwc model: no normalising here)."""
         m = self.model.manifest
-        fmt = "float32_nchw" if fingerprint else m.input_format
+        fmt = m.input_format if native else "float32_nchw"
         rgb, x = decode_and_preprocess(data, m.preprocessing, self.settings.max_pixels, timings, fmt)
         return rgb, x, pixel_fingerprint(rgb) if fingerprint else ""
 
@@ -182,7 +184,8 @@ class Service:
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
         with self.batcher.expect() as arrival:  # a forming batch may wait for this image while it decodes
-            rgb, x, fp = await self.blocking(self._prepare, data, fingerprint, timings)
+            # the copy path makes views from the tensor; a plain prediction needs only the native input
+            rgb, x, fp = await self.blocking(self._prepare, data, fingerprint, timings, not fingerprint)
             t1 = time.perf_counter()
             if self.settings.batching:
                 self.metrics.queue_depth.set(self.batcher.queue_depth + 1)

@@ -45,5 +45,5 @@ def test_gpu_settings_are_validated():
     with pytest.raises(ValidationError):
         Settings(gpu_device_id=-1)
     with pytest.raises(ValidationError):
-        Settings(workers=0)
+        Settings(workers=-1)
     assert Settings(trt_engine_cache="/tmp/trt").trt_fp16 is True
