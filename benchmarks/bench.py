@@ -260,7 +260,7 @@ def wrk_post(url: str, body: Path, ctype: str, seconds: int, connections: int, t
 
 @contextlib.contextmanager
 def _peer(kind: str, model_dir: Path, log_dir: Path):
-    """Start a peer server (benchmarks.peers) and yield its URL once it answers."""
+    """Start a peer server (benchmarks.peers); yield its URL and process-group id once it answers."""
     import sys
 
     from benchmarks.serverproc import free_port, serving
@@ -268,8 +268,24 @@ def _peer(kind: str, model_dir: Path, log_dir: Path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "benchmarks.peers", kind, "--model-dir", str(model_dir), "--port", str(port)]
-    with serving(cmd, url, "/health", log_dir / f"{kind}.log", 120):
-        yield url
+    with serving(cmd, url, "/health", log_dir / f"{kind}.log", 120) as proc:
+        yield url, proc.pid
+
+
+@contextlib.contextmanager
+def _only(running: int, groups: list[int]):
+    """Pause (SIGSTOP) every server's process group but `running`'s for the block: an idle server's
+    polling threads (LitServe's workers poll their queues) must not take the cores of the one measured."""
+    import signal
+
+    for g in groups:
+        if g != running:
+            os.killpg(g, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for g in groups:
+            os.killpg(g, signal.SIGCONT)
 
 
 def bench_peers(
@@ -305,17 +321,22 @@ def bench_peers(
             **(nftlens_env or {}),
         }
         srv = stack.enter_context(running_server(model_dir, tmp / "c.db", tmp, **env))
-        urls = {
-            "nftlens": f"{srv.url}/classify",
-            "naive FastAPI + ORT": stack.enter_context(_peer("naive", model_dir, tmp)) + "/classify",
-            "LitServe (batch 16, 5 ms)": stack.enter_context(_peer("litserve", model_dir, tmp)) + "/classify",
+        naive = stack.enter_context(_peer("naive", model_dir, tmp))
+        litserve = stack.enter_context(_peer("litserve", model_dir, tmp))
+        servers = {  # name -> (URL, process group)
+            "nftlens": (f"{srv.url}/classify", srv.proc.pid),
+            "naive FastAPI + ORT": (naive[0] + "/classify", naive[1]),
+            "LitServe (batch 16, 5 ms)": (litserve[0] + "/classify", litserve[1]),
         }
-        for name, url in urls.items():  # warm-up
-            wrk_post(url, *bodies[name], 2, connections)
+        groups = [g for _, g in servers.values()]
+        for name, (url, group) in servers.items():  # warm-up
+            with _only(group, groups):
+                wrk_post(url, *bodies[name], 2, connections)
         before = httpx.get(f"{srv.url}/metrics").text
         for _ in range(rounds):
-            for name, url in urls.items():
-                runs[name].append(wrk_post(url, *bodies[name], seconds, connections))
+            for name, (url, group) in servers.items():
+                with _only(group, groups):
+                    runs[name].append(wrk_post(url, *bodies[name], seconds, connections))
         after = httpx.get(f"{srv.url}/metrics").text
     (sum0, n0), (sum1, n1) = _sum_count(before, "nftlens_batch_size"), _sum_count(after, "nftlens_batch_size")
     mean_batch = (sum1 - sum0) / max(1.0, n1 - n0)

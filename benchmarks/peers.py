@@ -4,7 +4,8 @@
     python -m benchmarks.peers litserve --model-dir models/default --port 8102
 
 - `naive`: what a team writes in an afternoon. FastAPI, one `UploadFile`, decode → pad-resize →
-  normalise, one `session.run` per request on the event loop's thread pool, no batching.
+  normalise (or, for a model with uint8 input, the pixels as they are, as nftlens sends them), one
+  `session.run` per request on the event loop's thread pool, no batching.
 - `litserve`: LitServe's documented dynamic batching (max_batch_size 16, batch_timeout 5 ms), with the
   decode → batch → predict → unbatch → encode hooks filled by the same functions.
 
@@ -44,7 +45,7 @@ def naive_app(model_dir: Path, threads: int = 0):
 
     @app.post("/classify")
     def classify(file: UploadFile) -> dict:  # a sync route: FastAPI runs it on its thread pool
-        _, x = decode_and_preprocess(file.file.read(), cfg)
+        _, x = decode_and_preprocess(file.file.read(), cfg, fmt=model.manifest.input_format)
         out = model.run(x[None])
         return answer(model, out["probabilities"][0], out["embedding"][0])
 

@@ -29,7 +29,8 @@ class ClassifyAPI(ls.LitAPI):
         self.cfg = self.model.manifest.preprocessing
 
     def decode_request(self, request: dict):
-        return decode_and_preprocess(base64.b64decode(request["image"]), self.cfg)[1]
+        data = base64.b64decode(request["image"])
+        return decode_and_preprocess(data, self.cfg, fmt=self.model.manifest.input_format)[1]
 
     def batch(self, inputs):
         return np.stack(inputs)

@@ -56,11 +56,40 @@ def serving(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(15)
-        except subprocess.TimeoutExpired:
+        _reap_group(proc.pid)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs (zombies, which hold no CPU, do not count)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False
+
+
+def _reap_group(pgid: int, timeout: float = 15) -> None:
+    """Wait until every process of the group (workers included) is gone, then SIGKILL what is left: a
+    measurement that follows must not share the cores with a server still shutting down."""
+    deadline = time.time() + timeout
+    while _group_alive(pgid):
+        if time.time() > deadline:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+                os.killpg(pgid, signal.SIGKILL)
+            return
+        time.sleep(0.1)
 
 
 @contextmanager

@@ -3,8 +3,8 @@
 `nftlens uint8-input MODEL_DIR` rewrites MODEL_DIR/model.onnx so that it takes the resized pixels,
 uint8 [N,S,S,3], and prepends Cast -> Transpose -> Mul -> Add, which compute exactly what
 `app.preprocessing.normalize` computes in numpy, ((x / 255) - mean) / std, with the manifest's mean and
-std. The service then skips normalising (117 µs per 96-px image in numpy on the bench machine) and sends
-4x fewer bytes to the device. Every output is unchanged up to float rounding (`tests/test_parity.py`), so
+std. The service then skips a numpy pass over every request's image and sends 4x fewer bytes to the
+device. Every output is unchanged up to float rounding (`tests/test_parity.py`), so
 the manifest's calibrations and figures carry over; the manifest records the rewrite and the new sha256.
 """
 
