@@ -106,8 +106,8 @@ class MicroBatcher:
             self._cv.notify_all()
         if self._thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, self._thread.join, 10)
-        for job in self._drain():
-            job.loop.call_soon_threadsafe(_deliver, [job], [OverloadedError("the service is stopping", 1)])
+        jobs = self._drain()
+        self._answer(jobs, [OverloadedError("the service is stopping", 1)] * len(jobs))
 
     def retry_after_s(self) -> int:
         """Seconds a shed request should wait: the time to drain the queue, at least 1."""
@@ -153,6 +153,8 @@ class MicroBatcher:
         if not self.healthy:
             raise OverloadedError("the inference thread is restarting", 1)
         with self._cv:
+            if self._stopping:
+                raise OverloadedError("the service is stopping", 1)
             self._queue.append(job)
             if arrival is not None and not arrival.arrived:  # queued and no longer coming, atomically
                 arrival.arrived = True
@@ -202,6 +204,8 @@ class MicroBatcher:
                 return [self._queue.popleft()]
             deadline = time.monotonic() + self.max_wait
             while self._coming > 0 and self._singles_queued() < self.max_batch:
+                if self._singles_queued() < len(self._queue):
+                    break  # a whole batch queued behind: the announced images would queue after it
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or not self._cv.wait(remaining):
                     break
@@ -219,24 +223,35 @@ class MicroBatcher:
     def _serve(self) -> None:
         while not self._stopping:
             jobs = [j for j in self._collect() if not j.future.done()]  # skip the timed-out ones
-            if not jobs:
-                continue
+            if jobs:
+                self._answer(jobs, self._results(jobs))
+
+    def _results(self, jobs: list[_Job]) -> list:
+        """Each job's outputs, or for all of them the exception that failed their batch: a failed batch
+        fails its requests, never the loop (which would strand the jobs it holds)."""
+        t0 = time.perf_counter()
+        try:
             batch = jobs[0].x if jobs[0].whole else np.stack([j.x for j in jobs])
-            t0 = time.perf_counter()
-            try:
-                outputs = self._run(batch)
-            except Exception as exc:  # a failed batch fails its requests, not the loop
-                results: list = [exc] * len(jobs)
+            outputs = self._run(batch)
+            if jobs[0].whole:
+                results: list = [outputs]
             else:
-                if jobs[0].whole:
-                    results = [outputs]
-                else:
-                    results = [{name: out[i] for name, out in outputs.items()} for i in range(len(jobs))]
-            seconds = time.perf_counter() - t0
-            self._last_batch_s = 0.8 * self._last_batch_s + 0.2 * seconds
-            if self._on_batch:
+                results = [{name: out[i] for name, out in outputs.items()} for i in range(len(jobs))]
+        except Exception as exc:
+            return [exc] * len(jobs)
+        seconds = time.perf_counter() - t0
+        self._last_batch_s = 0.8 * self._last_batch_s + 0.2 * seconds
+        if self._on_batch:
+            try:
                 self._on_batch(len(batch), seconds)
-            for loop in {j.loop for j in jobs}:
-                mine = [(j, r) for j, r in zip(jobs, results, strict=True) if j.loop is loop]
-                with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting
-                    loop.call_soon_threadsafe(_deliver, [j for j, _ in mine], [r for _, r in mine])
+            except Exception:
+                log.exception("the batch observer failed")
+        return results
+
+    @staticmethod
+    def _answer(jobs: list[_Job], results: list) -> None:
+        """Hand the results to each job's event loop, one callback per loop."""
+        for loop in {j.loop for j in jobs}:
+            mine = [(j, r) for j, r in zip(jobs, results, strict=True) if j.loop is loop]
+            with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting
+                loop.call_soon_threadsafe(_deliver, [j for j, _ in mine], [r for _, r in mine])

@@ -62,7 +62,7 @@ def serve(
     for key, value in overrides.items():  # worker processes read their settings from the environment
         os.environ[f"NFTLENS_{key.upper()}"] = str(value)
     with tempfile.TemporaryDirectory(prefix="nftlens-metrics-") as folder:  # /metrics sums the workers
-        os.environ.setdefault(MULTIPROC_ENV, folder)
+        os.environ[MULTIPROC_ENV] = folder  # fresh: no counts left from an earlier run
         uvicorn.run("app.main:create_app", factory=True, workers=workers, **common)
 
 

@@ -117,8 +117,10 @@ class Settings(BaseSettings):
 
     def per_worker(self, threads: int) -> int:
         """A thread count per worker, with 0 resolved to the worker's share of the cores (at least 1), so
-        the workers' budgets add up to the machine rather than each taking all of it."""
-        return threads or max(1, cpu_cores() // self.worker_count())
+        the workers' budgets add up to the machine rather than each taking all of it. `nftlens serve`
+        resolves `workers` before it starts them; a process started otherwise (`create_app()` under
+        another server, the tests) with `workers=0` counts as one process and takes every core."""
+        return threads or max(1, cpu_cores() // (self.workers or 1))
 
 
 MAX_AUTO_WORKERS = 4  # each worker holds its own model session and catalog indexes in memory

@@ -85,3 +85,23 @@ def test_whole_batches_run_alone_and_in_order():
 
     asyncio.run(scenario())
     assert sizes == [1, 5, 1]
+
+
+def test_a_batch_that_cannot_be_stacked_fails_its_requests_not_the_loop():
+    sizes: list[int] = []
+
+    async def scenario() -> None:
+        b = _batcher(sizes)
+        b.start()
+        with b.expect() as arrival:  # the second joins the first's batch, and their shapes differ
+            first = asyncio.create_task(b.submit(np.zeros(2, np.float32)))
+            await asyncio.sleep(0.02)
+            second = asyncio.create_task(b.submit(np.zeros(3, np.float32), arrival))
+            outcomes = await asyncio.gather(first, second, return_exceptions=True)
+        assert all(isinstance(o, ValueError) for o in outcomes), outcomes
+        assert b.healthy and b.restarts == 0
+        assert (await b.submit(np.zeros(2, np.float32)))["y"].tolist() == [1, 1]
+        await b.stop()
+
+    asyncio.run(scenario())
+    assert sizes == [1]

@@ -17,7 +17,9 @@ from tests.server import running_server
 def test_plain_params_take_only_what_the_lane_answers():
     assert plain_params(b"") == (5, True)
     assert plain_params(b"top_k=3&embedding=false&copies=false") == (3, False)
-    for leave in (b"top_k=0", b"top_k=abc", b"copies=true", b"k=3", b"embedding=maybe", b"top_k=1001"):
+    leave_to_route = (b"top_k=0", b"top_k=abc", b"copies=true", b"k=3", b"embedding=maybe", b"top_k=1001")
+    unicode_digits = ("top_k=\u0663".encode(), "top_k=\u00b2".encode(), b"top_k=" + b"9" * 5000)
+    for leave in leave_to_route + unicode_digits:
         assert plain_params(leave) is None, leave
 
 

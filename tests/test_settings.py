@@ -12,10 +12,13 @@ CPU = ["CPUExecutionProvider"]
 
 def test_auto_workers_take_the_cores_and_split_the_threads():
     s = Settings(workers=0, providers=CPU)
-    assert s.worker_count() == min(cpu_cores(), MAX_AUTO_WORKERS)
-    assert s.per_worker(0) == max(1, cpu_cores() // s.worker_count())
-    assert s.per_worker(3) == 3  # an explicit budget is kept
-    assert s.worker_count() * s.per_worker(0) <= max(cpu_cores(), s.worker_count())
+    workers = s.worker_count()
+    assert workers == min(cpu_cores(), MAX_AUTO_WORKERS)
+    resolved = Settings(workers=workers, providers=CPU)  # what `nftlens serve` hands each worker
+    assert resolved.per_worker(0) == max(1, cpu_cores() // workers)
+    assert workers * resolved.per_worker(0) <= max(cpu_cores(), workers)
+    assert resolved.per_worker(3) == 3  # an explicit budget is kept
+    assert s.per_worker(0) == cpu_cores()  # unresolved (create_app under another server): one process
 
 
 def test_explicit_workers_are_kept():

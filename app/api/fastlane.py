@@ -12,6 +12,7 @@ Measured in `reports/bench/PROFILE.md`.
 from __future__ import annotations
 
 import logging
+import re
 from urllib.parse import parse_qsl
 
 from starlette.requests import Request
@@ -27,13 +28,14 @@ from app.service import Service
 log = logging.getLogger("uvicorn.error")
 PATH = "/classify"
 _TRUE, _FALSE = {"true", "1", "yes", "on"}, {"false", "0", "no", "off"}  # FastAPI's bool spellings
+_DIGITS = re.compile(r"[0-9]{1,4}")  # ASCII only: str.isdigit also takes digits int() or pydantic refuse
 
 
 def plain_params(query_string: bytes) -> tuple[int, bool] | None:
     """(top_k, embedding) of a query the fast lane answers, or None to leave it to the route."""
     top_k, embedding = 5, True
     for key, value in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
-        if key == "top_k" and value.isdigit() and 1 <= int(value) <= 1000:
+        if key == "top_k" and _DIGITS.fullmatch(value) and 1 <= int(value) <= 1000:
             top_k = int(value)
         elif key == "embedding" and value.lower() in _TRUE | _FALSE:
             embedding = value.lower() in _TRUE
