@@ -40,7 +40,7 @@ class Prediction:
     instance: np.ndarray | None = None
     timings_ms: dict[str, float] = field(default_factory=dict)
     fingerprint: str = ""  # exact-copy fingerprint of the decoded pixels (when asked for)
-    input: np.ndarray | None = None  # the preprocessed network input, for further views of the same image
+    input: np.ndarray | None = None  # the float32 tensor when predicted with the fingerprint (views)
     image: np.ndarray | None = None  # the decoded RGB (kept with the fingerprint, for the copy views)
     unknown_score: float | None = None  # the open-set score, computed with the batch
 

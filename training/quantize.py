@@ -54,6 +54,8 @@ def quantize_model(model_dir: Path, out: Path, images: list[Path], per_channel: 
         pre = Path(tmp) / "pre.onnx"
         quant_pre_process(str(model_dir / m.onnx_file), str(pre))
         prefix = [n.name for n in onnx.load(str(pre)).graph.node if n.name.startswith(PREFIX)]
+        if m.input_format == "uint8_nhwc" and len(prefix) != 4:
+            raise RuntimeError(f"expected the 4 {PREFIX}* nodes after pre-processing, found {prefix}")
         quantize_static(
             str(pre),
             str(out / m.onnx_file),
