@@ -64,7 +64,7 @@ class Settings(BaseSettings):
         1,
         ge=1,
         description="threads numpy's BLAS may use (the open-set score's matmuls); OpenBLAS's idle threads "
-        "spin and took 3/4 of a core under load (reports/bench/PROFILE.md)",
+        "spin and took most of a core under load (reports/bench/PROFILE.md)",
     )
     fast_lane: bool = Field(
         True,
