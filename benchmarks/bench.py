@@ -796,6 +796,8 @@ def render_markdown(report: dict) -> str:
         lines += [
             f"- nftlens's mean batch over the rounds: {p['nftlens_mean_batch']:.1f}; raw ONNX Runtime at that "
             f"batch, same run: {p['raw_ort_at_mean_batch']['images_per_s']:.0f} img/s",
+            f"- nftlens / raw ONNX Runtime at that batch: **"
+            f"{p['servers']['nftlens']['rps'] / p['raw_ort_at_mean_batch']['images_per_s']:.2f}×**",
             "",
         ]
     if "tuning" in report:
