@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -63,6 +64,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             service.model_key[:12],
             service.model.provider,
             settings.catalog,
+        )
+        log.info(
+            "pid %d: %d ONNX Runtime thread(s), %d decode thread(s), %d BLAS thread(s); workers=%s",
+            os.getpid(),
+            settings.per_worker(settings.intra_op_threads),
+            settings.per_worker(settings.preprocess_threads),
+            settings.blas_threads,
+            settings.workers or "auto",
         )
         yield
         await service.stop()
