@@ -36,8 +36,7 @@ RESTART_DELAY_S = 0.1
 @dataclass(slots=True)
 class _Job:
     x: np.ndarray  # one input [3,S,S], or a whole batch [N,3,S,S] when `whole`
-    future: asyncio.Future
-    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future  # on the event loop of the request that waits for it
     whole: bool = False
 
 
@@ -137,18 +136,13 @@ class MicroBatcher:
                 f"{len(self._queue)} images are waiting for inference (the limit is {self.max_queue})",
                 self.retry_after_s(),
             )
-        return await self._enqueue(_Job(x, *self._future()), arrival)
+        return await self._enqueue(_Job(x, asyncio.get_running_loop().create_future()), arrival)
 
     async def run_now(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         """Run a whole batch on the inference thread, on its own (views, occlusions, batching disabled)."""
-        return await self._enqueue(_Job(batch, *self._future(), whole=True))
+        return await self._enqueue(_Job(batch, asyncio.get_running_loop().create_future(), whole=True))
 
     # -- event-loop side -----------------------------------------------------------------------------
-    @staticmethod
-    def _future() -> tuple[asyncio.Future, asyncio.AbstractEventLoop]:
-        loop = asyncio.get_running_loop()
-        return loop.create_future(), loop
-
     async def _enqueue(self, job: _Job, arrival: Arrival | None = None) -> dict[str, np.ndarray]:
         if not self.healthy:
             raise OverloadedError("the inference thread is restarting", 1)
@@ -160,7 +154,7 @@ class MicroBatcher:
                 arrival.arrived = True
                 self._coming -= 1
             self._cv.notify()
-        timer = job.loop.call_later(self.timeout_s, self._expire, job)
+        timer = job.future.get_loop().call_later(self.timeout_s, self._expire, job)
         try:
             return await job.future
         finally:
@@ -251,7 +245,7 @@ class MicroBatcher:
     @staticmethod
     def _answer(jobs: list[_Job], results: list) -> None:
         """Hand the results to each job's event loop, one callback per loop."""
-        for loop in {j.loop for j in jobs}:
-            mine = [(j, r) for j, r in zip(jobs, results, strict=True) if j.loop is loop]
+        for loop in {j.future.get_loop() for j in jobs}:
+            mine = [(j, r) for j, r in zip(jobs, results, strict=True) if j.future.get_loop() is loop]
             with contextlib.suppress(RuntimeError):  # that loop has closed: nobody is waiting
                 loop.call_soon_threadsafe(_deliver, [j for j, _ in mine], [r for _, r in mine])

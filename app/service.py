@@ -233,7 +233,7 @@ class Service:
             rgb, x, fp = await self.blocking(self._prepare, data, True, {})
         views = await self.blocking(view_set.inputs, rgb, x, self.model.manifest.preprocessing)
         if self.settings.batching:
-            outs = await asyncio.gather(*(self.batcher.submit(self.model.native(v)) for v in views))
+            outs = await asyncio.gather(*(self.batcher.submit(v) for v in self.model.native(views)))
             return np.stack([o["instance"] for o in outs]), fp
         return (await self.batcher.run_now(views))["instance"], fp
 

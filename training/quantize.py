@@ -15,16 +15,18 @@ import numpy as np
 from tqdm import tqdm
 
 from app.manifest import load_manifest, sha256_of
-from app.preprocessing import load_tensor, to_pixels
+from app.preprocessing import InputFormat, decode_and_preprocess
 from training.uint8input import PREFIX
 
 
 class ImageReader:
     """onnxruntime CalibrationDataReader over preprocessed real images, in batches."""
 
-    def __init__(self, input_name: str, paths: list[Path], cfg, batch: int = 32, pixels: bool = False):
+    def __init__(
+        self, input_name: str, paths: list[Path], cfg, batch: int = 32, fmt: InputFormat = "float32_nchw"
+    ):
         self.input_name, self.paths, self.cfg, self.batch = input_name, paths, cfg, batch
-        self.pixels = pixels  # a uint8_nhwc graph takes the pixels
+        self.fmt = fmt  # the graph's input format: a uint8_nhwc graph takes the pixels
         self._bar = tqdm(total=len(paths), desc="calibrate int8", unit="img")
         self._start = 0
 
@@ -35,8 +37,8 @@ class ImageReader:
         chunk = self.paths[self._start : self._start + self.batch]
         self._start += len(chunk)
         self._bar.update(len(chunk))
-        x = np.stack([load_tensor(p.read_bytes(), self.cfg) for p in chunk])
-        return {self.input_name: to_pixels(x, self.cfg.normalize) if self.pixels else x}
+        x = np.stack([decode_and_preprocess(p.read_bytes(), self.cfg, fmt=self.fmt)[1] for p in chunk])
+        return {self.input_name: x}
 
     def rewind(self) -> None:
         self._start = 0
@@ -59,7 +61,7 @@ def quantize_model(model_dir: Path, out: Path, images: list[Path], per_channel: 
         quantize_static(
             str(pre),
             str(out / m.onnx_file),
-            ImageReader(m.input_name, images, m.preprocessing, pixels=m.input_format == "uint8_nhwc"),
+            ImageReader(m.input_name, images, m.preprocessing, fmt=m.input_format),
             nodes_to_exclude=prefix,  # the uint8 input's normalising stays float
             quant_format=QuantFormat.QDQ,
             per_channel=per_channel,
