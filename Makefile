@@ -7,7 +7,7 @@ SHARED    ?= ../shared/data
 export NFTLENS_MODEL_DIR ?= models/default
 export NFTLENS_CATALOG   ?= catalog/catalog.db
 
-.PHONY: serve test install install-train install-bench install-gpu data catalog lint model model-data evaluate loo previous int8 denoiser clean
+.PHONY: serve test install install-train install-bench install-gpu data catalog lint model model-data evaluate loo v21 previous int8 denoiser clean
 
 $(BIN)/uv:
 	$(PY) -m venv $(VENV)
@@ -55,7 +55,9 @@ model-data: install-train data
 model: model-data             ## reproduce the default model (needs $(SHARED): the nft-thumbs training set)
 	$(BIN)/nftlens train --config training/configs/default-resnet18.yaml
 	$(BIN)/nftlens train --config training/configs/default-resnet18-continue.yaml
-	$(BIN)/nftlens export runs/default-resnet18-continue/best.pt --out models/default
+	$(BIN)/nftlens train --config training/configs/default-resnet18-copies.yaml
+	$(BIN)/nftlens refit-head runs/default-resnet18-copies/best.pt --out runs/default-resnet18-copies-head --epochs 2
+	$(BIN)/nftlens export runs/default-resnet18-copies-head/best.pt --out models/default
 	$(BIN)/nftlens uint8-input models/default   # pixels in, normalising inside the graph
 	$(BIN)/nftlens calibrate models/default --method $(OPENSET) --out reports/default
 	$(MAKE) evaluate
@@ -64,10 +66,16 @@ OPENSET ?= mahalanobis
 evaluate: model-data          ## every report of the shipped model, on data it never trained on
 	$(BIN)/nftlens evaluate models/default $(TEST_SETS) --label-field collection --denoise-sweep --out reports/default
 	$(BIN)/nftlens copies evaluate models/default --out reports/copies
-	$(BIN)/nftlens report compare "previous (v1.0.0)=reports/previous" "shipped (v2.1.0)=reports/default" --out reports/comparison-v2
+	$(BIN)/nftlens report compare "v2.1.0=reports/v2.1.0" "shipped (v2.2.0)=reports/default" --out reports/comparison-v2.2
 
 loo: model-data               ## leave-one-collection-out open-set study (trains 4 models)
 	$(BIN)/nftlens loo --config training/configs/default-resnet18.yaml --out reports/openset
+
+V21 ?= 9632411
+v21: model-data               ## the v2.1.0 model v2.2.0 replaced, re-evaluated into reports/v2.1.0 (same sets, same commands)
+	mkdir -p runs/v21 && for f in model.onnx model.json openset.npz; do git show $(V21):models/default/$$f > runs/v21/$$f; done
+	$(BIN)/nftlens evaluate runs/v21 $(TEST_SETS) --label-field collection --denoise-sweep --no-update-manifest --out reports/v2.1.0
+	$(BIN)/nftlens copies evaluate runs/v21 --out reports/v2.1.0/copies
 
 PREVIOUS ?= dc0fe89
 previous: model-data          ## the model this one replaced, evaluated on the same test sets and catalog

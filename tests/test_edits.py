@@ -90,6 +90,19 @@ def test_random_edit_mixes_edits(punk):
     assert len({o.tobytes() for o in outs}) == 12
 
 
+def test_random_edit_weights_pick_the_named_edits(punk):
+    only = {name: 0.0 for name in EDITS if name != "exact"} | {"colour_shift": 1.0}
+    edit = random_edit(identity_prob=0.0, second_prob=0.0, weights=only)
+    for seed in range(4):  # every view is that edit: the same output as calling it on the same stream
+        rng, twin = np.random.default_rng(seed), np.random.default_rng(seed)
+        twin.random(), twin.choice(13, p=np.ones(13) / 13)  # the draws random_edit made before editing
+        assert np.array_equal(edit(punk, rng), EDITS["colour_shift"](working_copy(punk), twin))
+    with pytest.raises(ValueError, match="unknown edits"):
+        random_edit(weights={"sepia": 2.0})
+    with pytest.raises(ValueError, match="positive sum"):
+        random_edit(weights=dict.fromkeys(only, 0.0))
+
+
 def test_pixel_fingerprint_ignores_upscale_mirror_and_turns_only(punk):
     from app.fingerprint import pixel_fingerprint, reduce_integer_upscale
 

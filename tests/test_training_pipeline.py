@@ -64,6 +64,19 @@ def test_train_export_evaluate_serve_contract(cli, punks, nouns, tmp_path):
     out = cli("train", "--config", config, "--epochs", "2", "--resume")
     assert "resumed from epoch 0" in out
     assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1, 2]
+    # refit-head retrains the classifier's last layer alone: every other weight and statistic is kept
+    out = cli("refit-head", run / "best.pt", "--out", tmp_path / "refit", "--epochs", "1")
+    before = torch.load(run / "best.pt", weights_only=False)
+    after = torch.load(tmp_path / "refit" / "best.pt", weights_only=False)
+    changed = {k for k, v in before["model"].items() if not torch.equal(v, after["model"][k])}
+    assert changed == {"backbone.fc.weight", "backbone.fc.bias"}
+    assert after["labels"] == before["labels"] and after["head_refit"]["epochs"] == 1
+    assert [
+        h.get("head_refit_epoch") for h in json.loads((tmp_path / "refit" / "history.json").read_text())
+    ] == [
+        None,
+        1,
+    ]
 
     model_dir = tmp_path / "model"
     out = cli("export", run / "best.pt", "--out", model_dir, "--parity-images", "8")
@@ -189,6 +202,19 @@ def test_other_architectures_train_a_step_and_give_the_contract(arch):
     assert probs.shape == (4, 4) and torch.allclose(probs.sum(1), torch.ones(4))
     assert torch.allclose(emb.norm(dim=1), torch.ones(4), atol=1e-5)
     assert inst.shape == (4, 32) and torch.allclose(inst.norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+def test_koleo_rewards_spread_and_ignores_each_items_own_views():
+    from training.train import koleo
+
+    torch.manual_seed(0)
+    spread = torch.nn.functional.normalize(torch.randn(16, 1, 32), dim=-1).repeat(1, 2, 1)  # views identical
+    clustered = torch.nn.functional.normalize(spread + 3 * torch.ones(32) / 32**0.5, dim=-1)
+    assert torch.isfinite(koleo(spread))  # an item's two identical views are not its nearest neighbour
+    assert koleo(spread) < koleo(clustered)
+    z = spread.clone().requires_grad_(True)
+    koleo(z).backward()
+    assert z.grad.abs().sum() > 0
 
 
 def test_continuing_from_a_checkpoint_keeps_both_heads(tmp_path):

@@ -125,6 +125,20 @@ def train_cmd(
     typer.echo(f"best checkpoint: {best}")
 
 
+@app.command("refit-head")
+def refit_head_cmd(
+    checkpoint: Path = typer.Argument(..., exists=True, help="a trained run's best.pt"),
+    out: Path = typer.Option(..., help="run folder for the refitted best.pt and history.json"),
+    epochs: int = typer.Option(2, min=1),
+    lr: float = typer.Option(1e-3),
+) -> None:
+    """Refit the collection classifier's last layer on frozen features (embedding and instance unchanged)."""
+    _need_train_extra()
+    from training.train import refit_head
+
+    typer.echo(f"best checkpoint: {refit_head(checkpoint, out, epochs, lr)}")
+
+
 @app.command("export")
 def export_cmd(
     checkpoint: Path = typer.Argument(..., exists=True, help="a best.pt from `nftlens train`"),

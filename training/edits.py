@@ -199,18 +199,32 @@ def apply_edit(name: str, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarr
     return EDITS[name](working_copy(rgb), rng)
 
 
-def random_edit(identity_prob: float = 0.2, second_prob: float = 0.3) -> Edit:
+def random_edit(
+    identity_prob: float = 0.2, second_prob: float = 0.3, weights: dict[str, float] | None = None
+) -> Edit:
     """Training views: with `identity_prob` the image untouched at its own resolution (so degradations
     act on native pixels, as the robustness table applies them), else one random edit of the working
-    copy, and with `second_prob` a second one on top (copymints often combine a flip with a colour change)."""
+    copy, and with `second_prob` a second one on top (copymints often combine a flip with a colour change).
+    `weights` makes some edits likelier than others (an edit not named weighs 1)."""
     names = [n for n in EDITS if n != "exact"]
+    unknown = set(weights or {}) - set(names)
+    if unknown:
+        raise ValueError(f"unknown edits in weights: {sorted(unknown)}; known: {names}")
+    p = np.array([(weights or {}).get(n, 1.0) for n in names], dtype=float)
+    if (p < 0).any() or p.sum() <= 0:
+        raise ValueError("edit weights must be non-negative with a positive sum")
+    p /= p.sum()
+
+    def pick(rng: np.random.Generator) -> Edit:  # uniform draws keep the stream of unweighted runs
+        i = rng.choice(len(names), p=p) if weights else rng.integers(len(names))
+        return EDITS[names[int(i)]]
 
     def apply(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         if rng.random() < identity_prob:
             return rgb
-        out = EDITS[names[int(rng.integers(len(names)))]](working_copy(rgb), rng)
+        out = pick(rng)(working_copy(rgb), rng)
         if rng.random() < second_prob:
-            out = EDITS[names[int(rng.integers(len(names)))]](out, rng)
+            out = pick(rng)(out, rng)
         return out
 
     return apply

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import platform
 import shlex
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ import yaml
 from app.manifest import ONNX_FILE, ModelManifest, sha256_of
 from app.preprocessing import PreprocessConfig, load_tensor
 from training.models import ExportHead, NftNet, create_net, embedding_dim
+from training.train import REFIT_FILE
 
 OPSET = 17
 
@@ -70,8 +72,23 @@ def parity_check(
 
 def reproduce_command(checkpoint: Path, out_dir: Path) -> str:
     """The commands that rebuild this model: every training stage from its run's saved config (a run that
-    starts from `file:RUN/best.pt` of another run is preceded by that run), then export."""
+    starts from `file:RUN/best.pt` of another run is preceded by that run; a `refit-head` run by the run it
+    refitted), then export."""
+    export_cmd = f"nftlens export {shlex.quote(str(checkpoint))} --out {shlex.quote(str(out_dir))}"
+    return " && ".join([*training_stages(Path(checkpoint)), export_cmd])
+
+
+def training_stages(checkpoint: Path) -> list[str]:
+    """The training commands that produced `checkpoint`, first stage first."""
     stages, run, seen = [], checkpoint.parent, set()
+    refit = run / REFIT_FILE
+    if refit.is_file():
+        r = json.loads(refit.read_text())
+        return [
+            *training_stages(Path(r["from"])),
+            f"nftlens refit-head {shlex.quote(r['from'])} --out {shlex.quote(str(run))} "
+            f"--epochs {r['epochs']} --lr {r['lr']}",
+        ]
     while (run / "config.yaml").is_file() and run not in seen:
         seen.add(run)
         stages.insert(0, f"nftlens train --config {shlex.quote(str(run / 'config.yaml'))}")
@@ -79,8 +96,7 @@ def reproduce_command(checkpoint: Path, out_dir: Path) -> str:
         if not pretrained.startswith("file:"):
             break
         run = Path(pretrained.removeprefix("file:")).parent
-    export_cmd = f"nftlens export {shlex.quote(str(checkpoint))} --out {shlex.quote(str(out_dir))}"
-    return " && ".join([*stages, export_cmd])
+    return stages
 
 
 def export(

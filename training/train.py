@@ -50,6 +50,12 @@ class TrainConfig(BaseModel):
     instance_weight: float = Field(1.0, ge=0, description="weight of the contrastive instance loss")
     instance_temperature: float = Field(0.1, gt=0, description="InfoNCE temperature")
     edit_identity_prob: float = Field(0.2, ge=0, le=1, description="share of views left unedited")
+    edit_weights: dict[str, float] = Field(
+        {}, description="relative weight of each copymint edit in training views (unnamed edits: 1)"
+    )
+    koleo_weight: float = Field(
+        0.0, ge=0, description="KoLeo spreading term on the instance embedding (SSCD); 0 turns it off"
+    )
     select: Literal["val_macro_f1", "last"] = Field(
         "val_macro_f1", description="which epoch's weights become best.pt"
     )
@@ -132,6 +138,18 @@ def info_nce(z: torch.Tensor, temperature: float) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(sims, target)
 
 
+def koleo(z: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """KoLeo entropy term (Sablayrolles et al. 2019, as SSCD uses it) over [N, 2, D] unit vectors: minus the
+    mean log distance from each view to its nearest view of another item, so distinct tokens spread out and
+    one copy threshold separates them from edited copies."""
+    n = z.shape[0]
+    flat = z.reshape(2 * n, -1)
+    dist = torch.cdist(flat, flat)
+    same = torch.arange(n, device=z.device).repeat_interleave(2)
+    dist = dist.masked_fill(same[:, None] == same[None, :], float("inf"))
+    return -torch.log(dist.min(1).values + eps).mean()
+
+
 @torch.no_grad()
 def copy_top1(model: NftNet, originals: torch.Tensor, edited: torch.Tensor) -> float:
     """Share of edited views whose nearest original (instance space) is their own source."""
@@ -176,7 +194,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         cfg.preprocess,
         degrade=random_degradation(cfg.degrade_prob) if cfg.degrade_prob > 0 else None,
         augment=train_augmentation() if cfg.augment and views == 1 else None,
-        edit=random_edit(cfg.edit_identity_prob) if views == 2 else None,
+        edit=random_edit(cfg.edit_identity_prob, weights=cfg.edit_weights) if views == 2 else None,
         views=views,
         seed=cfg.seed,
     )
@@ -254,7 +272,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                 logits, _, inst = model.forward_all(x)
                 loss = criterion(logits, y)
                 if views == 2:
-                    inst_loss = info_nce(inst.float().reshape(-1, 2, inst.shape[1]), cfg.instance_temperature)
+                    pairs = inst.float().reshape(-1, 2, inst.shape[1])
+                    inst_loss = info_nce(pairs, cfg.instance_temperature)
+                    if cfg.koleo_weight:
+                        inst_loss = inst_loss + cfg.koleo_weight * koleo(pairs)
                     loss = loss + cfg.instance_weight * inst_loss
                     inst_sum += float(inst_loss.detach()) * len(y)
             optimizer.zero_grad(set_to_none=True)
@@ -361,3 +382,94 @@ def recalibrate_batchnorm(
     for m in norms:
         m.momentum = 0.1
     model.eval()
+
+
+REFIT_FILE = "refit.json"  # written by refit_head beside its best.pt: what it refitted, how
+
+
+def refit_head(checkpoint: str | Path, out: str | Path, epochs: int = 2, lr: float = 1e-3) -> Path:
+    """Refit the collection classifier (the last linear layer) of a trained net on frozen features.
+
+    Batches of a few collections (`groups_per_batch`, the instance loss's hard negatives) and the final
+    BatchNorm re-estimate can leave the linear classifier out of step with features that still separate
+    the collections. This trains that layer alone, on mixed balanced batches of unedited training views
+    with the run's degradations, everything else frozen in eval mode (so the embedding and instance
+    outputs are unchanged), and writes OUT/best.pt with its validation report and OUT/history.json.
+    """
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    cfg = TrainConfig.model_validate({**ckpt["config"], "out": str(out)})
+    seed_everything(cfg.seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    labels, device = ckpt["labels"], pick_device(cfg.device)
+    model = create_net(cfg.arch, len(labels), "none", ckpt.get("instance_dim", 0))
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    head = model.backbone.get_classifier()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for p in head.parameters():
+        p.requires_grad_(True)
+
+    train_paths, train_labels, _, _ = gather(cfg, "train")
+    val_paths, val_labels, _, _ = gather(cfg, "val")
+    index = {lab: i for i, lab in enumerate(labels)}
+    keep = [i for i, lab in enumerate(train_labels) if lab in index]
+    y = [index[train_labels[i]] for i in keep]
+    vkeep = [i for i, lab in enumerate(val_labels) if lab in index]
+    y_val = np.array([index[val_labels[i]] for i in vkeep])
+    ds = ImageDataset(
+        [train_paths[i] for i in keep],
+        y,
+        cfg.preprocess,
+        degrade=random_degradation(cfg.degrade_prob) if cfg.degrade_prob > 0 else None,
+        seed=cfg.seed + 11,
+    )
+    batches = EpochBatchSampler(
+        [train_labels[i] for i in keep], cfg.batch_size, cfg.max_per_label, None, seed=cfg.seed + 11
+    )
+    loader = DataLoader(ds, batch_sampler=batches, num_workers=cfg.num_workers)
+    val_loader = DataLoader(
+        ImageDataset([val_paths[i] for i in vkeep], y_val.tolist(), cfg.preprocess),
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+    )
+    before = classification_report(y_val, predict(model, val_loader, device, "val"), labels)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, epochs * len(batches)))
+    history = [{"head_refit": "before", "val_acc": before["accuracy"], "val_macro_f1": before["macro_f1"]}]
+    for epoch in range(epochs):
+        batches.set_epoch(epoch)
+        ds.epoch = epoch
+        t0, seen, loss_sum = time.time(), 0, 0.0
+        bar = tqdm(loader, total=len(batches), desc=f"head refit {epoch + 1}/{epochs}")
+        for x, target in bar:
+            x, target = x.to(device), target.to(device)
+            with torch.no_grad():
+                features = model.backbone.forward_head(
+                    model.backbone.forward_features(x), pre_logits=True
+                ).flatten(1)
+            loss = torch.nn.functional.cross_entropy(head(features).flatten(1), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            seen += len(target)
+            loss_sum += float(loss.detach()) * len(target)
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
+        report = classification_report(y_val, predict(model, val_loader, device, "val"), labels)
+        row = {
+            "head_refit_epoch": epoch + 1,
+            "train_loss": loss_sum / max(seen, 1),
+            "val_acc": report["accuracy"],
+            "val_macro_f1": report["macro_f1"],
+            "seconds": round(time.time() - t0, 1),
+        }
+        history.append(row)
+        tqdm.write(json.dumps(row))
+    meta = {k: v for k, v in ckpt.items() if k not in ("model", "val", "optimizer", "scheduler")}
+    meta["head_refit"] = {"from": str(checkpoint), "epochs": epochs, "lr": lr}
+    torch.save({**meta, "model": model.state_dict(), "val": report}, out / "best.pt")
+    (out / REFIT_FILE).write_text(json.dumps(meta["head_refit"], indent=2))
+    (out / "history.json").write_text(json.dumps(history, indent=2))
+    return out / "best.pt"
