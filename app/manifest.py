@@ -66,6 +66,9 @@ class CopyDetector(BaseModel):
         False, description="one more query view: the image inside its uniform frame or canvas, if any"
     )
     deskew: bool = Field(False, description="one more query view: the image turned upright, if it is skewed")
+    hues: int = Field(
+        0, ge=0, le=11, description="this many more query views: the image with its hues turned evenly round"
+    )
     precision: float | None = Field(None, description="on the held-out calibration pairs")
     recall: float | None = Field(None, description="on the held-out calibration pairs")
     target: str = ""
@@ -74,7 +77,7 @@ class CopyDetector(BaseModel):
     @property
     def views(self) -> ViewSet:
         """The views a query is embedded in, as calibrated."""
-        return ViewSet(self.dihedral, self.peel, self.deskew)
+        return ViewSet(self.dihedral, self.peel, self.deskew, self.hues)
 
     def threshold_for(self, collection: str) -> float:
         """The threshold a match from `collection` must reach."""

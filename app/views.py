@@ -1,6 +1,6 @@
 """The views a copy query is embedded in: the eight dihedral views of a network input (identity, 3
-rotations, and the mirror of each), the image inside its frame or canvas (`peel_canvas`), and the image
-turned upright (`deskew`).
+rotations, and the mirror of each), the image inside its frame or canvas (`peel_canvas`), the image
+turned upright (`deskew`), and the image with its hues rotated round the colour wheel (`rotate_hue`).
 
 A copy search may embed all eight views of the query and keep, for each catalogued token, the best
 score: a mirrored or quarter-turned copy then meets its original in the orientation it was catalogued in.
@@ -87,20 +87,30 @@ def deskew(rgb: np.ndarray, min_degrees: float = 2.0) -> np.ndarray | None:
     return cv2.warpAffine(rgb, turn, (w, h), flags=cv2.INTER_LINEAR, borderValue=fill)
 
 
+def rotate_hue(rgb: np.ndarray, degrees: int) -> np.ndarray:
+    """The image with every hue turned by `degrees` round the colour wheel (saturation and value kept):
+    one of these views undoes most of a copymint's colour shift."""
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = ((hsv[..., 0].astype(np.int16) + round(degrees / 2)) % 180).astype(np.uint8)  # 0..179
+    return cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+
+
 @dataclass(frozen=True)
 class ViewSet:
     """The views a copy query is embedded in (each catalog token keeps its best score): the image, its 8
     dihedral views with `dihedral`; with `peel` one more, the image inside its uniform frame or canvas
-    (`peel_canvas`), and with `deskew` one more, the image turned upright (`deskew`). An extra view that
+    (`peel_canvas`), with `deskew` one more, the image turned upright (`deskew`), and `hues` more, the
+    image with its hues turned by 360 / (hues + 1) degrees, twice that, and so on. An extra view that
     does not apply is the image itself again, so the count is fixed."""
 
     dihedral: bool = False
     peel: bool = False
     deskew: bool = False
+    hues: int = 0
 
     @property
     def count(self) -> int:
-        return (N_VIEWS if self.dihedral else 1) + self.peel + self.deskew
+        return (N_VIEWS if self.dihedral else 1) + self.peel + self.deskew + self.hues
 
     def inputs(self, rgb: np.ndarray, x: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
         """Decoded RGB + its network input [3,S,S] -> the views' network inputs [count, 3, S, S]."""
@@ -109,4 +119,6 @@ class ViewSet:
             if wanted:
                 undone = undo(rgb)
                 views.append((x if undone is None else preprocess(undone, cfg))[None])
+        for i in range(1, self.hues + 1):
+            views.append(preprocess(rotate_hue(rgb, i * 360 // (self.hues + 1)), cfg)[None])
         return np.concatenate(views)

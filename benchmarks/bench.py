@@ -428,7 +428,14 @@ def bench_copies(
         return base / np.linalg.norm(base, axis=1, keepdims=True)
 
     data = [p.read_bytes() for p in images]
-    result: dict = {"tokens": tokens, "clients": clients, "requests": requests, "dihedral": m.copies.dihedral}
+    result: dict = {
+        "tokens": tokens,
+        "clients": clients,
+        "requests": requests,
+        "dihedral": m.copies.dihedral,
+        "views": m.copies.views.count,
+        "model": f"{m.name}@{m.version}",
+    }
     with tempfile.TemporaryDirectory() as tmp:
         cat = open_catalog(f"{tmp}/c.db", m.embedding_dim, m.sha256, "auto", m.instance_dim)
         t0 = time.perf_counter()
@@ -750,7 +757,12 @@ def render_markdown(report: dict) -> str:
         c = report["copies"]
         lines += [
             f"## Copies: POST /copies with {c['tokens']:,} tokens in the catalog ({c['clients']} clients, "
-            f"{c['requests']} requests, dihedral views {'on' if c['dihedral'] else 'off'})",
+            f"{c['requests']} requests, "
+            + (
+                f"{c['views']} query views, {c['model']})"
+                if "views" in c
+                else f"dihedral views {'on' if c['dihedral'] else 'off'})"
+            ),
             "",
             *([where(c["machine"]), ""] if c.get("machine") else []),
         ]

@@ -143,6 +143,7 @@ def test_peel_leaves_plain_images_and_view_set_counts(punk, painted):
         (ViewSet(dihedral=True), 8),
         (ViewSet(True, True), 9),
         (ViewSet(True, True, True), 10),
+        (ViewSet(True, True, True, hues=5), 15),
     ):
         out = views.inputs(painted, x, cfg)
         assert out.shape == (n, *x.shape) and views.count == n
@@ -150,6 +151,19 @@ def test_peel_leaves_plain_images_and_view_set_counts(punk, painted):
     framed = apply_edit("border", painted, np.random.default_rng(1))
     peeled = ViewSet(peel=True).inputs(framed, preprocess(framed, cfg), cfg)
     assert not np.array_equal(peeled[1], peeled[0])  # the extra view is the image inside the frame
+
+
+def test_a_hue_view_undoes_a_colour_shift(painted):
+    from app.preprocessing import PreprocessConfig, preprocess
+    from app.views import ViewSet, rotate_hue
+
+    shifted = rotate_hue(painted, 120)
+    assert np.abs(shifted.astype(int) - painted).mean() > 20  # a real change of colour
+    assert np.abs(rotate_hue(shifted, 240).astype(int) - painted).mean() < 3  # a full turn: back again
+    cfg = PreprocessConfig()
+    views = ViewSet(hues=2).inputs(shifted, preprocess(shifted, cfg), cfg)  # turned by 120 and 240 degrees
+    err = [np.abs(v - preprocess(painted, cfg)).mean() for v in views]
+    assert int(np.argmin(err)) == 2 and err[2] < 0.1 * err[0]
 
 
 def test_deskew_turns_a_slightly_rotated_copy_upright(punk):

@@ -238,6 +238,7 @@ def calibrate(
     peel: bool = True,
     deskew: bool = True,
     copies_only: bool = False,
+    hues: int = 5,
 ) -> dict:
     """Fit temperature, open-set detector and copy threshold on validation data; update model.json
     (`copies_only`: only the copy thresholds, e.g. after the query views changed)."""
@@ -290,7 +291,9 @@ def calibrate(
             "openset_thresholds": thresholds,
         }
     if m.instance_dim and copies:
-        pairs = copy_pairs(model, data, label_field, exclude, holdout, views=ViewSet(dihedral, peel, deskew))
+        pairs = copy_pairs(
+            model, data, label_field, exclude, holdout, views=ViewSet(dihedral, peel, deskew, hues)
+        )
         chosen = copy_thresholds(pairs, false_copy)
         m.copies = CopyDetector(
             threshold=chosen["threshold"],
@@ -298,6 +301,7 @@ def calibrate(
             dihedral=dihedral,
             peel=peel,
             deskew=deskew,
+            hues=hues,
             precision=chosen["precision"],
             recall=chosen["recall"],
             target=f"false-copy rate <= {false_copy} per collection on distinct validation tokens",

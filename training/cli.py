@@ -306,6 +306,9 @@ def calibrate_cmd(
         True, help="copy queries also run the image inside its uniform frame or canvas (one more view)"
     ),
     deskew: bool = typer.Option(True, help="copy queries also run the image turned upright (one more view)"),
+    hues: int = typer.Option(
+        5, min=0, max=11, help="copy queries also run N hue-rotated views (360/(N+1) degrees apart)"
+    ),
     copies_only: bool = typer.Option(False, help="re-fit only the copy thresholds (keep the rest)"),
 ) -> None:
     """Fit temperature, unknown detector (+ openset.npz) and copy threshold on validation data."""
@@ -315,7 +318,15 @@ def calibrate_cmd(
     if method not in OPENSET_METHODS:
         raise typer.BadParameter(f"choose one of {', '.join(OPENSET_METHODS)}", param_hint="--method")
     r = calibrate(
-        model_dir, method, false_unknown, false_copy, out, peel=peel, deskew=deskew, copies_only=copies_only
+        model_dir,
+        method,
+        false_unknown,
+        false_copy,
+        out,
+        peel=peel,
+        deskew=deskew,
+        hues=hues,
+        copies_only=copies_only,
     )
     if not copies_only:
         typer.echo(

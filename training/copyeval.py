@@ -172,6 +172,7 @@ def evaluate_copies(
         "dihedral_views": bool(views and views.dihedral),
         "peel_view": bool(views and views.peel),
         "deskew_view": bool(views and views.deskew),
+        "hue_views": views.hues if views else 0,
         "thresholds": (
             {"default": detector.threshold, **detector.per_collection} if detector is not None else None
         ),
