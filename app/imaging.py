@@ -137,3 +137,18 @@ def border_colour(rgb: np.ndarray) -> np.ndarray:
     """The median colour of the image's outermost ring of pixels (its background, for most NFTs)."""
     ring = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
     return np.median(ring, axis=0)
+
+
+def background_region(rgb: np.ndarray, tolerance: int = 12) -> np.ndarray:
+    """[H, W] bool: the background, the pixels joined (4-connected, within `tolerance` per channel) to a
+    corner that has the border's colour. Empty when no corner has it."""
+    import cv2
+
+    h, w = rgb.shape[:2]
+    bg = border_colour(rgb)
+    mask = np.zeros((h + 2, w + 2), np.uint8)
+    tol = (tolerance,) * 3
+    for y, x in ((0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)):
+        if np.abs(rgb[y, x].astype(int) - bg).max() <= tolerance and not mask[y + 1, x + 1]:
+            cv2.floodFill(rgb.copy(), mask, (x, y), 0, tol, tol, cv2.FLOODFILL_MASK_ONLY | 4 | (255 << 8))
+    return mask[1:-1, 1:-1].astype(bool)

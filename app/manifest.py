@@ -66,6 +66,9 @@ class CopyDetector(BaseModel):
         False, description="one more query view: the image inside its uniform frame or canvas, if any"
     )
     deskew: bool = Field(False, description="one more query view: the image turned upright, if it is skewed")
+    background: bool = Field(
+        False, description="one more query view: the image on the model's alpha background (see app/views.py)"
+    )
     hues: int = Field(
         0, ge=0, le=11, description="this many more query views: the image with its hues turned evenly round"
     )
@@ -77,7 +80,7 @@ class CopyDetector(BaseModel):
     @property
     def views(self) -> ViewSet:
         """The views a query is embedded in, as calibrated."""
-        return ViewSet(self.dihedral, self.peel, self.deskew, self.hues)
+        return ViewSet(self.dihedral, self.peel, self.deskew, self.hues, self.background)
 
     def threshold_for(self, collection: str) -> float:
         """The threshold a match from `collection` must reach."""

@@ -1,6 +1,7 @@
 """The views a copy query is embedded in: the eight dihedral views of a network input (identity, 3
 rotations, and the mirror of each), the image inside its frame or canvas (`peel_canvas`), the image
-turned upright (`deskew`), and the image with its hues rotated round the colour wheel (`rotate_hue`).
+turned upright (`deskew`), the image on the background transparent tokens are catalogued on
+(`repaint_background`), and the image with its hues rotated round the colour wheel (`rotate_hue`).
 
 A copy search may embed all eight views of the query and keep, for each catalogued token, the best
 score: a mirrored or quarter-turned copy then meets its original in the orientation it was catalogued in.
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from app.imaging import border_colour
+from app.imaging import background_region, border_colour
 from app.preprocessing import PreprocessConfig, preprocess
 
 N_VIEWS = 8
@@ -87,6 +88,18 @@ def deskew(rgb: np.ndarray, min_degrees: float = 2.0) -> np.ndarray | None:
     return cv2.warpAffine(rgb, turn, (w, h), flags=cv2.INTER_LINEAR, borderValue=fill)
 
 
+def repaint_background(rgb: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray | None:
+    """The image with its background region (`background_region`) painted `colour`, the model's
+    `alpha_background`: a copymint that only swapped the background of a token catalogued on that colour
+    (a transparent punk) meets its original. None when the image has no background region."""
+    region = background_region(rgb)
+    if not region.any():
+        return None
+    out = rgb.copy()
+    out[region] = colour
+    return out
+
+
 def rotate_hue(rgb: np.ndarray, degrees: int) -> np.ndarray:
     """The image with every hue turned by `degrees` round the colour wheel (saturation and value kept):
     one of these views undoes most of a copymint's colour shift."""
@@ -99,7 +112,8 @@ def rotate_hue(rgb: np.ndarray, degrees: int) -> np.ndarray:
 class ViewSet:
     """The views a copy query is embedded in (each catalog token keeps its best score): the image, its 8
     dihedral views with `dihedral`; with `peel` one more, the image inside its uniform frame or canvas
-    (`peel_canvas`), with `deskew` one more, the image turned upright (`deskew`), and `hues` more, the
+    (`peel_canvas`), with `deskew` one more, the image turned upright (`deskew`), with `background` one
+    more, the image on the model's alpha background (`repaint_background`), and `hues` more, the
     image with its hues turned by 360 / (hues + 1) degrees, twice that, and so on. An extra view that
     does not apply is the image itself again, so the count is fixed."""
 
@@ -107,15 +121,17 @@ class ViewSet:
     peel: bool = False
     deskew: bool = False
     hues: int = 0
+    background: bool = False
 
     @property
     def count(self) -> int:
-        return (N_VIEWS if self.dihedral else 1) + self.peel + self.deskew + self.hues
+        return (N_VIEWS if self.dihedral else 1) + self.peel + self.deskew + self.background + self.hues
 
     def inputs(self, rgb: np.ndarray, x: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
         """Decoded RGB + its network input [3,S,S] -> the views' network inputs [count, 3, S, S]."""
         views = [dihedral_views(x) if self.dihedral else x[None]]
-        for wanted, undo in ((self.peel, peel_canvas), (self.deskew, deskew)):
+        repaint = lambda image: repaint_background(image, cfg.background_rgb)  # noqa: E731
+        for wanted, undo in ((self.peel, peel_canvas), (self.deskew, deskew), (self.background, repaint)):
             if wanted:
                 undone = undo(rgb)
                 views.append((x if undone is None else preprocess(undone, cfg))[None])

@@ -144,6 +144,7 @@ def test_peel_leaves_plain_images_and_view_set_counts(punk, painted):
         (ViewSet(True, True), 9),
         (ViewSet(True, True, True), 10),
         (ViewSet(True, True, True, hues=5), 15),
+        (ViewSet(True, True, True, hues=5, background=True), 16),
     ):
         out = views.inputs(painted, x, cfg)
         assert out.shape == (n, *x.shape) and views.count == n
@@ -151,6 +152,22 @@ def test_peel_leaves_plain_images_and_view_set_counts(punk, painted):
     framed = apply_edit("border", painted, np.random.default_rng(1))
     peeled = ViewSet(peel=True).inputs(framed, preprocess(framed, cfg), cfg)
     assert not np.array_equal(peeled[1], peeled[0])  # the extra view is the image inside the frame
+
+
+def test_the_background_view_undoes_a_background_swap_on_a_transparent_punk(punk):
+    from app.preprocessing import PreprocessConfig
+    from app.views import repaint_background
+
+    cfg = PreprocessConfig(alpha_background="#638596")  # what punks are decoded and catalogued on
+    original = working_copy(punk)
+    assert np.array_equal(border_colour(original).astype(np.uint8), cfg.background_rgb)
+    swapped = apply_edit("background_swap", punk, np.random.default_rng(3))
+    assert (swapped != original).any(axis=2).mean() > 0.3
+    assert np.array_equal(repaint_background(swapped, cfg.background_rgb), original)
+    assert (
+        repaint_background(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8), (0, 0, 0))
+        is None
+    )
 
 
 def test_a_hue_view_undoes_a_colour_shift(painted):

@@ -239,6 +239,7 @@ def calibrate(
     deskew: bool = True,
     copies_only: bool = False,
     hues: int = 5,
+    background: bool = True,
 ) -> dict:
     """Fit temperature, open-set detector and copy threshold on validation data; update model.json
     (`copies_only`: only the copy thresholds, e.g. after the query views changed)."""
@@ -292,7 +293,12 @@ def calibrate(
         }
     if m.instance_dim and copies:
         pairs = copy_pairs(
-            model, data, label_field, exclude, holdout, views=ViewSet(dihedral, peel, deskew, hues)
+            model,
+            data,
+            label_field,
+            exclude,
+            holdout,
+            views=ViewSet(dihedral, peel, deskew, hues, background),
         )
         chosen = copy_thresholds(pairs, false_copy)
         m.copies = CopyDetector(
@@ -302,6 +308,7 @@ def calibrate(
             peel=peel,
             deskew=deskew,
             hues=hues,
+            background=background,
             precision=chosen["precision"],
             recall=chosen["recall"],
             target=f"false-copy rate <= {false_copy} per collection on distinct validation tokens",

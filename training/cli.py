@@ -309,6 +309,9 @@ def calibrate_cmd(
     hues: int = typer.Option(
         5, min=0, max=11, help="copy queries also run N hue-rotated views (360/(N+1) degrees apart)"
     ),
+    background: bool = typer.Option(
+        True, help="copy queries also run the image on the model's alpha background (one more view)"
+    ),
     copies_only: bool = typer.Option(False, help="re-fit only the copy thresholds (keep the rest)"),
 ) -> None:
     """Fit temperature, unknown detector (+ openset.npz) and copy threshold on validation data."""
@@ -326,6 +329,7 @@ def calibrate_cmd(
         peel=peel,
         deskew=deskew,
         hues=hues,
+        background=background,
         copies_only=copies_only,
     )
     if not copies_only:

@@ -173,6 +173,7 @@ def evaluate_copies(
         "peel_view": bool(views and views.peel),
         "deskew_view": bool(views and views.deskew),
         "hue_views": views.hues if views else 0,
+        "background_view": bool(views and views.background),
         "thresholds": (
             {"default": detector.threshold, **detector.per_collection} if detector is not None else None
         ),

@@ -16,7 +16,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from app.imaging import border_colour
+from app.imaging import background_region, border_colour
 from app.preprocessing import reencode
 
 Edit = Callable[[np.ndarray, np.random.Generator], np.ndarray]
@@ -133,17 +133,8 @@ def logo(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def background_swap(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """The background (the region joined to the corners with the border's colour) painted a new colour."""
-    h, w = rgb.shape[:2]
-    bg = border_colour(rgb)
-    mask = np.zeros((h + 2, w + 2), np.uint8)
-    work = rgb.copy()
-    tol = (12, 12, 12)
-    for y, x in ((0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)):
-        if np.abs(rgb[y, x].astype(int) - bg).max() <= 12 and not mask[y + 1, x + 1]:
-            cv2.floodFill(work, mask, (x, y), 0, tol, tol, cv2.FLOODFILL_MASK_ONLY | 4 | (255 << 8))
-    region = mask[1:-1, 1:-1].astype(bool)
     out = rgb.copy()
-    out[region] = _colour(rng)
+    out[background_region(rgb)] = _colour(rng)
     return out
 
 
