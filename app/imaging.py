@@ -148,7 +148,8 @@ def background_region(rgb: np.ndarray, tolerance: int = 12) -> np.ndarray:
     bg = border_colour(rgb)
     mask = np.zeros((h + 2, w + 2), np.uint8)
     tol = (tolerance,) * 3
+    work = rgb.copy()  # OpenCV wants a writable image even for a mask-only fill: one copy serves all 4
     for y, x in ((0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)):
         if np.abs(rgb[y, x].astype(int) - bg).max() <= tolerance and not mask[y + 1, x + 1]:
-            cv2.floodFill(rgb.copy(), mask, (x, y), 0, tol, tol, cv2.FLOODFILL_MASK_ONLY | 4 | (255 << 8))
+            cv2.floodFill(work, mask, (x, y), 0, tol, tol, cv2.FLOODFILL_MASK_ONLY | 4 | (255 << 8))
     return mask[1:-1, 1:-1].astype(bool)

@@ -80,7 +80,13 @@ class CopyDetector(BaseModel):
     @property
     def views(self) -> ViewSet:
         """The views a query is embedded in, as calibrated."""
-        return ViewSet(self.dihedral, self.peel, self.deskew, self.hues, self.background)
+        return ViewSet(
+            dihedral=self.dihedral,
+            peel=self.peel,
+            deskew=self.deskew,
+            background=self.background,
+            hues=self.hues,
+        )
 
     def threshold_for(self, collection: str) -> float:
         """The threshold a match from `collection` must reach."""

@@ -11,6 +11,7 @@ The input is square (the preprocessing pads to S x S), so every view is again a 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
 import cv2
 import numpy as np
@@ -120,8 +121,8 @@ class ViewSet:
     dihedral: bool = False
     peel: bool = False
     deskew: bool = False
-    hues: int = 0
     background: bool = False
+    hues: int = 0
 
     @property
     def count(self) -> int:
@@ -130,7 +131,7 @@ class ViewSet:
     def inputs(self, rgb: np.ndarray, x: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
         """Decoded RGB + its network input [3,S,S] -> the views' network inputs [count, 3, S, S]."""
         views = [dihedral_views(x) if self.dihedral else x[None]]
-        repaint = lambda image: repaint_background(image, cfg.background_rgb)  # noqa: E731
+        repaint = partial(repaint_background, colour=cfg.background_rgb)
         for wanted, undo in ((self.peel, peel_canvas), (self.deskew, deskew), (self.background, repaint)):
             if wanted:
                 undone = undo(rgb)

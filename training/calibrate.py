@@ -298,7 +298,7 @@ def calibrate(
             label_field,
             exclude,
             holdout,
-            views=ViewSet(dihedral, peel, deskew, hues, background),
+            views=ViewSet(dihedral=dihedral, peel=peel, deskew=deskew, background=background, hues=hues),
         )
         chosen = copy_thresholds(pairs, false_copy)
         m.copies = CopyDetector(

@@ -121,11 +121,17 @@ class NftNet(nn.Module):
     def forward_all(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(logits [N,C], pre-logit features [N,F], instance [N,D] or None)."""
         fmap = self.backbone.forward_features(x)
-        features = self.backbone.forward_head(fmap, pre_logits=True).flatten(1)
+        features = self.pre_logits(fmap)
+        return self.classify(features), features, (self.instance(fmap) if self.instance is not None else None)
+
+    def pre_logits(self, fmap: torch.Tensor) -> torch.Tensor:
+        """Backbone feature map -> pooled pre-logit features [N,F] (the collection embedding, unnormalised)."""
+        return self.backbone.forward_head(fmap, pre_logits=True).flatten(1)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """Pre-logit features -> logits [N,C] (the last linear layer)."""
         logits = self.backbone.get_classifier()(features)
-        if logits.ndim > 2:  # heads that keep spatial dims
-            logits = logits.flatten(1)
-        return logits, features, (self.instance(fmap) if self.instance is not None else None)
+        return logits.flatten(1) if logits.ndim > 2 else logits  # heads that keep spatial dims
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_all(x)[0]

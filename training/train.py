@@ -108,6 +108,13 @@ def gather(cfg: TrainConfig, split: str) -> tuple[list[Path], list[str], list[di
     return paths, [r["_label"] for r in rows], rows, cards
 
 
+def val_split(cfg: TrainConfig, index: dict[str, int]) -> tuple[list[Path], np.ndarray]:
+    """The validation images whose label is one of `index`'s, and their label indices."""
+    paths, labels, _, _ = gather(cfg, "val")
+    keep = [i for i, lab in enumerate(labels) if lab in index]
+    return [paths[i] for i in keep], np.array([index[labels[i]] for i in keep])
+
+
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -178,14 +185,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     device = pick_device(cfg.device)
 
     train_paths, train_labels, _, cards = gather(cfg, "train")
-    val_paths, val_labels, _, _ = gather(cfg, "val")
     labels = sorted(set(train_labels))
     if len(labels) < 2:
         raise ValueError(f"need at least 2 labels to train, found {labels}")
     index = {lab: i for i, lab in enumerate(labels)}
     y_train = np.array([index[lab] for lab in train_labels])
-    val_keep = [i for i, lab in enumerate(val_labels) if lab in index]
-    y_val = np.array([index[val_labels[i]] for i in val_keep])
+    val_paths, y_val = val_split(cfg, index)
     views = cfg.views
 
     train_ds = ImageDataset(
@@ -198,7 +203,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         views=views,
         seed=cfg.seed,
     )
-    val_ds = ImageDataset([val_paths[i] for i in val_keep], y_val.tolist(), cfg.preprocess)
+    val_ds = ImageDataset(val_paths, y_val.tolist(), cfg.preprocess)
     counts = np.bincount(y_train, minlength=len(labels)).astype(float)
     batches = EpochBatchSampler(
         train_labels,
@@ -212,7 +217,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     loader_kw = {"num_workers": cfg.num_workers, "persistent_workers": False}
     train_loader = DataLoader(train_ds, batch_sampler=batches, **loader_kw)
     val_loader = DataLoader(val_ds, shuffle=False, batch_size=cfg.batch_size, **loader_kw)
-    probe = _copy_probe(cfg, [val_paths[i] for i in val_keep]) if views == 2 else None
+    probe = _copy_probe(cfg, val_paths) if views == 2 else None
 
     model = create_net(cfg.arch, len(labels), cfg.pretrained, cfg.instance_dim if views == 2 else 0).to(
         device
@@ -412,12 +417,10 @@ def refit_head(checkpoint: str | Path, out: str | Path, epochs: int = 2, lr: flo
         p.requires_grad_(True)
 
     train_paths, train_labels, _, _ = gather(cfg, "train")
-    val_paths, val_labels, _, _ = gather(cfg, "val")
     index = {lab: i for i, lab in enumerate(labels)}
     keep = [i for i, lab in enumerate(train_labels) if lab in index]
     y = [index[train_labels[i]] for i in keep]
-    vkeep = [i for i, lab in enumerate(val_labels) if lab in index]
-    y_val = np.array([index[val_labels[i]] for i in vkeep])
+    val_paths, y_val = val_split(cfg, index)
     ds = ImageDataset(
         [train_paths[i] for i in keep],
         y,
@@ -430,7 +433,7 @@ def refit_head(checkpoint: str | Path, out: str | Path, epochs: int = 2, lr: flo
     )
     loader = DataLoader(ds, batch_sampler=batches, num_workers=cfg.num_workers)
     val_loader = DataLoader(
-        ImageDataset([val_paths[i] for i in vkeep], y_val.tolist(), cfg.preprocess),
+        ImageDataset(val_paths, y_val.tolist(), cfg.preprocess),
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
     )
@@ -446,10 +449,8 @@ def refit_head(checkpoint: str | Path, out: str | Path, epochs: int = 2, lr: flo
         for x, target in bar:
             x, target = x.to(device), target.to(device)
             with torch.no_grad():
-                features = model.backbone.forward_head(
-                    model.backbone.forward_features(x), pre_logits=True
-                ).flatten(1)
-            loss = torch.nn.functional.cross_entropy(head(features).flatten(1), target)
+                features = model.pre_logits(model.backbone.forward_features(x))
+            loss = torch.nn.functional.cross_entropy(model.classify(features), target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
