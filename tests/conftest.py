@@ -26,6 +26,14 @@ def nouns(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def avatars(tmp_path_factory):
+    """Open-set outliers: DiceBear avatars rendered with the pinned npm packages (two per style)."""
+    from training.datasets.avatars import fetch_avatars
+
+    return fetch_avatars(tmp_path_factory.mktemp("data") / "avatars", count=62, seed=3, progress=False)
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not (SHARED_DATA / "nft-thumbs" / "MANIFEST.csv").is_file():
         pytest.skip(

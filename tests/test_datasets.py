@@ -89,6 +89,19 @@ def test_nouns_dataset_has_traits_and_one_label(nouns):
     )
 
 
+def test_avatar_outliers_cover_every_style_and_render_the_same_again(avatars, tmp_path):
+    from training.datasets.avatars import fetch_avatars
+
+    styles = Counter(r["style"] for r in avatars.rows)
+    assert len(styles) == 31 and set(styles.values()) == {2}  # DiceBear 9's styles, in turn
+    assert all(r["collection"] == f"avatars-{r['style']}" for r in avatars.rows)
+    first = avatars.image_path(avatars.rows[0])
+    with Image.open(first) as im:
+        assert im.size == (128, 128)
+    again = fetch_avatars(tmp_path / "again", count=1, seed=3, progress=False)
+    assert again.image_path(again.rows[0]).read_bytes() == first.read_bytes()  # seeded: reproducible
+
+
 def test_splits_are_deterministic_stratified_and_keep_pairs_together():
     rows = [{"collection": c, "token_id": str(i), "label": c} for c in ("a", "b") for i in range(200)]
     rows.append({"collection": "a", "token_id": "5", "label": "a"})  # a hi-res copy of a/5

