@@ -22,7 +22,11 @@ class UnknownDetector(BaseModel):
     """Open-set check: a score per image (higher = less like any known collection); above `threshold` the
     image is called unknown. See `app.openset` for the methods."""
 
-    method: Literal["max_probability", "energy", "mahalanobis", "knn"] = "max_probability"
+    method: Literal["max_probability", "energy", "mahalanobis", "knn", "multilayer"] = "max_probability"
+    layers: list[str] = Field(
+        [],
+        description="multilayer: the outputs it scores (`embedding`, `stageI`), chosen at calibration",
+    )
     threshold: float = Field(..., description="chosen on validation images of the known collections")
     target_tpr: float = Field(
         0.95, description="share of known validation images kept known at `threshold` (1 - the promise)"

@@ -7,21 +7,28 @@ Four scores, all computed from one ONNX pass (logits + collection embedding):
 - `mahalanobis`: the smallest Mahalanobis distance from the embedding to a class mean, with one shared
   covariance (Lee et al., 2018)
 - `knn`: 1 - the cosine similarity to the k-th nearest training embedding (Sun et al., 2022)
+- `multilayer`: the same Mahalanobis score at several depths, summed: on the embedding and on the
+  per-stage channel statistics (`stageI` outputs, see `training/stagestats.py`), each standardised by its
+  spread on known validation images. A new collection that lands inside a known class in the embedding
+  often still differs in palette, line work and texture, which the shallower stages keep.
 
-The statistics the last two need (class means, the shared precision matrix, reference embeddings) ship
-beside the model as an .npz that the manifest pins by sha256.
+The statistics all but the first two need (class means, shared precision matrices, reference embeddings,
+the stage features' standardisation) ship beside the model as an .npz that the manifest pins by sha256.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from app.errors import ModelIntegrityError
+from app.inference import logits_of
 from app.manifest import UnknownDetector, verify_file
 
 STATS_KEYS = ("means", "precision", "references")
+STATS_METHODS = ("mahalanobis", "knn", "multilayer")
 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -57,6 +64,39 @@ class Mahalanobis:
         return d.min(axis=1)
 
 
+def stage_features(x: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """A `stageI` output (channel means and stds, >= 0) on a log scale, standardised per feature."""
+    return (np.log1p(np.maximum(np.asarray(x, dtype=np.float64), 0.0)) - center) / scale
+
+
+class LayeredMahalanobis:
+    """The `multilayer` score: sum over layers of (Mahalanobis(layer) - mu) / sigma, where mu and sigma are
+    that layer's score spread on known validation images. Layer `embedding` is the embedding as is; a
+    `stageI` layer goes through `stage_features` first. `stats` holds, per stage layer L, `L/center`,
+    `L/scale`, `L/means`, `L/precision`, and for every layer `L/z` = [mu, sigma] (the embedding's means and
+    precision are the top-level `means` and `precision`)."""
+
+    def __init__(self, layers: list[str], stats: Mapping[str, np.ndarray]):
+        self.layers = list(layers)
+        self.parts = []
+        for name in self.layers:
+            prefix = "" if name == "embedding" else name + "/"
+            scorer = Mahalanobis(stats[prefix + "means"], stats[prefix + "precision"])
+            norm = None if name == "embedding" else (stats[name + "/center"], stats[name + "/scale"])
+            self.parts.append((name, scorer, norm, *np.asarray(stats[name + "/z"], dtype=np.float64)))
+
+    def layer_scores(self, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each layer's raw Mahalanobis score for a batch of outputs."""
+        return {
+            name: scorer.score(out[name] if norm is None else stage_features(out[name], *norm))
+            for name, scorer, norm, _, _ in self.parts
+        }
+
+    def score(self, out: Mapping[str, np.ndarray]) -> np.ndarray:
+        raw = self.layer_scores(out)
+        return sum((raw[name] - mu) / sigma for name, _, _, mu, sigma in self.parts)
+
+
 def mahalanobis_score(embedding: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
     """min over classes of (x - mu_c)^T P (x - mu_c)."""
     return Mahalanobis(means, precision).score(embedding)
@@ -89,34 +129,53 @@ class OpenSetScorer:
     def __init__(self, detector: UnknownDetector, model_dir: str | Path):
         self.detector = detector
         self.stats: dict[str, np.ndarray] = {}
-        if detector.method in ("mahalanobis", "knn"):
+        if detector.method in STATS_METHODS:
             if not detector.stats_file:
                 raise ModelIntegrityError(f"unknown.method {detector.method} needs unknown.stats_file")
             path = Path(model_dir) / detector.stats_file
             verify_file(path, detector.stats_sha256)
             with np.load(path) as data:
-                need = ("means", "precision") if detector.method == "mahalanobis" else ("references",)
+                need = self.needed_stats(detector)
                 missing = [k for k in need if k not in data]
                 if missing:
                     raise ModelIntegrityError(f"{path} lacks {missing}")
                 self.stats = {k: data[k].astype(np.float32) for k in need}
         if detector.method == "mahalanobis":
             self._mahalanobis = Mahalanobis(self.stats["means"], self.stats["precision"])
+        if detector.method == "multilayer":
+            self._layered = LayeredMahalanobis(detector.layers, self.stats)
 
-    def score(self, logits: np.ndarray, embedding: np.ndarray) -> np.ndarray:
-        """[N,C] logits and [N,D] embeddings -> [N] scores."""
+    @staticmethod
+    def needed_stats(detector: UnknownDetector) -> tuple[str, ...]:
+        """The sidecar arrays a detector reads."""
+        if detector.method == "knn":
+            return ("references",)
+        if detector.method == "mahalanobis":
+            return ("means", "precision")
+        keys = [f"{name}/z" for name in detector.layers]
+        for name in detector.layers:
+            prefix = "" if name == "embedding" else name + "/"
+            keys += [prefix + "means", prefix + "precision"]
+            keys += [] if name == "embedding" else [name + "/center", name + "/scale"]
+        return tuple(keys)
+
+    def score(self, out: Mapping[str, np.ndarray]) -> np.ndarray:
+        """A batch of model outputs (`logits` or `probabilities`, `embedding`, the `stageI` a
+        `multilayer` detector uses) -> [N] scores."""
         d = self.detector
-        if d.method == "max_probability":
-            return max_probability_score(logits, d.temperature)
-        if d.method == "energy":
-            return energy_score(logits, d.temperature)
+        if d.method == "multilayer":
+            return self._layered.score(out)
+        if d.method in ("max_probability", "energy"):
+            logits = logits_of(out)
+            fn = max_probability_score if d.method == "max_probability" else energy_score
+            return fn(logits, d.temperature)
         if d.method == "mahalanobis":
-            return self._mahalanobis.score(embedding)
-        return knn_score(embedding, self.stats["references"], d.k)
+            return self._mahalanobis.score(out["embedding"])
+        return knn_score(out["embedding"], self.stats["references"], d.k)
 
-    def verdict(self, logits: np.ndarray, embedding: np.ndarray, score: float | None = None) -> dict:
-        """The `unknown` block of one image's response (from its score, when already computed)."""
-        score = float(self.score(logits[None], embedding[None])[0] if score is None else score)
+    def verdict(self, score: float) -> dict:
+        """The `unknown` block of one image's response, from its score."""
+        score = float(score)
         return {
             "method": self.detector.method,
             "score": round(score, 6),

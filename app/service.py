@@ -151,7 +151,7 @@ class Service:
         open-set score), on the inference thread instead of the event loop."""
         out = self.model.run(batch)
         if self.openset is not None:
-            out["unknown_score"] = self.openset.score(logits_of(out), out["embedding"])
+            out["unknown_score"] = self.openset.score(out)
         return out
 
     def _observe_batch(self, size: int, seconds: float) -> None:
@@ -207,7 +207,7 @@ class Service:
         """The open-set verdict for one prediction (None when the model ships no detector)."""
         if self.openset is None:
             return None
-        return self.openset.verdict(pred.logits, pred.embedding, pred.unknown_score)
+        return self.openset.verdict(pred.unknown_score)
 
     # -- copies --------------------------------------------------------------------------------------
     def require_copies(self) -> None:

@@ -12,6 +12,7 @@ import pytest
 from app.errors import ModelIntegrityError
 from app.manifest import UnknownDetector, sha256_of
 from app.openset import (
+    LayeredMahalanobis,
     OpenSetScorer,
     energy_score,
     fit_statistics,
@@ -86,8 +87,8 @@ def test_sidecar_statistics_are_pinned_by_sha256(tmp_path):
         stats_sha256=sha256_of(tmp_path / "openset.npz"),
     )
     scorer = OpenSetScorer(det, tmp_path)
-    far = scorer.verdict(np.zeros(4), np.full(6, 50.0, np.float32))
-    near = scorer.verdict(np.zeros(4), stats["means"][0])
+    far = scorer.verdict(scorer.score({"logits": np.zeros((1, 4)), "embedding": np.full((1, 6), 50.0)})[0])
+    near = scorer.verdict(scorer.score({"logits": np.zeros((1, 4)), "embedding": stats["means"][:1]})[0])
     assert far["is_unknown"] and not near["is_unknown"] and far["method"] == "mahalanobis"
     # a different file under the same name is refused, as is a missing one or one lacking its arrays
     save_statistics(tmp_path / "openset.npz", {k: v + 1 for k, v in stats.items()})
@@ -103,6 +104,56 @@ def test_sidecar_statistics_are_pinned_by_sha256(tmp_path):
         OpenSetScorer(partial, tmp_path)
     with pytest.raises(ModelIntegrityError, match="stats_file"):
         OpenSetScorer(UnknownDetector(method="knn", threshold=0.1), tmp_path)
+
+
+def test_multilayer_score_sums_standardised_layers_and_picks_layers_on_outliers(tmp_path):
+    """The multilayer detector: per-layer Mahalanobis, standardised on known validation data, summed;
+    its layers chosen by how many auxiliary outliers they flag; its sidecar arrays checked like any other."""
+    from training.calibrate import choose_layers, fit_stage_statistics, layer_spread
+
+    rng = np.random.default_rng(4)
+    y = np.repeat(np.arange(3), 60)
+
+    def outputs(n_or_y, shift_emb=0.0, shift_stage=0.0):
+        labels = n_or_y if isinstance(n_or_y, np.ndarray) else np.zeros(n_or_y, int)
+        emb = rng.normal(size=(len(labels), 6)) + labels[:, None] * 4 + shift_emb
+        stage = np.abs(rng.normal(1.0, 0.1, size=(len(labels), 8)) + labels[:, None] * 0.5 + shift_stage)
+        noise = np.abs(rng.normal(1.0, 0.1, size=(len(labels), 8)))  # carries no class information
+        return {"embedding": emb, "stage0": stage.astype(np.float32), "stage1": noise.astype(np.float32)}
+
+    train, val = outputs(y), outputs(y)
+    stats = fit_statistics(train["embedding"], y) | fit_stage_statistics(train, y)
+    assert {"stage0/center", "stage0/scale", "stage1/means", "stage1/precision"} <= set(stats)
+    candidates = ["embedding", "stage0", "stage1"]
+    layer_spread(stats, candidates, val)
+    scorer = LayeredMahalanobis(candidates, stats)
+    known = scorer.score(val)
+    assert abs(known.mean()) < 1e-6  # each layer standardised on these very images
+    # outliers that differ only in the stage-0 statistics (an unseen style) are caught by that layer alone
+    styled = outputs(60, shift_stage=3.0)
+    layers, table = choose_layers(stats, candidates, val, styled, false_unknown=0.01)
+    assert "stage0" in layers and table["stage0"]["outliers_flagged"] > table["embedding"]["outliers_flagged"]
+    assert choose_layers(stats, candidates, val, None, 0.01)[0] == candidates
+    # shipped as a sidecar: loads, scores the same, and refuses a file without the layers' arrays
+    save_statistics(tmp_path / "openset.npz", stats)
+    det = UnknownDetector(
+        method="multilayer",
+        layers=layers,
+        threshold=float(np.quantile(LayeredMahalanobis(layers, stats).score(val), 0.99)),
+        stats_file="openset.npz",
+        stats_sha256=sha256_of(tmp_path / "openset.npz"),
+    )
+    served = OpenSetScorer(det, tmp_path)
+    np.testing.assert_allclose(
+        served.score(styled), LayeredMahalanobis(layers, stats).score(styled), rtol=1e-4
+    )
+    assert served.verdict(served.score(styled)[:1][0])["method"] == "multilayer"
+    assert np.mean(served.score(styled) > det.threshold) > 0.9
+    stats.pop(f"{layers[-1]}/z")
+    save_statistics(tmp_path / "bad.npz", stats)
+    bad = det.model_copy(update={"stats_file": "bad.npz", "stats_sha256": sha256_of(tmp_path / "bad.npz")})
+    with pytest.raises(ModelIntegrityError, match="lacks"):
+        OpenSetScorer(bad, tmp_path)
 
 
 def test_copy_threshold_keeps_the_false_copy_promise():

@@ -69,6 +69,52 @@ def test_uint8_input_graph_equals_the_float_graph_on_the_training_path(punks, no
     assert set(want) == set(m.outputs)
 
 
+def test_stage_statistics_outputs_are_each_stages_channel_mean_and_std(punks, nouns, tmp_path):
+    """`nftlens stage-stats` adds per-stage channel statistics that equal the trained network's own stages
+    (torch forward hooks), and leaves every existing output as it was."""
+    import shutil
+
+    import torch
+
+    from app.inference import OnnxModel
+    from app.manifest import load_manifest, sha256_of
+    from tests.tiny_model import export_tiny_model
+    from training.models import create_net
+    from training.stagestats import add_stage_statistics
+
+    float_dir = export_tiny_model(tmp_path / "float", [punks.root, nouns.root])
+    staged = tmp_path / "staged"
+    shutil.copytree(float_dir, staged)
+    assert add_stage_statistics(staged) == ["stage0", "stage1", "stage2", "stage3"]
+    assert add_stage_statistics(staged) == ["stage0", "stage1", "stage2", "stage3"]  # idempotent
+    m = load_manifest(staged)
+    assert m.sha256 == sha256_of(staged / m.onnx_file)
+    assert m.training["stage_statistics_from"]["sha256"] == load_manifest(float_dir).sha256
+
+    files = [punks.image_path(r).read_bytes() for r in punks.rows[:4]]
+    files += [nouns.image_path(r).read_bytes() for r in nouns.rows[:4]]
+    x = np.stack([load_tensor(f, m.preprocessing) for f in files])
+    cpu = ["CPUExecutionProvider"]
+    before, after = OnnxModel(float_dir, cpu).run(x), OnnxModel(staged, cpu).run(x)
+    for name in before:
+        np.testing.assert_array_equal(after[name], before[name], err_msg=name)
+
+    ckpt = torch.load(tmp_path / "float" / "run" / "best.pt", weights_only=False)
+    net = create_net("resnet18", len(ckpt["labels"]), instance_dim=ckpt["instance_dim"])
+    net.load_state_dict(ckpt["model"])
+    net.eval()
+    feats = []
+    stages = [getattr(net.backbone, f"layer{i}") for i in range(1, 5)]
+    hooks = [s.register_forward_hook(lambda _m, _i, o: feats.append(o)) for s in stages]
+    with torch.no_grad():
+        net.forward_all(torch.from_numpy(x))
+    for h in hooks:
+        h.remove()
+    for i, f in enumerate(feats):
+        want = torch.cat([f.mean((2, 3)), f.std((2, 3), unbiased=False)], 1).numpy()
+        np.testing.assert_allclose(after[f"stage{i}"], want, atol=1e-4, rtol=1e-3, err_msg=f"stage{i}")
+
+
 def test_pixels_survive_normalising_and_back():
     from app.preprocessing import NormalizeConfig, normalize, to_pixels
 

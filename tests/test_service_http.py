@@ -117,7 +117,7 @@ def test_classify_embedding_equals_exported_model(client, images, model_dir):
         np.testing.assert_allclose([by_label[lab] for lab in model.labels], expected, atol=1e-5)
         if model.manifest.unknown is not None:
             scorer = OpenSetScorer(model.manifest.unknown, model_dir)
-            score = float(scorer.score(out["logits"], out["embedding"])[0])
+            score = float(scorer.score(out)[0])
             assert body["unknown"]["score"] == pytest.approx(score, abs=1e-4)
             assert body["unknown"]["is_unknown"] == (body["unknown"]["score"] > body["unknown"]["threshold"])
 

@@ -23,6 +23,7 @@ import numpy as np
 from app.inference import OnnxModel, logits_of
 from app.manifest import Calibration, CopyDetector, UnknownDetector, sha256_of
 from app.openset import (
+    LayeredMahalanobis,
     energy_score,
     fit_statistics,
     knn_score,
@@ -30,14 +31,16 @@ from app.openset import (
     max_probability_score,
     save_statistics,
     softmax,
+    stage_features,
 )
 from app.views import ViewSet
 from training.datasets.select import select_rows
 from training.edits import EDITS
+from training.metrics import auroc
 from training.runner import edit_transform, infer, view_similarity
 
 STATS_FILE = "openset.npz"
-OPENSET_METHODS = ("max_probability", "energy", "mahalanobis", "knn")
+OPENSET_METHODS = ("max_probability", "energy", "mahalanobis", "knn", "multilayer")
 
 
 # -- temperature -------------------------------------------------------------------------------------
@@ -79,16 +82,77 @@ def expected_calibration_error(probs: np.ndarray, y: np.ndarray, bins: int = 15)
 
 # -- open set ----------------------------------------------------------------------------------------
 def openset_scores(
-    out: dict[str, np.ndarray], stats: dict[str, np.ndarray], temperature: float, k: int = 10
+    out: dict[str, np.ndarray],
+    stats: dict[str, np.ndarray],
+    temperature: float,
+    k: int = 10,
+    layers: list[str] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Every open-set score (higher = more unknown) for a batch of outputs."""
+    """Every open-set score (higher = more unknown) for a batch of outputs (`multilayer` with `layers`)."""
     logits, emb = logits_of(out), out["embedding"]
-    return {
+    scores = {
         "max_probability": max_probability_score(logits, temperature),
         "energy": energy_score(logits, temperature),
         "mahalanobis": mahalanobis_score(emb, stats["means"], stats["precision"]),
         "knn": knn_score(emb, stats["references"], k),
     }
+    if layers:
+        scores["multilayer"] = LayeredMahalanobis(layers, stats).score(out)
+    return scores
+
+
+def stage_names(out: dict[str, np.ndarray]) -> list[str]:
+    """The `stageI` outputs a model has (see training/stagestats.py), shallow to deep."""
+    return sorted((k for k in out if k.startswith("stage")), key=lambda k: int(k[5:]))
+
+
+def fit_stage_statistics(out: dict[str, np.ndarray], y: np.ndarray) -> dict[str, np.ndarray]:
+    """Per stage: the log-feature standardisation, then class means and shared precision on that scale."""
+    stats = {}
+    for name in stage_names(out):
+        logf = np.log1p(np.maximum(out[name].astype(np.float64), 0.0))
+        center, scale = logf.mean(0), logf.std(0) + 1e-6
+        fitted = fit_statistics(stage_features(out[name], center, scale), y, shrinkage=1e-2)
+        stats |= {
+            f"{name}/center": center.astype(np.float32),
+            f"{name}/scale": scale.astype(np.float32),
+            f"{name}/means": fitted["means"],
+            f"{name}/precision": fitted["precision"],
+        }
+    return stats
+
+
+def layer_spread(stats: dict[str, np.ndarray], layers: list[str], val: dict[str, np.ndarray]) -> None:
+    """Add `L/z` = [mean, std] of each layer's Mahalanobis score on known validation images to `stats`."""
+    raw = LayeredMahalanobis(layers, {**stats, **{f"{n}/z": np.array([0.0, 1.0]) for n in layers}})
+    for name, v in raw.layer_scores(val).items():
+        stats[f"{name}/z"] = np.array([v.mean(), v.std() + 1e-9], dtype=np.float32)
+
+
+def choose_layers(
+    stats: dict[str, np.ndarray],
+    candidates: list[str],
+    val: dict[str, np.ndarray],
+    outliers: dict[str, np.ndarray] | None,
+    false_unknown: float,
+) -> tuple[list[str], dict]:
+    """The `multilayer` layer set. With auxiliary outliers (never a collection that is scored later): the
+    subset of `candidates` that flags most of them at the threshold keeping 1 - `false_unknown` of known
+    validation images known (ties: AUROC); without: every candidate."""
+    if outliers is None:
+        return candidates, {}
+    table = {}
+    for mask in range(1, 1 << len(candidates)):
+        layers = [c for i, c in enumerate(candidates) if mask >> i & 1]
+        scorer = LayeredMahalanobis(layers, stats)
+        known, unknown = scorer.score(val), scorer.score(outliers)
+        threshold = np.quantile(known, 1 - false_unknown)
+        table["+".join(layers)] = {
+            "outliers_flagged": float((unknown > threshold).mean()),
+            "auroc": auroc(unknown, known),
+        }
+    best = max(table, key=lambda k: (table[k]["outliers_flagged"], table[k]["auroc"]))
+    return best.split("+"), table
 
 
 def fit_openset_statistics(
@@ -110,7 +174,7 @@ def fit_openset_statistics(
     y = np.array([model.labels.index(lab) for lab in labels[pick]])
     stats = fit_statistics(out["embedding"], y)
     stats["references"] = out["embedding"].astype(np.float16)
-    return stats
+    return stats | fit_stage_statistics(out, y)
 
 
 # -- copies ------------------------------------------------------------------------------------------
@@ -240,9 +304,11 @@ def calibrate(
     copies_only: bool = False,
     hues: int = 5,
     background: bool = True,
+    outliers: list[str] | None = None,
 ) -> dict:
     """Fit temperature, open-set detector and copy threshold on validation data; update model.json
-    (`copies_only`: only the copy thresholds, e.g. after the query views changed)."""
+    (`copies_only`: only the copy thresholds, e.g. after the query views changed). `outliers`: auxiliary
+    outlier datasets whose validation split picks the `multilayer` score's layers."""
     from training.reports import plot_pr_curve, plot_reliability
 
     model_dir = Path(model_dir)
@@ -272,8 +338,19 @@ def calibrate(
         plot_reliability({"before (T=1)": before, f"after (T={t:.2f})": after}, out / "reliability_val.png")
 
         stats = fit_openset_statistics(model, data, label_field, exclude, holdout)
+        candidates = ["embedding", *stage_names(val)]
+        layer_spread(stats, candidates, val)
+        layers, layer_table = candidates, {}
+        if len(candidates) > 1:
+            extra = None
+            if outliers:
+                opaths, _ = select_rows(outliers, "val", "collection")
+                extra = infer(model, opaths, desc="outliers (val)")
+            layers, layer_table = choose_layers(stats, candidates, val, extra, false_unknown)
+        elif method == "multilayer":
+            raise ValueError(f"{model_dir} has no stage outputs: run `nftlens stage-stats` first")
         save_statistics(model_dir / STATS_FILE, stats)
-        scores = openset_scores(val, stats, t)
+        scores = openset_scores(val, stats, t, layers=layers if len(candidates) > 1 else None)
         target_tpr = 1 - false_unknown
         thresholds = {k: float(np.quantile(v, target_tpr)) for k, v in scores.items()}
         m.unknown = UnknownDetector(
@@ -283,13 +360,21 @@ def calibrate(
             temperature=t,
             stats_file=STATS_FILE,
             stats_sha256=sha256_of(model_dir / STATS_FILE),
-            validation={"n": len(y), "thresholds": thresholds, "false_unknown_target": false_unknown},
+            layers=layers if method == "multilayer" else [],
+            validation={
+                "n": len(y),
+                "thresholds": thresholds,
+                "false_unknown_target": false_unknown,
+                **({"multilayer_layers": layers} if len(candidates) > 1 else {}),
+                **({"layer_choice": {"outliers": outliers, "subsets": layer_table}} if layer_table else {}),
+            },
         )
         result = {
             "temperature": t,
             "ece_val_before": before["ece"],
             "ece_val_after": after["ece"],
             "openset_thresholds": thresholds,
+            **({"multilayer_layers": layers} if len(candidates) > 1 else {}),
         }
     if m.instance_dim and copies:
         pairs = copy_pairs(

@@ -295,12 +295,32 @@ def uint8_input_cmd(
     typer.echo(f"{model_dir}: input is now uint8 NHWC pixels, normalised in the graph")
 
 
+@app.command("stage-stats")
+def stage_stats_cmd(
+    model_dir: Path = typer.Argument(
+        ..., exists=True, help="folder with model.onnx + model.json (rewritten)"
+    ),
+) -> None:
+    """Add per-stage channel statistics outputs (`stageI`) for the multilayer unknown score."""
+    _need_train_extra()
+    from training.stagestats import add_stage_statistics
+
+    names = add_stage_statistics(model_dir)
+    typer.echo(
+        f"{model_dir}: outputs {', '.join(names)}; next: nftlens calibrate {model_dir} --method multilayer"
+    )
+
+
 @app.command("calibrate")
 def calibrate_cmd(
     model_dir: Path = typer.Argument(..., exists=True, help="folder with model.onnx + model.json"),
     method: str = typer.Option(
-        "mahalanobis", help="open-set score: max_probability | energy | mahalanobis | knn"
+        "mahalanobis", help="open-set score: max_probability | energy | mahalanobis | knn | multilayer"
     ),
+    outliers: list[str] = typer.Option(
+        None, help="auxiliary outlier dataset(s) whose val split picks multilayer's layers (data/avatars)"
+    ),
+    openset_only: bool = typer.Option(False, help="re-fit only temperature and unknown detector"),
     false_unknown: float = typer.Option(
         0.01, help="share of known validation images allowed to be flagged unknown (the promise)"
     ),
@@ -337,12 +357,16 @@ def calibrate_cmd(
         hues=hues,
         background=background,
         copies_only=copies_only,
+        copies=not openset_only,
+        outliers=outliers or None,
     )
     if not copies_only:
         typer.echo(
             f"temperature {r['temperature']:.3f}: val ECE {r['ece_val_before']:.4f} -> {r['ece_val_after']:.4f}"
         )
         typer.echo(f"unknown thresholds (val): {r['openset_thresholds']}")
+        if "multilayer_layers" in r:
+            typer.echo(f"multilayer layers: {'+'.join(r['multilayer_layers'])}")
     if "copies" in r:
         c = r["copies"]
         typer.echo(
@@ -361,6 +385,10 @@ def loo_cmd(
     false_unknown: float = typer.Option(0.01, help="as in `calibrate`"),
     outliers: list[str] = typer.Option(
         None, help="auxiliary outlier dataset(s) to train every held-out model on (e.g. data/avatars)"
+    ),
+    outlier_check: list[str] = typer.Option(
+        None,
+        help="outlier dataset(s) whose val split picks the multilayer score's layers (calibrate --outliers)",
     ),
 ) -> None:
     """Leave-one-collection-out open-set evaluation (trains one model per collection; resumes)."""

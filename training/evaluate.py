@@ -140,7 +140,7 @@ def evaluate(
     det = model.manifest.unknown
     if det is not None:
         scorer = OpenSetScorer(det, model_dir)
-        shipped = scorer.score(logits, emb)
+        shipped = scorer.score(outputs)
         result["unknown"] = {
             "method": det.method,
             "threshold": det.threshold,
@@ -157,7 +157,8 @@ def evaluate(
             stats_path = Path(model_dir) / (det.stats_file or "")
             if det.stats_file and stats_path.is_file():
                 with np.load(stats_path) as stats:
-                    all_scores = openset_scores(outputs, dict(stats), temperature, det.k)
+                    layers = det.validation.get("multilayer_layers")
+                    all_scores = openset_scores(outputs, dict(stats), temperature, det.k, layers)
                 result["unknown"]["auroc_by_method"] = {
                     k: auroc(v[~known], v[known]) for k, v in all_scores.items()
                 }

@@ -55,7 +55,8 @@ def score_open_set(
     with np.load(model_dir / m.unknown.stats_file) as f:
         stats = dict(f)
     ko, uo = infer(model, known_paths, desc="known"), infer(model, unknown_paths, desc="unknown")
-    ks, us = openset_scores(ko, stats, t, m.unknown.k), openset_scores(uo, stats, t, m.unknown.k)
+    layers = m.unknown.validation.get("multilayer_layers")
+    ks, us = (openset_scores(o, stats, t, m.unknown.k, layers) for o in (ko, uo))
     thresholds = m.unknown.validation["thresholds"]
     per_method = {
         name: {
@@ -85,13 +86,16 @@ def leave_one_out(
     shipped_model: Path = Path("models/default"),
     false_unknown: float = 0.01,
     outliers: list[str] | None = None,
+    outlier_check: list[str] | None = None,
 ) -> dict:
     """Train/export/calibrate one model per held-out collection (skipping finished ones), score them all.
 
-    `outliers`: auxiliary outlier datasets every held-out model trains on (outlier exposure). `alien_frens`
-    is scored by every held-out model too (none trained on it) and by the shipped model.
+    `outliers`: auxiliary outlier datasets every held-out model trains on (outlier exposure);
+    `outlier_check`: those whose val split picks the multilayer score's layers (`calibrate --outliers`).
+    `alien_frens` is scored by every held-out model too (none trained on it) and by the shipped model.
     """
     from training.export import export
+    from training.stagestats import add_stage_statistics
     from training.train import gather, load_config, train
 
     base = load_config(config)
@@ -123,7 +127,15 @@ def leave_one_out(
                 paths[:: max(1, len(paths) // 16)][:16],
                 command=f"nftlens loo --config {config}",
             )
-            calibrate(model_dir, false_unknown=false_unknown, copies=False, out=run / "report")
+            add_stage_statistics(model_dir)
+            calibrate(
+                model_dir,
+                method="multilayer",
+                false_unknown=false_unknown,
+                copies=False,
+                out=run / "report",
+                outliers=outlier_check,
+            )
         report["held_out"][c] = score_open_set(model_dir, {c})
         report["held_out"][f"alien_frens (model without {c})"] = score_open_set(model_dir, {"alien_frens"})
     if (shipped_model / "model.json").is_file():
