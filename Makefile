@@ -51,6 +51,7 @@ TEST_SETS := --data $(DATA)/nft-collections@all --data $(DATA)/cryptopunks@test 
 model-data: install-train data
 	@test -f $(DATA)/nft-thumbs/manifest.csv || $(BIN)/nftlens data import $(SHARED)/nft-thumbs --out $(DATA)/nft-thumbs
 	@test -f $(DATA)/nft-collections/manifest.csv || $(BIN)/nftlens data import $(SHARED)/nft-collections --out $(DATA)/nft-collections
+	@test -f $(DATA)/avatars/manifest.csv || $(BIN)/nftlens data fetch avatars --count 3100 --out $(DATA)
 
 model: model-data             ## reproduce the default model (needs $(SHARED): the nft-thumbs training set)
 	$(BIN)/nftlens train --config training/configs/default-resnet18.yaml
@@ -59,17 +60,18 @@ model: model-data             ## reproduce the default model (needs $(SHARED): t
 	$(BIN)/nftlens refit-head runs/default-resnet18-copies/best.pt --out runs/default-resnet18-copies-head --epochs 2
 	$(BIN)/nftlens export runs/default-resnet18-copies-head/best.pt --out models/default
 	$(BIN)/nftlens uint8-input models/default   # pixels in, normalising inside the graph
-	$(BIN)/nftlens calibrate models/default --method $(OPENSET) --out reports/default
+	$(BIN)/nftlens stage-stats models/default   # per-stage channel statistics for the multilayer unknown score
+	$(BIN)/nftlens calibrate models/default --method $(OPENSET) --outliers $(DATA)/avatars --out reports/default
 	$(MAKE) evaluate
 
-OPENSET ?= mahalanobis
+OPENSET ?= multilayer
 evaluate: model-data          ## every report of the shipped model, on data it never trained on
 	$(BIN)/nftlens evaluate models/default $(TEST_SETS) --label-field collection --denoise-sweep --out reports/default
 	$(BIN)/nftlens copies evaluate models/default --out reports/copies
 	$(BIN)/nftlens report compare "v2.1.0=reports/v2.1.0" "shipped (v2.2.0)=reports/default" --out reports/comparison-v2.2
 
 loo: model-data               ## leave-one-collection-out open-set study (trains 4 models)
-	$(BIN)/nftlens loo --config training/configs/default-resnet18.yaml --out reports/openset
+	$(BIN)/nftlens loo --config training/configs/default-resnet18.yaml --outlier-check $(DATA)/avatars --out reports/openset
 
 V21 ?= 9632411
 v21: model-data               ## the v2.1.0 model v2.2.0 replaced, re-evaluated into reports/v2.1.0 (same sets, same commands)
@@ -89,7 +91,8 @@ clean:
 
 int8: model-data              ## the int8 variant of the default model: quantise, calibrate and evaluate it
 	$(BIN)/nftlens quantize models/default --out models/default-int8
-	$(BIN)/nftlens calibrate models/default-int8 --method $(OPENSET) --out reports/int8
+	$(BIN)/nftlens stage-stats models/default-int8
+	$(BIN)/nftlens calibrate models/default-int8 --method $(OPENSET) --outliers $(DATA)/avatars --out reports/int8
 	$(BIN)/nftlens evaluate models/default-int8 $(TEST_SETS) --label-field collection --no-robustness --out reports/int8
 	$(BIN)/nftlens copies evaluate models/default-int8 --out reports/int8/copies
 

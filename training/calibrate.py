@@ -408,7 +408,7 @@ def calibrate(
         result["copies"] = {**chosen, "n_positive": len(pairs["pos"]), "n_negative": len(pairs["neg"])}
     m.write(model_dir)
     previous = out / "calibration.json"
-    if copies_only and previous.is_file():
+    if (copies_only or not copies) and previous.is_file():  # keep the part this run did not re-fit
         result = {**json.loads(previous.read_text()), **result}
     previous.write_text(json.dumps(result, indent=2) + "\n")
     return result

@@ -16,6 +16,7 @@ from tqdm import tqdm
 
 from app.manifest import load_manifest, sha256_of
 from app.preprocessing import InputFormat, decode_and_preprocess
+from training.stagestats import is_stage_output, strip_stage_statistics
 from training.uint8input import PREFIX
 
 
@@ -53,8 +54,11 @@ def quantize_model(model_dir: Path, out: Path, images: list[Path], per_channel: 
     m = load_manifest(model_dir)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(model_dir / m.onnx_file), str(pre))
+        pre, source = Path(tmp) / "pre.onnx", model_dir / m.onnx_file
+        if any(is_stage_output(o) for o in m.outputs):  # quantise the network; `stage-stats` adds them after
+            strip_stage_statistics(source, Path(tmp) / "network.onnx")
+            source = Path(tmp) / "network.onnx"
+        quant_pre_process(str(source), str(pre))
         prefix = [n.name for n in onnx.load(str(pre)).graph.node if n.name.startswith(PREFIX)]
         if m.input_format == "uint8_nhwc" and len(prefix) != 4:
             raise RuntimeError(f"expected the 4 {PREFIX}* nodes after pre-processing, found {prefix}")
@@ -72,6 +76,7 @@ def quantize_model(model_dir: Path, out: Path, images: list[Path], per_channel: 
     manifest = m.model_copy(
         update={
             "name": f"{m.name}-int8",
+            "outputs": [o for o in m.outputs if not is_stage_output(o)],
             "sha256": sha256_of(out / m.onnx_file),
             "unknown": None,
             "calibration": None,

@@ -26,10 +26,27 @@ def stage_ends(graph) -> list[str]:
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
+
+    constants = {i.name for i in graph.initializer}
+
+    def made_by(tensor: str, *ops: str) -> bool:
+        """`tensor` comes out of the chain ops[-1] -> ... -> ops[0] (nearest first), and that first op is
+        a residual Add (two computed inputs, not the input normalisation's Add of a constant)."""
+        node = None
+        for op in ops:
+            node = producer.get(tensor)
+            if node is None or node.op_type != op:
+                return False
+            tensor = node.input[0]
+        return not constants.intersection(node.input)
+
+    # a block's output: ReLU(Add) in a float graph; in a QDQ int8 graph the ReLU is folded into the
+    # quantisation range, so it is the DequantizeLinear after the Add's QuantizeLinear
     blocks = [
         n.output[0]
         for n in graph.node
-        if n.op_type == "Relu" and n.input[0] in producer and producer[n.input[0]].op_type == "Add"
+        if made_by(n.output[0], "Relu", "Add")
+        or made_by(n.output[0], "DequantizeLinear", "QuantizeLinear", "Add")
     ]
 
     def downsamples(node) -> bool:
@@ -39,13 +56,33 @@ def stage_ends(graph) -> list[str]:
     return [*ends, blocks[-1]] if blocks else []
 
 
+def is_stage_output(name: str) -> bool:
+    return name.startswith("stage") and name[5:].isdigit()
+
+
+def strip_stage_statistics(src: Path, dst: Path) -> None:
+    """Write `src`'s graph without the stage statistics (what `nftlens quantize` quantises: the network
+    alone; `add_stage_statistics` then adds them to the int8 graph)."""
+    import onnx
+
+    model = onnx.load(str(src))
+    graph = model.graph
+    keep_nodes = [n for n in graph.node if not n.name.startswith(PREFIX)]
+    keep_outputs = [o for o in graph.output if not is_stage_output(o.name)]
+    del graph.node[:]
+    graph.node.extend(keep_nodes)
+    del graph.output[:]
+    graph.output.extend(keep_outputs)
+    onnx.save(model, str(dst))
+
+
 def add_stage_statistics(model_dir: Path) -> list[str]:
     """Rewrite MODEL_DIR's graph and manifest with the `stageI` outputs (a no-op if it has them)."""
     import onnx
     from onnx import TensorProto, helper
 
     m = load_manifest(model_dir)
-    have = [o for o in m.outputs if o.startswith("stage")]
+    have = [o for o in m.outputs if is_stage_output(o)]
     if have:
         return have
     path = Path(model_dir) / m.onnx_file
