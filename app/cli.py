@@ -79,7 +79,7 @@ def _open(model_dir: str | None, catalog: str | None):
     model = open_model(s)
     m = model.manifest
     return model, open_catalog(
-        s.catalog, m.embedding_dim, m.sha256, s.faiss_index, m.instance_dim, f"{m.name}@{m.version}"
+        s.catalog, m.embedding_dim, m.catalog_key, s.faiss_index, m.instance_dim, f"{m.name}@{m.version}"
     )
 
 

@@ -119,6 +119,12 @@ class ModelManifest(BaseModel):
     preprocessing: PreprocessConfig
     onnx_file: str = ONNX_FILE
     sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$")
+    vectors_sha256: str | None = Field(
+        None,
+        pattern=r"^[0-9a-f]{64}$",
+        description="sha256 of an earlier graph whose embeddings this one gives bit for bit (a rewrite that "
+        "only added outputs): catalog vectors made by it stay valid",
+    )
     unknown: UnknownDetector | None = None
     calibration: Calibration | None = None
     copies: CopyDetector | None = None
@@ -139,6 +145,11 @@ class ModelManifest(BaseModel):
         if self.instance_dim and "instance" not in self.outputs:
             raise ValueError("instance_dim is set but the outputs list no `instance`")
         return self
+
+    @property
+    def catalog_key(self) -> str:
+        """The key of this model's vectors in a catalog: the graph that first gave these embeddings."""
+        return self.vectors_sha256 or self.sha256
 
     def write(self, model_dir: Path) -> Path:
         path = Path(model_dir) / MANIFEST_FILE

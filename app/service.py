@@ -136,8 +136,9 @@ class Service:
 
     @property
     def model_key(self) -> str:
-        """The catalog's key for this model's vectors: the ONNX file's sha256 (content, not name)."""
-        return self.model.manifest.sha256
+        """The catalog's key for this model's vectors: the ONNX file's sha256 (content, not name), or that of
+        the graph it only added outputs to (same vectors)."""
+        return self.model.manifest.catalog_key
 
     @property
     def model_label(self) -> str:

@@ -437,7 +437,7 @@ def bench_copies(
         "model": f"{m.name}@{m.version}",
     }
     with tempfile.TemporaryDirectory() as tmp:
-        cat = open_catalog(f"{tmp}/c.db", m.embedding_dim, m.sha256, "auto", m.instance_dim)
+        cat = open_catalog(f"{tmp}/c.db", m.embedding_dim, m.catalog_key, "auto", m.instance_dim)
         t0 = time.perf_counter()
         for s in range(0, tokens, 5000):
             n = min(5000, tokens - s)

@@ -111,7 +111,7 @@ def test_index_and_reindex_with_the_real_model(make, model_dir, nouns):
     assert index_source(model, stale, nouns.root) == done
     created = stale.get("nouns", "5").created_at
     stale.close()
-    cat = make(m.sha256, m.embedding_dim)
+    cat = make(m.catalog_key, m.embedding_dim)
     assert cat.stale_count() == 60
     # resuming by content hash: stored by another model is not "already stored" for this one
     assert index_source(model, cat, nouns.root) == done
@@ -120,7 +120,7 @@ def test_index_and_reindex_with_the_real_model(make, model_dir, nouns):
     assert reindex(model, cat, everything=True) == {"indexed": 60, "failed": 0}
     assert cat.stale_count() == 0 and cat.count() == 60
     tok = cat.get("nouns", "5", with_vector=True)
-    assert tok.created_at == created and tok.model == m.sha256  # updated in place: identity kept
+    assert tok.created_at == created and tok.model == m.catalog_key  # updated in place: identity kept
     assert tok.metadata["label"] == "nouns" and tok.metadata["attributes"]["head"].startswith("head-")
     assert cat.search(tok.vector, 1)[0].token_id == "5"
 
@@ -194,7 +194,7 @@ def test_reindex_fills_instance_vectors_with_the_real_model(tmp_path, model_dir,
     old = open_catalog(str(tmp_path / "c.db"), m.embedding_dim, "older@0")
     index_source(model, old, nouns.root)  # as an older model without instance vectors would have
     old.close()
-    cat = open_catalog(str(tmp_path / "c.db"), m.embedding_dim, m.sha256, "flat", m.instance_dim)
+    cat = open_catalog(str(tmp_path / "c.db"), m.embedding_dim, m.catalog_key, "flat", m.instance_dim)
     assert cat.search(np.ones(m.instance_dim, np.float32), 1, space="instance") == []
     assert reindex(model, cat) == {"indexed": 60, "failed": 0}
     tok = cat.get("nouns", "5", with_vector=True)

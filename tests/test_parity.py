@@ -90,6 +90,7 @@ def test_stage_statistics_outputs_are_each_stages_channel_mean_and_std(punks, no
     m = load_manifest(staged)
     assert m.sha256 == sha256_of(staged / m.onnx_file)
     assert m.training["stage_statistics_from"]["sha256"] == load_manifest(float_dir).sha256
+    assert m.catalog_key == load_manifest(float_dir).sha256  # same vectors: catalogs stay valid
 
     files = [punks.image_path(r).read_bytes() for r in punks.rows[:4]]
     files += [nouns.image_path(r).read_bytes() for r in nouns.rows[:4]]

@@ -78,6 +78,7 @@ def quantize_model(model_dir: Path, out: Path, images: list[Path], per_channel: 
             "name": f"{m.name}-int8",
             "outputs": [o for o in m.outputs if not is_stage_output(o)],
             "sha256": sha256_of(out / m.onnx_file),
+            "vectors_sha256": None,  # new weights, new vectors
             "unknown": None,
             "calibration": None,
             "copies": None,
