@@ -62,15 +62,15 @@ def plot_similarity(matrix: np.ndarray, labels: list[str], path: Path, title: st
 
 
 def plot_grouped_bars(table: dict[str, dict[str, float]], path: Path, title: str, ylabel: str) -> None:
-    """table: series name -> {category: value}."""
+    """table: series name -> {category: value} (a category a series lacks gets no bar)."""
     series = list(table)
-    cats = list(next(iter(table.values())))
+    cats = list(dict.fromkeys(c for t in table.values() for c in t))
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(1.5 + 1.1 * len(cats), 4))
     for k, name in enumerate(series):
         ax.bar(
             np.arange(len(cats)) + k * width - 0.4 + width / 2,
-            [table[name][c] for c in cats],
+            [table[name].get(c, np.nan) for c in cats],
             width,
             label=name,
         )
