@@ -7,7 +7,7 @@ SHARED    ?= ../shared/data
 export NFTLENS_MODEL_DIR ?= models/default
 export NFTLENS_CATALOG   ?= catalog/catalog.db
 
-.PHONY: serve test install install-train install-bench install-gpu data catalog lint model model-data evaluate loo v21 previous int8 denoiser clean
+.PHONY: serve test install install-train install-bench install-gpu data catalog lint model model-data outlier-data evaluate loo v21 previous int8 denoiser clean
 
 $(BIN)/uv:
 	$(PY) -m venv $(VENV)
@@ -51,9 +51,11 @@ TEST_SETS := --data $(DATA)/nft-collections@all --data $(DATA)/cryptopunks@test 
 model-data: install-train data
 	@test -f $(DATA)/nft-thumbs/manifest.csv || $(BIN)/nftlens data import $(SHARED)/nft-thumbs --out $(DATA)/nft-thumbs
 	@test -f $(DATA)/nft-collections/manifest.csv || $(BIN)/nftlens data import $(SHARED)/nft-collections --out $(DATA)/nft-collections
+
+outlier-data: model-data      ## the DiceBear avatars that pick the multilayer unknown score's layers (needs Node.js)
 	@test -f $(DATA)/avatars/manifest.csv || $(BIN)/nftlens data fetch avatars --count 3100 --out $(DATA)
 
-model: model-data             ## reproduce the default model (needs $(SHARED): the nft-thumbs training set)
+model: outlier-data           ## reproduce the default model (needs $(SHARED): the nft-thumbs training set)
 	$(BIN)/nftlens train --config training/configs/default-resnet18.yaml
 	$(BIN)/nftlens train --config training/configs/default-resnet18-continue.yaml
 	$(BIN)/nftlens train --config training/configs/default-resnet18-copies.yaml
@@ -70,7 +72,7 @@ evaluate: model-data          ## every report of the shipped model, on data it n
 	$(BIN)/nftlens copies evaluate models/default --out reports/copies
 	$(BIN)/nftlens report compare "v2.1.0=reports/v2.1.0" "shipped (v2.2.0)=reports/default" --out reports/comparison-v2.2
 
-loo: model-data               ## leave-one-collection-out open-set study (trains 4 models)
+loo: outlier-data             ## leave-one-collection-out open-set study (trains 4 models)
 	$(BIN)/nftlens loo --config training/configs/default-resnet18.yaml --outlier-check $(DATA)/avatars --out reports/openset
 
 V21 ?= 9632411
@@ -89,7 +91,7 @@ previous: model-data          ## the model this one replaced, evaluated on the s
 clean:
 	rm -rf $(VENV) catalog runs .pytest_cache
 
-int8: model-data              ## the int8 variant of the default model: quantise, calibrate and evaluate it
+int8: outlier-data            ## the int8 variant of the default model: quantise, calibrate and evaluate it
 	$(BIN)/nftlens quantize models/default --out models/default-int8
 	$(BIN)/nftlens stage-stats models/default-int8
 	$(BIN)/nftlens calibrate models/default-int8 --method $(OPENSET) --outliers $(DATA)/avatars --out reports/int8

@@ -144,6 +144,13 @@ class ModelManifest(BaseModel):
             )
         if self.instance_dim and "instance" not in self.outputs:
             raise ValueError("instance_dim is set but the outputs list no `instance`")
+        if self.unknown is not None and self.unknown.method == "multilayer":
+            missing = [name for name in self.unknown.layers if name not in self.outputs]
+            if not self.unknown.layers or missing:
+                raise ValueError(
+                    f"unknown.method multilayer needs layers among the outputs (layers "
+                    f"{self.unknown.layers}, missing {missing}); run `nftlens stage-stats` and calibrate"
+                )
         return self
 
     @property

@@ -1,6 +1,6 @@
 """Open-set scores: how unlike every known collection an image is (higher = more likely unknown).
 
-Four scores, all computed from one ONNX pass (logits + collection embedding):
+Five scores, all computed from one ONNX pass (logits, the collection embedding, the stage statistics):
 
 - `max_probability`: 1 - max softmax(logits / T)
 - `energy`: -T * logsumexp(logits / T) (Liu et al., 2020)
@@ -77,13 +77,15 @@ class LayeredMahalanobis:
     precision are the top-level `means` and `precision`)."""
 
     def __init__(self, layers: list[str], stats: Mapping[str, np.ndarray]):
+        if not layers:
+            raise ModelIntegrityError("the multilayer score needs at least one layer")
         self.layers = list(layers)
         self.parts = []
         for name in self.layers:
-            prefix = "" if name == "embedding" else name + "/"
-            scorer = Mahalanobis(stats[prefix + "means"], stats[prefix + "precision"])
-            norm = None if name == "embedding" else (stats[name + "/center"], stats[name + "/scale"])
-            self.parts.append((name, scorer, norm, *np.asarray(stats[name + "/z"], dtype=np.float64)))
+            k = layer_keys(name)
+            scorer = Mahalanobis(stats[k["means"]], stats[k["precision"]])
+            norm = (stats[k["center"]], stats[k["scale"]]) if "center" in k else None
+            self.parts.append((name, scorer, norm, *np.asarray(stats[k["z"]], dtype=np.float64)))
 
     def layer_scores(self, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each layer's raw Mahalanobis score for a batch of outputs."""
@@ -92,9 +94,22 @@ class LayeredMahalanobis:
             for name, scorer, norm, _, _ in self.parts
         }
 
-    def score(self, out: Mapping[str, np.ndarray]) -> np.ndarray:
+    def standardised(self, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each layer's score in units of its spread on known validation images."""
         raw = self.layer_scores(out)
-        return sum((raw[name] - mu) / sigma for name, _, _, mu, sigma in self.parts)
+        return {name: (raw[name] - mu) / sigma for name, _, _, mu, sigma in self.parts}
+
+    def score(self, out: Mapping[str, np.ndarray]) -> np.ndarray:
+        return sum(self.standardised(out).values())
+
+
+def layer_keys(name: str) -> dict[str, str]:
+    """Where a multilayer layer's arrays live in the sidecar: the embedding's means and precision are the
+    top-level ones (shared with `mahalanobis`); a stage's are prefixed with its name, with its
+    standardisation (`center`, `scale`) beside them; every layer has its validation spread `z`."""
+    if name == "embedding":
+        return {"means": "means", "precision": "precision", "z": "embedding/z"}
+    return {part: f"{name}/{part}" for part in ("means", "precision", "center", "scale", "z")}
 
 
 def mahalanobis_score(embedding: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
@@ -152,12 +167,7 @@ class OpenSetScorer:
             return ("references",)
         if detector.method == "mahalanobis":
             return ("means", "precision")
-        keys = [f"{name}/z" for name in detector.layers]
-        for name in detector.layers:
-            prefix = "" if name == "embedding" else name + "/"
-            keys += [prefix + "means", prefix + "precision"]
-            keys += [] if name == "embedding" else [name + "/center", name + "/scale"]
-        return tuple(keys)
+        return tuple(dict.fromkeys(k for name in detector.layers for k in layer_keys(name).values()))
 
     def score(self, out: Mapping[str, np.ndarray]) -> np.ndarray:
         """A batch of model outputs (`logits` or `probabilities`, `embedding`, the `stageI` a

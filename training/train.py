@@ -123,16 +123,32 @@ def val_split(cfg: TrainConfig, index: dict[str, int]) -> tuple[list[Path], np.n
     return [paths[i] for i in keep], np.array([index[labels[i]] for i in keep])
 
 
-def outlier_batches(cfg: TrainConfig, degrade) -> Iterator[torch.Tensor]:
-    """Endless batches of `cfg.outliers` training images (seeded draws with replacement), or none."""
+def outlier_batches(cfg: TrainConfig, degrade, edit, augment) -> Iterator[torch.Tensor]:
+    """Endless batches of `cfg.outliers` training images (seeded draws with replacement), or none. They get
+    the known images' degradations and one edited (or augmented) view, so that "edited" never means
+    "known"; each pass over the sampler draws them afresh."""
     if not cfg.outliers:
         return iter(())
     paths, _ = select_rows(cfg.outliers, "train", "collection")
-    ds = ImageDataset(paths, [0] * len(paths), cfg.preprocess, degrade=degrade, seed=cfg.seed + 1)
+    ds = ImageDataset(
+        paths,
+        [0] * len(paths),
+        cfg.preprocess,
+        degrade=degrade,
+        augment=augment,
+        edit=edit,
+        seed=cfg.seed + 1,
+    )
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    sampler = RandomSampler(ds, replacement=True, num_samples=1 << 30, generator=gen)
+    sampler = RandomSampler(ds, replacement=True, num_samples=len(ds), generator=gen)
     loader = DataLoader(ds, batch_size=cfg.outliers_per_batch, sampler=sampler, num_workers=cfg.num_workers)
-    return (x for x, _ in loader)
+
+    def forever() -> Iterator[torch.Tensor]:
+        while True:
+            yield from (x for x, _ in loader)
+            ds.epoch += 1  # new degradations and edits on the next pass
+
+    return forever()
 
 
 def uniform_ce(logits: torch.Tensor) -> torch.Tensor:
@@ -229,7 +245,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         seed=cfg.seed,
     )
     val_ds = ImageDataset(val_paths, y_val.tolist(), cfg.preprocess)
-    outliers = outlier_batches(cfg, random_degradation(cfg.degrade_prob) if cfg.degrade_prob > 0 else None)
+    outliers = outlier_batches(cfg, train_ds.degrade, train_ds.edit, train_ds.augment)
     counts = np.bincount(y_train, minlength=len(labels)).astype(float)
     batches = EpochBatchSampler(
         train_labels,

@@ -64,6 +64,7 @@ def add_uint8_input(model_dir: Path) -> Path:
             "input_name": PIXELS,
             "input_format": "uint8_nhwc",
             "sha256": sha256_of(path),
+            "vectors_sha256": None,  # outputs equal up to float rounding only: a new catalog key
             "training": {**m.training, "uint8_input_from": {"sha256": m.sha256}},
         }
     )

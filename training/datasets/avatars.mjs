@@ -8,7 +8,7 @@ import { writeFileSync, mkdirSync } from 'fs';
 const [outDir, countArg, seedArg, sizeArg] = process.argv.slice(2);
 const count = Number(countArg), size = Number(sizeArg);
 let state = (Number(seedArg) * 2654435761 + 1) >>> 0;
-const rand = () => {  // mulberry32: the same images for the same seed on every machine
+const rand = () => {  // mulberry32: the same draws for the same seed (the `initials` style draws text in the machine's fonts)
   state = (state + 0x6d2b79f5) >>> 0;
   let t = state;
   t = Math.imul(t ^ (t >>> 15), t | 1);

@@ -3,7 +3,8 @@
 Thirty-one procedural avatar styles (cartoon faces, pixel art, robots, doodles, abstract shapes): profile
 pictures that belong to none of the known collections. Training shows them to the classifier with a
 uniform target (outlier exposure, Hendrycks et al. 2019) so that an unseen collection's images score
-as unknown. Rendering needs Node.js and npm (the pinned packages are installed into the cache once).
+as unknown. Rendering needs Node.js and npm (the pinned packages are installed into the cache once; only
+the three top-level packages are pinned, not their dependencies).
 """
 
 from __future__ import annotations
