@@ -123,32 +123,21 @@ def val_split(cfg: TrainConfig, index: dict[str, int]) -> tuple[list[Path], np.n
     return [paths[i] for i in keep], np.array([index[labels[i]] for i in keep])
 
 
-def outlier_batches(cfg: TrainConfig, degrade, edit, augment) -> Iterator[torch.Tensor]:
-    """Endless batches of `cfg.outliers` training images (seeded draws with replacement), or none. They get
-    the known images' degradations and one edited (or augmented) view, so that "edited" never means
-    "known"; each pass over the sampler draws them afresh."""
+def outlier_batches(cfg: TrainConfig, degrade) -> Iterator[torch.Tensor]:
+    """Endless batches of `cfg.outliers` training images (seeded draws with replacement), or none.
+
+    They get the known images' degradations (drawn once per image) but neither edits nor augmentation:
+    that is how reports/openset-oe was made. Editing them too, so that "edited" can never mean "known",
+    is the next thing to try.
+    """
     if not cfg.outliers:
         return iter(())
     paths, _ = select_rows(cfg.outliers, "train", "collection")
-    ds = ImageDataset(
-        paths,
-        [0] * len(paths),
-        cfg.preprocess,
-        degrade=degrade,
-        augment=augment,
-        edit=edit,
-        seed=cfg.seed + 1,
-    )
+    ds = ImageDataset(paths, [0] * len(paths), cfg.preprocess, degrade=degrade, seed=cfg.seed + 1)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    sampler = RandomSampler(ds, replacement=True, num_samples=len(ds), generator=gen)
+    sampler = RandomSampler(ds, replacement=True, num_samples=1 << 30, generator=gen)
     loader = DataLoader(ds, batch_size=cfg.outliers_per_batch, sampler=sampler, num_workers=cfg.num_workers)
-
-    def forever() -> Iterator[torch.Tensor]:
-        while True:
-            yield from (x for x, _ in loader)
-            ds.epoch += 1  # new degradations and edits on the next pass
-
-    return forever()
+    return (x for x, _ in loader)
 
 
 def uniform_ce(logits: torch.Tensor) -> torch.Tensor:
@@ -245,7 +234,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         seed=cfg.seed,
     )
     val_ds = ImageDataset(val_paths, y_val.tolist(), cfg.preprocess)
-    outliers = outlier_batches(cfg, train_ds.degrade, train_ds.edit, train_ds.augment)
+    outliers = outlier_batches(cfg, train_ds.degrade)
     counts = np.bincount(y_train, minlength=len(labels)).astype(float)
     batches = EpochBatchSampler(
         train_labels,
