@@ -378,7 +378,7 @@ def calibrate_cmd(
 @app.command("loo")
 def loo_cmd(
     config: Path = typer.Option(Path("training/configs/default-resnet18.yaml"), exists=True),
-    collections: str = typer.Option("cryptopunks,nouns,bayc,doodles", help="collections to hold out in turn"),
+    collections: str = typer.Option("cryptopunks,doodles,bayc,nouns", help="collections to hold out in turn"),
     epochs: int = typer.Option(6, help="epochs per held-out model (CPU budget)"),
     runs: Path = typer.Option(Path("runs/loo"), help="one run folder per held-out collection"),
     out: Path = typer.Option(Path("reports/openset"), help="report folder"),

@@ -112,6 +112,8 @@ def leave_one_out(
         "false_unknown_target": false_unknown,
         "held_out": {},
     }
+    if (shipped_model / "model.json").is_file() and has_alien_frens():
+        report["held_out"]["alien_frens (shipped model)"] = score_open_set(shipped_model, {"alien_frens"})
     for c in collections:
         run = runs / c
         model_dir = run / "model"
@@ -147,8 +149,12 @@ def leave_one_out(
             report["held_out"][f"alien_frens (model without {c})"] = score_open_set(
                 model_dir, {"alien_frens"}
             )
-    if (shipped_model / "model.json").is_file() and has_alien_frens():
-        report["held_out"]["alien_frens (shipped model)"] = score_open_set(shipped_model, {"alien_frens"})
+        write_report(report, out)  # after every held-out model: a long run stopped midway keeps its rows
+    return report
+
+
+def write_report(report: dict, out: Path) -> None:
+    """openset.json, OPENSET.md and the AUROC plot of the rows so far."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "openset.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "OPENSET.md").write_text(render_markdown(report))
@@ -166,7 +172,6 @@ def leave_one_out(
         "unknown-collection AUROC per held-out collection and score",
         "AUROC",
     )
-    return report
 
 
 def render_markdown(r: dict) -> str:
