@@ -104,7 +104,9 @@ class BulkTokenSpec(BaseModel):
 class TokenOut(TokenRef):
     metadata: dict[str, Any]
     model: str = Field(..., description="name@version of the model that embedded it")
-    model_sha256: str = Field(..., description="sha256 of that model's ONNX file (the catalog's key)")
+    model_sha256: str = Field(
+        ..., description="the catalog's key: sha256 of that model's ONNX file, or its `vectors_sha256`"
+    )
     created_at: str
     updated_at: str
     vector: list[float] | None = Field(None, description="the collection embedding (only with vector=true)")
