@@ -27,7 +27,6 @@ from app.errors import ModelIntegrityError
 from app.inference import logits_of
 from app.manifest import UnknownDetector, verify_file
 
-STATS_KEYS = ("means", "precision", "references")
 STATS_METHODS = ("mahalanobis", "knn", "multilayer")
 
 

@@ -342,13 +342,14 @@ def calibrate(
         )
         plot_reliability({"before (T=1)": before, f"after (T={t:.2f})": after}, out / "reliability_val.png")
 
-        candidates = ["embedding", *stage_names(val)]
-        if method == "multilayer" and len(candidates) == 1:
+        stages = stage_names(val)
+        if method == "multilayer" and not stages:
             raise ValueError(f"{model_dir} has no stage outputs: run `nftlens stage-stats` first")
         stats = fit_openset_statistics(model, data, label_field, exclude, holdout)
-        layer_spread(stats, candidates, val)
-        layers, layer_table = candidates, {}
-        if len(candidates) > 1:
+        layers, layer_table = None, {}  # multilayer layers: only for a model with stage outputs
+        if stages:
+            candidates = ["embedding", *stages]
+            layer_spread(stats, candidates, val)
             extra = None
             if outliers:
                 opaths, _ = select_rows(outliers, "val", "collection")
@@ -357,7 +358,7 @@ def calibrate(
                 extra = infer(model, opaths, desc="outliers (val)")
             layers, layer_table = choose_layers(stats, candidates, val, extra, false_unknown)
         save_statistics(model_dir / STATS_FILE, stats)
-        scores = openset_scores(val, stats, t, layers=layers if len(candidates) > 1 else None)
+        scores = openset_scores(val, stats, t, layers=layers)
         target_tpr = 1 - false_unknown
         thresholds = {k: float(np.quantile(v, target_tpr)) for k, v in scores.items()}
         m.unknown = UnknownDetector(
@@ -372,7 +373,7 @@ def calibrate(
                 "n": len(y),
                 "thresholds": thresholds,
                 "false_unknown_target": false_unknown,
-                **({"multilayer_layers": layers} if len(candidates) > 1 else {}),
+                **({"multilayer_layers": layers} if layers else {}),
                 **({"layer_choice": {"outliers": outliers, "subsets": layer_table}} if layer_table else {}),
             },
         )
@@ -381,7 +382,7 @@ def calibrate(
             "ece_val_before": before["ece"],
             "ece_val_after": after["ece"],
             "openset_thresholds": thresholds,
-            **({"multilayer_layers": layers} if len(candidates) > 1 else {}),
+            **({"multilayer_layers": layers} if layers else {}),
         }
     if m.instance_dim and copies:
         pairs = copy_pairs(

@@ -112,7 +112,8 @@ def leave_one_out(
         "false_unknown_target": false_unknown,
         "held_out": {},
     }
-    if (shipped_model / "model.json").is_file() and has_alien_frens():
+    aliens = has_alien_frens()  # read the dataset manifests once, not once per held-out model
+    if (shipped_model / "model.json").is_file() and aliens:
         report["held_out"]["alien_frens (shipped model)"] = score_open_set(shipped_model, {"alien_frens"})
     for c in collections:
         run = runs / c
@@ -145,7 +146,7 @@ def leave_one_out(
                 outliers=outlier_check,
             )
         report["held_out"][c] = score_open_set(model_dir, {c})
-        if has_alien_frens():
+        if aliens:
             report["held_out"][f"alien_frens (model without {c})"] = score_open_set(
                 model_dir, {"alien_frens"}
             )

@@ -6,9 +6,9 @@ deviation, [N, 2C]. These are the "style" statistics of the image at that depth 
 palette, line work and texture do to the network), and the `multilayer` open-set score
 (`app.openset.LayeredMahalanobis`) compares them with the known collections' (Lee et al., 2018, scored
 at several depths). The existing outputs are untouched, so every calibration and figure of the model
-carries over; the manifest records the rewrite and the new sha256, and keeps the old one as `vectors_sha256`: the
-embeddings are bit for bit the same, so a catalog built with the model needs no reindex. It costs a few reductions over
-feature maps that the network computes anyway.
+carries over; the manifest records the rewrite and the new sha256, and keeps the old one as
+`vectors_sha256`: the embeddings are bit for bit the same, so a catalog built with the model needs no
+reindex. It costs a few reductions over feature maps that the network computes anyway.
 """
 
 from __future__ import annotations

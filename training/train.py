@@ -123,6 +123,11 @@ def val_split(cfg: TrainConfig, index: dict[str, int]) -> tuple[list[Path], np.n
     return [paths[i] for i in keep], np.array([index[labels[i]] for i in keep])
 
 
+def degradation(cfg: TrainConfig):
+    """The run's random degradation of training images (None when `degrade_prob` is 0)."""
+    return random_degradation(cfg.degrade_prob) if cfg.degrade_prob > 0 else None
+
+
 def outlier_batches(cfg: TrainConfig, degrade) -> Iterator[torch.Tensor]:
     """Endless batches of `cfg.outliers` training images (seeded draws with replacement), or none.
 
@@ -227,14 +232,14 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         train_paths,
         y_train.tolist(),
         cfg.preprocess,
-        degrade=random_degradation(cfg.degrade_prob) if cfg.degrade_prob > 0 else None,
+        degrade=degradation(cfg),
         augment=train_augmentation() if cfg.augment and views == 1 else None,
         edit=random_edit(cfg.edit_identity_prob, weights=cfg.edit_weights) if views == 2 else None,
         views=views,
         seed=cfg.seed,
     )
     val_ds = ImageDataset(val_paths, y_val.tolist(), cfg.preprocess)
-    outliers = outlier_batches(cfg, train_ds.degrade)
+    outliers = outlier_batches(cfg, degradation(cfg))
     counts = np.bincount(y_train, minlength=len(labels)).astype(float)
     batches = EpochBatchSampler(
         train_labels,
@@ -412,7 +417,7 @@ def recalibrate_batchnorm(
         paths,
         targets,
         cfg.preprocess,
-        degrade=random_degradation(cfg.degrade_prob) if cfg.degrade_prob > 0 else None,
+        degrade=degradation(cfg),
         edit=random_edit(cfg.edit_identity_prob) if cfg.views == 2 else None,
         seed=cfg.seed + 7,
     )
@@ -469,7 +474,7 @@ def refit_head(checkpoint: str | Path, out: str | Path, epochs: int = 2, lr: flo
         [train_paths[i] for i in keep],
         y,
         cfg.preprocess,
-        degrade=random_degradation(cfg.degrade_prob) if cfg.degrade_prob > 0 else None,
+        degrade=degradation(cfg),
         seed=cfg.seed + 11,
     )
     batches = EpochBatchSampler(
