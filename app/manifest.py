@@ -123,7 +123,7 @@ class ModelManifest(BaseModel):
         None,
         pattern=r"^[0-9a-f]{64}$",
         description="sha256 of an earlier graph whose embeddings this one gives bit for bit (a rewrite that "
-        "only added outputs): catalog vectors made by it stay valid",
+        "only added outputs or re-laid constants): catalog vectors made by it stay valid",
     )
     unknown: UnknownDetector | None = None
     calibration: Calibration | None = None

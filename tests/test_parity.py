@@ -69,6 +69,42 @@ def test_uint8_input_graph_equals_the_float_graph_on_the_training_path(punks, no
     assert set(want) == set(m.outputs)
 
 
+def test_uint8_input_retiles_per_channel_constants_without_changing_any_output(punks, nouns, tmp_path):
+    """A pixels-in graph whose normalising constants are per channel, [1,3,1,1] (as earlier exports stored
+    them), is rewritten with the constants tiled to [1,3,S,S]: every output bit for bit the same, so the
+    catalog key stays, and a second run changes nothing."""
+    import onnx
+    from onnx import numpy_helper
+
+    from app.inference import OnnxModel
+    from app.manifest import load_manifest, sha256_of
+    from tests.tiny_model import export_tiny_model
+    from training.uint8input import PREFIX, add_uint8_input
+
+    model_dir = add_uint8_input(export_tiny_model(tmp_path / "m", [punks.root, nouns.root]))
+    m = load_manifest(model_dir)
+    path = model_dir / m.onnx_file
+    model = onnx.load(str(path))
+    consts = {i.name: i for i in model.graph.initializer if i.name.startswith(PREFIX)}
+    assert {tuple(c.dims) for c in consts.values()} == {(1, 3, m.input_size, m.input_size)}
+    for c in consts.values():  # back to the per-channel layout of earlier exports
+        c.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(c)[:, :, :1, :1].copy(), c.name))
+    onnx.save(model, str(path))
+    old = m.model_copy(update={"sha256": sha256_of(path)})
+    old.write(model_dir)
+    pixels = np.random.default_rng(1).integers(0, 256, (5, m.input_size, m.input_size, 3), dtype=np.uint8)
+    want = OnnxModel(model_dir, ["CPUExecutionProvider"]).run(pixels)
+
+    add_uint8_input(model_dir)
+    new = load_manifest(model_dir)
+    assert new.sha256 == sha256_of(path) != old.sha256
+    assert new.catalog_key == old.catalog_key and new.training["constants_tiled_from"]["sha256"] == old.sha256
+    got = OnnxModel(model_dir, ["CPUExecutionProvider"]).run(pixels)
+    assert all(np.array_equal(got[k], want[k]) for k in m.outputs)
+    add_uint8_input(model_dir)
+    assert load_manifest(model_dir) == new
+
+
 def test_stage_statistics_outputs_are_each_stages_channel_mean_and_std(punks, nouns, tmp_path):
     """`nftlens stage-stats` adds per-stage channel statistics that equal the trained network's own stages
     (torch forward hooks), and leaves every existing output as it was."""

@@ -292,7 +292,7 @@ def uint8_input_cmd(
     from training.uint8input import add_uint8_input
 
     add_uint8_input(model_dir)
-    typer.echo(f"{model_dir}: input is now uint8 NHWC pixels, normalised in the graph")
+    typer.echo(f"{model_dir}: input is uint8 NHWC pixels, normalised in the graph (constants tiled)")
 
 
 @app.command("stage-stats")
