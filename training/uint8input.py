@@ -95,13 +95,17 @@ def _tile_constants(model_dir: Path) -> Path:
     changed = False
     for init in model.graph.initializer:
         if init.name in names and tuple(init.dims) != (1, 3, m.input_size, m.input_size):
-            init.CopyFrom(numpy_helper.from_array(_tiled(numpy_helper.to_array(init), m.input_size), init.name))
+            init.CopyFrom(
+                numpy_helper.from_array(_tiled(numpy_helper.to_array(init), m.input_size), init.name)
+            )
             changed = True
     if not changed:
         return model_dir
     before = _outputs(path.read_bytes(), m.input_size)
     onnx.save(model, str(path))
-    same = all(np.array_equal(a, b) for a, b in zip(before, _outputs(path.read_bytes(), m.input_size)))
+    same = all(
+        np.array_equal(a, b) for a, b in zip(before, _outputs(path.read_bytes(), m.input_size), strict=True)
+    )
     update = {
         "sha256": sha256_of(path),
         "vectors_sha256": (m.vectors_sha256 or m.sha256) if same else None,  # same vectors: same catalog key
