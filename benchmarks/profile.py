@@ -1,0 +1,148 @@
+"""Where the time goes: inside the graph, and per thread of a serving worker (reports/bench/PROFILE.md).
+
+    python -m benchmarks.profile ops --model-dir models/default-int8 --batch 4
+    python -m benchmarks.profile threads --model-dir models/default-int8 --seconds 8
+
+- `ops`: ONNX Runtime's own profiler over repeated runs at one batch size on one intra-op thread (as one
+  serving worker runs it): the share of kernel time per operator type and per node, img/s, and the time
+  of the model's open-set score per batch (it runs on the same inference thread).
+- `threads`: starts `nftlens serve` with its defaults, drives it with wrk (8 connections posting a real
+  thumbnail, as `nftlens bench peers` does) and prints each thread's share of a core, from the kernel's
+  per-thread CPU counters, with req/s. A worker's main thread runs its event loop; of the others, the
+  busiest is its inference thread (ONNX Runtime, one intra-op thread per worker here) and the next its
+  decoding thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.bench import multipart_body
+
+
+def profile_ops(model_dir: Path, batch: int, runs: int) -> None:
+    """Per-operator kernel time of `runs` runs at `batch`, one intra-op thread; then the open-set score."""
+    import onnxruntime as ort
+    from threadpoolctl import threadpool_limits
+
+    from app.inference import OnnxModel
+    from app.openset import OpenSetScorer
+
+    model = OnnxModel(model_dir, ["CPUExecutionProvider"], intra_op_threads=1, spinning=False)
+    m = model.manifest
+    x = model.native(
+        np.random.default_rng(0).normal(size=(batch, 3, m.input_size, m.input_size)).astype("f4")
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.enable_profiling = 1, True
+    options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
+    session = ort.InferenceSession(str(model_dir / m.onnx_file), options, providers=["CPUExecutionProvider"])
+    for _ in range(runs):
+        session.run(None, {m.input_name: x})
+    by_op, by_node = collections.Counter(), collections.Counter()
+    for event in json.loads(Path(session.end_profiling()).read_text()):
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            by_op[event["args"]["op_name"]] += event["dur"]
+            by_node[event["name"].removesuffix("_kernel_time")] += event["dur"]
+    total = sum(by_op.values())
+    print(
+        f"{m.name}@{m.version}, batch {batch}, {runs} runs: {total / runs / 1000:.2f} ms of kernels per run"
+    )
+    for title, counts in (("operator", by_op), ("node", by_node)):
+        print(f"\n| {title} | share of kernel time |\n|---|---:|")
+        for name, us in counts.most_common(12):
+            print(f"| {name} | {us / total:.1%} |")
+    t0, n = time.perf_counter(), 0
+    while time.perf_counter() - t0 < 3 or n < 20:
+        out = model.run(x)
+        n += 1
+    run_ms = (time.perf_counter() - t0) / n * 1000
+    print(f"\nOnnxModel.run: {run_ms:.2f} ms per batch, {batch / run_ms * 1000:.0f} img/s (one thread)")
+    if m.unknown is not None:
+        scorer = OpenSetScorer(m.unknown, model_dir)
+        with threadpool_limits(1, user_api="blas"):  # as the service runs it
+            t0 = time.perf_counter()
+            for _ in range(200):
+                scorer.score(out)
+        score_ms = (time.perf_counter() - t0) / 200 * 1000
+        print(
+            f"open-set score ({m.unknown.method}): {score_ms:.2f} ms per batch, {score_ms / run_ms:.1%} of run"
+        )
+
+
+def _cpu_ticks(pids: list[int]) -> dict[tuple[int, int, str], int]:
+    """(pid, tid, thread name) -> user + system clock ticks so far."""
+    ticks = {}
+    for pid in pids:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            try:
+                fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+                name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            except OSError:  # the thread ended
+                continue
+            ticks[(pid, int(tid), name)] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def profile_threads(model_dir: Path, image: Path, seconds: float) -> None:
+    """Per-thread CPU share of every serving process while wrk posts `image`."""
+    from benchmarks.bench import wrk_post
+    from benchmarks.serverproc import running_server
+
+    body, ctype = multipart_body(image.read_bytes(), image.name)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "body").write_bytes(body)
+        env = {"NFTLENS_PROVIDERS": '["CPUExecutionProvider"]'}
+        with running_server(model_dir, tmp / "c.db", tmp, **env) as srv:
+            url = f"{srv.url}/classify"
+            wrk_post(url, tmp / "body", ctype, 2, 8)  # warm-up
+            children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
+            pids = [srv.proc.pid, *map(int, children)]
+            result: dict = {}
+            load = threading.Thread(
+                target=lambda: result.update(wrk_post(url, tmp / "body", ctype, int(seconds) + 2, 8))
+            )
+            load.start()
+            time.sleep(1)
+            before, t0 = _cpu_ticks(pids), time.perf_counter()
+            time.sleep(seconds)
+            after, elapsed = _cpu_ticks(pids), time.perf_counter() - t0
+            load.join()
+    hz = os.sysconf("SC_CLK_TCK")
+    shares = sorted(((after[k] - before.get(k, 0)) / hz / elapsed, k) for k in after)
+    print(f"wrk: {result['rps']:.0f} req/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")
+    print("\n| process | thread | share of a core |\n|---|---|---:|")
+    for share, (pid, tid, name) in reversed(shares):
+        if share >= 0.005:
+            role = " (main: event loop)" if tid == pid else ""
+            print(f"| {pid} | {tid} {name}{role} | {share:.1%} |")
+    print(f"| all | | {sum(s for s, _ in shares):.1%} |")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("what", choices=["ops", "threads"])
+    ap.add_argument("--model-dir", type=Path, default=Path("models/default-int8"))
+    ap.add_argument("--batch", type=int, default=4, help="ops: batch size")
+    ap.add_argument("--runs", type=int, default=300, help="ops: profiled runs")
+    ap.add_argument("--image", type=Path, default=Path("data/nft-thumbs/images/azuki/1009.webp"))
+    ap.add_argument("--seconds", type=float, default=8.0, help="threads: measured seconds under load")
+    args = ap.parse_args()
+    if args.what == "ops":
+        profile_ops(args.model_dir, args.batch, args.runs)
+    else:
+        profile_threads(args.model_dir, args.image, args.seconds)
+
+
+if __name__ == "__main__":
+    main()
