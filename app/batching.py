@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from app.errors import OverloadedError
+from app.threadnames import name_this_thread
 
 BatchFn = Callable[[np.ndarray], dict[str, np.ndarray]]  # [N,...] input -> {output: [N,...]}
 log = logging.getLogger("uvicorn.error")
@@ -169,6 +170,7 @@ class MicroBatcher:
     # -- inference thread ----------------------------------------------------------------------------
     def _supervise(self) -> None:
         """Run the batching loop; restart it whenever it fails, until `stop`."""
+        name_this_thread("nftlens-infer")
         while not self._stopping:
             try:
                 self._running = True

@@ -27,6 +27,7 @@ from app.inference import GpuOptions, OnnxModel, Outputs, logits_of
 from app.metrics import Metrics
 from app.openset import OpenSetScorer, softmax
 from app.preprocessing import decode_and_preprocess
+from app.threadnames import name_this_thread
 from app.views import dihedral_view, dihedral_views
 
 
@@ -82,10 +83,16 @@ class Service:
         self.batcher: MicroBatcher | None = None
         self.openset: OpenSetScorer | None = None
         self.pool = ThreadPoolExecutor(
-            max_workers=settings.per_worker(settings.preprocess_threads), thread_name_prefix="prep"
+            max_workers=settings.per_worker(settings.preprocess_threads),
+            thread_name_prefix="prep",
+            initializer=name_this_thread,
+            initargs=("nftlens-decode",),
         )
         self.catalog_pool = ThreadPoolExecutor(
-            max_workers=settings.catalog_threads, thread_name_prefix="catalog"
+            max_workers=settings.catalog_threads,
+            thread_name_prefix="catalog",
+            initializer=name_this_thread,
+            initargs=("nftlens-catalog",),
         )
         self.started = False
         self._explaining = 0

@@ -8,9 +8,8 @@
   of the model's open-set score per batch (it runs on the same inference thread).
 - `threads`: starts `nftlens serve` with its defaults, drives it with wrk (8 connections posting a real
   thumbnail, as `nftlens bench peers` does) and prints each thread's share of a core, from the kernel's
-  per-thread CPU counters, with req/s. A worker's main thread runs its event loop; of the others, the
-  busiest is its inference thread (ONNX Runtime, one intra-op thread per worker here) and the next its
-  decoding thread.
+  per-thread CPU counters, with req/s. The service names its threads for the kernel (`nftlens-infer`,
+  `nftlens-decode`, `nftlens-catalog`, `app/threadnames.py`); a worker's main thread runs its event loop.
 """
 
 from __future__ import annotations

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from app.batching import MicroBatcher
 
@@ -91,3 +95,28 @@ def test_a_batch_that_cannot_be_stacked_fails_its_requests_not_the_loop():
         assert (await b.submit(np.zeros(2, np.float32)))["y"].tolist() == [1, 1]
 
     assert _batch_sizes(scenario) == [1]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="thread names are set with Linux's prctl")
+def test_the_service_threads_carry_their_names_for_the_operating_system(model_dir):
+    """`top -H`, py-spy and `benchmarks.profile threads` tell the inference, decoding and catalog threads
+    apart by the names the kernel holds for them."""
+    from app.config import Settings
+    from app.service import Service
+
+    def os_name(native_id: int | None = None) -> str:
+        return Path(f"/proc/self/task/{native_id or threading.get_native_id()}/comm").read_text().strip()
+
+    service = Service(Settings(model_dir=str(model_dir)))
+    try:
+        assert service.pool.submit(os_name).result() == "nftlens-decode"
+        assert service.catalog_pool.submit(os_name).result() == "nftlens-catalog"
+    finally:
+        service.pool.shutdown()
+        service.catalog_pool.shutdown()
+    batcher = MicroBatcher(lambda x: {"y": x})
+    batcher.start()
+    try:
+        assert os_name(batcher._thread.native_id) == "nftlens-infer"
+    finally:
+        asyncio.run(batcher.stop())
