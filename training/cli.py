@@ -390,6 +390,9 @@ def loo_cmd(
         None,
         help="outlier dataset(s) whose val split picks the multilayer score's layers (calibrate --outliers)",
     ),
+    outlier_edits: bool = typer.Option(
+        True, help="give the outliers the known images' copy edits (--no-outlier-edits: reports/openset-oe)"
+    ),
 ) -> None:
     """Leave-one-collection-out open-set evaluation (trains one model per collection; resumes)."""
     _need_train_extra()
@@ -404,6 +407,7 @@ def loo_cmd(
         false_unknown=false_unknown,
         outliers=outliers or None,
         outlier_check=outlier_check or None,
+        outlier_edits=outlier_edits,
     )
     typer.echo((out / "OPENSET.md").read_text())
 

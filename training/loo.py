@@ -94,11 +94,13 @@ def leave_one_out(
     false_unknown: float = 0.01,
     outliers: list[str] | None = None,
     outlier_check: list[str] | None = None,
+    outlier_edits: bool = True,
 ) -> dict:
     """Train/export/calibrate one model per held-out collection (skipping finished ones), score them all.
 
     `outliers`: auxiliary outlier datasets every held-out model trains on (outlier exposure);
-    `outlier_check`: those whose val split picks the multilayer score's layers (`calibrate --outliers`).
+    `outlier_check`: those whose val split picks the multilayer score's layers (`calibrate --outliers`);
+    `outlier_edits`: whether the outliers get the known images' edits (`TrainConfig.outlier_edits`).
     `alien_frens` is scored by every held-out model too (none trained on it) and by the shipped model.
     """
     from training.export import export
@@ -125,7 +127,7 @@ def leave_one_out(
                     "epochs": epochs,
                     "out": str(run),
                     "name": f"loo-{c}",
-                    **({"outliers": outliers} if outliers else {}),
+                    **({"outliers": outliers, "outlier_edits": outlier_edits} if outliers else {}),
                 }
             )
             best = train(cfg)

@@ -64,6 +64,12 @@ class TrainConfig(BaseModel):
     )
     outlier_weight: float = Field(0.5, ge=0, description="weight of the outlier-exposure loss")
     outliers_per_batch: int = Field(32, ge=1, description="outlier images added to every training batch")
+    outlier_edits: bool = Field(
+        True,
+        description="give outliers the known images' copy edits (or augmentation), not only their "
+        "degradations, so that an edited image never means a known one (false: how reports/openset-oe "
+        "was made)",
+    )
     select: Literal["val_macro_f1", "last"] = Field(
         "val_macro_f1", description="which epoch's weights become best.pt"
     )
@@ -128,17 +134,27 @@ def degradation(cfg: TrainConfig):
     return random_degradation(cfg.degrade_prob) if cfg.degrade_prob > 0 else None
 
 
+def view_transforms(cfg: TrainConfig) -> dict:
+    """What a training view gets besides its degradation: copy edits when the run trains an instance head,
+    the augmentation otherwise (ImageDataset's `augment` and `edit`)."""
+    return {
+        "augment": train_augmentation() if cfg.augment and cfg.views == 1 else None,
+        "edit": random_edit(cfg.edit_identity_prob, weights=cfg.edit_weights) if cfg.views == 2 else None,
+    }
+
+
 def outlier_batches(cfg: TrainConfig, degrade) -> Iterator[torch.Tensor]:
     """Endless batches of `cfg.outliers` training images (seeded draws with replacement), or none.
 
-    They get the known images' degradations (drawn once per image) but neither edits nor augmentation:
-    that is how reports/openset-oe was made. Editing them too, so that "edited" can never mean "known",
-    is the next thing to try.
+    They get the known images' degradations and, with `cfg.outlier_edits`, what else a known view gets:
+    one copy-edited view each when the run trains an instance head, the augmentation otherwise. Without
+    it (how reports/openset-oe was made), an edit could come to mean "known".
     """
     if not cfg.outliers:
         return iter(())
     paths, _ = select_rows(cfg.outliers, "train", "collection")
-    ds = ImageDataset(paths, [0] * len(paths), cfg.preprocess, degrade=degrade, seed=cfg.seed + 1)
+    extra = view_transforms(cfg) if cfg.outlier_edits else {}  # one view per outlier, never a pair
+    ds = ImageDataset(paths, [0] * len(paths), cfg.preprocess, degrade=degrade, seed=cfg.seed + 1, **extra)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     sampler = RandomSampler(ds, replacement=True, num_samples=1 << 30, generator=gen)
     loader = DataLoader(ds, batch_size=cfg.outliers_per_batch, sampler=sampler, num_workers=cfg.num_workers)
@@ -233,9 +249,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         y_train.tolist(),
         cfg.preprocess,
         degrade=degradation(cfg),
-        augment=train_augmentation() if cfg.augment and views == 1 else None,
-        edit=random_edit(cfg.edit_identity_prob, weights=cfg.edit_weights) if views == 2 else None,
         views=views,
+        **view_transforms(cfg),
         seed=cfg.seed,
     )
     val_ds = ImageDataset(val_paths, y_val.tolist(), cfg.preprocess)
