@@ -71,6 +71,8 @@ def score_open_set(
     return {
         "model": f"{m.name}@{m.version}",
         "outliers": m.training.get("config", {}).get("outliers", []),  # what it trained on, resumed or not
+        # runs from before the option existed trained on unedited outliers
+        "outlier_edits": m.training.get("config", {}).get("outlier_edits", False),
         "n_known": len(known_paths),
         "n_unknown": len(unknown_paths),
         "shipped_method": shipped.detector.method,
@@ -192,9 +194,12 @@ def render_markdown(r: dict) -> str:
     }
     if trained_on:
         sets = sorted({d for v in trained_on.values() for d in v})
+        edited = {bool(v.get("outlier_edits")) for c, v in r["held_out"].items() if c in trained_on}
+        how = {frozenset({True}): "copy-edited as known views are", frozenset({False}): "unedited"}
         lines += [
             f"Outlier exposure: the models without {', '.join(c for c in trained_on if '(' not in c)} also "
-            f"trained on {', '.join(sets)} with a uniform target (none of them is a collection scored here).",
+            f"trained on {', '.join(sets)} with a uniform target (none of them is a collection scored here), "
+            f"the outliers {how.get(frozenset(edited), 'edited in some runs')}.",
             "",
         ]
     rows = []
