@@ -248,10 +248,9 @@ def test_continuing_from_a_checkpoint_keeps_both_heads(tmp_path):
     assert torch.equal(other.backbone.conv1.weight, donor.backbone.conv1.weight)
 
 
-def test_outliers_get_the_known_views_edits_unless_told_not_to(avatars):
-    """With an instance head, every known view is copy-edited; outlier batches get the same edits
-    (`outlier_edits`, the default) so an edit cannot come to mean "known", or, turned off, only the
-    degradations (none here: the plain decoded images)."""
+def test_outliers_get_the_known_views_edits_when_told_to(avatars):
+    """With an instance head, every known view is copy-edited; outlier batches get only the degradations
+    by default (none here: the plain decoded images), and the same edits with `outlier_edits`."""
     from app.preprocessing import load_tensor
     from training.datasets.select import select_rows
     from training.train import TrainConfig, outlier_batches
@@ -266,11 +265,11 @@ def test_outliers_get_the_known_views_edits_unless_told_not_to(avatars):
         "preprocess": {"resize": {"size": 32}},
     }
     paths, _ = select_rows([str(avatars.root)], "train", "collection")
-    cfg = TrainConfig.model_validate({**base, "outlier_edits": False})
+    cfg = TrainConfig.model_validate(base)
     plain = {load_tensor(p.read_bytes(), cfg.preprocess).tobytes() for p in paths}
     assert cfg.views == 2
     unedited = next(outlier_batches(cfg, None))
     assert all(x.numpy().tobytes() in plain for x in unedited)
-    edited = next(outlier_batches(TrainConfig.model_validate(base), None))
+    edited = next(outlier_batches(TrainConfig.model_validate({**base, "outlier_edits": True}), None))
     assert edited.shape == unedited.shape  # one view per outlier, never a pair
     assert sum(x.numpy().tobytes() not in plain for x in edited) >= len(edited) - 1

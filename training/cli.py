@@ -391,7 +391,7 @@ def loo_cmd(
         help="outlier dataset(s) whose val split picks the multilayer score's layers (calibrate --outliers)",
     ),
     outlier_edits: bool = typer.Option(
-        True, help="give the outliers the known images' copy edits (--no-outlier-edits: reports/openset-oe)"
+        False, help="give the outliers the known images' copy edits (reports/openset-oe-edits)"
     ),
 ) -> None:
     """Leave-one-collection-out open-set evaluation (trains one model per collection; resumes)."""

@@ -96,7 +96,7 @@ def leave_one_out(
     false_unknown: float = 0.01,
     outliers: list[str] | None = None,
     outlier_check: list[str] | None = None,
-    outlier_edits: bool = True,
+    outlier_edits: bool = False,
 ) -> dict:
     """Train/export/calibrate one model per held-out collection (skipping finished ones), score them all.
 

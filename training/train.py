@@ -65,10 +65,10 @@ class TrainConfig(BaseModel):
     outlier_weight: float = Field(0.5, ge=0, description="weight of the outlier-exposure loss")
     outliers_per_batch: int = Field(32, ge=1, description="outlier images added to every training batch")
     outlier_edits: bool = Field(
-        True,
+        False,
         description="give outliers the known images' copy edits (or augmentation), not only their "
-        "degradations, so that an edited image never means a known one (false: how reports/openset-oe "
-        "was made)",
+        "degradations, so that an edit cannot come to mean 'known' (measured worse on one held-out "
+        "collection: reports/openset-oe-edits against reports/openset-oe)",
     )
     select: Literal["val_macro_f1", "last"] = Field(
         "val_macro_f1", description="which epoch's weights become best.pt"
