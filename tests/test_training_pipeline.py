@@ -250,10 +250,12 @@ def test_continuing_from_a_checkpoint_keeps_both_heads(tmp_path):
 
 def test_outliers_get_the_known_views_edits_when_told_to(avatars):
     """With an instance head, every known view is copy-edited; outlier batches get only the degradations
-    by default (none here: the plain decoded images), and the same edits with `outlier_edits`."""
+    by default (none here: the plain decoded images), and with `outlier_edits` the same edits, drawn afresh
+    each time an image is drawn."""
     from app.preprocessing import load_tensor
     from training.datasets.select import select_rows
-    from training.train import TrainConfig, outlier_batches
+    from training.loader import ImageDataset
+    from training.train import FreshDraws, TrainConfig, outlier_batches, view_transforms
 
     base = {
         "data": [str(avatars.root)],
@@ -270,6 +272,14 @@ def test_outliers_get_the_known_views_edits_when_told_to(avatars):
     assert cfg.views == 2
     unedited = next(outlier_batches(cfg, None))
     assert all(x.numpy().tobytes() in plain for x in unedited)
-    edited = next(outlier_batches(TrainConfig.model_validate({**base, "outlier_edits": True}), None))
+    edited_cfg = TrainConfig.model_validate({**base, "outlier_edits": True})
+    edited = next(outlier_batches(edited_cfg, None))
     assert edited.shape == unedited.shape  # one view per outlier, never a pair
     assert sum(x.numpy().tobytes() not in plain for x in edited) >= len(edited) - 1
+    # every draw is edited afresh: the k-th redraw of an image is that image with other edits
+    ds = ImageDataset(paths, [0] * len(paths), cfg.preprocess, seed=3, **view_transforms(edited_cfg))
+    n = len(ds)
+    draws = [ds[i][0].numpy().tobytes() for i in (0, 0, n, 2 * n)]
+    assert draws[0] == draws[1] and len(set(draws[1:])) == 3
+    sampler = iter(FreshDraws(n, torch.Generator().manual_seed(0)))
+    assert [next(sampler) // n for _ in range(4)] == [0, 1, 2, 3]

@@ -61,12 +61,15 @@ class ImageDataset(TorchDataset):
         return self.augment(t) if self.augment is not None else t
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        """One view [3,S,S], or `views` independently edited views [V,3,S,S] of the same image."""
-        data = self._read(index)
+        """One view [3,S,S], or `views` independently edited views [V,3,S,S] of the same image. An index
+        past the end, `i + k * len`, is image `i` again with its own random edits and degradations (the
+        k-th redraw, see `training.train.FreshDraws`)."""
+        item = index % len(self.paths)
+        data, target = self._read(item), self.targets[item]
         if self.degrade is None and self.edit is None and self.augment is None:
-            return torch.from_numpy(load_tensor(data, self.cfg)), self.targets[index]
+            return torch.from_numpy(load_tensor(data, self.cfg)), target
         rng = np.random.default_rng((self.seed, self.epoch, index))
         rgb = decode_image(data, self.cfg.background_rgb)
         if self.views == 1:
-            return self._view(rgb, rng), self.targets[index]
-        return torch.stack([self._view(rgb, rng) for _ in range(self.views)]), self.targets[index]
+            return self._view(rgb, rng), target
+        return torch.stack([self._view(rgb, rng) for _ in range(self.views)]), target

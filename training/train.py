@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import random
 import time
@@ -13,7 +14,7 @@ import numpy as np
 import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
-from torch.utils.data import DataLoader, RandomSampler
+from torch.utils.data import DataLoader, RandomSampler, Sampler
 from tqdm import tqdm
 
 from app.preprocessing import PreprocessConfig
@@ -143,12 +144,25 @@ def view_transforms(cfg: TrainConfig) -> dict:
     }
 
 
+class FreshDraws(Sampler[int]):
+    """Endless draws with replacement from `n` items, the k-th draw of item i given as index i + k * n, so
+    that `ImageDataset` edits and degrades every draw afresh (as known views are, every epoch)."""
+
+    def __init__(self, n: int, generator: torch.Generator):
+        self.n, self.generator = n, generator
+
+    def __iter__(self) -> Iterator[int]:
+        for k in itertools.count():
+            yield int(torch.randint(self.n, (1,), generator=self.generator)) + k * self.n
+
+
 def outlier_batches(cfg: TrainConfig, degrade) -> Iterator[torch.Tensor]:
     """Endless batches of `cfg.outliers` training images (seeded draws with replacement), or none.
 
-    They get the known images' degradations and, with `cfg.outlier_edits`, what else a known view gets:
-    one copy-edited view each when the run trains an instance head, the augmentation otherwise. Without
-    it (how reports/openset-oe was made), an edit could come to mean "known".
+    By default they get the known images' degradations, drawn once per image (how reports/openset-oe was
+    made). With `cfg.outlier_edits` they get what a known view gets: one copy-edited view each when the
+    run trains an instance head, the augmentation otherwise, with fresh edits and degradations at every
+    draw (`FreshDraws`), so that an edit cannot come to mean "known".
     """
     if not cfg.outliers:
         return iter(())
@@ -156,7 +170,10 @@ def outlier_batches(cfg: TrainConfig, degrade) -> Iterator[torch.Tensor]:
     extra = view_transforms(cfg) if cfg.outlier_edits else {}  # one view per outlier, never a pair
     ds = ImageDataset(paths, [0] * len(paths), cfg.preprocess, degrade=degrade, seed=cfg.seed + 1, **extra)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
-    sampler = RandomSampler(ds, replacement=True, num_samples=1 << 30, generator=gen)
+    if cfg.outlier_edits:
+        sampler = FreshDraws(len(ds), gen)
+    else:
+        sampler = RandomSampler(ds, replacement=True, num_samples=1 << 30, generator=gen)
     loader = DataLoader(ds, batch_size=cfg.outliers_per_batch, sampler=sampler, num_workers=cfg.num_workers)
     return (x for x, _ in loader)
 
