@@ -43,12 +43,16 @@ def profile_ops(model_dir: Path, batch: int, runs: int) -> None:
     )
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.enable_profiling = 1, True
-    options.profile_file_prefix = str(Path(tempfile.mkdtemp()) / "ort")
-    session = ort.InferenceSession(str(model_dir / m.onnx_file), options, providers=["CPUExecutionProvider"])
-    for _ in range(runs):
-        session.run(None, {m.input_name: x})
+    with tempfile.TemporaryDirectory() as tmp:  # the profile is tens of MB of JSON
+        options.profile_file_prefix = str(Path(tmp) / "ort")
+        session = ort.InferenceSession(
+            str(model_dir / m.onnx_file), options, providers=["CPUExecutionProvider"]
+        )
+        for _ in range(runs):
+            session.run(None, {m.input_name: x})
+        events = json.loads(Path(session.end_profiling()).read_text())
     by_op, by_node = collections.Counter(), collections.Counter()
-    for event in json.loads(Path(session.end_profiling()).read_text()):
+    for event in events:
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             by_op[event["args"]["op_name"]] += event["dur"]
             by_node[event["name"].removesuffix("_kernel_time")] += event["dur"]
@@ -78,17 +82,21 @@ def profile_ops(model_dir: Path, batch: int, runs: int) -> None:
         )
 
 
-def _cpu_ticks(pids: list[int]) -> dict[tuple[int, int, str], int]:
-    """(pid, tid, thread name) -> user + system clock ticks so far."""
+def _cpu_ticks(pgid: int) -> dict[tuple[int, int, str], int]:
+    """(pid, tid, thread name) -> user + system clock ticks so far, for every thread of every process in
+    process group `pgid` (the server and its workers, however deep)."""
     ticks = {}
-    for pid in pids:
-        for tid in os.listdir(f"/proc/{pid}/task"):
-            try:
-                fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
-                name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
-            except OSError:  # the thread ended
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != pgid:
                 continue
-            ticks[(pid, int(tid), name)] = int(fields[11]) + int(fields[12])
+            pid = int(stat.parent.name)
+            for task in (stat.parent / "task").iterdir():
+                fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+                name = (task / "comm").read_text().strip()
+                ticks[(pid, int(task.name), name)] = int(fields[11]) + int(fields[12])
+        except (OSError, ValueError):  # the process or thread ended meanwhile
+            continue
     return ticks
 
 
@@ -105,25 +113,26 @@ def profile_threads(model_dir: Path, image: Path, seconds: float) -> None:
         with running_server(model_dir, tmp / "c.db", tmp, **env) as srv:
             url = f"{srv.url}/classify"
             wrk_post(url, tmp / "body", ctype, 2, 8)  # warm-up
-            children = Path(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children").read_text().split()
-            pids = [srv.proc.pid, *map(int, children)]
+            supervisor = srv.proc.pid  # with several workers it only watches them
             result: dict = {}
             load = threading.Thread(
                 target=lambda: result.update(wrk_post(url, tmp / "body", ctype, int(seconds) + 2, 8))
             )
             load.start()
             time.sleep(1)
-            before, t0 = _cpu_ticks(pids), time.perf_counter()
+            before, t0 = _cpu_ticks(supervisor), time.perf_counter()  # it leads its process group
             time.sleep(seconds)
-            after, elapsed = _cpu_ticks(pids), time.perf_counter() - t0
+            after, elapsed = _cpu_ticks(supervisor), time.perf_counter() - t0
             load.join()
     hz = os.sysconf("SC_CLK_TCK")
     shares = sorted(((after[k] - before.get(k, 0)) / hz / elapsed, k) for k in after)
     print(f"wrk: {result['rps']:.0f} req/s, p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms")
     print("\n| process | thread | share of a core |\n|---|---|---:|")
+    several = any(p != supervisor for p, _, _ in after)  # workers beside the supervisor
     for share, (pid, tid, name) in reversed(shares):
         if share >= 0.005:
-            role = " (main: event loop)" if tid == pid else ""
+            main = "supervisor" if pid == supervisor and several else "event loop"
+            role = f" (main: {main})" if tid == pid else ""
             print(f"| {pid} | {tid} {name}{role} | {share:.1%} |")
     print(f"| all | | {sum(s for s, _ in shares):.1%} |")
 

@@ -69,7 +69,9 @@ def test_uint8_input_graph_equals_the_float_graph_on_the_training_path(punks, no
     assert set(want) == set(m.outputs)
 
 
-def test_uint8_input_retiles_per_channel_constants_without_changing_any_output(punks, nouns, tmp_path):
+def test_uint8_input_retiles_per_channel_constants_without_changing_any_output(
+    punks, nouns, tmp_path, monkeypatch
+):
     """A pixels-in graph whose normalising constants are per channel, [1,3,1,1] (as earlier exports stored
     them), is rewritten with the constants tiled to [1,3,S,S]: every output bit for bit the same, so the
     catalog key stays, and a second run changes nothing."""
@@ -103,6 +105,23 @@ def test_uint8_input_retiles_per_channel_constants_without_changing_any_output(p
     assert all(np.array_equal(got[k], want[k]) for k in m.outputs)
     add_uint8_input(model_dir)
     assert load_manifest(model_dir) == new
+
+    # outputs that would change (here: a comparison that reports a difference) give a new catalog key
+    import training.uint8input as rewrite
+
+    onnx.save(model, str(path))
+    old.write(model_dir)
+    answers = iter([[np.zeros(1)], [np.ones(1)]])
+    monkeypatch.setattr(rewrite, "_outputs", lambda graph, size: next(answers))
+    add_uint8_input(model_dir)
+    assert load_manifest(model_dir).vectors_sha256 is None
+    assert load_manifest(model_dir).catalog_key == sha256_of(path) != old.catalog_key
+    # a pixels-in graph without the constants is refused, not silently left as it was
+    model.graph.ClearField("initializer")
+    onnx.save(model, str(path))
+    old.model_copy(update={"sha256": sha256_of(path)}).write(model_dir)
+    with pytest.raises(ValueError, match="lacks"):
+        add_uint8_input(model_dir)
 
 
 def test_stage_statistics_outputs_are_each_stages_channel_mean_and_std(punks, nouns, tmp_path):

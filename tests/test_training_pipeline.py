@@ -283,3 +283,25 @@ def test_outliers_get_the_known_views_edits_when_told_to(avatars):
     assert draws[0] == draws[1] and len(set(draws[1:])) == 3
     sampler = iter(FreshDraws(n, torch.Generator().manual_seed(0)))
     assert [next(sampler) // n for _ in range(4)] == [0, 1, 2, 3]
+
+
+def test_loo_refuses_to_reuse_a_held_out_model_trained_otherwise(model_dir, tmp_path):
+    """`nftlens loo` resumes finished held-out models, but not one trained with other outliers or outlier
+    edits than asked: that would put its rows under the wrong heading."""
+    import shutil
+
+    from app.manifest import load_manifest
+    from training.loo import _check_resumed, leave_one_out
+
+    run = tmp_path / "model"
+    shutil.copytree(model_dir, run)
+    m = load_manifest(run)
+    trained = {**m.training, "config": {**m.training.get("config", {}), "outliers": ["data/avatars"]}}
+    m.model_copy(update={"training": trained}).write(run)
+    _check_resumed(run, ["data/avatars"], False)  # as trained (no outlier_edits recorded: unedited)
+    with pytest.raises(ValueError, match="pass another --runs"):
+        _check_resumed(run, ["data/avatars"], True)
+    with pytest.raises(ValueError, match="pass another --runs"):
+        _check_resumed(run, [], False)
+    with pytest.raises(ValueError, match="needs outliers"):
+        leave_one_out(tmp_path / "unused.yaml", ["doodles"], 1, outlier_edits=True)

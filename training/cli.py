@@ -289,10 +289,19 @@ def uint8_input_cmd(
 ) -> None:
     """Make the model take uint8 [N,S,S,3] pixels and normalise inside the graph (outputs unchanged)."""
     _need_train_extra()
+    from app.manifest import load_manifest
     from training.uint8input import add_uint8_input
 
+    before = load_manifest(model_dir)
     add_uint8_input(model_dir)
+    after = load_manifest(model_dir)
     typer.echo(f"{model_dir}: input is uint8 NHWC pixels, normalised in the graph (constants tiled)")
+    if after.sha256 == before.sha256:
+        typer.echo("already so: nothing changed")
+    elif after.catalog_key == before.catalog_key:
+        typer.echo("every output bit for bit as before: catalogs keep their vectors")
+    else:
+        typer.echo("new catalog key: run `nftlens catalog reindex` on catalogs made with the old file")
 
 
 @app.command("stage-stats")

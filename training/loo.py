@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from app.inference import OnnxModel
+from app.manifest import load_manifest
 from app.openset import OpenSetScorer
 from training.calibrate import calibrate, openset_scores
 from training.datasets.select import select_spec_rows
@@ -109,6 +110,8 @@ def leave_one_out(
     from training.stagestats import add_stage_statistics
     from training.train import gather, load_config, train
 
+    if outlier_edits and not outliers:
+        raise ValueError("outlier_edits needs outliers to edit: pass the outlier datasets too")
     base = load_config(config)
     report: dict = {
         "config": str(config),
@@ -122,7 +125,9 @@ def leave_one_out(
     for c in collections:
         run = runs / c
         model_dir = run / "model"
-        if not (model_dir / "model.json").is_file():
+        if (model_dir / "model.json").is_file():
+            _check_resumed(model_dir, outliers or [], outlier_edits if outliers else False)
+        else:
             cfg = base.model_copy(
                 update={
                     "exclude": {**base.exclude, "collection": [*base.exclude.get("collection", []), c]},
@@ -156,6 +161,18 @@ def leave_one_out(
             )
         write_report(report, out)  # after every held-out model: a long run stopped midway keeps its rows
     return report
+
+
+def _check_resumed(model_dir: Path, outliers: list[str], outlier_edits: bool) -> None:
+    """Refuse to reuse a finished held-out model trained otherwise than asked (another `--runs` keeps
+    both)."""
+    trained = load_manifest(model_dir).training.get("config", {})
+    had = (list(trained.get("outliers", [])), bool(trained.get("outlier_edits", False)))
+    if had != (list(outliers), outlier_edits):
+        raise ValueError(
+            f"{model_dir} was trained with outliers={had[0]}, outlier_edits={had[1]}, not "
+            f"outliers={outliers}, outlier_edits={outlier_edits}: pass another --runs folder"
+        )
 
 
 def write_report(report: dict, out: Path) -> None:
