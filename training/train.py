@@ -68,7 +68,7 @@ class TrainConfig(BaseModel):
     outlier_edits: bool = Field(
         False,
         description="give outliers the known images' copy edits (or augmentation), not only their "
-        "degradations, so that an edit cannot come to mean 'known' (measured worse on one held-out "
+        "degradations, so that an edit cannot come to mean 'known' (about the same on one held-out "
         "collection: reports/openset-oe-edits against reports/openset-oe)",
     )
     select: Literal["val_macro_f1", "last"] = Field(
