@@ -309,7 +309,6 @@ def bench_peers(
     body, ctype = multipart_body(image.read_bytes(), image.name)
     as_json = json.dumps({"image": base64.b64encode(image.read_bytes()).decode()}).encode()
     out: dict = {"image": str(image), "seconds": seconds, "rounds": rounds, "connections": connections}
-    runs: dict[str, list[dict]] = {"nftlens": [], "naive FastAPI + ORT": [], "LitServe (batch 16, 5 ms)": []}
     with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         tmp = Path(tmp)
         (tmp / "body").write_bytes(body)
@@ -332,15 +331,9 @@ def bench_peers(
             "naive FastAPI + ORT": (naive[0] + "/classify", naive[1]),
             "LitServe (batch 16, 5 ms)": (litserve[0] + "/classify", litserve[1]),
         }
-        groups = [g for _, g in servers.values()]
-        for name, (url, group) in servers.items():  # warm-up
-            with _only(group, groups):
-                wrk_post(url, *bodies[name], 2, connections)
+        _warm_up(servers, bodies, connections)
         before = httpx.get(f"{srv.url}/metrics").text
-        for _ in range(rounds):
-            for name, (url, group) in servers.items():
-                with _only(group, groups):
-                    runs[name].append(wrk_post(url, *bodies[name], seconds, connections))
+        runs = _alternate(servers, bodies, rounds, seconds, connections)
         after = httpx.get(f"{srv.url}/metrics").text
     (sum0, n0), (sum1, n1) = _sum_count(before, "nftlens_batch_size"), _sum_count(after, "nftlens_batch_size")
     mean_batch = (sum1 - sum0) / max(1.0, n1 - n0)
@@ -350,16 +343,7 @@ def bench_peers(
     s = model.manifest.input_size
     x = model.native(np.random.default_rng(0).normal(size=(size, 3, s, s)).astype(np.float32))
     out["raw_ort_at_mean_batch"] = _rate(lambda: model.run(x), size, 4.0)
-    out["servers"] = {
-        name: {
-            "rps": float(np.median([r["rps"] for r in rs])),
-            "p50_ms": float(np.median([r["p50_ms"] for r in rs])),
-            "p99_ms": float(np.median([r["p99_ms"] for r in rs])),
-            "non_2xx": sum(r["non_2xx"] for r in rs),
-            "rounds": rs,
-        }
-        for name, rs in runs.items()
-    }
+    out["servers"] = {name: _medians(rs) for name, rs in runs.items()}
     ours = out["servers"]["nftlens"]["rps"]
     out["ratios"] = {
         f"nftlens / {name}": ours / s["rps"] for name, s in out["servers"].items() if name != "nftlens"
@@ -378,23 +362,71 @@ TUNING = {
 }
 
 
-def bench_tuning(model_dir: Path, image: Path, seconds: int = 8, connections: int = 8) -> dict:
-    """nftlens alone under wrk, one server at a time, per setting variant (TUNING): which settings pay."""
+def _warm_up(servers: dict[str, tuple[str, int]], bodies: dict[str, tuple[Path, str]], connections: int):
+    """Two seconds of wrk on each server (name -> (URL, process group)), the others paused."""
+    groups = [g for _, g in servers.values()]
+    for name, (url, group) in servers.items():
+        with _only(group, groups):
+            wrk_post(url, *bodies[name], 2, connections)
+
+
+def _alternate(
+    servers: dict[str, tuple[str, int]],
+    bodies: dict[str, tuple[Path, str]],
+    rounds: int,
+    seconds: int,
+    connections: int,
+) -> dict[str, list[dict]]:
+    """`rounds` rounds of wrk, each server in turn with the others paused: each server's rounds (so a slow
+    stretch of the host, or a lopsided split of the connections between workers, falls on one round)."""
+    groups = [g for _, g in servers.values()]
+    runs: dict[str, list[dict]] = {name: [] for name in servers}
+    for _ in range(rounds):
+        for name, (url, group) in servers.items():
+            with _only(group, groups):
+                runs[name].append(wrk_post(url, *bodies[name], seconds, connections))
+    return runs
+
+
+def _medians(rounds: list[dict]) -> dict:
+    """One server's rounds -> median req/s, p50 and p99, summed non-2xx, and the rounds themselves."""
+    return {
+        "rps": float(np.median([r["rps"] for r in rounds])),
+        "p50_ms": float(np.median([r["p50_ms"] for r in rounds])),
+        "p99_ms": float(np.median([r["p99_ms"] for r in rounds])),
+        "non_2xx": sum(r["non_2xx"] for r in rounds),
+        "rounds": rounds,
+    }
+
+
+def bench_tuning(
+    model_dir: Path, image: Path, seconds: int = 8, connections: int = 8, rounds: int = 3
+) -> dict:
+    """nftlens under wrk once per setting variant (TUNING), every variant's server started at once and
+    measured in alternating rounds with the others paused (medians): which settings pay."""
     from benchmarks.serverproc import running_server
 
     body, ctype = multipart_body(image.read_bytes(), image.name)
-    out: dict = {"image": str(image), "seconds": seconds, "connections": connections, "variants": {}}
-    with tempfile.TemporaryDirectory() as tmp:
+    out: dict = {
+        "image": str(image),
+        "seconds": seconds,
+        "rounds": rounds,
+        "connections": connections,
+        "variants": {},
+    }
+    with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
         tmp = Path(tmp)
         (tmp / "body").write_bytes(body)
-        for name, env in TUNING.items():
-            env = {"NFTLENS_PROVIDERS": '["CPUExecutionProvider"]', **env}
-            with running_server(model_dir, tmp / f"{len(out['variants'])}.db", tmp, **env) as srv:
-                wrk_post(f"{srv.url}/classify", tmp / "body", ctype, 2, connections)  # warm-up
-                out["variants"][name] = {
-                    "env": env,
-                    **wrk_post(f"{srv.url}/classify", tmp / "body", ctype, seconds, connections),
-                }
+        servers, envs = {}, {}
+        for i, (name, env) in enumerate(TUNING.items()):
+            envs[name] = {"NFTLENS_PROVIDERS": '["CPUExecutionProvider"]', **env}
+            (tmp / str(i)).mkdir()
+            srv = stack.enter_context(running_server(model_dir, tmp / f"{i}.db", tmp / str(i), **envs[name]))
+            servers[name] = (f"{srv.url}/classify", srv.proc.pid)
+        bodies = {name: (tmp / "body", ctype) for name in servers}
+        _warm_up(servers, bodies, connections)
+        runs = _alternate(servers, bodies, rounds, seconds, connections)
+    out["variants"] = {name: {"env": envs[name], **_medians(rs)} for name, rs in runs.items()}
     return out
 
 
@@ -815,8 +847,12 @@ def render_markdown(report: dict) -> str:
     if "tuning" in report:
         t = report["tuning"]
         lines += [
-            f"## Settings that pay: nftlens alone under wrk ({t['connections']} connections, {t['seconds']} s), "
-            "one server at a time",
+            f"## Settings that pay: nftlens alone under wrk ({t['connections']} connections, "
+            + (
+                f"{t['rounds']} alternating rounds of {t['seconds']} s, medians), one server at a time"
+                if t.get("rounds")
+                else f"{t['seconds']} s), one server at a time"
+            ),
             "",
         ]
         lines += [where(t["machine"]), ""] if t.get("machine") else []
