@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.bench import multipart_body
+from benchmarks.serverproc import group_pids
 
 
 def profile_ops(model_dir: Path, batch: int, runs: int) -> None:
@@ -86,16 +87,13 @@ def _cpu_ticks(pgid: int) -> dict[tuple[int, int, str], int]:
     """(pid, tid, thread name) -> user + system clock ticks so far, for every thread of every process in
     process group `pgid` (the server and its workers, however deep)."""
     ticks = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for pid in group_pids(pgid):
         try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[2]) != pgid:
-                continue
-            pid = int(stat.parent.name)
-            for task in (stat.parent / "task").iterdir():
+            for task in Path(f"/proc/{pid}/task").iterdir():
                 fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
                 name = (task / "comm").read_text().strip()
                 ticks[(pid, int(task.name), name)] = int(fields[11]) + int(fields[12])
-        except (OSError, ValueError):  # the process or thread ended meanwhile
+        except OSError:  # the process or thread ended meanwhile
             continue
     return ticks
 

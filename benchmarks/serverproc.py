@@ -61,23 +61,28 @@ def serving(
         _reap_group(proc.pid)
 
 
+def group_pids(pgid: int) -> list[int]:
+    """The running processes of process group `pgid`, from /proc (zombies, which hold no CPU, left out)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # it ended meanwhile
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
 def _group_alive(pgid: int) -> bool:
-    """Whether a process of the group still runs (zombies, which hold no CPU, do not count)."""
-    proc = Path("/proc")
-    if not proc.is_dir():
+    """Whether a process of the group still runs (zombies do not count)."""
+    if not Path("/proc").is_dir():
         try:
             os.killpg(pgid, 0)
         except ProcessLookupError:
             return False
         return True
-    for stat in proc.glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+    return bool(group_pids(pgid))
 
 
 def _reap_group(pgid: int, timeout: float = 15) -> None:

@@ -265,15 +265,16 @@ def test_outliers_get_the_known_views_edits_when_told_to(avatars):
         "instance_dim": 16,
         "edit_identity_prob": 0.0,
         "preprocess": {"resize": {"size": 32}},
+        "degrade_prob": 0.0,
     }
     paths, _ = select_rows([str(avatars.root)], "train", "collection")
     cfg = TrainConfig.model_validate(base)
     plain = {load_tensor(p.read_bytes(), cfg.preprocess).tobytes() for p in paths}
     assert cfg.views == 2
-    unedited = next(outlier_batches(cfg, None))
+    unedited = next(outlier_batches(cfg))
     assert all(x.numpy().tobytes() in plain for x in unedited)
     edited_cfg = TrainConfig.model_validate({**base, "outlier_edits": True})
-    edited = next(outlier_batches(edited_cfg, None))
+    edited = next(outlier_batches(edited_cfg))
     assert edited.shape == unedited.shape  # one view per outlier, never a pair
     assert sum(x.numpy().tobytes() not in plain for x in edited) >= len(edited) - 1
     # every draw is edited afresh: the k-th redraw of an image is that image with other edits

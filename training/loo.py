@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from app.inference import OnnxModel
-from app.manifest import load_manifest
+from app.manifest import ModelManifest, load_manifest
 from app.openset import OpenSetScorer
 from training.calibrate import calibrate, openset_scores
 from training.datasets.select import select_spec_rows
@@ -69,11 +69,11 @@ def score_open_set(
         for name in ks
     }
     shipped = OpenSetScorer(m.unknown, model_dir)  # the sidecar check the service does
+    outliers, edited = _outlier_training(m)
     return {
         "model": f"{m.name}@{m.version}",
-        "outliers": m.training.get("config", {}).get("outliers", []),  # what it trained on, resumed or not
-        # runs from before the option existed trained on unedited outliers
-        "outlier_edits": m.training.get("config", {}).get("outlier_edits", False),
+        "outliers": outliers,  # what it trained on, resumed or not
+        "outlier_edits": edited,
         "n_known": len(known_paths),
         "n_unknown": len(unknown_paths),
         "shipped_method": shipped.detector.method,
@@ -126,7 +126,7 @@ def leave_one_out(
         run = runs / c
         model_dir = run / "model"
         if (model_dir / "model.json").is_file():
-            _check_resumed(model_dir, outliers or [], outlier_edits if outliers else False)
+            _check_resumed(model_dir, outliers or [], outlier_edits)
         else:
             cfg = base.model_copy(
                 update={
@@ -163,11 +163,17 @@ def leave_one_out(
     return report
 
 
+def _outlier_training(m: ModelManifest) -> tuple[list[str], bool]:
+    """The outlier datasets a model trained on and whether they were edited (runs from before
+    `outlier_edits` existed trained on unedited outliers)."""
+    trained = m.training.get("config", {})
+    return list(trained.get("outliers", [])), bool(trained.get("outlier_edits", False))
+
+
 def _check_resumed(model_dir: Path, outliers: list[str], outlier_edits: bool) -> None:
     """Refuse to reuse a finished held-out model trained otherwise than asked (another `--runs` keeps
     both)."""
-    trained = load_manifest(model_dir).training.get("config", {})
-    had = (list(trained.get("outliers", [])), bool(trained.get("outlier_edits", False)))
+    had = _outlier_training(load_manifest(model_dir))
     if had != (list(outliers), outlier_edits):
         raise ValueError(
             f"{model_dir} was trained with outliers={had[0]}, outlier_edits={had[1]}, not "
@@ -211,12 +217,18 @@ def render_markdown(r: dict) -> str:
     }
     if trained_on:
         sets = sorted({d for v in trained_on.values() for d in v})
-        edited = {bool(v.get("outlier_edits")) for c, v in r["held_out"].items() if c in trained_on}
-        how = {frozenset({True}): "copy-edited as known views are", frozenset({False}): "unedited"}
+        edited = [bool(r["held_out"][c].get("outlier_edits")) for c in trained_on]
+        how = (
+            "copy-edited as known views are"
+            if all(edited)
+            else "edited in some runs"
+            if any(edited)
+            else "unedited"
+        )
         lines += [
             f"Outlier exposure: the models without {', '.join(c for c in trained_on if '(' not in c)} also "
             f"trained on {', '.join(sets)} with a uniform target (none of them is a collection scored here), "
-            f"the outliers {how.get(frozenset(edited), 'edited in some runs')}.",
+            f"the outliers {how}.",
             "",
         ]
     rows = []

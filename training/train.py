@@ -156,7 +156,7 @@ class FreshDraws(Sampler[int]):
             yield int(torch.randint(self.n, (1,), generator=self.generator)) + k * self.n
 
 
-def outlier_batches(cfg: TrainConfig, degrade) -> Iterator[torch.Tensor]:
+def outlier_batches(cfg: TrainConfig) -> Iterator[torch.Tensor]:
     """Endless batches of `cfg.outliers` training images (seeded draws with replacement), or none.
 
     By default they get the known images' degradations, drawn once per image (how reports/openset-oe was
@@ -168,7 +168,9 @@ def outlier_batches(cfg: TrainConfig, degrade) -> Iterator[torch.Tensor]:
         return iter(())
     paths, _ = select_rows(cfg.outliers, "train", "collection")
     extra = view_transforms(cfg) if cfg.outlier_edits else {}  # one view per outlier, never a pair
-    ds = ImageDataset(paths, [0] * len(paths), cfg.preprocess, degrade=degrade, seed=cfg.seed + 1, **extra)
+    ds = ImageDataset(
+        paths, [0] * len(paths), cfg.preprocess, degrade=degradation(cfg), seed=cfg.seed + 1, **extra
+    )
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     if cfg.outlier_edits:
         sampler = FreshDraws(len(ds), gen)
@@ -271,7 +273,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         seed=cfg.seed,
     )
     val_ds = ImageDataset(val_paths, y_val.tolist(), cfg.preprocess)
-    outliers = outlier_batches(cfg, degradation(cfg))
+    outliers = outlier_batches(cfg)
     counts = np.bincount(y_train, minlength=len(labels)).astype(float)
     batches = EpochBatchSampler(
         train_labels,

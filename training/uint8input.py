@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.manifest import load_manifest, sha256_of
+from app.manifest import ModelManifest, load_manifest, sha256_of
 
 PIXELS = "pixels"
 PREFIX = "uint8_input/"  # node names: `nftlens quantize` leaves these in float
@@ -34,7 +34,7 @@ def add_uint8_input(model_dir: Path) -> Path:
     m = load_manifest(model_dir)
     path = Path(model_dir) / m.onnx_file
     if m.input_format == "uint8_nhwc":
-        return _tile_constants(model_dir)
+        return _tile_constants(model_dir, m, path)
     model = onnx.load(str(path))
     graph = model.graph
     old = next(i for i in graph.input if i.name == m.input_name)
@@ -83,13 +83,12 @@ def _tiled(per_channel: np.ndarray, size: int) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(per_channel, (1, 3, size, size)))
 
 
-def _tile_constants(model_dir: Path) -> Path:
-    """Tile the normalising constants of a graph that already takes pixels (a no-op when they are)."""
+def _tile_constants(model_dir: Path, m: ModelManifest, path: Path) -> Path:
+    """Tile the normalising constants of `path`, a graph that already takes pixels, with manifest `m` (a
+    no-op when they are tiled)."""
     import onnx
     from onnx import numpy_helper
 
-    m = load_manifest(model_dir)
-    path = Path(model_dir) / m.onnx_file
     model = onnx.load(str(path))
     names = {PREFIX + "scale", PREFIX + "shift"}
     consts = [init for init in model.graph.initializer if init.name in names]
