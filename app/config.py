@@ -92,6 +92,13 @@ class Settings(BaseSettings):
         20 * 1024 * 1024, ge=1, description="largest accepted request body (413 above)"
     )
     max_pixels: int = Field(40_000_000, ge=1, description="largest decoded image, width x height (413 above)")
+    copy_verify_k: int = Field(
+        50,
+        ge=0,
+        le=1000,
+        description="copy search: how many instance-space candidates the pixel-art layout check "
+        "(app/sprites.py) re-ranks before the best k are returned; 0: the instance-space order alone",
+    )
     max_batch_files: int = Field(64, ge=1, description="most files in one /classify/batch or PUT /tokens")
     max_metadata_bytes: int = Field(
         16 * 1024, ge=2, description="largest token metadata, as JSON (413 above)"

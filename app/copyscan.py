@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from app.catalog import Catalog, SearchFilter
+from app.catalog import Catalog, SearchFilter, best_per_token
 from app.imaging import IMAGE_SUFFIXES
 from app.indexing import safe_prepare
 from app.inference import OnnxModel
+from app.sprites import candidate_layouts, stored_sprite, verified_order
 
 CSV_COLUMNS = ("query", "best_collection", "best_token_id", "score", "is_copy", "exact", "error")
 
@@ -29,8 +30,11 @@ def scan_folder(
     collections: set[str] | None = None,
     batch: int = 64,
     threads: int = 4,
+    verify_k: int = 50,
 ) -> dict:
-    """Scan every image in `folder` (recursively); write `out`/copies.csv and `out`/SUMMARY.md."""
+    """Scan every image in `folder` (recursively); write `out`/copies.csv and `out`/SUMMARY.md. As in
+    `POST /copies`, the best `verify_k` candidates are re-ranked by their pixel-art layout for the best
+    match, and the verdict is the calibrated threshold on the best score."""
     m = model.manifest
     if not m.instance_dim or m.copies is None:
         raise ValueError(f"model {m.name}@{m.version} has no instance head or copy threshold")
@@ -57,19 +61,25 @@ def scan_folder(
                     rows.append({"query": rel, "error": "undecodable image"})
                     continue
                 exact = catalog.find_exact(prepared[i][1], flt)[:1]
-                hits = exact or [
-                    h for v in inst[found[i]] for h in catalog.search(v, 1, flt, space="instance")
-                ]
-                best = max(hits, key=lambda h: h.score) if hits else None
+                hits = exact or best_per_token(
+                    h
+                    for v in inst[found[i]]
+                    for h in catalog.search(v, max(1, verify_k), flt, space="instance")
+                )
+                copy = bool(exact) or any(h.score >= detector.threshold_for(h.collection) for h in hits)
+                if hits and not exact and verify_k:
+                    bg = m.preprocessing.background_rgb
+                    sprites = (stored_sprite(catalog.image(h.collection, h.token_id), bg) for h in hits)
+                    layout = candidate_layouts(prepared[i][2], sprites)
+                    hits = [hits[j] for j in verified_order([h.score for h in hits], layout)]
+                best = hits[0] if hits else None
                 rows.append(
                     {
                         "query": rel,
                         "best_collection": best.collection if best else "",
                         "best_token_id": best.token_id if best else "",
                         "score": round(best.score, 6) if best else "",
-                        "is_copy": bool(
-                            exact or (best and best.score >= detector.threshold_for(best.collection))
-                        ),
+                        "is_copy": copy,
                         "exact": bool(exact),
                         "error": "",
                     }

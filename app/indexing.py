@@ -70,7 +70,7 @@ def embed_into_catalog(
         ok = [(it, p) for it, p in zip(pending, prepared, strict=True) if p is not None]
         failed += len(pending) - len(ok)
         if ok:
-            out = model.run(np.stack([t for _, (t, _) in ok]))
+            out = model.run(np.stack([t for _, (t, _, _) in ok]))
             emb, inst = out["embedding"], out.get("instance")
             catalog.upsert_many(
                 [
@@ -84,7 +84,7 @@ def embed_into_catalog(
                         data,
                         inst[i] if inst is not None else None,
                     )
-                    for i, ((tok, data), (_, fp)) in enumerate(ok)
+                    for i, ((tok, data), (_, fp, _)) in enumerate(ok)
                 ]
             )
             done += len(ok)
@@ -101,14 +101,14 @@ def embed_into_catalog(
     return {"indexed": done, "failed": failed}
 
 
-def safe_prepare(data: bytes, cfg, views: ViewSet | None = None) -> tuple[np.ndarray, str] | None:
-    """(network input, pixel fingerprint) for image bytes, or None when they cannot be decoded; with
-    `views`, the inputs of those views [V, 3, S, S] instead of the one input."""
+def safe_prepare(data: bytes, cfg, views: ViewSet | None = None) -> tuple[np.ndarray, str, np.ndarray] | None:
+    """(network input, pixel fingerprint, decoded RGB) for image bytes, or None when they cannot be
+    decoded; with `views`, the inputs of those views [V, 3, S, S] instead of the one input."""
     try:
         rgb, tensor = decode_and_preprocess(data, cfg)
     except NftlensError:
         return None
-    return (tensor if views is None else views.inputs(rgb, tensor, cfg)), pixel_fingerprint(rgb)
+    return (tensor if views is None else views.inputs(rgb, tensor, cfg)), pixel_fingerprint(rgb), rgb
 
 
 def index_source(

@@ -17,7 +17,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from app.batching import MicroBatcher
-from app.catalog import Catalog, SearchFilter, open_catalog
+from app.catalog import Catalog, SearchFilter, best_per_token, open_catalog
 from app.config import Settings
 from app.errors import ConflictError, OverloadedError
 from app.explain import Heatmap, class_heatmap, heatmap, occlusion_inputs
@@ -27,6 +27,7 @@ from app.inference import GpuOptions, OnnxModel, Outputs, logits_of
 from app.metrics import Metrics
 from app.openset import OpenSetScorer, softmax
 from app.preprocessing import decode_and_preprocess
+from app.sprites import candidate_layouts, stored_sprite, verified_order
 from app.threadnames import name_this_thread
 from app.views import dihedral_view, dihedral_views
 
@@ -227,14 +228,17 @@ class Service:
                 "exported with an instance head (the default model has one)"
             )
 
-    async def copy_query(self, data: bytes, pred: Prediction | None = None) -> tuple[np.ndarray, str]:
-        """The query's instance vectors [V, D] and pixel fingerprint: from `pred` when given (predicted with
-        its fingerprint: the image is not decoded again), and, when the copy verdict was calibrated on more
-        views than the image itself (`CopyDetector.views`), all of them run through the batcher together."""
+    async def copy_query(
+        self, data: bytes, pred: Prediction | None = None
+    ) -> tuple[np.ndarray, str, np.ndarray]:
+        """The query's instance vectors [V, D], pixel fingerprint and decoded RGB: from `pred` when given
+        (predicted with its fingerprint: the image is not decoded again), and, when the copy verdict was
+        calibrated on more views than the image itself (`CopyDetector.views`), all of them run through the
+        batcher together."""
         view_set = self.model.manifest.copies.views
         if view_set.count == 1:
             pred = pred or await self.predict(data, fingerprint=True)
-            return pred.instance[None], pred.fingerprint
+            return pred.instance[None], pred.fingerprint, pred.image
         if pred is not None:
             rgb, x, fp = pred.image, pred.input, pred.fingerprint
         else:
@@ -242,25 +246,41 @@ class Service:
         views = await self.blocking(view_set.inputs, rgb, x, self.model.manifest.preprocessing)
         if self.settings.batching:
             outs = await asyncio.gather(*(self.batcher.submit(v) for v in self.model.native(views)))
-            return np.stack([o["instance"] for o in outs]), fp
-        return (await self.batcher.run_now(views))["instance"], fp
+            return np.stack([o["instance"] for o in outs]), fp, rgb
+        return (await self.batcher.run_now(views))["instance"], fp, rgb
 
-    def copies(self, instances: np.ndarray, k: int, flt: SearchFilter, fingerprint: str = "") -> dict:
+    def copies(
+        self,
+        instances: np.ndarray,
+        k: int,
+        flt: SearchFilter,
+        fingerprint: str = "",
+        query_rgb: np.ndarray | None = None,
+    ) -> dict:
         """The `copies` block: exact pixel matches first (score 1, `exact`), then the best instance-space
         matches over the query's views (each token keeps its best score), with the calibrated verdict.
-        Blocking: run it on the pool."""
+        Given the decoded query, the best `copy_verify_k` candidates are re-ranked by their pixel-art layout
+        agreement (app/sprites.py; `layout` in each match). Blocking: run it on the pool."""
         detector = self.model.manifest.copies
+        verify_k = self.settings.copy_verify_k if query_rgb is not None else 0
         exact = self.catalog.find_exact(fingerprint, flt)[:k] if fingerprint else []
-        best: dict[tuple[str, str], object] = {(h.collection, h.token_id): h for h in exact}
-        for vector in np.atleast_2d(instances):
-            for h in self.catalog.search(vector, k, flt, space="instance"):
-                key = (h.collection, h.token_id)
-                if key not in best or h.score > best[key].score:
-                    best[key] = h
         exact_keys = {(h.collection, h.token_id) for h in exact}
-        hits = sorted(best.values(), key=lambda h: (-((h.collection, h.token_id) in exact_keys), -h.score))[
-            :k
-        ]
+        searched = (
+            h
+            for v in np.atleast_2d(instances)
+            for h in self.catalog.search(v, max(k, verify_k), flt, space="instance")
+        )
+        fuzzy = [h for h in best_per_token(searched) if (h.collection, h.token_id) not in exact_keys]
+        fuzzy = fuzzy[: max(k, verify_k)]
+        layout: list[float | None] = [None] * len(fuzzy)
+        if verify_k:
+            bg = self.model.manifest.preprocessing.background_rgb
+            sprites = (stored_sprite(self.catalog.image(h.collection, h.token_id), bg) for h in fuzzy)
+            layout = candidate_layouts(query_rgb, sprites)
+            order = verified_order([h.score for h in fuzzy], layout)
+            fuzzy, layout = [fuzzy[i] for i in order], [layout[i] for i in order]
+        ranked = [(h, None) for h in exact] + list(zip(fuzzy, layout, strict=True))
+        hits = ranked[:k]
         matches = [
             {
                 "collection": h.collection,
@@ -270,12 +290,13 @@ class Service:
                 "exact": (h.collection, h.token_id) in exact_keys,
                 "is_copy": (h.collection, h.token_id) in exact_keys
                 or h.score >= detector.threshold_for(h.collection),
+                "layout": None if a is None else round(a, 4),
                 "metadata": h.metadata,
             }
-            for h in hits
+            for h, a in hits
         ]
-        return {
-            "is_copy": any(m["is_copy"] for m in matches),
+        return {  # the verdict is the calibrated one: the layout check only orders the matches
+            "is_copy": bool(exact) or any(h.score >= detector.threshold_for(h.collection) for h in fuzzy),
             "threshold": matches[0]["threshold"] if matches else round(detector.threshold, 6),
             "matches": matches,
         }

@@ -16,6 +16,8 @@ from app.inference import OnnxModel
 from app.manifest import load_manifest
 from app.openset import OpenSetScorer, softmax
 from app.preprocessing import load_tensor
+from app.sprites import GATE
+from app.views import rotate_hue
 from tests.server import running_server
 from tests.test_imaging import _png_header_only
 
@@ -296,6 +298,10 @@ def test_acknowledged_writes_survive_a_crash_and_restart(model_dir, tmp_path, im
         assert {s["token_id"] for s in sim} == {"2", "3"}
 
 
+def _decoded(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB").resize((192, 192), Image.NEAREST))
+
+
 def _mirror(data: bytes) -> bytes:
     return _png(Image.open(io.BytesIO(data)).convert("RGB").resize((192, 192), Image.NEAREST).transpose(0))
 
@@ -315,9 +321,13 @@ def test_copies_by_upload_by_token_and_in_classify(client, images, model_dir):
     assert exact["is_copy"] is True
     assert exact["threshold"] == pytest.approx(m.copies.threshold_for("cryptopunks"), abs=1e-5)
     assert len(exact["matches"]) <= 5
-    assert [x["score"] for x in exact["matches"]] == sorted(
-        (x["score"] for x in exact["matches"]), reverse=True
-    )
+    fuzzy = exact["matches"][1:]  # after the exact match: layout-checked candidates first, then by score
+    passed = [x for x in fuzzy if x["layout"] is not None and x["layout"] >= GATE]
+    assert fuzzy[: len(passed)] == sorted(passed, key=lambda x: (-x["layout"], -x["score"]))
+    rest = fuzzy[len(passed) :]
+    assert [x["score"] for x in rest] == sorted((x["score"] for x in rest), reverse=True)
+    assert exact["matches"][0]["exact"] and exact["matches"][0]["layout"] is None
+    assert all(0 <= x["layout"] <= 1 for x in fuzzy if x["collection"] == "cryptopunks")
     for match in exact["matches"]:
         assert match["threshold"] == pytest.approx(m.copies.threshold_for(match["collection"]), abs=1e-5)
         assert match["is_copy"] == (match["score"] >= match["threshold"]) and "metadata" in match
@@ -339,6 +349,15 @@ def test_copies_by_upload_by_token_and_in_classify(client, images, model_dir):
     assert edited["is_copy"] == any(x["score"] >= x["threshold"] for x in edited["matches"])
     if m.copies.dihedral:  # the mirrored view of a mirror is the original: found, and called a copy
         assert edited["matches"][0]["token_id"] == "7804" and edited["is_copy"]
+    # a recoloured copy: whatever the embedding ranks first, the layout check puts the original on top
+    recoloured = client.post(
+        "/copies",
+        files={
+            "file": ("q.png", _png(Image.fromarray(rotate_hue(_decoded(images["punk5"]), 120))), "image/png")
+        },
+    ).json()
+    assert recoloured["matches"][0]["token_id"] == "5" and recoloured["matches"][0]["layout"] == 1.0
+    assert recoloured["is_copy"] == any(x["score"] >= x["threshold"] for x in recoloured["matches"])
     # a stored token against every other token: never itself
     by_token = client.get("/copies/cryptopunks/3100", params={"k": 50}).json()
     assert ("cryptopunks", "3100") not in {(x["collection"], x["token_id"]) for x in by_token["matches"]}

@@ -436,11 +436,18 @@ def copies_evaluate(
     holdout: list[str] = typer.Option(
         None, help="test datasets (tokens never trained on); default: the model's training holdout"
     ),
+    verify_k: int = typer.Option(
+        50,
+        min=0,
+        help="candidates re-ranked by the pixel-art layout check, as the service's copy_verify_k (0: off)",
+    ),
 ) -> None:
     """Edited copies of unseen tokens against the full catalog: top-1 and verdict per edit."""
     from training.copyeval import evaluate_copies
 
-    r = evaluate_copies(model_dir, data or None, out, per_domain, space=space, holdout=holdout or None)
+    r = evaluate_copies(
+        model_dir, data or None, out, per_domain, space=space, holdout=holdout or None, verify_k=verify_k
+    )
     typer.echo((out / "COPIES.md").read_text())
     if r["thresholds"] is None:
         typer.echo("(no copy verdict in this space: top-1 only)")

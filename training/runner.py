@@ -27,6 +27,7 @@ def infer(
     seed: int = 0,
     views: ViewSet | None = None,
     fingerprints: bool = False,
+    images: list[np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every model output for image files, concatenated.
 
@@ -34,7 +35,8 @@ def infer(
     (seed, index), so runs repeat exactly; `cfg` swaps in another preprocessing (the denoise sweep).
     With `views`, each image runs in those views as the service runs a copy query, and outputs are
     [N, V, ...]; with
-    `fingerprints`, a "fingerprint" entry holds each (transformed) image's pixel fingerprint.
+    `fingerprints`, a "fingerprint" entry holds each (transformed) image's pixel fingerprint; a list
+    given as `images` receives each (transformed) decoded RGB.
     """
     cfg = cfg or model.manifest.preprocessing
     outs: dict[str, list[np.ndarray]] = {}
@@ -46,6 +48,8 @@ def infer(
             rgb = decode_image(Path(p).read_bytes(), cfg.background_rgb)
             if transform is not None:
                 rgb = transform(rgb, np.random.default_rng((seed, start + i)))
+            if images is not None:
+                images.append(rgb)
             x = preprocess(rgb, cfg)
             xs.append(views.inputs(rgb, x, cfg) if views else x)
             if fingerprints:

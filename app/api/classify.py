@@ -59,9 +59,9 @@ async def classify(
     pred = await service.predict(data, fingerprint=copies)
     body = render(service, pred, top_k, embedding)
     if copies:
-        vectors, fingerprint = await service.copy_query(data, pred)
+        vectors, fingerprint, rgb = await service.copy_query(data, pred)
         body["copies"] = await service.in_catalog(
-            service.copies, vectors, k, collection_filter(collections), fingerprint
+            service.copies, vectors, k, collection_filter(collections), fingerprint, rgb
         )
     return answer(Classification, body, exclude_unset=True)
 

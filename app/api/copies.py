@@ -36,8 +36,9 @@ async def copies_of_image(
     """Is this image a copy (exact or edited) of a catalogued token? The best matches and the verdict."""
     service.require_copies()
     data, _ = await read_upload(request, service.settings.max_upload_bytes)
-    vectors, fingerprint = await service.copy_query(data)
-    body = await service.in_catalog(service.copies, vectors, k, collection_filter(collections), fingerprint)
+    vectors, fingerprint, rgb = await service.copy_query(data)
+    flt = collection_filter(collections)
+    body = await service.in_catalog(service.copies, vectors, k, flt, fingerprint, rgb)
     return {"model": service.model_label, **body}
 
 
@@ -61,7 +62,7 @@ async def copies_of_token(
     service.require_copies()
     await stored_token(service, collection, token_id)
     image = await stored_image(service, collection, token_id)
-    vectors, fingerprint = await service.copy_query(image)
+    vectors, fingerprint, rgb = await service.copy_query(image)
     flt = collection_filter(collections, None, (collection, token_id), same_collection)
-    body = await service.in_catalog(service.copies, vectors, k, flt, fingerprint)
+    body = await service.in_catalog(service.copies, vectors, k, flt, fingerprint, rgb)
     return {"query": {"collection": collection, "token_id": token_id}, "model": service.model_label, **body}

@@ -179,6 +179,11 @@ class CopyMatch(TokenRef):
     threshold: float
     exact: bool = Field(..., description="the same pixels (fingerprint match)")
     is_copy: bool
+    layout: float | None = Field(
+        None,
+        description="pixel-art candidates: share of the token's pixels whose colour layout the image shows "
+        "(0-1, colour changes ignored); candidates at 0.9 or above are ranked first (app/sprites.py)",
+    )
     metadata: dict[str, Any]
 
 

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
-from app.catalog.base import Catalog, Neighbour, SearchFilter, Token
+from app.catalog.base import Catalog, Neighbour, SearchFilter, Token, best_per_token
 from app.catalog.sqlite_faiss import SqliteFaissCatalog
 
-__all__ = ["Catalog", "Neighbour", "SearchFilter", "Token", "SqliteFaissCatalog", "open_catalog"]
+__all__ = [
+    "Catalog",
+    "Neighbour",
+    "SearchFilter",
+    "Token",
+    "SqliteFaissCatalog",
+    "best_per_token",
+    "open_catalog",
+]
 
 
 def open_catalog(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Protocol
@@ -50,6 +51,16 @@ class Neighbour:
     token_id: str
     score: float
     metadata: dict
+
+
+def best_per_token(hits: Iterable[Neighbour]) -> list[Neighbour]:
+    """Each token's best hit (searches over several query views meet), best score first."""
+    best: dict[tuple[str, str], Neighbour] = {}
+    for h in hits:
+        key = (h.collection, h.token_id)
+        if key not in best or h.score > best[key].score:
+            best[key] = h
+    return sorted(best.values(), key=lambda h: -h.score)
 
 
 @dataclass

@@ -1,0 +1,86 @@
+"""The pixel-art layout check that re-ranks copy candidates, on real punks and OpenSea's edits."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app.imaging import decode_image
+from app.sprites import (
+    GATE,
+    candidate_layouts,
+    layout_agreement,
+    native_sprite,
+    query_views,
+    stored_sprite,
+    verified_order,
+)
+
+BACKGROUND = (99, 133, 150)
+PUNKS = (7804, 3100, 5, 1190, 2890, 6965, 4156, 8857)
+
+
+@pytest.fixture(scope="module")
+def sprites(punks) -> dict[int, np.ndarray]:
+    return {i: decode_image(punks.image_path(punks.rows[i]).read_bytes(), BACKGROUND) for i in PUNKS}
+
+
+def _png(rgb: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_native_sprite_undoes_upscaling_and_skips_paintings(sprites):
+    punk = sprites[7804]
+    assert punk.shape == (24, 24, 3) and np.array_equal(native_sprite(punk), punk)
+    assert np.array_equal(native_sprite(np.repeat(np.repeat(punk, 8, 0), 8, 1)), punk)
+    rng = np.random.default_rng(0)
+    assert native_sprite(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)) is None
+    assert np.array_equal(stored_sprite(_png(punk), BACKGROUND), punk)
+    assert stored_sprite(b"not an image", BACKGROUND) is None and stored_sprite(None, BACKGROUND) is None
+
+
+@pytest.mark.parametrize(
+    "edit",
+    ["exact", "mirror", "rotate_90", "colour_shift", "saturate", "background_swap", "border", "reposition"],
+)
+def test_a_copy_keeps_its_layout_and_other_punks_do_not(sprites, edit):
+    """Edits that keep the pixel grid (or whose frame or canvas the views peel off) agree with their own
+    sprite above the gate, and every copy agrees with its own sprite more than with the other punks'."""
+    from training.edits import apply_edit
+
+    for j, (i, punk) in enumerate(sprites.items()):
+        views = query_views(apply_edit(edit, punk, np.random.default_rng(j)))
+        own = layout_agreement(views, punk)
+        assert own >= GATE, (edit, i, own)
+        others = [layout_agreement(views, s) for k, s in sprites.items() if k != i]
+        assert own > max(others), (edit, i, own, max(others))
+
+
+def test_a_hue_turned_copy_scores_one_and_a_flat_image_low(sprites):
+    import cv2
+
+    punk = sprites[3100]
+    hsv = cv2.cvtColor(np.repeat(np.repeat(punk, 8, 0), 8, 1), cv2.COLOR_RGB2HSV)
+    hsv[..., 0] = (hsv[..., 0].astype(int) + 60) % 180
+    turned = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    assert layout_agreement(turned, punk) == pytest.approx(1.0)
+    # a flat image keeps none of the sprite's edges: below the gate, at any size
+    for shape in ((24, 24, 3), (40, 20, 3), (300, 300, 3)):
+        assert layout_agreement(np.full(shape, 128, np.uint8), punk) < GATE
+
+
+def test_candidate_layouts_and_verified_order():
+    punk = np.zeros((24, 24, 3), np.uint8)
+    punk[6:18, 6:18] = (200, 30, 30)
+    assert candidate_layouts(punk, [None, punk]) == [None, pytest.approx(1.0)]
+    # passed candidates first (by agreement, then score), then the rest by score
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5]
+    layouts = [None, 0.95, 0.5, 0.99, 0.95]
+    assert verified_order(scores, layouts) == [3, 1, 4, 0, 2]
+    assert verified_order(scores, [None] * 5) == [0, 1, 2, 3, 4]
+    assert verified_order([], []) == []
