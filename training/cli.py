@@ -453,6 +453,19 @@ def copies_evaluate(
         typer.echo("(no copy verdict in this space: top-1 only)")
 
 
+@copies_app.command("twins")
+def copies_twins(
+    data: list[str] = typer.Argument(None, help="pixel-art dataset folders (default: punks and Nouns)"),
+    out: Path = typer.Option(Path("reports/copies"), help="report folder (TWINS.md, twins.json)"),
+    sample: int = typer.Option(500, min=1, help="tokens per collection whose nearest other token is found"),
+) -> None:
+    """How many genuine pixel-art tokens are recoloured or near copies of another genuine token."""
+    from training.twins import analyse_twins
+
+    analyse_twins(data or ["data/cryptopunks", "data/nouns"], out, sample)
+    typer.echo((out / "TWINS.md").read_text())
+
+
 report_app = typer.Typer(no_args_is_help=True, help="Combine evaluation reports.")
 app.add_typer(report_app, name="report")
 
