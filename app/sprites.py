@@ -38,30 +38,48 @@ def native_sprite(rgb: np.ndarray) -> np.ndarray | None:
 
 def _labels(sprite: np.ndarray) -> np.ndarray:
     """One integer per distinct colour of the sprite, [H, W]."""
-    flat = sprite.reshape(-1, sprite.shape[2])
-    return np.unique(flat, axis=0, return_inverse=True)[1].reshape(sprite.shape[:2])
+    rgb = sprite.astype(np.int32)
+    codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+    return np.unique(codes, return_inverse=True)[1].reshape(sprite.shape[:2])
 
 
-def _agreement(query: np.ndarray, sprite: np.ndarray, labels: np.ndarray, tolerance: float) -> float:
-    """Share of pixels whose query colour is its region's colour and whose region edges the query keeps."""
-    h, w = labels.shape
-    flat, lab = query.reshape(-1, 3), labels.reshape(-1)
-    n = np.bincount(lab)
-    mean = np.stack([np.bincount(lab, flat[:, c]) for c in range(3)], 1) / n[:, None]
-    bad = (np.linalg.norm(flat - mean[lab], axis=1) > tolerance).reshape(h, w)
+def _stack(views: Sequence[np.ndarray], h: int, w: int) -> np.ndarray:
+    """Every view, area-resampled onto an h x w grid, in each dihedral turn that has that shape:
+    [T, h, w, 3] float32."""
+    out = []
+    for rgb in views:
+        for size in {(w, h), (h, w)}:
+            q = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+            for view in (q, q[:, ::-1]):
+                out += [t for t in (np.rot90(view, k) for k in range(4)) if t.shape[:2] == (h, w)]
+    return np.stack(out)
 
-    def lost(a: slice, b: slice) -> np.ndarray:  # an edge of the sprite the query does not show
-        edge = np.linalg.norm(sprite[a] - sprite[b], axis=2) > tolerance
-        return edge & (np.linalg.norm(query[a] - query[b], axis=2) <= tolerance)
 
-    whole = slice(None)
-    lost_h = lost((whole, slice(1, None)), (whole, slice(None, -1)))
-    lost_v = lost(slice(1, None), slice(None, -1))
-    bad[:, 1:] |= lost_h
-    bad[:, :-1] |= lost_h
-    bad[1:] |= lost_v
-    bad[:-1] |= lost_v
-    return float(1.0 - bad.mean())
+def _best_agreement(stack: np.ndarray, sprite: np.ndarray, tolerance: float) -> float:
+    """The best, over the stacked query turns, share of pixels whose query colour is its region's colour
+    and whose region edges the query keeps."""
+    t, h, w = stack.shape[:3]
+    labels = _labels(sprite).reshape(-1)
+    onehot = np.zeros((h * w, labels.max() + 1), np.float32)
+    onehot[np.arange(h * w), labels] = 1
+    flat = stack.reshape(t, h * w, 3).transpose(0, 2, 1)  # [T, 3, N]
+    mean = (flat @ onehot) / onehot.sum(0)  # each region's mean query colour, [T, 3, K]
+    tol2 = tolerance * tolerance
+
+    def far(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
+        return np.square(a - b).sum(axis) > tol2
+
+    bad = far(flat, mean[:, :, labels], 1).reshape(t, h, w)
+    ref = sprite.astype(np.float32)
+    edge_h = far(ref[:, 1:], ref[:, :-1], 2)  # the sprite's edges ...
+    edge_v = far(ref[1:], ref[:-1], 2)
+    lost_h = edge_h & ~far(stack[:, :, 1:], stack[:, :, :-1], 3)  # ... that the query does not show
+    lost_v = edge_v & ~far(stack[:, 1:], stack[:, :-1], 3)
+    bad[:, :, 1:] |= lost_h
+    bad[:, :, :-1] |= lost_h
+    bad[:, 1:] |= lost_v
+    bad[:, :-1] |= lost_v
+    return float(1.0 - bad.reshape(t, -1).mean(1).min())
 
 
 def query_views(rgb: np.ndarray) -> list[np.ndarray]:
@@ -76,19 +94,7 @@ def layout_agreement(
     """How well the query (an RGB image, or several views of one) shows the sprite's colour layout (0-1),
     in its best view and dihedral turn. Each view is area-resampled onto the sprite's grid."""
     views = [query] if isinstance(query, np.ndarray) else query
-    h, w = sprite.shape[:2]
-    labels = _labels(sprite)
-    ref = sprite.astype(np.float32)
-    best = 0.0
-    for rgb in views:
-        for size in {(w, h), (h, w)}:
-            q = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32)
-            for view in (q, q[:, ::-1]):
-                for turn in range(4):
-                    turned = np.rot90(view, turn)
-                    if turned.shape[:2] == (h, w):
-                        best = max(best, _agreement(turned, ref, labels, tolerance))
-    return best
+    return _best_agreement(_stack(views, *sprite.shape[:2]), sprite, tolerance)
 
 
 def stored_sprite(data: bytes | None, background: tuple[int, int, int]) -> np.ndarray | None:
@@ -104,11 +110,17 @@ def candidate_layouts(query_rgb: np.ndarray, sprites: Iterable[np.ndarray | None
     """Each candidate's layout agreement with the query in its `query_views` (None where the candidate
     is no sprite)."""
     views: list[np.ndarray] | None = None
+    stacks: dict[tuple[int, int], np.ndarray] = {}  # the query on each sprite grid, made once
     out: list[float | None] = []
     for s in sprites:
-        if s is not None and views is None:
-            views = query_views(query_rgb)
-        out.append(None if s is None else layout_agreement(views, s))
+        if s is None:
+            out.append(None)
+            continue
+        views = views or query_views(query_rgb)
+        grid = s.shape[:2]
+        if grid not in stacks:
+            stacks[grid] = _stack(views, *grid)
+        out.append(_best_agreement(stacks[grid], s, TOLERANCE))
     return out
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from app.catalog import SearchFilter, Token, open_catalog
+from app.config import Settings
 from app.inference import OnnxModel
 
 
@@ -455,11 +456,12 @@ def bench_copies(
     out = infer(model, images, desc="bench vectors")
     rng = np.random.default_rng(0)
 
-    def noisy(v: np.ndarray, n: int) -> np.ndarray:
-        base = v[rng.integers(0, len(v), n)] + 0.05 * _unit(rng, n, v.shape[1])
+    def noisy(v: np.ndarray, source: np.ndarray) -> np.ndarray:
+        base = v[source] + 0.05 * _unit(rng, len(source), v.shape[1])
         return base / np.linalg.norm(base, axis=1, keepdims=True)
 
     data = [p.read_bytes() for p in images]
+    verify_k = Settings.model_fields["copy_verify_k"].default
     result: dict = {
         "tokens": tokens,
         "clients": clients,
@@ -467,26 +469,35 @@ def bench_copies(
         "dihedral": m.copies.dihedral,
         "views": m.copies.views.count,
         "model": f"{m.name}@{m.version}",
+        "copy_verify_k": verify_k,
     }
     with tempfile.TemporaryDirectory() as tmp:
         cat = open_catalog(f"{tmp}/c.db", m.embedding_dim, m.catalog_key, "auto", m.instance_dim)
         t0 = time.perf_counter()
         for s in range(0, tokens, 5000):
-            n = min(5000, tokens - s)
-            emb, inst = noisy(out["embedding"], n), noisy(out["instance"], n)
-            cat.upsert_many([(Token("bench", str(s + i), {}), emb[i], None, inst[i]) for i in range(n)])
+            source = rng.integers(0, len(data), min(5000, tokens - s))
+            emb, inst = noisy(out["embedding"], source), noisy(out["instance"], source)
+            cat.upsert_many(  # each row keeps its source image, which the layout check reads
+                [(Token("bench", str(s + i), {}), emb[i], data[j], inst[i]) for i, j in enumerate(source)]
+            )
         result["build_s"] = time.perf_counter() - t0
         cat.close()
-        env = {"NFTLENS_PROVIDERS": '["CPUExecutionProvider"]'}
-        with running_server(model_dir, Path(tmp) / "c.db", Path(tmp), timeout=300, **env) as srv:
-            for path, params in (("/copies", {}), ("/classify", None)):
+        # /copies with the layout check off, then as served; /classify on the second server
+        for route, check, params in (
+            ("/copies without layout check", 0, {}),
+            ("/copies", verify_k, {}),
+            ("/classify", verify_k, None),
+        ):
+            env = {"NFTLENS_PROVIDERS": '["CPUExecutionProvider"]', "NFTLENS_COPY_VERIFY_K": str(check)}
+            path = route.split()[0]
+            with running_server(model_dir, Path(tmp) / "c.db", Path(tmp), timeout=300, **env) as srv:
                 asyncio.run(_load(srv.url, data, clients, 2 * clients, path, params))  # warm-up
                 lat, wall, errors = asyncio.run(_load(srv.url, data, clients, requests, path, params))
-                result[path] = {
-                    "throughput_rps": requests / wall,
-                    "errors": errors,
-                    "latency_ms": _percentiles(lat),
-                }
+            result[route] = {
+                "throughput_rps": requests / wall,
+                "errors": errors,
+                "latency_ms": _percentiles(lat),
+            }
     return result
 
 
@@ -807,7 +818,8 @@ def render_markdown(report: dict) -> str:
                 "p99 ms": c[route]["latency_ms"]["p99"],
                 "errors": c[route]["errors"],
             }
-            for route in ("/copies", "/classify")
+            for route in ("/copies without layout check", "/copies", "/classify")
+            if route in c
         ]
         lines += [markdown_table(rows, list(rows[0])), ""]
     if "explain" in report:
