@@ -19,6 +19,7 @@ from collections.abc import Iterable, Sequence
 
 import cv2
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from app.errors import NftlensError
 from app.fingerprint import reduce_integer_upscale
@@ -55,31 +56,111 @@ def _stack(views: Sequence[np.ndarray], h: int, w: int) -> np.ndarray:
     return np.stack(out)
 
 
-def _best_agreement(stack: np.ndarray, sprite: np.ndarray, tolerance: float) -> float:
-    """The best, over the stacked query turns, share of pixels whose query colour is its region's colour
-    and whose region edges the query keeps."""
-    t, h, w = stack.shape[:3]
-    labels = _labels(sprite).reshape(-1)
-    onehot = np.zeros((h * w, labels.max() + 1), np.float32)
-    onehot[np.arange(h * w), labels] = 1
-    flat = stack.reshape(t, h * w, 3).transpose(0, 2, 1)  # [T, 3, N]
-    mean = (flat @ onehot) / onehot.sum(0)  # each region's mean query colour, [T, 3, K]
+def _agreements(stack: np.ndarray, labels: np.ndarray, ref: np.ndarray, tolerance: float) -> np.ndarray:
+    """For query turns `stack` [T, a, b, 3] against sprite windows (`labels` [O, a, b] of the sprite's
+    colours, `ref` [O, a, b, 3] their RGB): the share of pixels whose query colour is its region's colour
+    and whose region edges the query keeps, [O, T]."""
+    t, a, b = stack.shape[:3]
+    o, n = len(labels), a * b
+    flat_labels = labels.reshape(o, n)
+    onehot = np.zeros((o, n, int(labels.max()) + 1), np.float32)
+    onehot[np.arange(o)[:, None], np.arange(n)[None, :], flat_labels] = 1
+    k = onehot.shape[2]
+    flat = stack.reshape(t, n, 3).transpose(0, 2, 1)[None]  # [1, T, 3, N]
+    mean = (flat @ onehot[:, None]) / np.maximum(onehot.sum(1), 1)[:, None, None, :]  # regions [O, T, 3, K]
+    region_mean = mean.transpose(0, 3, 1, 2).reshape(o * k, t, 3)[np.arange(o)[:, None] * k + flat_labels]
     tol2 = tolerance * tolerance
 
-    def far(a: np.ndarray, b: np.ndarray, axis: int) -> np.ndarray:
-        return np.square(a - b).sum(axis) > tol2
+    def far(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
+        return np.square(x - y).sum(axis) > tol2
 
-    bad = far(flat, mean[:, :, labels], 1).reshape(t, h, w)
-    ref = sprite.astype(np.float32)
-    edge_h = far(ref[:, 1:], ref[:, :-1], 2)  # the sprite's edges ...
-    edge_v = far(ref[1:], ref[:-1], 2)
-    lost_h = edge_h & ~far(stack[:, :, 1:], stack[:, :, :-1], 3)  # ... that the query does not show
-    lost_v = edge_v & ~far(stack[:, 1:], stack[:, :-1], 3)
-    bad[:, :, 1:] |= lost_h
-    bad[:, :, :-1] |= lost_h
-    bad[:, 1:] |= lost_v
-    bad[:, :-1] |= lost_v
-    return float(1.0 - bad.reshape(t, -1).mean(1).min())
+    pixels = stack.reshape(t, n, 3).transpose(1, 0, 2)[None]  # [1, N, T, 3]
+    bad = far(pixels, region_mean, 3).transpose(0, 2, 1).reshape(o, t, a, b)
+    for cut in ((slice(None), slice(1, None)), (slice(1, None),)):  # edges across, then down
+        prev = tuple(slice(None, -1) if c.start == 1 else c for c in cut)
+        edge = far(ref[(slice(None), *cut)], ref[(slice(None), *prev)], 3)  # the sprite's edges ...
+        kept = far(stack[(slice(None), *cut)], stack[(slice(None), *prev)], 3)
+        lost = edge[:, None] & ~kept[None]  # ... that the query does not show
+        bad[(slice(None), slice(None), *cut)] |= lost
+        bad[(slice(None), slice(None), *prev)] |= lost
+    return 1.0 - bad.reshape(o, t, n).mean(2)
+
+
+def _best_agreement(stack: np.ndarray, sprite: np.ndarray, tolerance: float) -> float:
+    """The best agreement of the stacked query turns with the whole sprite."""
+    return float(_agreements(stack, _labels(sprite)[None], sprite.astype(np.float32)[None], tolerance).max())
+
+
+def _comb_scores(d: np.ndarray, p: float, phase_step: float = 0.25) -> tuple[float, float]:
+    """(score, phase) of the best comb of boundaries phase + k * p on edge profile `d`: its mean edge
+    strength minus that of the comb shifted by a third, a half or two thirds of a period (whichever is
+    strongest), so a multiple of the true period, whose shifted combs land on boundaries too, scores low."""
+    n = len(d)
+    pos = np.arange(0, p, phase_step)[:, None] + np.arange(int(n / p) + 1)[None, :] * p
+    valid = pos + p <= n - 1
+
+    def at(x: np.ndarray) -> np.ndarray:
+        return np.where(valid, d[np.minimum(np.round(x).astype(int), n - 1)], 0).sum(1)
+
+    off = np.maximum.reduce([at(pos + p * f) for f in (1 / 3, 1 / 2, 2 / 3)])
+    score = (at(pos) - off) / np.maximum(valid.sum(1), 1)
+    i = int(score.argmax())
+    return float(score[i]), float(pos[i, 0])
+
+
+def pixel_grid(rgb: np.ndarray, min_cells: int = 8) -> tuple[float, float, float]:
+    """(period, phase across, phase down) of the square pixel grid an upscaled, cropped or re-encoded
+    piece of pixel art shows: boundaries between its cells sit at phase + 0.5 + k * period (in pixel
+    coordinates). The period scores both axes' edge profiles at once (a coarse, then a fine search)."""
+    img = rgb.astype(np.float32)
+    profiles = [np.abs(np.diff(img, axis=axis)).sum(2).sum(1 - axis) for axis in (1, 0)]
+    top = max(3.2, min(len(d) for d in profiles) / min_cells)
+
+    def best(periods: np.ndarray, near: float) -> float:
+        """The smallest period scoring within `near` of the best (2.5 or 3 periods can score as well)."""
+        scores = np.array([sum(_comb_scores(d, p)[0] for d in profiles) for p in periods])
+        return float(periods[int(np.argmax(scores >= near * scores.max()))])
+
+    p = best(np.arange(3.0, top, 0.1), 0.85)
+    p = best(np.arange(max(3.0, p - 0.12), p + 0.12, 0.01), 1.0)
+    return p, _comb_scores(profiles[0], p)[1], _comb_scores(profiles[1], p)[1]
+
+
+def regrid(rgb: np.ndarray, min_cells: int = 8) -> np.ndarray | None:
+    """The native pixels a pixel-art query shows: its colour at the centre of every whole cell of its own
+    grid (`pixel_grid`), [cells down, cells across, 3] float32; None with fewer than `min_cells` a side.
+    A crop zoomed back to size keeps a regular grid of whole native pixels, which this recovers."""
+    p, fx, fy = pixel_grid(rgb, min_cells)
+    k = max(1, int(p / 2)) | 1
+    smooth = cv2.blur(rgb, (k, k)).astype(np.float32)  # each centre: the mean of the cell's middle
+
+    def centres(p: float, phase: float, n: int) -> np.ndarray:
+        first = int(np.ceil((-1.0 - phase) / p))  # cell m spans phase + 0.5 + [m, m + 1] * p
+        last = int(np.floor((n - 1.0 - phase) / p)) - 1
+        return np.round(phase + 0.5 + (np.arange(first, last + 1) + 0.5) * p).astype(int)
+
+    ys, xs = centres(p, fy, rgb.shape[0]), centres(p, fx, rgb.shape[1])
+    ys, xs = ys[(ys >= 0) & (ys < rgb.shape[0])], xs[(xs >= 0) & (xs < rgb.shape[1])]
+    if min(len(ys), len(xs)) < min_cells:
+        return None
+    return smooth[np.ix_(ys, xs)]
+
+
+def _window_agreement(patch: np.ndarray, sprite: np.ndarray, tolerance: float) -> float:
+    """The best agreement of a native patch (a crop's `regrid`) with the sprite, at every place it fits
+    inside the sprite and in every dihedral turn (0 when it fits nowhere)."""
+    h, w = sprite.shape[:2]
+    labels, ref = _labels(sprite), sprite.astype(np.float32)
+    turns = [np.rot90(v, k) for v in (patch, patch[:, ::-1]) for k in range(4)]
+    best = 0.0
+    for a, b in {t.shape[:2] for t in turns}:
+        if a > h or b > w:
+            continue
+        stack = np.stack([t for t in turns if t.shape[:2] == (a, b)])
+        win_labels = sliding_window_view(labels, (a, b)).reshape(-1, a, b)
+        win_ref = sliding_window_view(ref, (a, b, 3)).reshape(-1, a, b, 3)
+        best = max(best, float(_agreements(stack, win_labels, win_ref, tolerance).max()))
+    return best
 
 
 def query_views(rgb: np.ndarray) -> list[np.ndarray]:
@@ -109,10 +190,11 @@ def stored_sprite(data: bytes | None, background: tuple[int, int, int]) -> np.nd
 def candidate_layouts(query_rgb: np.ndarray, sprites: Iterable[np.ndarray | None]) -> list[float | None]:
     """Each candidate's layout agreement with the query in its `query_views` (None where the candidate
     is no sprite)."""
+    sprites_list = list(sprites)
     views: list[np.ndarray] | None = None
     stacks: dict[tuple[int, int], np.ndarray] = {}  # the query on each sprite grid, made once
     out: list[float | None] = []
-    for s in sprites:
+    for s in sprites_list:
         if s is None:
             out.append(None)
             continue
@@ -121,6 +203,13 @@ def candidate_layouts(query_rgb: np.ndarray, sprites: Iterable[np.ndarray | None
         if grid not in stacks:
             stacks[grid] = _stack(views, *grid)
         out.append(_best_agreement(stacks[grid], s, TOLERANCE))
+    if views is not None and max(a for a in out if a is not None) < GATE:
+        patch = regrid(query_rgb)  # no candidate lines up as a whole: maybe a crop of one
+        if patch is not None:
+            out = [
+                None if s is None else max(a, _window_agreement(patch, s, TOLERANCE))
+                for s, a in zip(sprites_list, out, strict=True)
+            ]
     return out
 
 

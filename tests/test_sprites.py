@@ -14,7 +14,9 @@ from app.sprites import (
     candidate_layouts,
     layout_agreement,
     native_sprite,
+    pixel_grid,
     query_views,
+    regrid,
     stored_sprite,
     verified_order,
 )
@@ -84,3 +86,25 @@ def test_candidate_layouts_and_verified_order():
     assert verified_order(scores, layouts) == [3, 1, 4, 0, 2]
     assert verified_order(scores, [None] * 5) == [0, 1, 2, 3, 4]
     assert verified_order([], []) == []
+
+
+def test_a_cropped_copy_is_found_through_its_own_pixel_grid(sprites):
+    """A crop zoomed back to size no longer lines up with any whole sprite; its grid of native pixels
+    (`pixel_grid`, `regrid`) still fits inside its own sprite and no other."""
+    from training.edits import apply_edit
+
+    for j, (i, punk) in enumerate(sprites.items()):
+        rng = np.random.default_rng(j)
+        side = float(np.random.default_rng(j).uniform(0.7, 0.9))  # crop_zoom's first draw: the kept share
+        query = apply_edit("crop_zoom", punk, rng)
+        period, _, _ = pixel_grid(query)
+        assert period == pytest.approx(8 / side, rel=0.03), (i, period, 8 / side)
+        patch = regrid(query)
+        assert patch is not None and 24 * 0.7 - 2 <= patch.shape[0] <= 24 * 0.9 + 1
+        layouts = candidate_layouts(query, list(sprites.values()))
+        own = layouts[j]
+        assert own >= GATE and own > max(a for k, a in enumerate(layouts) if k != j), (i, layouts)
+    # a painting shows no grid of whole cells that fits a sprite: nothing passes
+    rng = np.random.default_rng(0)
+    noise = rng.integers(0, 256, (192, 192, 3), dtype=np.uint8)
+    assert all(a < GATE for a in candidate_layouts(noise, list(sprites.values())))
