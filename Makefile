@@ -70,6 +70,8 @@ OPENSET ?= multilayer
 evaluate: model-data          ## every report of the shipped model, on data it never trained on
 	$(BIN)/nftlens evaluate models/default $(TEST_SETS) --label-field collection --denoise-sweep --out reports/default
 	$(BIN)/nftlens copies evaluate models/default --out reports/copies
+	$(BIN)/nftlens copies evaluate models/default --verify-k 0 --out reports/copies/without-layout
+	$(BIN)/nftlens copies twins --out reports/copies
 	$(BIN)/nftlens report compare "v2.1.0=reports/v2.1.0" "shipped (v2.2.0)=reports/default" --out reports/comparison-v2.2
 
 loo: outlier-data             ## leave-one-collection-out open-set study (trains 4 models)
@@ -79,14 +81,14 @@ V21 ?= 9632411
 v21: model-data               ## the v2.1.0 model v2.2.0 replaced, re-evaluated into reports/v2.1.0 (same sets, same commands)
 	mkdir -p runs/v21 && for f in model.onnx model.json openset.npz; do git show $(V21):models/default/$$f > runs/v21/$$f; done
 	$(BIN)/nftlens evaluate runs/v21 $(TEST_SETS) --label-field collection --denoise-sweep --no-update-manifest --out reports/v2.1.0
-	$(BIN)/nftlens copies evaluate runs/v21 --out reports/v2.1.0/copies
+	$(BIN)/nftlens copies evaluate runs/v21 --verify-k 0 --out reports/v2.1.0/copies
 
 PREVIOUS ?= dc0fe89
 previous: model-data          ## the model this one replaced, evaluated on the same test sets and catalog
 	mkdir -p runs/previous && git show $(PREVIOUS):models/default/model.onnx > runs/previous/model.onnx
 	git show $(PREVIOUS):models/default/model.json > runs/previous/model.json
 	$(BIN)/nftlens evaluate runs/previous $(TEST_SETS) --label-field collection --no-update-manifest --out reports/previous
-	$(BIN)/nftlens copies evaluate runs/previous --space embedding --holdout $(DATA)/nft-collections --out reports/previous/copies
+	$(BIN)/nftlens copies evaluate runs/previous --verify-k 0 --space embedding --holdout $(DATA)/nft-collections --out reports/previous/copies
 
 clean:
 	rm -rf $(VENV) catalog runs .pytest_cache
@@ -96,7 +98,7 @@ int8: outlier-data            ## the int8 variant of the default model: quantise
 	$(BIN)/nftlens stage-stats models/default-int8
 	$(BIN)/nftlens calibrate models/default-int8 --method $(OPENSET) --outliers $(DATA)/avatars --out reports/int8
 	$(BIN)/nftlens evaluate models/default-int8 $(TEST_SETS) --label-field collection --no-robustness --out reports/int8
-	$(BIN)/nftlens copies evaluate models/default-int8 --out reports/int8/copies
+	$(BIN)/nftlens copies evaluate models/default-int8 --verify-k 0 --out reports/int8/copies
 
 DENOISE_SWEEP_SETS ?= $(TEST_SETS)
 denoiser: model-data          ## the learned denoiser: train + export, PSNR/SSIM table, the classifier's denoise sweep

@@ -3,14 +3,18 @@
 Distinct tokens of a pixel-art collection (two punks that differ by one earring) sit closer in the learned
 instance space than a token and its recoloured or captioned copy, so the embedding's top-1 is often a
 sibling. Pixel art allows a direct check: the candidate's own pixels (its stored image, reduced to the
-native sprite) partition the image into colour regions, and a copy that kept the geometry (recoloured,
-saturated, captioned, badge added, re-encoded) shows the same partition: each region one colour, and every
-edge between regions still an edge. `layout_agreement` is the share of sprite pixels for which both hold,
-in the best of the 8 dihedral views, whatever the colours became.
+native sprite) partition the image into colour regions, and a copy shows the same partition: each region
+one colour, and every edge between regions still an edge, whatever the colours became. `layout` is the
+share of sprite pixels for which both hold, at the best of the query's alignments:
 
-It orders candidates only; the copy verdict stays the calibrated instance-space threshold. Geometric edits
-(crops, rotations by a few degrees) break the alignment, so candidates below `GATE` keep the embedding's
-order.
+1. the whole query (as it is, inside its frame or canvas, turned upright: `query_views`) area-resampled
+   onto the sprite's grid, in the 8 dihedral turns: recoloured, saturated, captioned, badged,
+   re-encoded, framed, repositioned and slightly rotated copies line up;
+2. when no candidate lines up that way, the native pixels a crop kept (`regrid`: the query's own pixel
+   grid, found from its edges), at every place and turn inside the sprite.
+
+It orders candidates only (at or above `GATE` first); the copy verdict stays the calibrated instance-space
+threshold. Paintings are no sprites and keep the embedding's order.
 """
 
 from __future__ import annotations
