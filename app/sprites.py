@@ -10,8 +10,9 @@ share of sprite pixels for which both hold, at the best of the query's alignment
 1. the whole query (as it is, inside its frame or canvas, turned upright: `query_views`) area-resampled
    onto the sprite's grid, in the 8 dihedral turns: recoloured, saturated, captioned, badged,
    re-encoded, framed, repositioned and slightly rotated copies line up;
-2. when no candidate lines up that way, the native pixels a crop kept (`regrid`: the query's own pixel
-   grid, found from its edges), at every place and turn inside the sprite.
+2. when no candidate lines up that way, the cells of the query's own pixel grid (`regrid`: found from
+   its edges): the native pixels a crop kept, at every place and turn inside the sprite, or the blocks
+   of a pixelated copy, against the sprite rendered onto as many blocks.
 
 It orders candidates only (at or above `GATE` first); the copy verdict stays the calibrated instance-space
 threshold. Paintings are no sprites and keep the embedding's order.
@@ -33,6 +34,7 @@ from app.views import deskew, peel_canvas
 MAX_SPRITE_SIDE = 64  # a catalogued image whose native grid is at most this is a sprite
 TOLERANCE = 24.0  # RGB distance (0-255 per channel) within which two query pixels are one colour
 GATE = 0.9  # a candidate re-ranks by its layout agreement only at or above this
+RENDER_SCALE = 8  # a sprite is rendered onto a finer block grid from this nearest upscale
 
 
 def native_sprite(rgb: np.ndarray) -> np.ndarray | None:
@@ -67,23 +69,25 @@ def _agreements(stack: np.ndarray, labels: np.ndarray, ref: np.ndarray, toleranc
     t, a, b = stack.shape[:3]
     o, n = len(labels), a * b
     flat_labels = labels.reshape(o, n)
-    onehot = np.zeros((o, n, int(labels.max()) + 1), np.float32)
-    onehot[np.arange(o)[:, None], np.arange(n)[None, :], flat_labels] = 1
-    k = onehot.shape[2]
-    flat = stack.reshape(t, n, 3).transpose(0, 2, 1)[None]  # [1, T, 3, N]
-    mean = (flat @ onehot[:, None]) / np.maximum(onehot.sum(1), 1)[:, None, None, :]  # regions [O, T, 3, K]
-    region_mean = mean.transpose(0, 3, 1, 2).reshape(o * k, t, 3)[np.arange(o)[:, None] * k + flat_labels]
+    k = int(labels.max()) + 1
+    keys = np.arange(o)[:, None] * k + flat_labels  # (window, region) of each pixel, [O, N]
+    onehot = np.zeros((n, o * k), np.float32)
+    onehot[np.arange(n)[None, :], keys] = 1
+    sums = stack.reshape(t, n, 3).transpose(0, 2, 1).reshape(t * 3, n) @ onehot  # one matmul, [T*3, O*K]
+    mean = sums.reshape(t, 3, o * k) / np.maximum(onehot.sum(0), 1)
+    region_mean = mean.transpose(2, 0, 1)[keys]  # each pixel's region mean, [O, N, T, 3]
     tol2 = tolerance * tolerance
 
-    def far(x: np.ndarray, y: np.ndarray, axis: int) -> np.ndarray:
-        return np.square(x - y).sum(axis) > tol2
+    def far(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # RGB last; summed by hand, a 3-wide reduce is slow
+        d = x - y
+        return d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2] > tol2
 
     pixels = stack.reshape(t, n, 3).transpose(1, 0, 2)[None]  # [1, N, T, 3]
-    bad = far(pixels, region_mean, 3).transpose(0, 2, 1).reshape(o, t, a, b)
+    bad = far(pixels, region_mean).transpose(0, 2, 1).reshape(o, t, a, b)
     for cut in ((slice(None), slice(1, None)), (slice(1, None),)):  # edges across, then down
         prev = tuple(slice(None, -1) if c.start == 1 else c for c in cut)
-        edge = far(ref[(slice(None), *cut)], ref[(slice(None), *prev)], 3)  # the sprite's edges ...
-        kept = far(stack[(slice(None), *cut)], stack[(slice(None), *prev)], 3)
+        edge = far(ref[(slice(None), *cut)], ref[(slice(None), *prev)])  # the sprite's edges ...
+        kept = far(stack[(slice(None), *cut)], stack[(slice(None), *prev)])
         lost = edge[:, None] & ~kept[None]  # ... that the query does not show
         bad[(slice(None), slice(None), *cut)] |= lost
         bad[(slice(None), slice(None), *prev)] |= lost
@@ -150,19 +154,47 @@ def regrid(rgb: np.ndarray, min_cells: int = 8) -> np.ndarray | None:
     return smooth[np.ix_(ys, xs)]
 
 
+def collapse_runs(rgb: np.ndarray, min_cells: int = 8) -> np.ndarray | None:
+    """The block image of a nearest-upscaled picture (a pixelated copy): its colour at the centre of each
+    block, float32. Blocks are runs of identical rows and columns; neighbouring blocks of one colour
+    merge into a run of a multiple of the block size. None with fewer than `min_cells` blocks a side or
+    runs that are no multiples of one size (not a nearest upscale: a linear zoom also repeats columns,
+    but with single transition columns between)."""
+    cells = []
+    for axis, n in ((0, rgb.shape[0]), (1, rgb.shape[1])):
+        other = (1, 2) if axis == 0 else (0, 2)
+        changes = np.any(np.diff(rgb, axis=axis) != 0, axis=other)
+        runs = np.diff(np.r_[0, np.flatnonzero(changes) + 1, n])
+        single = runs[runs <= 1.5 * np.median(runs)]  # one block each: a fractional size alternates
+        size = float(single.mean())
+        if runs.min() < 2 or np.abs(runs - size * np.round(runs / size)).max() > 1.5:
+            return None
+        blocks = int(np.round(runs / size).sum())  # each run's own count: robust to size's error
+        if blocks < min_cells:
+            return None
+        cells.append(((np.arange(blocks) + 0.5) * n / blocks).astype(int))
+    return rgb[np.ix_(cells[0], cells[1])].astype(np.float32)
+
+
 def _window_agreement(patch: np.ndarray, sprite: np.ndarray, tolerance: float) -> float:
-    """The best agreement of a native patch (a crop's `regrid`) with the sprite, at every place it fits
-    inside the sprite and in every dihedral turn (0 when it fits nowhere)."""
+    """The best agreement of the cells a query shows (`regrid`) with the sprite, in every dihedral turn:
+    fewer cells than the sprite has (a crop) at every place they fit inside it; more (a pixelated copy,
+    whose blocks are finer than the sprite's pixels) against the sprite rendered onto that many blocks."""
     h, w = sprite.shape[:2]
     labels, ref = _labels(sprite), sprite.astype(np.float32)
     turns = [np.rot90(v, k) for v in (patch, patch[:, ::-1]) for k in range(4)]
     best = 0.0
     for a, b in {t.shape[:2] for t in turns}:
-        if a > h or b > w:
-            continue
         stack = np.stack([t for t in turns if t.shape[:2] == (a, b)])
-        win_labels = sliding_window_view(labels, (a, b)).reshape(-1, a, b)
-        win_ref = sliding_window_view(ref, (a, b, 3)).reshape(-1, a, b, 3)
+        if a <= h and b <= w:
+            win_labels = sliding_window_view(labels, (a, b)).reshape(-1, a, b)
+            win_ref = sliding_window_view(ref, (a, b, 3)).reshape(-1, a, b, 3)
+        elif a >= h and b >= w:
+            up = cv2.resize(sprite, (w * RENDER_SCALE, h * RENDER_SCALE), interpolation=cv2.INTER_NEAREST)
+            rendered = cv2.resize(up, (b, a), interpolation=cv2.INTER_AREA)
+            win_labels, win_ref = _labels(rendered)[None], rendered.astype(np.float32)[None]
+        else:
+            continue
         best = max(best, float(_agreements(stack, win_labels, win_ref, tolerance).max()))
     return best
 
@@ -208,7 +240,8 @@ def candidate_layouts(query_rgb: np.ndarray, sprites: Iterable[np.ndarray | None
             stacks[grid] = _stack(views, *grid)
         out.append(_best_agreement(stacks[grid], s, TOLERANCE))
     if views is not None and max(a for a in out if a is not None) < GATE:
-        patch = regrid(query_rgb)  # no candidate lines up as a whole: maybe a crop of one
+        patch = collapse_runs(query_rgb)  # no candidate lines up as a whole: pixelated blocks, ...
+        patch = regrid(query_rgb) if patch is None else patch  # ... or the native pixels of a crop
         if patch is not None:
             out = [
                 None if s is None else max(a, _window_agreement(patch, s, TOLERANCE))

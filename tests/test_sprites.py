@@ -12,6 +12,7 @@ from app.imaging import decode_image
 from app.sprites import (
     GATE,
     candidate_layouts,
+    collapse_runs,
     layout_agreement,
     native_sprite,
     pixel_grid,
@@ -88,7 +89,7 @@ def test_candidate_layouts_and_verified_order():
     assert verified_order([], []) == []
 
 
-def test_a_cropped_copy_is_found_through_its_own_pixel_grid(sprites):
+def test_cropped_and_pixelated_copies_are_found_through_their_own_grid(sprites):
     """A crop zoomed back to size no longer lines up with any whole sprite; its grid of native pixels
     (`pixel_grid`, `regrid`) still fits inside its own sprite and no other."""
     from training.edits import apply_edit
@@ -104,6 +105,18 @@ def test_a_cropped_copy_is_found_through_its_own_pixel_grid(sprites):
         layouts = candidate_layouts(query, list(sprites.values()))
         own = layouts[j]
         assert own >= GATE and own > max(a for k, a in enumerate(layouts) if k != j), (i, layouts)
+    # a pixelated copy: its blocks (`collapse_runs`) against each sprite rendered onto as many blocks
+    for j, (i, punk) in enumerate(sprites.items()):
+        blocks = int(np.random.default_rng(j).integers(24, 49))  # pixelate's first draw
+        query = apply_edit("pixelate", punk, np.random.default_rng(j))
+        cells = collapse_runs(query)
+        assert cells is not None and cells.shape[:2] == (blocks, blocks), (i, blocks)
+        layouts = candidate_layouts(query, list(sprites.values()))
+        assert layouts[j] >= GATE and layouts[j] > max(a for k, a in enumerate(layouts) if k != j), (
+            i,
+            layouts,
+        )
+    assert collapse_runs(apply_edit("crop_zoom", sprites[5], np.random.default_rng(0))) is None  # linear zoom
     # a painting shows no grid of whole cells that fits a sprite: nothing passes
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (192, 192, 3), dtype=np.uint8)
