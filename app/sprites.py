@@ -35,6 +35,7 @@ MAX_SPRITE_SIDE = 64  # a catalogued image whose native grid is at most this is 
 TOLERANCE = 24.0  # RGB distance (0-255 per channel) within which two query pixels are one colour
 GATE = 0.9  # a candidate re-ranks by its layout agreement only at or above this
 RENDER_SCALE = 8  # a sprite is rendered onto a finer block grid from this nearest upscale
+REGRID_MAX_SIDE = 384  # a larger query is shrunk to this before its pixel grid is searched
 
 
 def native_sprite(rgb: np.ndarray) -> np.ndarray | None:
@@ -137,7 +138,12 @@ def pixel_grid(rgb: np.ndarray, min_cells: int = 8) -> tuple[float, float, float
 def regrid(rgb: np.ndarray, min_cells: int = 8) -> np.ndarray | None:
     """The native pixels a pixel-art query shows: its colour at the centre of every whole cell of its own
     grid (`pixel_grid`), [cells down, cells across, 3] float32; None with fewer than `min_cells` a side.
-    A crop zoomed back to size keeps a regular grid of whole native pixels, which this recovers."""
+    A crop zoomed back to size keeps a regular grid of whole native pixels, which this recovers. A large
+    query is first shrunk to `REGRID_MAX_SIDE` (the grid search grows with the side)."""
+    scale = REGRID_MAX_SIDE / max(rgb.shape[:2])
+    if scale < 1:
+        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
     p, fx, fy = pixel_grid(rgb, min_cells)
     k = max(1, int(p / 2)) | 1
     smooth = cv2.blur(rgb, (k, k)).astype(np.float32)  # each centre: the mean of the cell's middle

@@ -90,6 +90,8 @@ def test_candidate_layouts_and_verified_order():
 
 
 def test_cropped_and_pixelated_copies_are_found_through_their_own_grid(sprites):
+    import cv2
+
     """A crop zoomed back to size no longer lines up with any whole sprite; its grid of native pixels
     (`pixel_grid`, `regrid`) still fits inside its own sprite and no other."""
     from training.edits import apply_edit
@@ -117,6 +119,10 @@ def test_cropped_and_pixelated_copies_are_found_through_their_own_grid(sprites):
             layouts,
         )
     assert collapse_runs(apply_edit("crop_zoom", sprites[5], np.random.default_rng(0))) is None  # linear zoom
+    # a large crop is searched shrunk: the same cells come back
+    big = cv2.resize(apply_edit("crop_zoom", sprites[5], np.random.default_rng(0)), (1536, 1536))
+    small = regrid(apply_edit("crop_zoom", sprites[5], np.random.default_rng(0)))
+    assert regrid(big) is not None and regrid(big).shape == small.shape
     # a painting shows no grid of whole cells that fits a sprite: nothing passes
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (192, 192, 3), dtype=np.uint8)
