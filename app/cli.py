@@ -160,6 +160,7 @@ def copies_scan(
     is_copy) and SUMMARY.md."""
     from pathlib import Path
 
+    from app.config import Settings
     from app.copyscan import scan_folder
 
     src = Path(folder)
@@ -169,7 +170,10 @@ def copies_scan(
     dest = Path(out) if out else Path(f"copies-scan-{src.resolve().name}")
     model, cat = _open(model_dir, catalog)
     try:
-        s = scan_folder(model, cat, src, dest, set(collection) if collection else None, batch)
+        verify_k = Settings().copy_verify_k  # NFTLENS_COPY_VERIFY_K, as the service reads it
+        s = scan_folder(
+            model, cat, src, dest, set(collection) if collection else None, batch, verify_k=verify_k
+        )
     except (ValueError, FileNotFoundError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc

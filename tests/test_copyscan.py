@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 
+import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from app.manifest import load_manifest
+from app.views import rotate_hue
 
 
 def test_copies_scan_flags_copies_and_reports_errors(model_dir, punks, tmp_path, monkeypatch):
@@ -30,13 +33,19 @@ def test_copies_scan_flags_copies_and_reports_errors(model_dir, punks, tmp_path,
     (new / "copy-of-7.png").write_bytes(punks.image_path(punks.rows[7]).read_bytes())
     (new / "sub" / "copy-of-12.png").write_bytes(punks.image_path(punks.rows[12]).read_bytes())
     (new / "broken.png").write_bytes(b"not an image at all")
+    punk5 = np.asarray(
+        Image.open(punks.image_path(punks.rows[5])).convert("RGB").resize((192, 192), Image.NEAREST)
+    )
+    Image.fromarray(rotate_hue(punk5, 120)).save(new / "recoloured-5.png")  # found by the layout check
     out = tmp_path / "scan"
     r = runner.invoke(serve_app, ["copies", "scan", str(new), "--out", str(out), "--batch", "2"])
     assert r.exit_code == 0, r.output
-    assert "2 of 3 images are copies" in r.output
     with open(out / "copies.csv", newline="") as fh:
         rows = {row["query"]: row for row in csv.DictReader(fh)}
-    assert set(rows) == {"copy-of-7.png", "sub/copy-of-12.png", "broken.png"}
+    assert set(rows) == {"copy-of-7.png", "sub/copy-of-12.png", "broken.png", "recoloured-5.png"}
+    flagged = sum(row["is_copy"] == "True" for row in rows.values())
+    assert flagged >= 2 and f"{flagged} of 4 images are copies" in r.output
+    assert rows["recoloured-5.png"]["best_token_id"] == "5" and rows["recoloured-5.png"]["exact"] == "False"
     assert rows["copy-of-7.png"]["best_token_id"] == "7" and rows["copy-of-7.png"]["is_copy"] == "True"
     assert (
         rows["sub/copy-of-12.png"]["best_token_id"] == "12"
@@ -44,9 +53,9 @@ def test_copies_scan_flags_copies_and_reports_errors(model_dir, punks, tmp_path,
     )
     assert rows["broken.png"]["error"] == "undecodable image" and rows["broken.png"]["is_copy"] == ""
     summary = (out / "SUMMARY.md").read_text()
-    assert "flagged as copies of catalogued tokens: **2**" in summary and "cryptopunks/7" in summary
+    assert f"flagged as copies of catalogued tokens: **{flagged}**" in summary and "cryptopunks/7" in summary
     # a collection filter that excludes the catalogued one finds nothing to copy
     r = runner.invoke(serve_app, ["copies", "scan", str(new), "--out", str(out), "--collection", "nouns"])
-    assert r.exit_code == 0 and "0 of 3 images are copies" in r.output
+    assert r.exit_code == 0 and "0 of 4 images are copies" in r.output
     r = runner.invoke(serve_app, ["copies", "scan", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "not a folder" in r.output
