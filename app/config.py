@@ -96,8 +96,13 @@ class Settings(BaseSettings):
         50,
         ge=0,
         le=1000,
-        description="copy search: how many instance-space candidates the pixel-art layout check "
-        "(app/sprites.py) re-ranks before the best k are returned; 0: the instance-space order alone",
+        description="copy search: how many instance-space candidates are checked against the query "
+        "(app/verify.py) and re-ranked before the best k are returned; 0: the instance-space order alone",
+    )
+    copy_keypoints: bool = Field(
+        True,
+        description="copy search: check painted candidates by SIFT keypoints (app/keypoints.py; a few ms "
+        "each); off: only pixel-art candidates are checked",
     )
     max_batch_files: int = Field(64, ge=1, description="most files in one /classify/batch or PUT /tokens")
     max_metadata_bytes: int = Field(

@@ -17,7 +17,7 @@ from app.catalog import Catalog, SearchFilter, best_per_token
 from app.imaging import IMAGE_SUFFIXES
 from app.indexing import safe_prepare
 from app.inference import OnnxModel
-from app.sprites import candidate_layouts, stored_sprite, verified_order
+from app.verify import check_candidates, stored_rgb, verified_order
 
 CSV_COLUMNS = ("query", "best_collection", "best_token_id", "score", "is_copy", "exact", "error")
 
@@ -31,10 +31,12 @@ def scan_folder(
     batch: int = 64,
     threads: int = 4,
     verify_k: int = 50,
+    keypoints: bool = True,
 ) -> dict:
     """Scan every image in `folder` (recursively); write `out`/copies.csv and `out`/SUMMARY.md. As in
-    `POST /copies`, the best `verify_k` candidates are re-ranked by their pixel-art layout for the best
-    match, and the verdict is the calibrated threshold on the best score."""
+    `POST /copies`, the best `verify_k` candidates are checked against the image (app/verify.py; keypoints
+    for paintings with `keypoints`) for the best match, and the verdict is the calibrated threshold on the
+    best score."""
     m = model.manifest
     if not m.instance_dim or m.copies is None:
         raise ValueError(f"model {m.name}@{m.version} has no instance head or copy threshold")
@@ -69,9 +71,9 @@ def scan_folder(
                 copy = bool(exact) or any(h.score >= detector.threshold_for(h.collection) for h in hits)
                 if hits and not exact and verify_k:
                     bg = m.preprocessing.background_rgb
-                    sprites = (stored_sprite(catalog.image(h.collection, h.token_id), bg) for h in hits)
-                    layout = candidate_layouts(prepared[i][2], sprites)
-                    hits = [hits[j] for j in verified_order([h.score for h in hits], layout)]
+                    images = (stored_rgb(catalog.image(h.collection, h.token_id), bg) for h in hits)
+                    checks = check_candidates(prepared[i][2], images, keypoints)
+                    hits = [hits[j] for j in verified_order([h.score for h in hits], checks)]
                 best = hits[0] if hits else None
                 rows.append(
                     {

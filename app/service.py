@@ -27,8 +27,8 @@ from app.inference import GpuOptions, OnnxModel, Outputs, logits_of
 from app.metrics import Metrics
 from app.openset import OpenSetScorer, softmax
 from app.preprocessing import decode_and_preprocess
-from app.sprites import candidate_layouts, stored_sprite, verified_order
 from app.threadnames import name_this_thread
+from app.verify import Check, check_candidates, stored_rgb, verified_order
 from app.views import dihedral_view, dihedral_views
 
 
@@ -259,8 +259,8 @@ class Service:
     ) -> dict:
         """The `copies` block: exact pixel matches first (score 1, `exact`), then the best instance-space
         matches over the query's views (each token keeps its best score), with the calibrated verdict.
-        Given the decoded query, the best `copy_verify_k` candidates are re-ranked by their pixel-art layout
-        agreement (app/sprites.py; `layout` in each match). Blocking: run it on the pool."""
+        Given the decoded query, the best `copy_verify_k` candidates are checked against it and re-ranked
+        (app/verify.py: `layout` for sprites, `keypoints` for paintings). Blocking: run it on the pool."""
         detector = self.model.manifest.copies
         verify_k = self.settings.copy_verify_k if query_rgb is not None else 0
         exact = self.catalog.find_exact(fingerprint, flt)[:k] if fingerprint else []
@@ -272,14 +272,14 @@ class Service:
         )
         fuzzy = [h for h in best_per_token(searched) if (h.collection, h.token_id) not in exact_keys]
         fuzzy = fuzzy[: max(k, verify_k)]
-        layout: list[float | None] = [None] * len(fuzzy)
+        checks = [Check()] * len(fuzzy)
         if verify_k:
             bg = self.model.manifest.preprocessing.background_rgb
-            sprites = (stored_sprite(self.catalog.image(h.collection, h.token_id), bg) for h in fuzzy)
-            layout = candidate_layouts(query_rgb, sprites)
-            order = verified_order([h.score for h in fuzzy], layout)
-            fuzzy, layout = [fuzzy[i] for i in order], [layout[i] for i in order]
-        ranked = [(h, None) for h in exact] + list(zip(fuzzy, layout, strict=True))
+            images = (stored_rgb(self.catalog.image(h.collection, h.token_id), bg) for h in fuzzy)
+            checks = check_candidates(query_rgb, images, self.settings.copy_keypoints)
+            order = verified_order([h.score for h in fuzzy], checks)
+            fuzzy, checks = [fuzzy[i] for i in order], [checks[i] for i in order]
+        ranked = [(h, Check()) for h in exact] + list(zip(fuzzy, checks, strict=True))
         hits = ranked[:k]
         matches = [
             {
@@ -290,10 +290,11 @@ class Service:
                 "exact": (h.collection, h.token_id) in exact_keys,
                 "is_copy": (h.collection, h.token_id) in exact_keys
                 or h.score >= detector.threshold_for(h.collection),
-                "layout": None if a is None else round(a, 4),
+                "layout": None if c.layout is None else round(c.layout, 4),
+                "keypoints": c.keypoints,
                 "metadata": h.metadata,
             }
-            for h, a in hits
+            for h, c in hits
         ]
         return {  # the verdict is the calibrated one: the layout check only orders the matches
             "is_copy": bool(exact) or any(h.score >= detector.threshold_for(h.collection) for h in fuzzy),

@@ -14,8 +14,8 @@ share of sprite pixels for which both hold, at the best of the query's alignment
    its edges): the native pixels a crop kept, at every place and turn inside the sprite, or the blocks
    of a pixelated copy, against the sprite rendered onto as many blocks.
 
-It orders candidates only (at or above `GATE` first); the copy verdict stays the calibrated instance-space
-threshold. Paintings are no sprites and keep the embedding's order.
+`app/verify.py` orders the candidates by it (at or above `GATE` first); the copy verdict stays the
+calibrated instance-space threshold. Paintings are no sprites: `app/keypoints.py` checks them.
 """
 
 from __future__ import annotations
@@ -26,9 +26,7 @@ import cv2
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from app.errors import NftlensError
 from app.fingerprint import reduce_integer_upscale
-from app.imaging import decode_image
 from app.views import deskew, peel_canvas
 
 MAX_SPRITE_SIDE = 64  # a catalogued image whose native grid is at most this is a sprite
@@ -140,6 +138,8 @@ def regrid(rgb: np.ndarray, min_cells: int = 8) -> np.ndarray | None:
     grid (`pixel_grid`), [cells down, cells across, 3] float32; None with fewer than `min_cells` a side.
     A crop zoomed back to size keeps a regular grid of whole native pixels, which this recovers. A large
     query is first shrunk to `REGRID_MAX_SIDE` (the grid search grows with the side)."""
+    if min(rgb.shape[:2]) < 2 * min_cells:  # too small to show that many cells of two pixels or more
+        return None
     scale = REGRID_MAX_SIDE / max(rgb.shape[:2])
     if scale < 1:
         size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
@@ -220,15 +220,6 @@ def layout_agreement(
     return _best_agreement(_stack(views, *sprite.shape[:2]), sprite, tolerance)
 
 
-def stored_sprite(data: bytes | None, background: tuple[int, int, int]) -> np.ndarray | None:
-    """A catalogued token's sprite from its stored image bytes (None: no image, an undecodable one, or
-    not pixel art)."""
-    try:
-        return native_sprite(decode_image(data, background)) if data else None
-    except NftlensError:
-        return None
-
-
 def candidate_layouts(query_rgb: np.ndarray, sprites: Iterable[np.ndarray | None]) -> list[float | None]:
     """Each candidate's layout agreement with the query in its `query_views` (None where the candidate
     is no sprite)."""
@@ -254,15 +245,3 @@ def candidate_layouts(query_rgb: np.ndarray, sprites: Iterable[np.ndarray | None
                 for s, a in zip(sprites_list, out, strict=True)
             ]
     return out
-
-
-def verified_order(
-    scores: Sequence[float], agreements: Sequence[float | None], gate: float = GATE
-) -> list[int]:
-    """Candidate indices best first: those whose layout agreement reaches `gate` (by agreement, then
-    score), then the others by score. `agreements` holds None for candidates that are not sprites."""
-    passed = [i for i, a in enumerate(agreements) if a is not None and a >= gate]
-    rest = sorted(set(range(len(scores))) - set(passed))
-    passed.sort(key=lambda i: (-agreements[i], -scores[i]))
-    rest.sort(key=lambda i: -scores[i])
-    return passed + rest

@@ -18,9 +18,8 @@ from app.sprites import (
     pixel_grid,
     query_views,
     regrid,
-    stored_sprite,
-    verified_order,
 )
+from app.verify import stored_rgb
 
 BACKGROUND = (99, 133, 150)
 PUNKS = (7804, 3100, 5, 1190, 2890, 6965, 4156, 8857)
@@ -43,8 +42,8 @@ def test_native_sprite_undoes_upscaling_and_skips_paintings(sprites):
     assert np.array_equal(native_sprite(np.repeat(np.repeat(punk, 8, 0), 8, 1)), punk)
     rng = np.random.default_rng(0)
     assert native_sprite(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)) is None
-    assert np.array_equal(stored_sprite(_png(punk), BACKGROUND), punk)
-    assert stored_sprite(b"not an image", BACKGROUND) is None and stored_sprite(None, BACKGROUND) is None
+    assert np.array_equal(native_sprite(stored_rgb(_png(punk), BACKGROUND)), punk)
+    assert stored_rgb(b"not an image", BACKGROUND) is None and stored_rgb(None, BACKGROUND) is None
 
 
 @pytest.mark.parametrize(
@@ -77,16 +76,10 @@ def test_a_hue_turned_copy_scores_one_and_a_flat_image_low(sprites):
         assert layout_agreement(np.full(shape, 128, np.uint8), punk) < GATE
 
 
-def test_candidate_layouts_and_verified_order():
+def test_candidate_layouts_skip_what_is_no_sprite():
     punk = np.zeros((24, 24, 3), np.uint8)
     punk[6:18, 6:18] = (200, 30, 30)
     assert candidate_layouts(punk, [None, punk]) == [None, pytest.approx(1.0)]
-    # passed candidates first (by agreement, then score), then the rest by score
-    scores = [0.9, 0.8, 0.7, 0.6, 0.5]
-    layouts = [None, 0.95, 0.5, 0.99, 0.95]
-    assert verified_order(scores, layouts) == [3, 1, 4, 0, 2]
-    assert verified_order(scores, [None] * 5) == [0, 1, 2, 3, 4]
-    assert verified_order([], []) == []
 
 
 def test_cropped_and_pixelated_copies_are_found_through_their_own_grid(sprites):

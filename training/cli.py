@@ -437,16 +437,22 @@ def copies_evaluate(
         None, help="test datasets (tokens never trained on); default: the model's training holdout"
     ),
     verify_k: int = typer.Option(
-        50,
-        min=0,
-        help="candidates re-ranked by the pixel-art layout check, as the service's copy_verify_k (0: off)",
+        50, min=0, help="candidates checked and re-ranked, as the service's copy_verify_k (0: off)"
     ),
+    keypoints: bool = typer.Option(True, help="check painted candidates by keypoints (copy_keypoints)"),
 ) -> None:
     """Edited copies of unseen tokens against the full catalog: top-1 and verdict per edit."""
     from training.copyeval import evaluate_copies
 
     r = evaluate_copies(
-        model_dir, data or None, out, per_domain, space=space, holdout=holdout or None, verify_k=verify_k
+        model_dir,
+        data or None,
+        out,
+        per_domain,
+        space=space,
+        holdout=holdout or None,
+        verify_k=verify_k,
+        keypoints=keypoints,
     )
     typer.echo((out / "COPIES.md").read_text())
     if r["thresholds"] is None:

@@ -22,7 +22,8 @@ import numpy as np
 
 from app.config import Settings
 from app.inference import OnnxModel
-from app.sprites import candidate_layouts, stored_sprite, verified_order
+from app.keypoints import Features, features
+from app.verify import check_candidates, stored_rgb, verified_order
 from training.datasets.select import holdout_keys, select_rows
 from training.edits import EDITS
 from training.reports import markdown_table, plot_grouped_bars, plot_pr_curve
@@ -82,11 +83,13 @@ def evaluate_copies(
     seed: int = 0,
     holdout: list[str] | None = None,
     verify_k: int = Settings.model_fields["copy_verify_k"].default,
+    keypoints: bool = Settings.model_fields["copy_keypoints"].default,
 ) -> dict:
     """Top-1 rate and verdict per edit and domain, false-copy rate on distinct tokens; JSON, MD, PNGs.
 
-    As the service does, the best `verify_k` candidates of each non-exact query are re-ranked by their
-    pixel-art layout (app/sprites.py) for the top-1; the verdict is the threshold on the best score."""
+    As the service does, the best `verify_k` candidates of each non-exact query are checked against it
+    (app/verify.py: layout for sprites, keypoints for paintings with `keypoints`) for the top-1; the
+    verdict is the threshold on the best score."""
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
     m = model.manifest
     output = "instance" if space == "instance" else "embedding"
@@ -125,23 +128,31 @@ def evaluate_copies(
         return best, score, exact
 
     background = m.preprocessing.background_rgb
-    sprites: dict[int, np.ndarray | None] = {}
+    images: dict[int, np.ndarray | None] = {}  # decoded catalog images and keypoint features, made once
+    feats: dict[int, Features] = {}
 
-    def sprite(i: int) -> np.ndarray | None:
-        if i not in sprites:
-            sprites[i] = stored_sprite(Path(sets["catalog"][keys[i]][0]).read_bytes(), background)
-        return sprites[i]
+    def image(i: int) -> np.ndarray | None:
+        if i not in images:
+            images[i] = stored_rgb(Path(sets["catalog"][keys[i]][0]).read_bytes(), background)
+        return images[i]
 
     def reranked(best: np.ndarray, sims: np.ndarray, exact: np.ndarray, rgbs: list) -> np.ndarray:
-        """The top-1 the service answers: the best `verify_k` candidates in their layout-checked order."""
+        """The top-1 the service answers: the best `verify_k` candidates in their checked order."""
         if not verify_k or space != "instance":
             return best
         out = best.copy()
         for j in np.flatnonzero(~exact):
             top = np.argpartition(-sims[j], min(verify_k, sims.shape[1]) - 1)[:verify_k]
             top = top[np.argsort(-sims[j, top])]
-            layout = candidate_layouts(rgbs[j], (sprite(int(i)) for i in top))
-            out[j] = top[verified_order(sims[j, top].tolist(), layout)[0]]
+
+            def cached(n: int, im: np.ndarray, top: np.ndarray = top) -> Features:
+                i = int(top[n])
+                if i not in feats:
+                    feats[i] = features(im)
+                return feats[i]
+
+            checks = check_candidates(rgbs[j], (image(int(i)) for i in top), keypoints, cached)
+            out[j] = top[verified_order(sims[j, top].tolist(), checks)[0]]
         return out
 
     rng = np.random.default_rng(seed)
@@ -203,6 +214,7 @@ def evaluate_copies(
         "deskew_view": bool(views and views.deskew),
         "hue_views": views.hues if views else 0,
         "layout_rerank_k": verify_k if space == "instance" else 0,
+        "keypoint_check": bool(keypoints and verify_k and space == "instance"),
         "background_view": bool(views and views.background),
         "thresholds": (
             {"default": detector.threshold, **detector.per_collection} if detector is not None else None
@@ -273,7 +285,12 @@ def render_markdown(r: dict) -> str:
         f"Queries: every edit applied to {r['originals']['pixel_art']} pixel-art and {r['originals']['painted']} painted "
         "catalogued tokens the model never trained on; the top-1 match must be the original"
         + (
-            f" (the best {r['layout_rerank_k']} candidates re-ranked by the pixel-art layout check, app/sprites.py)."
+            f" (the best {r['layout_rerank_k']} candidates checked against the query and re-ranked, app/verify.py: "
+            + (
+                "layout for pixel art, keypoints for paintings)."
+                if r.get("keypoint_check")
+                else "layout for pixel art)."
+            )
             if r.get("layout_rerank_k")
             else " (instance-space order alone)."
         ),

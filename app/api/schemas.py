@@ -184,6 +184,11 @@ class CopyMatch(TokenRef):
         description="pixel-art candidates: share of the token's pixels whose colour layout the image shows "
         "(0-1, colour changes ignored); candidates at 0.9 or above are ranked first (app/sprites.py)",
     )
+    keypoints: int | None = Field(
+        None,
+        description="painted candidates: SIFT matches with the image that one similarity transform explains; "
+        "candidates with 20 or more are ranked next (app/keypoints.py)",
+    )
     metadata: dict[str, Any]
 
 

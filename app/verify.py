@@ -1,0 +1,75 @@
+"""Candidate checks for the copy search: the instance space proposes, a direct look at the pixels orders.
+
+The best `copy_verify_k` candidates of a copy query are checked against the query itself: sprites (pixel
+art) by their colour layout (`app/sprites.py`), paintings by SIFT keypoints that agree on one similarity
+transform (`app/keypoints.py`). Candidates that pass (layout >= `GATE`, inliers >= `MIN_INLIERS`) come
+first, best checked first; the rest keep the instance-space order. The checks order matches only: the
+copy verdict stays the calibrated instance-space threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from app.errors import NftlensError
+from app.imaging import decode_image
+from app.keypoints import MIN_INLIERS, Features, features, inliers
+from app.sprites import GATE, candidate_layouts, native_sprite
+
+
+@dataclass(frozen=True)
+class Check:
+    """What the direct check found for one candidate (None: not checked that way)."""
+
+    layout: float | None = None  # sprites: share of pixels whose colour layout the query shows
+    keypoints: int | None = None  # paintings: matches one similarity transform explains
+
+
+def stored_rgb(data: bytes | None, background: tuple[int, int, int]) -> np.ndarray | None:
+    """A catalogued token's decoded image (None: stored without one, or undecodable)."""
+    try:
+        return decode_image(data, background) if data else None
+    except NftlensError:
+        return None
+
+
+def check_candidates(
+    query_rgb: np.ndarray,
+    images: Iterable[np.ndarray | None],
+    keypoints: bool = True,
+    features_of: Callable[[int, np.ndarray], Features] | None = None,
+) -> list[Check]:
+    """Each candidate's check against the query, from its decoded image: the layout check for sprites,
+    keypoints for other images (with `keypoints`), nothing for candidates without an image.
+    `features_of(i, image)` may hand over candidate i's keypoint features from a cache."""
+    images = list(images)
+    sprites = [None if im is None else native_sprite(im) for im in images]
+    layouts = candidate_layouts(query_rgb, sprites)
+    query_features = None
+    out: list[Check] = []
+    for i, (image, sprite, layout) in enumerate(zip(images, sprites, layouts, strict=True)):
+        if sprite is not None:
+            out.append(Check(layout=layout))
+        elif image is not None and keypoints:
+            query_features = query_features or features(query_rgb)
+            found = features_of(i, image) if features_of else features(image)
+            out.append(Check(keypoints=inliers(query_features, found)))
+        else:
+            out.append(Check())
+    return out
+
+
+def verified_order(scores: Sequence[float], checks: Sequence[Check]) -> list[int]:
+    """Candidate indices best first: sprites whose layout reaches `GATE` (by layout, then score), then
+    paintings with at least `MIN_INLIERS` keypoint inliers (by inliers, then score), then the rest by
+    score."""
+    layout = [i for i, c in enumerate(checks) if c.layout is not None and c.layout >= GATE]
+    points = [i for i, c in enumerate(checks) if c.keypoints is not None and c.keypoints >= MIN_INLIERS]
+    rest = sorted(set(range(len(scores))) - set(layout) - set(points))
+    layout.sort(key=lambda i: (-checks[i].layout, -scores[i]))
+    points.sort(key=lambda i: (-checks[i].keypoints, -scores[i]))
+    rest.sort(key=lambda i: -scores[i])
+    return layout + points + rest

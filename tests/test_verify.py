@@ -1,0 +1,74 @@
+"""Candidate checks of the copy search: keypoints on real painted thumbnails, and the order they make."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.imaging import decode_image
+from app.keypoints import MIN_INLIERS, features, inliers
+from app.verify import Check, check_candidates, verified_order
+
+BACKGROUND = (99, 133, 150)
+
+
+@pytest.fixture(scope="module")
+def apes(shared_data) -> list[np.ndarray]:
+    """Six real BAYC thumbnails: one collection, one base drawing, different details."""
+    files = sorted((shared_data / "nft-thumbs" / "bayc").glob("*.webp"))[:6]
+    return [decode_image(f.read_bytes(), BACKGROUND) for f in files]
+
+
+@pytest.mark.parametrize("edit", ["crop_zoom", "background_swap", "saturate", "logo", "border"])
+def test_an_edited_painting_keeps_more_keypoints_with_its_original_than_with_its_siblings(apes, edit):
+    from training.edits import apply_edit
+
+    for j, ape in enumerate(apes):
+        query = apply_edit(edit, ape, np.random.default_rng(j))
+        checks = check_candidates(query, apes)
+        assert all(c.layout is None and c.keypoints is not None for c in checks)
+        own = checks[j].keypoints
+        assert own >= MIN_INLIERS and own > max(c.keypoints for k, c in enumerate(checks) if k != j), (
+            edit,
+            j,
+            [c.keypoints for c in checks],
+        )
+        assert verified_order([0.5] * len(apes), checks)[0] == j
+
+
+def test_keypoints_on_flat_and_tiny_images_and_the_switch(apes):
+    flat = np.full((128, 128, 3), 90, np.uint8)
+    assert inliers(features(flat), features(apes[0])) == 0  # no keypoints: nothing to match
+    tiny = features(apes[0][:8, :8])
+    assert inliers(tiny, features(apes[0])) >= 0
+    assert check_candidates(apes[0], [apes[0], None], keypoints=False) == [Check(), Check()]
+    big = np.kron(apes[0], np.ones((16, 16, 1), np.uint8))  # 2048 px: worked on at 512
+    assert inliers(features(big), features(apes[0])) >= MIN_INLIERS
+
+
+def test_verified_order_puts_checked_candidates_first():
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]
+    checks = [
+        Check(),
+        Check(layout=0.95),
+        Check(layout=0.5),
+        Check(layout=0.99),
+        Check(keypoints=40),
+        Check(keypoints=5),
+    ]
+    # sprites that pass (by layout), paintings that pass (by inliers), then the rest by score
+    assert verified_order(scores, checks) == [3, 1, 4, 0, 2, 5]
+    assert verified_order(scores, [Check()] * 6) == [0, 1, 2, 3, 4, 5]
+    assert verified_order([0.5, 0.9], [Check(keypoints=30), Check(keypoints=30)]) == [1, 0]  # ties: score
+    assert verified_order([], []) == []
+
+
+def test_degenerate_images_are_checked_without_error(apes):
+    """Tiny, thin and flat queries and candidates (what a fuzzer uploads) get a check, never an error."""
+    rng = np.random.default_rng(0)
+    shapes = [(1, 1), (2, 2), (1, 5), (5, 1), (9, 9), (17, 17), (24, 24), (1, 300), (64, 2)]
+    images = [rng.integers(0, 256, (*s, 3), dtype=np.uint8) for s in shapes]
+    images += [np.full((24, 24, 3), 7, np.uint8), apes[0]]
+    for query in images:
+        for check in check_candidates(query, images):
+            assert (check.layout is None or 0 <= check.layout <= 1) and (check.keypoints or 0) >= 0
