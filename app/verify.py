@@ -17,7 +17,7 @@ import numpy as np
 from app.errors import NftlensError
 from app.imaging import decode_image
 from app.keypoints import MIN_INLIERS, Features, features, inliers
-from app.sprites import GATE, candidate_layouts, native_sprite
+from app.sprites import GATE, candidate_layouts, collapse_runs, native_sprite
 
 
 @dataclass(frozen=True)
@@ -42,12 +42,16 @@ def check_candidates(
     keypoints: bool = True,
     features_of: Callable[[int, np.ndarray], Features] | None = None,
 ) -> list[Check]:
-    """Each candidate's check against the query, from its decoded image: the layout check for sprites,
-    keypoints for other images (with `keypoints`), nothing for candidates without an image.
+    """Each candidate's check against the query, from its decoded image (best instance-space score first):
+    the layout check for sprites, keypoints for other images (with `keypoints`, for a painted query),
+    nothing for candidates without an image.
     `features_of(i, image)` may hand over candidate i's keypoint features from a cache."""
     images = list(images)
     sprites = [None if im is None else native_sprite(im) for im in images]
     layouts = candidate_layouts(query_rgb, sprites)
+    # keypoints are for a painted query: not when the best candidate is a sprite (the query is pixel
+    # art, whose pixel corners match paintings' too), nor a pixelated query (SIFT sees its blocks)
+    keypoints = keypoints and bool(images) and sprites[0] is None and collapse_runs(query_rgb) is None
     query_features = None
     out: list[Check] = []
     for i, (image, sprite, layout) in enumerate(zip(images, sprites, layouts, strict=True)):

@@ -72,3 +72,17 @@ def test_degenerate_images_are_checked_without_error(apes):
     for query in images:
         for check in check_candidates(query, images):
             assert (check.layout is None or 0 <= check.layout <= 1) and (check.keypoints or 0) >= 0
+
+
+def test_keypoints_are_for_painted_queries_only(apes, punks):
+    """A pixelated query (SIFT would see its blocks) and a query whose best candidate is a sprite (pixel
+    art) leave paintings unchecked."""
+    from training.edits import apply_edit
+
+    pixelated = apply_edit("pixelate", apes[1], np.random.default_rng(0))
+    assert all(c.keypoints is None for c in check_candidates(pixelated, apes))
+    punk = decode_image(punks.image_path(punks.rows[5]).read_bytes(), BACKGROUND)
+    checks = check_candidates(apply_edit("text", punk, np.random.default_rng(0)), [punk, *apes])
+    assert checks[0].layout is not None and all(c.keypoints is None for c in checks[1:])
+    # the same painting first: checked
+    assert check_candidates(apes[1], [apes[1], punk])[0].keypoints >= MIN_INLIERS
