@@ -369,3 +369,26 @@ def test_milvus_keeps_transparency_of_images_too_large_for_its_field():
     assert small.mode == "RGBA" and max(small.size) <= 512
     alpha = np.asarray(small)[..., 3]
     assert alpha[:, : alpha.shape[1] // 4].max() == 0 and alpha[:, -alpha.shape[1] // 4 :].min() == 255
+
+
+def _open_at(path: str, barrier) -> str:
+    """Open a catalog once every process is ready to open it too (a worker starting)."""
+    from app.catalog import SqliteFaissCatalog
+
+    barrier.wait()
+    SqliteFaissCatalog(path, 8, "k").close()
+    return "ok"
+
+
+def test_workers_opening_a_fresh_catalog_together_all_start(tmp_path):
+    """Server workers open one new SQLite file at the same moment; none may fail with "database is locked"
+    (switching to WAL does not wait for SQLite's busy handler)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    for round_ in range(3):
+        path = str(tmp_path / f"fresh-{round_}.db")
+        with ctx.Manager() as manager:
+            barrier = manager.Barrier(4)
+            with ctx.Pool(4) as pool:
+                assert pool.starmap(_open_at, [(path, barrier)] * 4) == ["ok"] * 4

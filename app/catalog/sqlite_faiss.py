@@ -18,6 +18,7 @@ import base64
 import json
 import sqlite3
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -82,6 +83,19 @@ def _token(row, vector=None, instance=None) -> Token:
     )  # fmt: skip
 
 
+def _set_wal(db: sqlite3.Connection, attempts: int = 300) -> None:
+    """Switch a connection to WAL. SQLite answers "database is locked" at once, without its busy handler,
+    while another process holds the file (workers starting together on a fresh catalog): retry."""
+    for attempt in range(attempts):
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.1)
+
+
 class SqliteFaissCatalog:
     def __init__(
         self,
@@ -102,7 +116,7 @@ class SqliteFaissCatalog:
         self.background_compaction = background_compaction
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
+        _set_wal(self._db)
         self._db.execute("PRAGMA synchronous=FULL")  # an acknowledged write survives power loss
         self._db.execute("PRAGMA busy_timeout=30000")  # writers in other processes queue, not fail
         self._db.execute("BEGIN IMMEDIATE")  # one process migrates at a time
