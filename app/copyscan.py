@@ -17,7 +17,7 @@ from app.catalog import Catalog, SearchFilter, best_per_token
 from app.imaging import IMAGE_SUFFIXES
 from app.indexing import safe_prepare
 from app.inference import OnnxModel
-from app.verify import check_candidates, stored_rgb, verified_order
+from app.verify import rank_by_checks
 
 CSV_COLUMNS = ("query", "best_collection", "best_token_id", "score", "is_copy", "exact", "error")
 
@@ -45,6 +45,7 @@ def scan_folder(
         raise FileNotFoundError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
     out.mkdir(parents=True, exist_ok=True)
     detector, views = m.copies, m.copies.views
+    background = m.preprocessing.background_rgb
     flt = SearchFilter(collections=collections)
     rows: list[dict] = []
     with ThreadPoolExecutor(threads) as pool, tqdm(total=len(files), desc="copies scan", unit="img") as bar:
@@ -70,10 +71,7 @@ def scan_folder(
                 )
                 copy = bool(exact) or any(h.score >= detector.threshold_for(h.collection) for h in hits)
                 if hits and not exact and verify_k:
-                    bg = m.preprocessing.background_rgb
-                    images = (stored_rgb(catalog.image(h.collection, h.token_id), bg) for h in hits)
-                    checks = check_candidates(prepared[i][2], images, keypoints)
-                    hits = [hits[j] for j in verified_order([h.score for h in hits], checks)]
+                    hits, _ = rank_by_checks(catalog, hits, prepared[i][2], background, keypoints)
                 best = hits[0] if hits else None
                 rows.append(
                     {

@@ -28,7 +28,7 @@ from app.metrics import Metrics
 from app.openset import OpenSetScorer, softmax
 from app.preprocessing import decode_and_preprocess
 from app.threadnames import name_this_thread
-from app.verify import Check, check_candidates, stored_rgb, verified_order
+from app.verify import Check, rank_by_checks
 from app.views import dihedral_view, dihedral_views
 
 
@@ -275,10 +275,7 @@ class Service:
         checks = [Check()] * len(fuzzy)
         if verify_k:
             bg = self.model.manifest.preprocessing.background_rgb
-            images = (stored_rgb(self.catalog.image(h.collection, h.token_id), bg) for h in fuzzy)
-            checks = check_candidates(query_rgb, images, self.settings.copy_keypoints)
-            order = verified_order([h.score for h in fuzzy], checks)
-            fuzzy, checks = [fuzzy[i] for i in order], [checks[i] for i in order]
+            fuzzy, checks = rank_by_checks(self.catalog, fuzzy, query_rgb, bg, self.settings.copy_keypoints)
         ranked = [(h, Check()) for h in exact] + list(zip(fuzzy, checks, strict=True))
         hits = ranked[:k]
         matches = [

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.catalog import Catalog, Neighbour
 from app.errors import NftlensError
 from app.imaging import decode_image
 from app.keypoints import MIN_INLIERS, Features, features, inliers
@@ -64,6 +65,21 @@ def check_candidates(
         else:
             out.append(Check())
     return out
+
+
+def rank_by_checks(
+    catalog: Catalog,
+    hits: list[Neighbour],
+    query_rgb: np.ndarray,
+    background: tuple[int, int, int],
+    keypoints: bool = True,
+) -> tuple[list[Neighbour], list[Check]]:
+    """Search hits (best score first) in their checked order, each with its check; every candidate's
+    image is read from the catalog (`Catalog.image`)."""
+    images = (stored_rgb(catalog.image(h.collection, h.token_id), background) for h in hits)
+    checks = check_candidates(query_rgb, images, keypoints)
+    order = verified_order([h.score for h in hits], checks)
+    return [hits[i] for i in order], [checks[i] for i in order]
 
 
 def verified_order(scores: Sequence[float], checks: Sequence[Check]) -> list[int]:

@@ -482,22 +482,21 @@ def bench_copies(
             )
         result["build_s"] = time.perf_counter() - t0
         cat.close()
-        # /copies with the layout check off, then as served; /classify on the second server
-        for route, check, params in (
-            ("/copies without layout check", 0, {}),
-            ("/copies", verify_k, {}),
-            ("/classify", verify_k, None),
+        # /copies with the checks off on one server; then, on a server as served, /copies and /classify
+        for check, routes in (
+            (0, (("/copies without layout check", "/copies", {}),)),
+            (verify_k, (("/copies", "/copies", {}), ("/classify", "/classify", None))),
         ):
             env = {"NFTLENS_PROVIDERS": '["CPUExecutionProvider"]', "NFTLENS_COPY_VERIFY_K": str(check)}
-            path = route.split()[0]
             with running_server(model_dir, Path(tmp) / "c.db", Path(tmp), timeout=300, **env) as srv:
-                asyncio.run(_load(srv.url, data, clients, 2 * clients, path, params))  # warm-up
-                lat, wall, errors = asyncio.run(_load(srv.url, data, clients, requests, path, params))
-            result[route] = {
-                "throughput_rps": requests / wall,
-                "errors": errors,
-                "latency_ms": _percentiles(lat),
-            }
+                for route, path, params in routes:
+                    asyncio.run(_load(srv.url, data, clients, 2 * clients, path, params))  # warm-up
+                    lat, wall, errors = asyncio.run(_load(srv.url, data, clients, requests, path, params))
+                    result[route] = {
+                        "throughput_rps": requests / wall,
+                        "errors": errors,
+                        "latency_ms": _percentiles(lat),
+                    }
     return result
 
 
