@@ -17,7 +17,7 @@ from app.catalog import Catalog, SearchFilter, best_per_token
 from app.imaging import IMAGE_SUFFIXES
 from app.indexing import safe_prepare
 from app.inference import OnnxModel
-from app.verify import rank_by_checks
+from app.verify import Check, is_copy, rank_by_checks
 
 CSV_COLUMNS = ("query", "best_collection", "best_token_id", "score", "is_copy", "exact", "error")
 
@@ -35,8 +35,8 @@ def scan_folder(
 ) -> dict:
     """Scan every image in `folder` (recursively); write `out`/copies.csv and `out`/SUMMARY.md. As in
     `POST /copies`, the best `verify_k` candidates are checked against the image (app/verify.py; keypoints
-    for paintings with `keypoints`) for the best match, and the verdict is the calibrated threshold on the
-    best score."""
+    for paintings with `keypoints`) for the best match, and the verdict is the service's (`is_copy`: a
+    score over its threshold, or a check over its collection's minimum)."""
     m = model.manifest
     if not m.instance_dim or m.copies is None:
         raise ValueError(f"model {m.name}@{m.version} has no instance head or copy threshold")
@@ -69,9 +69,12 @@ def scan_folder(
                     for v in inst[found[i]]
                     for h in catalog.search(v, max(1, verify_k), flt, space="instance")
                 )
-                copy = bool(exact) or any(h.score >= detector.threshold_for(h.collection) for h in hits)
+                checks = [Check()] * len(hits)
                 if hits and not exact and verify_k:
-                    hits, _ = rank_by_checks(catalog, hits, prepared[i][2], background, keypoints)
+                    hits, checks = rank_by_checks(catalog, hits, prepared[i][2], background, keypoints)
+                copy = bool(exact) or any(
+                    is_copy(detector, h.collection, h.score, c) for h, c in zip(hits, checks, strict=True)
+                )
                 best = hits[0] if hits else None
                 rows.append(
                     {

@@ -52,7 +52,8 @@ class Calibration(BaseModel):
 
 class CopyDetector(BaseModel):
     """Copy verdict: a catalog token whose instance-space cosine to the query reaches the threshold of its
-    collection (`per_collection`, else the global `threshold`) is a copy."""
+    collection (`per_collection`, else the global `threshold`) is a copy, and so is a checked candidate
+    whose direct check reaches its collection's `edges_min` or `layout_min`."""
 
     threshold: float = Field(
         ...,
@@ -76,6 +77,16 @@ class CopyDetector(BaseModel):
     hues: int = Field(
         0, ge=0, le=11, description="this many more query views: the image with its hues turned evenly round"
     )
+    edges_min: dict[str, float] = Field(
+        {},
+        description="per collection: a checked painted candidate whose edges the query keeps at this share or "
+        "more, aligned by their keypoints, is a copy whatever its score (app/keypoints.py; none: never decides)",
+    )
+    layout_min: dict[str, float] = Field(
+        {},
+        description="per collection: a checked sprite candidate whose layout agreement reaches this is a copy "
+        "whatever its score (none: its layout never decides; pixel-art twins rule it out for punks)",
+    )
     precision: float | None = Field(None, description="on the held-out calibration pairs")
     recall: float | None = Field(None, description="on the held-out calibration pairs")
     target: str = ""
@@ -95,6 +106,13 @@ class CopyDetector(BaseModel):
     def threshold_for(self, collection: str) -> float:
         """The threshold a match from `collection` must reach."""
         return self.per_collection.get(collection, self.threshold)
+
+    def confirmed(self, collection: str, layout: float | None, edges: float | None) -> bool:
+        """Whether a candidate's direct check alone makes it a copy (its collection's calibrated minimum)."""
+        lmin, emin = self.layout_min.get(collection), self.edges_min.get(collection)
+        return (layout is not None and lmin is not None and layout >= lmin) or (
+            edges is not None and emin is not None and edges >= emin
+        )
 
 
 class ModelManifest(BaseModel):

@@ -28,7 +28,7 @@ from app.metrics import Metrics
 from app.openset import OpenSetScorer, softmax
 from app.preprocessing import decode_and_preprocess
 from app.threadnames import name_this_thread
-from app.verify import Check, rank_by_checks
+from app.verify import Check, is_copy, rank_by_checks
 from app.views import dihedral_view, dihedral_views
 
 
@@ -260,7 +260,8 @@ class Service:
         """The `copies` block: exact pixel matches first (score 1, `exact`), then the best instance-space
         matches over the query's views (each token keeps its best score), with the calibrated verdict.
         Given the decoded query, the best `copy_verify_k` candidates are checked against it and re-ranked
-        (app/verify.py: `layout` for sprites, `keypoints` for paintings). Blocking: run it on the pool."""
+        (app/verify.py: `layout` for sprites, `keypoints` for paintings); a check over its collection's
+        calibrated minimum makes a copy too. Blocking: run it on the pool."""
         detector = self.model.manifest.copies
         verify_k = self.settings.copy_verify_k if query_rgb is not None else 0
         exact = self.catalog.find_exact(fingerprint, flt)[:k] if fingerprint else []
@@ -276,8 +277,9 @@ class Service:
         if verify_k:
             bg = self.model.manifest.preprocessing.background_rgb
             fuzzy, checks = rank_by_checks(self.catalog, fuzzy, query_rgb, bg, self.settings.copy_keypoints)
-        ranked = [(h, Check()) for h in exact] + list(zip(fuzzy, checks, strict=True))
-        hits = ranked[:k]
+        ranked = [(h, Check(), True) for h in exact] + [
+            (h, c, is_copy(detector, h.collection, h.score, c)) for h, c in zip(fuzzy, checks, strict=True)
+        ]
         matches = [
             {
                 "collection": h.collection,
@@ -285,16 +287,16 @@ class Service:
                 "score": round(h.score, 6),
                 "threshold": round(detector.threshold_for(h.collection), 6),
                 "exact": (h.collection, h.token_id) in exact_keys,
-                "is_copy": (h.collection, h.token_id) in exact_keys
-                or h.score >= detector.threshold_for(h.collection),
+                "is_copy": called,
                 "layout": None if c.layout is None else round(c.layout, 4),
                 "keypoints": c.keypoints,
+                "edges": None if c.edges is None else round(c.edges, 4),
                 "metadata": h.metadata,
             }
-            for h, c in hits
+            for h, c, called in ranked[:k]
         ]
-        return {  # the verdict is the calibrated one: the layout check only orders the matches
-            "is_copy": bool(exact) or any(h.score >= detector.threshold_for(h.collection) for h in fuzzy),
+        return {  # any candidate looked at: an exact match, a score over its threshold, a check over its minimum
+            "is_copy": any(called for _, _, called in ranked),
             "threshold": matches[0]["threshold"] if matches else round(detector.threshold, 6),
             "matches": matches,
         }

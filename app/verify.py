@@ -3,8 +3,9 @@
 The best `copy_verify_k` candidates of a copy query are checked against the query itself: sprites (pixel
 art) by their colour layout (`app/sprites.py`), paintings by SIFT keypoints that agree on one similarity
 transform (`app/keypoints.py`). Candidates that pass (layout >= `GATE`, inliers >= `MIN_INLIERS`) come
-first, best checked first; the rest keep the instance-space order. The checks order matches only: the
-copy verdict stays the calibrated instance-space threshold.
+first, best checked first; the rest keep the instance-space order. The copy verdict (`is_copy`) is the
+calibrated instance-space threshold, or a check that reaches its collection's minimum, chosen on
+validation pairs with the thresholds (`nftlens calibrate`: only where distinct tokens never reach it).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import numpy as np
 from app.catalog import Catalog, Neighbour
 from app.errors import NftlensError
 from app.imaging import decode_image
-from app.keypoints import MIN_INLIERS, Features, features, inliers
+from app.keypoints import MIN_INLIERS, Features, features, match
+from app.manifest import CopyDetector
 from app.sprites import GATE, candidate_layouts, collapse_runs, native_sprite
 
 
@@ -27,6 +29,15 @@ class Check:
 
     layout: float | None = None  # sprites: share of pixels whose colour layout the query shows
     keypoints: int | None = None  # paintings: matches one similarity transform explains
+    edges: float | None = None  # paintings: share of the candidate's edges the aligned query keeps
+
+
+def is_copy(detector: CopyDetector, collection: str, score: float, check: Check) -> bool:
+    """The served verdict on one candidate: its score reaches its collection's threshold, or its direct
+    check reaches the collection's calibrated minimum."""
+    return score >= detector.threshold_for(collection) or detector.confirmed(
+        collection, check.layout, check.edges
+    )
 
 
 def stored_rgb(data: bytes | None, background: tuple[int, int, int]) -> np.ndarray | None:
@@ -61,7 +72,8 @@ def check_candidates(
         elif image is not None and keypoints:
             query_features = query_features or features(query_rgb)
             found = features_of(i, image) if features_of else features(image)
-            out.append(Check(keypoints=inliers(query_features, found)))
+            found = match(query_features, found)
+            out.append(Check(keypoints=found.inliers, edges=found.edges))
         else:
             out.append(Check())
     return out

@@ -25,7 +25,9 @@ from app.openset import (
 
 pytest.importorskip("torch", reason="the calibration code lives in training/")
 from training.calibrate import (  # noqa: E402
+    checked_threshold,
     copy_threshold,
+    copy_thresholds,
     expected_calibration_error,
     fit_temperature,
     pr_curve,
@@ -165,6 +167,48 @@ def test_copy_threshold_keeps_the_false_copy_promise():
     assert chosen["recall"] == pytest.approx((pos >= chosen["threshold"]).mean())
     curve = pr_curve(pos, neg)
     assert curve["recall"] == sorted(curve["recall"]) and curve["recall"][-1] == 1.0
+
+
+def test_a_check_minimum_calls_more_copies_within_the_same_false_copy_budget():
+    rng = np.random.default_rng(5)
+    neg, neg_edges = rng.normal(0.5, 0.1, 400), rng.uniform(0.6, 0.95, 400)
+    pos, pos_edges = rng.normal(0.7, 0.1, 300), rng.uniform(0.9, 1.0, 300)
+    neg_edges[:50] = np.nan  # not checked (e.g. fewer keypoints than MIN_INLIERS)
+    score_alone = copy_threshold(pos, neg, 0.005)
+    s, least = checked_threshold(pos, pos_edges, neg, neg_edges, 0.005, floor=0.9)
+    assert least is not None and least >= 0.9
+    called = (neg >= s) | (np.nan_to_num(neg_edges, nan=-1) >= least)
+    assert called.sum() <= int(0.005 * len(neg))  # the union keeps the promise
+    recall = ((pos >= s) | (pos_edges >= least)).mean()
+    assert recall > score_alone["recall"] + 0.3
+    # a check that distinct tokens reach as easily as copies never decides: the score alone is left
+    s, least = checked_threshold(pos, pos_edges, neg, np.ones(len(neg)), 0.005, floor=0.9)
+    assert least is None and s == pytest.approx(score_alone["threshold"])
+    # nothing checked at all: the same as the score alone
+    s, least = checked_threshold(pos, np.full(len(pos), np.nan), neg, np.full(len(neg), np.nan), 0.005, 0.9)
+    assert least is None and s == pytest.approx(score_alone["threshold"])
+
+
+def test_copy_thresholds_give_a_check_minimum_only_where_distinct_tokens_stay_below_it():
+    rng = np.random.default_rng(6)
+    n, p = 200, 140
+    pairs = {
+        "pos": rng.normal(0.8, 0.1, 2 * p),
+        "pos_coll": np.array(["apes"] * p + ["punks"] * p),
+        "pos_edit": np.array(["crop", "logo"] * p),
+        "neg": rng.normal(0.6, 0.1, 2 * n),
+        "neg_coll": np.array(["apes"] * n + ["punks"] * n),
+        # apes are paintings (edges), punks sprites (layout) whose distinct tokens often share a layout
+        "pos_edges": np.r_[rng.uniform(0.95, 1.0, p), np.full(p, np.nan)],
+        "neg_edges": np.r_[rng.uniform(0.5, 0.96, n), np.full(n, np.nan)],
+        "pos_layout": np.r_[np.full(p, np.nan), np.ones(p)],
+        "neg_layout": np.r_[np.full(n, np.nan), np.where(rng.random(n) < 0.5, 1.0, 0.7)],
+    }
+    chosen = copy_thresholds(pairs, 0.005)
+    assert set(chosen["edges_min"]) == {"apes"} and 0.95 <= chosen["edges_min"]["apes"] <= 0.97
+    assert chosen["layout_min"] == {}  # twins: a layout of 1.0 is no proof of a copy
+    assert chosen["false_copy_rate"] <= 0.005 and chosen["recall"] > 0.5
+    assert chosen["recall_by_edit"]["crop"] > 0.5
 
 
 def test_shipped_model_manifest_pins_its_statistics(model_dir, tmp_path):

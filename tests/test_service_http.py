@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from app.inference import OnnxModel
+from app.keypoints import MIN_INLIERS
 from app.manifest import load_manifest
 from app.openset import OpenSetScorer, softmax
 from app.preprocessing import load_tensor
@@ -306,6 +307,15 @@ def _mirror(data: bytes) -> bytes:
     return _png(Image.open(io.BytesIO(data)).convert("RGB").resize((192, 192), Image.NEAREST).transpose(0))
 
 
+def _called(m, match: dict) -> bool:
+    """The documented verdict on one match: exact, a score over its threshold, or a check over its minimum."""
+    return (
+        match["exact"]
+        or match["score"] >= match["threshold"]
+        or m.copies.confirmed(match["collection"], match["layout"], match["edges"])
+    )
+
+
 def test_copies_by_upload_by_token_and_in_classify(client, images, model_dir):
     m = load_manifest(model_dir)
     if not m.instance_dim or m.copies is None:
@@ -330,7 +340,7 @@ def test_copies_by_upload_by_token_and_in_classify(client, images, model_dir):
     assert all(0 <= x["layout"] <= 1 for x in fuzzy if x["collection"] == "cryptopunks")
     for match in exact["matches"]:
         assert match["threshold"] == pytest.approx(m.copies.threshold_for(match["collection"]), abs=1e-5)
-        assert match["is_copy"] == (match["score"] >= match["threshold"]) and "metadata" in match
+        assert match["is_copy"] == _called(m, match) and "metadata" in match
     # raw body, k and the collection filter
     raw = client.post(
         "/copies", content=images["noun3"], headers={"content-type": "image/png"}, params={"k": 2}
@@ -346,7 +356,7 @@ def test_copies_by_upload_by_token_and_in_classify(client, images, model_dir):
     edited = client.post(
         "/copies", files={"file": ("q.png", _mirror(images["punk7804"]), "image/png")}
     ).json()
-    assert edited["is_copy"] == any(x["score"] >= x["threshold"] for x in edited["matches"])
+    assert edited["is_copy"] == any(_called(m, x) for x in edited["matches"])
     if m.copies.dihedral:  # the mirrored view of a mirror is the original: found, and called a copy
         assert edited["matches"][0]["token_id"] == "7804" and edited["is_copy"]
     # a recoloured copy: whatever the embedding ranks first, the layout check puts the original on top
@@ -357,7 +367,7 @@ def test_copies_by_upload_by_token_and_in_classify(client, images, model_dir):
         },
     ).json()
     assert recoloured["matches"][0]["token_id"] == "5" and recoloured["matches"][0]["layout"] == 1.0
-    assert recoloured["is_copy"] == any(x["score"] >= x["threshold"] for x in recoloured["matches"])
+    assert all(x["is_copy"] == _called(m, x) for x in recoloured["matches"])
     # a stored token against every other token: never itself
     by_token = client.get("/copies/cryptopunks/3100", params={"k": 50}).json()
     assert ("cryptopunks", "3100") not in {(x["collection"], x["token_id"]) for x in by_token["matches"]}
@@ -375,4 +385,30 @@ def test_copies_by_upload_by_token_and_in_classify(client, images, model_dir):
     assert (
         "copies"
         not in client.post("/classify", files={"file": ("q.png", images["punk5"], "image/png")}).json()
+    )
+
+
+def test_a_cropped_painting_is_found_by_its_keypoints_and_called_as_calibrated(
+    client, model_dir, shared_data
+):
+    from training.edits import apply_edit
+
+    m = load_manifest(model_dir)
+    if not m.instance_dim or m.copies is None:
+        pytest.skip("the model under test has no copy head")
+    files = sorted((shared_data / "nft-thumbs" / "bayc").glob("*.webp"))[:6]
+    for f in files:
+        r = client.put(f"/tokens/bayc/{f.stem}", files={"file": (f.name, f.read_bytes(), "image/webp")})
+        assert r.status_code == 200
+    original = np.asarray(Image.open(files[2]).convert("RGB"))
+    crop = apply_edit("crop_zoom", original, np.random.default_rng(4))
+    r = client.post("/copies", files={"file": ("q.png", _png(Image.fromarray(crop)), "image/png")})
+    body = r.json()
+    top = body["matches"][0]
+    assert (top["collection"], top["token_id"]) == ("bayc", files[2].stem) and not top["exact"]
+    assert top["keypoints"] >= MIN_INLIERS and top["layout"] is None and 0 <= top["edges"] <= 1
+    assert all(x["is_copy"] == _called(m, x) for x in body["matches"])
+    assert all(
+        (x["edges"] is None) == (x["keypoints"] is None or x["keypoints"] < MIN_INLIERS)
+        for x in body["matches"]
     )

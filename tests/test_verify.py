@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from app.imaging import decode_image
-from app.keypoints import MIN_INLIERS, features, inliers
+from app.keypoints import MIN_INLIERS, Match, features, match
 from app.verify import Check, check_candidates, verified_order
 
 BACKGROUND = (99, 133, 150)
@@ -34,16 +34,20 @@ def test_an_edited_painting_keeps_more_keypoints_with_its_original_than_with_its
             [c.keypoints for c in checks],
         )
         assert verified_order([0.5] * len(apes), checks)[0] == j
+        # aligned by its keypoints, the copy keeps more of its original's edges than any sibling's
+        siblings = [c.edges for k, c in enumerate(checks) if k != j and c.edges is not None]
+        assert checks[j].edges > max(siblings, default=0.0), (edit, j, checks[j].edges, siblings)
 
 
 def test_keypoints_on_flat_and_tiny_images_and_the_switch(apes):
     flat = np.full((128, 128, 3), 90, np.uint8)
-    assert inliers(features(flat), features(apes[0])) == 0  # no keypoints: nothing to match
+    assert match(features(flat), features(apes[0])) == Match(0, None)  # no keypoints: nothing to match
     tiny = features(apes[0][:8, :8])
-    assert inliers(tiny, features(apes[0])) >= 0
+    assert match(tiny, features(apes[0])).inliers >= 0
     assert check_candidates(apes[0], [apes[0], None], keypoints=False) == [Check(), Check()]
     big = np.kron(apes[0], np.ones((16, 16, 1), np.uint8))  # 2048 px: worked on at 512
-    assert inliers(features(big), features(apes[0])) >= MIN_INLIERS
+    found = match(features(big), features(apes[0]))
+    assert found.inliers >= MIN_INLIERS and found.edges > 0.97  # the same drawing, 16 times larger
 
 
 def test_verified_order_puts_checked_candidates_first():

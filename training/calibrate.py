@@ -19,7 +19,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
+from app.config import Settings
 from app.inference import OnnxModel, logits_of
 from app.manifest import Calibration, CopyDetector, UnknownDetector, sha256_of
 from app.openset import (
@@ -33,7 +35,10 @@ from app.openset import (
     softmax,
     stage_features,
 )
+from app.sprites import GATE
+from app.verify import Check
 from app.views import ViewSet
+from training.checking import ReferenceChecks, top_candidates
 from training.datasets.select import select_rows
 from training.edits import EDITS
 from training.metrics import auroc
@@ -41,6 +46,7 @@ from training.runner import edit_transform, infer, view_similarity
 from training.stagestats import is_stage_output
 
 STATS_FILE = "openset.npz"
+EDGES_FLOOR = 0.9  # a kept-edges minimum is never below this (a copy keeps most of its drawing)
 OPENSET_METHODS = ("max_probability", "energy", "mahalanobis", "knn", "multilayer")
 
 
@@ -184,8 +190,10 @@ def fit_openset_statistics(
 
 # -- copies ------------------------------------------------------------------------------------------
 def copy_threshold(positives: np.ndarray, negatives: np.ndarray, false_copy: float) -> dict:
-    """The lowest threshold whose false-copy rate on `negatives` is <= `false_copy`, with P/R at it."""
-    threshold = float(np.quantile(negatives, 1 - false_copy, method="higher")) + 1e-6
+    """The lowest threshold that calls at most `false_copy` of `negatives` copies, with P/R at it."""
+    allowed = int(np.floor(false_copy * len(negatives) + 1e-9))
+    ranked = np.sort(negatives)[::-1]
+    threshold = float(ranked[allowed]) + 1e-6 if allowed < len(ranked) else -1.0
     return {"threshold": threshold, **verdict_rates(positives, negatives, threshold, threshold)}
 
 
@@ -200,28 +208,126 @@ def verdict_rates(positives, negatives, pos_threshold, neg_threshold) -> dict:
     }
 
 
+def checked_threshold(
+    pos: np.ndarray,
+    pos_check: np.ndarray,
+    neg: np.ndarray,
+    neg_check: np.ndarray,
+    false_copy: float,
+    floor: float,
+) -> tuple[float, float | None]:
+    """The score threshold and the check minimum (None: the check never decides) that together call the most
+    positives copies while calling at most `false_copy` of the negatives, by score or by check.
+
+    A pair is called when its score reaches the threshold or its check (NaN: not checked) the minimum; the
+    minimum is never below `floor` (the check's own ordering gate). Each minimum just above a negative's check
+    is tried, the score threshold then taking what is left of the false-copy budget."""
+    allowed = int(np.floor(false_copy * len(neg) + 1e-9))
+    neg_c, pos_c = np.nan_to_num(neg_check, nan=-np.inf), np.nan_to_num(pos_check, nan=-np.inf)
+    above = np.nextafter(neg_c[np.isfinite(neg_c)], np.inf)
+    minima = [None, *sorted({float(max(v, floor)) for v in above}, reverse=True)]
+    if np.isfinite(pos_c).any():
+        minima.append(float(max(floor, np.min(pos_c[np.isfinite(pos_c)]))))
+    best: tuple[float, float, float | None] | None = None
+    for c in minima:
+        by_check = neg_c >= c if c is not None else np.zeros(len(neg), bool)
+        left = allowed - int(by_check.sum())
+        if left < 0:
+            continue
+        rest = np.sort(neg[~by_check])[::-1]
+        s = float(rest[left]) + 1e-6 if left < len(rest) else -1.0
+        recall = float(((pos >= s) | ((pos_c >= c) if c is not None else False)).mean())
+        if best is None or recall > best[0] + 1e-12:
+            best = (recall, s, c)
+    assert best is not None  # c = None always fits the budget
+    return best[1], best[2]
+
+
+def _check_kind(pairs: dict, pos_mask: np.ndarray, neg_mask: np.ndarray) -> str | None:
+    """The direct check a collection's pairs carry ("edges" or "layout"), None when unchecked."""
+    counts = {
+        kind: int(
+            np.isfinite(pairs[f"pos_{kind}"][pos_mask]).sum()
+            + np.isfinite(pairs[f"neg_{kind}"][neg_mask]).sum()
+        )
+        for kind in ("edges", "layout")
+        if f"pos_{kind}" in pairs
+    }
+    kind = max(counts, key=counts.get, default=None)
+    return kind if kind and counts[kind] else None
+
+
+def called_copies(detector: CopyDetector, scores, colls, layouts, edges) -> np.ndarray:
+    """The served verdict for each pair: score over its collection's threshold, or a check over its minimum."""
+
+    def value(v: float):
+        return None if v is None or not np.isfinite(v) else v
+
+    return np.array(
+        [
+            s >= detector.threshold_for(str(c)) or detector.confirmed(str(c), value(lay), value(e))
+            for s, c, lay, e in zip(scores, colls, layouts, edges, strict=True)
+        ],
+        dtype=bool,
+    )
+
+
 def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> dict:
     """A global threshold plus one per collection with at least `min_negatives` distinct validation tokens,
-    each keeping that collection's false-copy rate <= `false_copy`; rates as the service applies them."""
+    each keeping that collection's false-copy rate <= `false_copy`; where the pairs carry direct checks
+    (`copy_pairs(verify_k=...)`), the collection's check minimum is chosen with its threshold
+    (`checked_threshold`). Rates as the service applies them."""
     chosen = copy_threshold(pairs["pos"], pairs["neg"], false_copy)
-    per = {
-        str(c): copy_threshold(
-            pairs["pos"][pairs["pos_coll"] == c], pairs["neg"][pairs["neg_coll"] == c], false_copy
-        )["threshold"]
-        for c in np.unique(pairs["neg_coll"])
-        if (pairs["neg_coll"] == c).sum() >= min_negatives and (pairs["pos_coll"] == c).any()
+    per: dict[str, float] = {}
+    minima: dict[str, dict] = {"edges": {}, "layout": {}}
+    floors = {"edges": EDGES_FLOOR, "layout": GATE}
+    for c in np.unique(pairs["neg_coll"]):
+        pm, nm = pairs["pos_coll"] == c, pairs["neg_coll"] == c
+        if nm.sum() < min_negatives or not pm.any():
+            continue
+        kind = _check_kind(pairs, pm, nm)
+        if kind is None:
+            per[str(c)] = copy_threshold(pairs["pos"][pm], pairs["neg"][nm], false_copy)["threshold"]
+            continue
+        per[str(c)], least = checked_threshold(
+            pairs["pos"][pm],
+            pairs[f"pos_{kind}"][pm],
+            pairs["neg"][nm],
+            pairs[f"neg_{kind}"][nm],
+            false_copy,
+            floors[kind],
+        )
+        if least is not None:
+            minima[kind][str(c)] = float(least)
+    detector = CopyDetector(
+        threshold=chosen["threshold"],
+        per_collection=per,
+        edges_min=minima["edges"],
+        layout_min=minima["layout"],
+    )
+    unchecked = {side: np.full(len(pairs[side]), np.nan) for side in ("pos", "neg")}
+    pos_called, neg_called = (
+        called_copies(
+            detector,
+            pairs[side],
+            pairs[f"{side}_coll"],
+            pairs.get(f"{side}_layout", unchecked[side]),
+            pairs.get(f"{side}_edges", unchecked[side]),
+        )
+        for side in ("pos", "neg")
+    )
+    tp, fp = int(pos_called.sum()), int(neg_called.sum())
+    by_edit = {e: float(pos_called[pairs["pos_edit"] == e].mean()) for e in dict.fromkeys(pairs["pos_edit"])}
+    return {
+        "threshold": chosen["threshold"],
+        "per_collection": per,
+        "edges_min": minima["edges"],
+        "layout_min": minima["layout"],
+        "recall": tp / len(pos_called),
+        "precision": tp / max(tp + fp, 1),
+        "false_copy_rate": fp / len(neg_called),
+        "recall_by_edit": by_edit,
     }
-
-    def thr(colls: np.ndarray) -> np.ndarray:
-        return np.array([per.get(c, chosen["threshold"]) for c in colls])
-
-    rates = verdict_rates(pairs["pos"], pairs["neg"], thr(pairs["pos_coll"]), thr(pairs["neg_coll"]))
-    by_edit = {
-        e: float((pairs["pos"][m] >= thr(pairs["pos_coll"][m])).mean())
-        for e in dict.fromkeys(pairs["pos_edit"])
-        for m in [pairs["pos_edit"] == e]
-    }
-    return {"threshold": chosen["threshold"], "per_collection": per, **rates, "recall_by_edit": by_edit}
 
 
 def pr_curve(positives: np.ndarray, negatives: np.ndarray) -> dict[str, list[float]]:
@@ -245,6 +351,8 @@ def copy_pairs(
     per_edit: int = 60,
     seed: int = 1,
     views: ViewSet | None = None,
+    verify_k: int = 0,
+    keypoints: bool = True,
 ) -> dict[str, np.ndarray]:
     """Validation pairs for the copy thresholds, scored as the service scores (best of the query's
     `views`).
@@ -252,28 +360,38 @@ def copy_pairs(
     Positives: sim(edit(x), x) for validation images x, every edit on a seeded sample.
     Negatives: for each validation image, its highest similarity to any *other* token of its collection in
     the train + val splits (the nearest distinct token: what a genuine new mint meets in the catalog).
-    Returns pos, pos_coll, pos_edit, neg, neg_coll.
+    Returns pos, pos_coll, pos_edit, neg, neg_coll; with `verify_k`, also each pair's direct checks
+    (app/verify.py) as pos_/neg_layout and pos_/neg_edges (NaN: not checked that way): a positive's
+    against its original, a negative's best over its `verify_k` nearest distinct tokens.
     """
     vpaths, vrows = select_rows(data, "val", label_field, exclude, holdout)
     tpaths, trows = select_rows(data, "train", label_field, exclude, holdout)
-    val_q = infer(model, vpaths, desc="copy val", views=views)["instance"]
+    val_rgbs: list[np.ndarray] = []
+    val_q = infer(model, vpaths, desc="copy val", views=views, images=val_rgbs)["instance"]
     val = val_q[:, 0] if views else val_q  # view 0 is the image as it is: the catalogued vector
     ref = infer(model, tpaths, desc="copy ref")["instance"]
     vcol = np.array([r["collection"] for r in vrows])
     tcol = np.array([r["collection"] for r in trows])
     vkey = np.array([f"{r['collection']}/{r['token_id'] or r['path']}" for r in vrows])
     tkey = np.array([f"{r['collection']}/{r['token_id'] or r['path']}" for r in trows])
+    refs = ReferenceChecks([*tpaths, *vpaths], model.manifest.preprocessing.background_rgb, keypoints)
     negatives = np.full(len(vrows), -1.0)
-    for c in np.unique(vcol):
+    neg_checks = np.full((2, len(vrows)), np.nan)  # layout, edges
+    for c in tqdm(np.unique(vcol), desc="copy negatives", leave=False):
         vi, ti = np.flatnonzero(vcol == c), np.flatnonzero(tcol == c)
         sims = view_similarity(val_q[vi], np.concatenate([ref[ti], val[vi]]))
         same = vkey[vi][:, None] == np.concatenate([tkey[ti], vkey[vi]])[None, :]
-        sims[same] = -1.0  # the token itself (or another image of it) is not a distinct token
+        sims[same] = -2.0  # the token itself (or another image of it) is not a distinct token
         negatives[vi] = sims.max(1)
+        reference = np.concatenate([ti, len(tpaths) + vi])
+        for row, i in enumerate(vi if verify_k else []):
+            top = [j for j in top_candidates(sims[row], verify_k) if sims[row, j] > -2.0]
+            neg_checks[:, i] = _best_checks(refs.check(val_rgbs[i], reference[top]))
     rng = np.random.default_rng(seed)
-    pos, pos_coll, pos_edit = [], [], []
+    pos, pos_coll, pos_edit, pos_checks = [], [], [], []
     for e, name in enumerate(EDITS):
         pick = rng.choice(len(vpaths), min(per_edit, len(vpaths)), replace=False)
+        rgbs: list[np.ndarray] = []
         edited = infer(
             model,
             [vpaths[i] for i in pick],
@@ -281,18 +399,35 @@ def copy_pairs(
             desc=f"copy {name}",
             seed=seed + e,
             views=views,
+            images=rgbs,
         )["instance"]
         for j, i in enumerate(pick):
             pos.append(float(view_similarity(edited[j : j + 1], val[i : i + 1])[0, 0]))
             pos_coll.append(vcol[i])
             pos_edit.append(name)
-    return {
+            pos_checks.append(
+                _best_checks(refs.check(rgbs[j], [len(tpaths) + i])) if verify_k else (np.nan,) * 2
+            )
+    pairs = {
         "pos": np.array(pos),
         "pos_coll": np.array(pos_coll),
         "pos_edit": np.array(pos_edit),
         "neg": negatives,
         "neg_coll": vcol,
     }
+    if verify_k:
+        pos_c = np.array(pos_checks, dtype=float).T
+        pairs.update(
+            pos_layout=pos_c[0], pos_edges=pos_c[1], neg_layout=neg_checks[0], neg_edges=neg_checks[1]
+        )
+    return pairs
+
+
+def _best_checks(checks: list[Check]) -> tuple[float, float]:
+    """The best layout and kept-edges share among checks (NaN where none was checked that way)."""
+    layouts = [c.layout for c in checks if c.layout is not None]
+    edges = [c.edges for c in checks if c.edges is not None]
+    return (max(layouts) if layouts else np.nan, max(edges) if edges else np.nan)
 
 
 # -- all together ------------------------------------------------------------------------------------
@@ -310,6 +445,8 @@ def calibrate(
     hues: int = 5,
     background: bool = True,
     outliers: list[str] | None = None,
+    verify_k: int = Settings.model_fields["copy_verify_k"].default,
+    keypoints: bool = Settings.model_fields["copy_keypoints"].default,
 ) -> dict:
     """Fit temperature, open-set detector and copy threshold on validation data; update model.json
     (`copies_only`: only the copy thresholds, e.g. after the query views changed). `outliers`: auxiliary
@@ -392,11 +529,15 @@ def calibrate(
             exclude,
             holdout,
             views=ViewSet(dihedral=dihedral, peel=peel, deskew=deskew, background=background, hues=hues),
+            verify_k=verify_k,
+            keypoints=keypoints,
         )
         chosen = copy_thresholds(pairs, false_copy)
         m.copies = CopyDetector(
             threshold=chosen["threshold"],
             per_collection=chosen["per_collection"],
+            edges_min=chosen["edges_min"],
+            layout_min=chosen["layout_min"],
             dihedral=dihedral,
             peel=peel,
             deskew=deskew,
@@ -404,7 +545,8 @@ def calibrate(
             background=background,
             precision=chosen["precision"],
             recall=chosen["recall"],
-            target=f"false-copy rate <= {false_copy} per collection on distinct validation tokens",
+            target=f"false-copy rate <= {false_copy} per collection on distinct validation tokens"
+            + (f", checking the best {verify_k} candidates" if verify_k else ""),
             calibrated_on=f"validation split: {len(pairs['pos'])} edited copies, {len(pairs['neg'])} distinct tokens",
         )
         plot_pr_curve(

@@ -348,6 +348,13 @@ def calibrate_cmd(
         True, help="copy queries also run the image on the model's alpha background (one more view)"
     ),
     copies_only: bool = typer.Option(False, help="re-fit only the copy thresholds (keep the rest)"),
+    verify_k: int = typer.Option(
+        50,
+        min=0,
+        help="candidates checked against each pair (the service's copy_verify_k): their checks get minima "
+        "that call a copy alone where validation allows (0: the score alone decides)",
+    ),
+    keypoints: bool = typer.Option(True, help="check painted candidates by keypoints (copy_keypoints)"),
 ) -> None:
     """Fit temperature, unknown detector (+ openset.npz) and copy threshold on validation data."""
     _need_train_extra()
@@ -368,6 +375,8 @@ def calibrate_cmd(
         copies_only=copies_only,
         copies=not openset_only,
         outliers=outliers or None,
+        verify_k=verify_k,
+        keypoints=keypoints,
     )
     if not copies_only:
         typer.echo(
@@ -382,6 +391,8 @@ def calibrate_cmd(
             f"copy thresholds {c['per_collection']} (else {c['threshold']:.4f}): "
             f"val precision {c['precision']:.4f}, recall {c['recall']:.4f}"
         )
+        if c["edges_min"] or c["layout_min"]:
+            typer.echo(f"check minima: kept edges {c['edges_min']}, layout {c['layout_min']}")
 
 
 @app.command("loo")

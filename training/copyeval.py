@@ -22,8 +22,8 @@ import numpy as np
 
 from app.config import Settings
 from app.inference import OnnxModel
-from app.keypoints import Features, features
-from app.verify import check_candidates, stored_rgb, verified_order
+from app.verify import verified_order
+from training.checking import ReferenceChecks, top_candidates
 from training.datasets.select import holdout_keys, select_rows
 from training.edits import EDITS
 from training.reports import markdown_table, plot_grouped_bars, plot_pr_curve
@@ -127,33 +127,24 @@ def evaluate_copies(
             exact[:] = False
         return best, score, exact
 
-    background = m.preprocessing.background_rgb
-    images: dict[int, np.ndarray | None] = {}  # decoded catalog images and keypoint features, made once
-    feats: dict[int, Features] = {}
+    refs = ReferenceChecks([sets["catalog"][k][0] for k in keys], m.preprocessing.background_rgb, keypoints)
 
-    def image(i: int) -> np.ndarray | None:
-        if i not in images:
-            images[i] = stored_rgb(Path(sets["catalog"][keys[i]][0]).read_bytes(), background)
-        return images[i]
-
-    def reranked(best: np.ndarray, sims: np.ndarray, exact: np.ndarray, rgbs: list) -> np.ndarray:
-        """The top-1 the service answers: the best `verify_k` candidates in their checked order."""
+    def checked(
+        best: np.ndarray, sims: np.ndarray, exact: np.ndarray, rgbs: list
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The top-1 the service answers (the best `verify_k` candidates in their checked order), and whether
+        a checked candidate's check reaches its collection's minimum (a copy by the check)."""
+        out, confirmed = best.copy(), np.zeros(len(best), bool)
         if not verify_k or space != "instance":
-            return best
-        out = best.copy()
+            return out, confirmed
         for j in np.flatnonzero(~exact):
-            top = np.argpartition(-sims[j], min(verify_k, sims.shape[1]) - 1)[:verify_k]
-            top = top[np.argsort(-sims[j, top])]
-
-            def cached(n: int, im: np.ndarray, top: np.ndarray = top) -> Features:
-                i = int(top[n])
-                if i not in feats:
-                    feats[i] = features(im)
-                return feats[i]
-
-            checks = check_candidates(rgbs[j], (image(int(i)) for i in top), keypoints, cached)
+            top = top_candidates(sims[j], verify_k)
+            checks = refs.check(rgbs[j], top)
             out[j] = top[verified_order(sims[j, top].tolist(), checks)[0]]
-        return out
+            confirmed[j] = any(
+                detector.confirmed(key_coll[i], c.layout, c.edges) for i, c in zip(top, checks, strict=True)
+            )
+        return out, confirmed
 
     rng = np.random.default_rng(seed)
 
@@ -184,28 +175,34 @@ def evaluate_copies(
         q = q_out[output]
         sims = view_similarity(q, cat)
         by_score, score, exact = exact_stage(q_out, sims)
-        best = reranked(by_score, sims, exact, rgbs)
+        best, confirmed = checked(by_score, sims, exact, rgbs)
         truth = np.array([index[k] for k in originals])
         margin = sims[np.arange(len(q)), truth] - (thr(truth) if detector else 0)
-        positives += np.where(exact & (best == truth), 1.0, margin).tolist()
+        positives += np.where((exact & (best == truth)) | confirmed, 1.0, margin).tolist()
+        called_by_score = exact | (score >= thr(by_score))
         per_edit[name] = {}
         for dom in ("pixel_art", "painted"):
             mask = np.array([_domain(k) == dom for k in originals])
             row = {"n": int(mask.sum()), "top1": float((best[mask] == truth[mask]).mean())}
             if detector is not None:
-                called = exact[mask] | (score[mask] >= thr(by_score[mask]))
+                called = exact[mask] | (score[mask] >= thr(by_score[mask])) | confirmed[mask]
+                row["by_check"] = float((confirmed[mask] & ~called_by_score[mask]).mean())
                 row["is_copy"] = float(called.mean())
                 row["exact_stage"] = float(exact[mask].mean())
                 row["found_and_copy"] = float(((best[mask] == truth[mask]) & called).mean())
             per_edit[name][dom] = row
+    neg_rgbs: list[np.ndarray] = []
     neg_out = infer(
         model,
         [sets["rows"][k][0] for k in distinct],
         desc="distinct tokens",
         views=views,
         fingerprints=True,
+        images=neg_rgbs,
     )
-    neg_arg, neg_best, neg_exact = exact_stage(neg_out, view_similarity(neg_out[output], cat))
+    neg_sims = view_similarity(neg_out[output], cat)
+    neg_arg, neg_best, neg_exact = exact_stage(neg_out, neg_sims)
+    _, neg_confirmed = checked(neg_arg, neg_sims, neg_exact, neg_rgbs)
     result: dict = {
         "model": f"{m.name}@{m.version}",
         "space": space,
@@ -218,6 +215,11 @@ def evaluate_copies(
         "background_view": bool(views and views.background),
         "thresholds": (
             {"default": detector.threshold, **detector.per_collection} if detector is not None else None
+        ),
+        "check_minima": (
+            {"edges": detector.edges_min, "layout": detector.layout_min}
+            if detector is not None and verify_k
+            else None
         ),
         "catalog": {
             "tokens": len(keys),
@@ -232,16 +234,16 @@ def evaluate_copies(
         "data": data,
     }
     if detector is not None:
-        called = neg_exact | (neg_best >= thr(neg_arg))
+        called = neg_exact | (neg_best >= thr(neg_arg)) | neg_confirmed
         result["exact_matches_among_distinct"] = int(neg_exact.sum())
         result["false_copy_rate"] = {
             d: float(called[np.array([_domain(k) == d for k in distinct])].mean())
             for d in ("pixel_art", "painted")
         }
         result["genuine_not_copy_rate"] = float(1 - called.mean())
-        # margins over each pair's threshold: a pair is called a copy at margin >= 0
+        # margins over each pair's threshold: a pair is called a copy at margin >= 0 (1: exact or by a check)
         pos = np.array(positives)
-        neg_margin = np.where(neg_exact, 1.0, neg_best - thr(neg_arg))
+        neg_margin = np.where(neg_exact | neg_confirmed, 1.0, neg_best - thr(neg_arg))
         from training.calibrate import pr_curve, verdict_rates
 
         at = {"threshold": 0.0, **verdict_rates(pos, neg_margin, 0.0, 0.0)}
@@ -305,6 +307,17 @@ def render_markdown(r: dict) -> str:
             + ", ".join(f"{c} {v:.4f}" for c, v in t.items())
             + ".",
         ]
+        minima = r.get("check_minima") or {}
+        if any(minima.values()):
+            lines.append(
+                "A checked candidate is a copy whatever its score at its collection's calibrated check minimum: "
+                + "; ".join(
+                    f"{kind} " + ", ".join(f"{c} {v:g}" for c, v in per.items())
+                    for kind, per in minima.items()
+                    if per
+                )
+                + " (app/verify.py)."
+            )
     lines += ["", markdown_table(rows, cols), "", "![top-1 by edit](top1_by_edit.png)"]
     if t is not None:
         lines.append("![precision-recall on test pairs](pr_curve_test.png)")

@@ -1,0 +1,46 @@
+"""Direct checks (app/verify.py) of many queries against one fixed set of reference images, as evaluation and
+calibration run them: each reference is decoded, and its keypoints found, once."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from app.keypoints import Features, features
+from app.verify import Check, check_candidates, stored_rgb
+
+
+class ReferenceChecks:
+    """Check queries against reference images (image files, by index), caching what each reference costs."""
+
+    def __init__(self, paths: Sequence[Path], background: tuple[int, int, int], keypoints: bool = True):
+        self.paths, self.background, self.keypoints = list(paths), background, keypoints
+        self._images: dict[int, np.ndarray | None] = {}
+        self._features: dict[int, Features] = {}
+
+    def image(self, i: int) -> np.ndarray | None:
+        """Reference i, decoded as the service decodes a stored token's image."""
+        if i not in self._images:
+            self._images[i] = stored_rgb(Path(self.paths[i]).read_bytes(), self.background)
+        return self._images[i]
+
+    def check(self, query_rgb: np.ndarray, candidates: Sequence[int]) -> list[Check]:
+        """The query's check against each candidate reference (best instance-space score first)."""
+        candidates = [int(i) for i in candidates]
+
+        def cached(n: int, image: np.ndarray) -> Features:
+            i = candidates[n]
+            if i not in self._features:
+                self._features[i] = features(image)
+            return self._features[i]
+
+        return check_candidates(query_rgb, (self.image(i) for i in candidates), self.keypoints, cached)
+
+
+def top_candidates(sims: np.ndarray, k: int) -> np.ndarray:
+    """The k best columns of one row of similarities, best first."""
+    k = min(k, len(sims))
+    top = np.argpartition(-sims, k - 1)[:k]
+    return top[np.argsort(-sims[top])]
