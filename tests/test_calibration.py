@@ -209,6 +209,21 @@ def test_copy_thresholds_give_a_check_minimum_only_where_distinct_tokens_stay_be
     assert chosen["layout_min"] == {}  # twins: a layout of 1.0 is no proof of a copy
     assert chosen["false_copy_rate"] <= 0.005 and chosen["recall"] > 0.5
     assert chosen["recall_by_edit"]["crop"] > 0.5
+    # a collection whose few distinct tokens stay far below is held to what all painted negatives allow
+    cats = {
+        "pos": rng.normal(0.8, 0.1, 60),
+        "pos_coll": np.array(["cats"] * 60),
+        "pos_edit": np.array(["crop"] * 60),
+        "neg": rng.normal(0.6, 0.1, 60),
+        "neg_coll": np.array(["cats"] * 60),
+        "pos_edges": rng.uniform(0.9, 1.0, 60),
+        "neg_edges": rng.uniform(0.5, 0.8, 60),
+        "pos_layout": np.full(60, np.nan),
+        "neg_layout": np.full(60, np.nan),
+    }
+    alone = copy_thresholds(cats, 0.005)["edges_min"]["cats"]
+    both = copy_thresholds({k: np.concatenate([pairs[k], cats[k]]) for k in pairs}, 0.005)["edges_min"]
+    assert alone < 0.91 and both["cats"] == pytest.approx(both["apes"]) and both["cats"] >= 0.95
 
 
 def test_shipped_model_manifest_pins_its_statistics(model_dir, tmp_path):

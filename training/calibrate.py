@@ -272,11 +272,29 @@ def called_copies(detector: CopyDetector, scores, colls, layouts, edges) -> np.n
     )
 
 
+def pooled_minimum(
+    pairs: dict, kind: str, collections: dict[str, float], thresholds: dict[str, float], false_copy: float
+) -> float | None:
+    """The least check minimum that, over the distinct tokens of all `collections` together (each called
+    by score at its own threshold), calls at most `false_copy` of them copies (None: the scores alone use
+    the budget up)."""
+    if not collections:
+        return None
+    mask = np.isin(pairs["neg_coll"], list(collections))
+    score_called = pairs["neg"][mask] >= np.array([thresholds[c] for c in pairs["neg_coll"][mask]])
+    left = int(np.floor(false_copy * mask.sum() + 1e-9)) - int(score_called.sum())
+    if left < 0:
+        return None
+    checks = np.sort(np.nan_to_num(pairs[f"neg_{kind}"][mask][~score_called], nan=-np.inf))[::-1]
+    return float(np.nextafter(checks[left], np.inf)) if left < len(checks) else -np.inf
+
+
 def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> dict:
     """A global threshold plus one per collection with at least `min_negatives` distinct validation tokens,
     each keeping that collection's false-copy rate <= `false_copy`; where the pairs carry direct checks
     (`copy_pairs(verify_k=...)`), the collection's check minimum is chosen with its threshold
-    (`checked_threshold`). Rates as the service applies them."""
+    (`checked_threshold`), then raised to what the distinct tokens of every collection checked that way
+    allow together (`pooled_minimum`). Rates as the service applies them."""
     chosen = copy_threshold(pairs["pos"], pairs["neg"], false_copy)
     per: dict[str, float] = {}
     minima: dict[str, dict] = {"edges": {}, "layout": {}}
@@ -299,6 +317,11 @@ def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> 
         )
         if least is not None:
             minima[kind][str(c)] = float(least)
+    for kind, own in minima.items():  # one collection's ~100 negatives cannot vouch for 0.5 %: pool them
+        pooled = pooled_minimum(pairs, kind, own, per, false_copy)
+        for c in own:
+            own[c] = max(own[c], pooled) if pooled is not None else float("inf")
+        minima[kind] = {c: v for c, v in own.items() if np.isfinite(v)}
     detector = CopyDetector(
         threshold=chosen["threshold"],
         per_collection=per,
