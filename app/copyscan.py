@@ -98,6 +98,7 @@ def scan_folder(
         "errors": sum(1 for r in rows if r.get("error")),
         "threshold": detector.threshold,
         "per_collection": detector.per_collection,
+        "check_minima": {"edges": detector.edges_min, "layout": detector.layout_min} if verify_k else {},
         "model": f"{m.name}@{m.version}",
     }
     (out / "SUMMARY.md").write_text(render_summary(folder, rows, summary))
@@ -111,7 +112,14 @@ def render_summary(folder: Path, rows: list[dict], s: dict) -> str:
         "",
         f"Model {s['model']}; copy thresholds (instance-space cosine, from model.json): "
         + ", ".join(f"{c} {t:.4f}" for c, t in sorted(s["per_collection"].items()))
-        + f"; other collections {s['threshold']:.4f}.",
+        + f"; other collections {s['threshold']:.4f}."
+        + "".join(
+            f" A checked candidate is a copy at {kind} "
+            + ", ".join(f"{c} {v:.3f}" for c, v in sorted(per.items()))
+            + " or more."
+            for kind, per in s.get("check_minima", {}).items()
+            if per
+        ),
         "",
         f"- images scanned: {s['images']}",
         f"- flagged as copies of catalogued tokens: **{s['copies']}**",

@@ -29,7 +29,7 @@ class Check:
 
     layout: float | None = None  # sprites: share of pixels whose colour layout the query shows
     keypoints: int | None = None  # paintings: matches one similarity transform explains
-    edges: float | None = None  # paintings: share of the candidate's edges the aligned query keeps
+    edges: float | None = None  # paintings: edge agreement, both ways, once aligned by the keypoints
 
 
 def is_copy(detector: CopyDetector, collection: str, score: float, check: Check) -> bool:
