@@ -408,7 +408,5 @@ def test_a_cropped_painting_is_found_by_its_keypoints_and_called_as_calibrated(
     assert (top["collection"], top["token_id"]) == ("bayc", files[2].stem) and not top["exact"]
     assert top["keypoints"] >= MIN_INLIERS and top["layout"] is None and 0 <= top["edges"] <= 1
     assert all(x["is_copy"] == _called(m, x) for x in body["matches"])
-    assert all(
-        (x["edges"] is None) == (x["keypoints"] is None or x["keypoints"] < MIN_INLIERS)
-        for x in body["matches"]
-    )
+    # `edges` needs the keypoints' transform: none below MIN_INLIERS
+    assert all(x["edges"] is None for x in body["matches"] if (x["keypoints"] or 0) < MIN_INLIERS)
