@@ -99,6 +99,7 @@ int8: outlier-data            ## the int8 variant of the default model: quantise
 	$(BIN)/nftlens calibrate models/default-int8 --method $(OPENSET) --outliers $(DATA)/avatars --out reports/int8
 	$(BIN)/nftlens evaluate models/default-int8 $(TEST_SETS) --label-field collection --no-robustness --out reports/int8
 	$(BIN)/nftlens copies evaluate models/default-int8 --verify-k 0 --out reports/int8/copies
+	$(BIN)/nftlens copies evaluate models/default-int8 --out reports/int8/copies-checked
 
 DENOISE_SWEEP_SETS ?= $(TEST_SETS)
 denoiser: model-data          ## the learned denoiser: train + export, PSNR/SSIM table, the classifier's denoise sweep

@@ -97,7 +97,8 @@ class Settings(BaseSettings):
         ge=0,
         le=1000,
         description="copy search: how many instance-space candidates are checked against the query "
-        "(app/verify.py) and re-ranked before the best k are returned; 0: the instance-space order alone",
+        "(app/verify.py), re-ranked before the best k are returned, and called copies at their collection's "
+        "check minimum (model.json); 0: the instance-space order and the score alone",
     )
     copy_keypoints: bool = Field(
         True,
