@@ -96,23 +96,38 @@ function showClassification(r) {
   $("timings").textContent = `${r.provider} · ${Math.round(r.timings_ms.total)} ms`;
 }
 
+// the direct check a match got (app/verify.py): layout for sprites, keypoint-aligned edges for paintings
+function checkText(m) {
+  if (m.layout != null) return `layout ${m.layout.toFixed(3)}`;
+  if (m.edges != null) return `edges ${m.edges.toFixed(3)}`;
+  return m.keypoints != null ? `${m.keypoints} keypoints` : "";
+}
+
+// why a match is called a copy: the same pixels, its score, or its direct check at the collection's minimum
+function why(m) {
+  if (m.exact) return "the same pixels";
+  if (m.score >= m.threshold) return `score ${m.score.toFixed(4)} ≥ threshold ${m.threshold.toFixed(4)}`;
+  return `its ${checkText(m)} reaches its collection's check minimum (score ${m.score.toFixed(4)})`;
+}
+
 function showCopies(file, copies) {
   if (!copies) {
     $("verdict").textContent = "This model has no copy detector.";
     return;
   }
-  const best = copies.matches[0];
+  const best = copies.matches.find((m) => m.is_copy) || copies.matches[0];
   $("verdict").className = `verdict ${copies.is_copy ? "flag" : "ok"}`;
   $("verdict").textContent = !best ? "The catalog is empty." : copies.is_copy
-    ? `Copy of ${best.collection}/${best.token_id}${best.exact ? " (pixel-exact)" : ""}: score ${best.score.toFixed(4)} ≥ threshold ${best.threshold.toFixed(4)}. Route to review.`
+    ? `Copy of ${best.collection}/${best.token_id}: ${why(best)}. Route to review.`
     : `No copy found: the closest token ${best.collection}/${best.token_id} scores ${best.score.toFixed(4)} < threshold ${best.threshold.toFixed(4)}.`;
   $("matches").replaceChildren(
-    el("tr", {}, ...["", "token", "score", "threshold", "verdict"].map((h) => el("th", { textContent: h }))),
+    el("tr", {}, ...["", "token", "score", "threshold", "check", "verdict"].map((h) => el("th", { textContent: h }))),
     ...copies.matches.map((m) => el("tr", {},
       el("td", {}, el("img", { className: "thumb", src: tokenImage(m.collection, m.token_id), alt: m.token_id })),
       el("td", { textContent: `${m.collection}/${m.token_id}` }),
       el("td", { className: "num", textContent: m.score.toFixed(4) }),
       el("td", { className: "num", textContent: m.threshold.toFixed(4) }),
+      el("td", { className: "num", textContent: checkText(m) }),
       el("td", { className: m.is_copy ? "flag" : "", textContent: m.is_copy ? (m.exact ? "exact copy" : "copy") : "distinct" }))));
   if (!best) return;
   const ref = `${best.collection}/${best.token_id}`;
