@@ -36,7 +36,7 @@ from app.openset import (
     stage_features,
 )
 from app.sprites import GATE
-from app.verify import Check
+from app.verify import Check, is_copy
 from app.views import ViewSet
 from training.checking import ReferenceChecks, top_candidates
 from training.datasets.select import select_rows
@@ -189,11 +189,20 @@ def fit_openset_statistics(
 
 
 # -- copies ------------------------------------------------------------------------------------------
+def _allowed(n: int, false_copy: float) -> int:
+    """How many of n distinct tokens may be called copies within the `false_copy` promise."""
+    return int(np.floor(false_copy * n + 1e-9))
+
+
+def _score_threshold(negatives: np.ndarray, allowed: int) -> float:
+    """The lowest score threshold that calls at most `allowed` of `negatives` copies."""
+    ranked = np.sort(negatives)[::-1]
+    return float(ranked[allowed]) + 1e-6 if allowed < len(ranked) else -1.0
+
+
 def copy_threshold(positives: np.ndarray, negatives: np.ndarray, false_copy: float) -> dict:
     """The lowest threshold that calls at most `false_copy` of `negatives` copies, with P/R at it."""
-    allowed = int(np.floor(false_copy * len(negatives) + 1e-9))
-    ranked = np.sort(negatives)[::-1]
-    threshold = float(ranked[allowed]) + 1e-6 if allowed < len(ranked) else -1.0
+    threshold = _score_threshold(negatives, _allowed(len(negatives), false_copy))
     return {"threshold": threshold, **verdict_rates(positives, negatives, threshold, threshold)}
 
 
@@ -222,7 +231,7 @@ def checked_threshold(
     A pair is called when its score reaches the threshold or its check (NaN: not checked) the minimum; the
     minimum is never below `floor` (the check's own ordering gate). Each minimum just above a negative's check
     is tried, the score threshold then taking what is left of the false-copy budget."""
-    allowed = int(np.floor(false_copy * len(neg) + 1e-9))
+    allowed = _allowed(len(neg), false_copy)
     neg_c, pos_c = np.nan_to_num(neg_check, nan=-np.inf), np.nan_to_num(pos_check, nan=-np.inf)
     above = np.nextafter(neg_c[np.isfinite(neg_c)], np.inf)
     minima = [None, *sorted({float(max(v, floor)) for v in above}, reverse=True)]
@@ -234,8 +243,7 @@ def checked_threshold(
         left = allowed - int(by_check.sum())
         if left < 0:
             continue
-        rest = np.sort(neg[~by_check])[::-1]
-        s = float(rest[left]) + 1e-6 if left < len(rest) else -1.0
+        s = _score_threshold(neg[~by_check], left)
         recall = float(((pos >= s) | ((pos_c >= c) if c is not None else False)).mean())
         if best is None or recall > best[0] + 1e-12:
             best = (recall, s, c)
@@ -258,14 +266,14 @@ def _check_kind(pairs: dict, pos_mask: np.ndarray, neg_mask: np.ndarray) -> str 
 
 
 def called_copies(detector: CopyDetector, scores, colls, layouts, edges) -> np.ndarray:
-    """The served verdict for each pair: score over its collection's threshold, or a check over its minimum."""
+    """The served verdict (`app.verify.is_copy`) for each pair, its checks NaN where not checked."""
 
-    def value(v: float):
-        return None if v is None or not np.isfinite(v) else v
+    def value(v: float) -> float | None:
+        return None if not np.isfinite(v) else float(v)
 
     return np.array(
         [
-            s >= detector.threshold_for(str(c)) or detector.confirmed(str(c), value(lay), value(e))
+            is_copy(detector, str(c), s, Check(layout=value(lay), edges=value(e)))
             for s, c, lay, e in zip(scores, colls, layouts, edges, strict=True)
         ],
         dtype=bool,
@@ -282,7 +290,7 @@ def pooled_minimum(
         return None
     mask = np.isin(pairs["neg_coll"], list(collections))
     score_called = pairs["neg"][mask] >= np.array([thresholds[c] for c in pairs["neg_coll"][mask]])
-    left = int(np.floor(false_copy * mask.sum() + 1e-9)) - int(score_called.sum())
+    left = _allowed(int(mask.sum()), false_copy) - int(score_called.sum())
     if left < 0:
         return None
     checks = np.sort(np.nan_to_num(pairs[f"neg_{kind}"][mask][~score_called], nan=-np.inf))[::-1]

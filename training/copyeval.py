@@ -89,7 +89,7 @@ def evaluate_copies(
 
     As the service does, the best `verify_k` candidates of each non-exact query are checked against it
     (app/verify.py: layout for sprites, keypoints for paintings with `keypoints`) for the top-1; the
-    verdict is the threshold on the best score."""
+    verdict is the threshold on the best score, or a checked candidate at its collection's check minimum."""
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
     m = model.manifest
     output = "instance" if space == "instance" else "embedding"
