@@ -102,8 +102,9 @@ class Settings(BaseSettings):
     )
     copy_keypoints: bool = Field(
         True,
-        description="copy search: check painted candidates by SIFT keypoints (app/keypoints.py; a few ms "
-        "each); off: only pixel-art candidates are checked",
+        description="copy search: align painted candidates by SIFT keypoints (app/keypoints.py; a few ms "
+        "each) for their colour check (app/agreement.py); off: a painting is compared stretched over each "
+        "candidate only (a crop, shift or turn is not found)",
     )
     max_batch_files: int = Field(64, ge=1, description="most files in one /classify/batch or PUT /tokens")
     max_metadata_bytes: int = Field(

@@ -1,13 +1,12 @@
-"""Keypoint check for painted candidates: SIFT matches between the query and a catalogued image that agree
-on one similarity transform, and how much of the candidate's drawing the query, aligned by it, keeps.
+"""Keypoint alignment for painted candidates: SIFT matches between the query and a catalogued image that
+agree on one similarity transform.
 
 A copy keeps the drawing: cropped, zoomed, framed, recoloured, captioned or on a new background, most of
-its corners and blobs are still there, where one shift, scale and turn puts them. A sibling token of the
-same collection shares the base drawing (the same ape body, the same pose) but not its details, so it
-keeps fewer. `match` counts the matches (Lowe's ratio test) that RANSAC fits to one transform
-(`inliers`: orders candidates) and, with the query warped onto the candidate by that transform, how well
-their colour edges agree both ways (`edges`): generative siblings share most of their inliers, since their
-traits are the same layers at the same place, but one has edges the other lacks (a shirt, glasses).
+its corners and blobs are still there, where one shift, scale and turn puts them. `match` counts the
+matches (Lowe's ratio test) that RANSAC fits to one transform (`inliers`: orders candidates) and hands the
+transform on, so that the colour check (app/agreement.py) can compare the two images pixel by pixel.
+Generative siblings share many inliers too (their traits are the same layers at the same place): the
+count orders candidates, the colour check decides.
 """
 
 from __future__ import annotations
@@ -22,11 +21,7 @@ WORK_SIDE = (256, 512)  # images are scaled so their longer side falls in this r
 MAX_FEATURES = 500
 RATIO = 0.8  # Lowe's ratio test
 RANSAC_PX = 6.0  # reprojection error (at the working scale) within which a match is an inlier
-MIN_INLIERS = 20  # a candidate re-ranks by its inliers only at or above this
-EDGE_SIDE = 256  # edges are compared with both images scaled to this longer side
-EDGE_CANNY = (60, 150)  # Canny thresholds, per colour channel
-EDGE_TOLERANCE = 2  # px at EDGE_SIDE: an edge within this distance counts as kept
-MIN_COVER = 0.4  # the aligned query must overlap at least this share of the candidate for `edges`
+MIN_INLIERS = 20  # a candidate re-ranks by its inliers (and is aligned by them) only at or above this
 
 
 @dataclass(frozen=True)
@@ -34,16 +29,12 @@ class Features:
     points: np.ndarray  # [N, 2] float32, keypoint positions at the working scale
     descriptors: np.ndarray | None  # [N, 128] float32
     scale: float = 1.0  # working scale / original size
-    edges: np.ndarray | None = None  # [h, w] uint8 (0/255): colour edges at EDGE_SIDE
-    edge_scale: float = 1.0  # EDGE_SIDE scale / original size
 
 
 @dataclass(frozen=True)
 class Match:
     inliers: int  # matches one similarity transform explains
-    edges: (
-        float | None
-    )  # share of the candidate's edges the aligned query keeps (None: fewer than MIN_INLIERS)
+    transform: np.ndarray | None = None  # 2x3, query pixels -> candidate pixels (None: under MIN_INLIERS)
 
 
 _local = threading.local()  # OpenCV's detector and matcher objects are not shared across threads
@@ -63,17 +54,8 @@ def _scaled(image: np.ndarray, f: float) -> np.ndarray:
     return cv2.resize(image, size, interpolation=cv2.INTER_CUBIC if f > 1 else cv2.INTER_AREA)
 
 
-def colour_edges(rgb: np.ndarray) -> np.ndarray:
-    """Canny edges of each colour channel, together: [H, W] uint8 (0/255)."""
-    out = np.zeros(rgb.shape[:2], np.uint8)
-    for c in range(3):
-        out |= cv2.Canny(np.ascontiguousarray(rgb[..., c]), *EDGE_CANNY)
-    return out
-
-
 def features(rgb: np.ndarray) -> Features:
-    """SIFT keypoints and descriptors of an RGB image, on grey, scaled into `WORK_SIDE`; its colour edges
-    at `EDGE_SIDE`."""
+    """SIFT keypoints and descriptors of an RGB image, on grey, scaled into `WORK_SIDE`."""
     side = max(rgb.shape[:2])
     f = (
         1.0
@@ -82,14 +64,7 @@ def features(rgb: np.ndarray) -> Features:
     )
     grey = _scaled(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), f)
     points, descriptors = _tools()[0].detectAndCompute(grey, None)
-    fe = EDGE_SIDE / side
-    return Features(
-        np.float32([p.pt for p in points]).reshape(-1, 2),
-        descriptors,
-        scale=f,
-        edges=colour_edges(_scaled(rgb, fe)),
-        edge_scale=fe,
-    )
+    return Features(np.float32([p.pt for p in points]).reshape(-1, 2), descriptors, scale=f)
 
 
 def _transform(query: Features, candidate: Features) -> tuple[int, np.ndarray | None]:
@@ -108,35 +83,14 @@ def _transform(query: Features, candidate: Features) -> tuple[int, np.ndarray | 
     return (int(mask.sum()), m) if mask is not None and m is not None else (0, None)
 
 
-def kept_edges(query: Features, candidate: Features, transform: np.ndarray) -> float | None:
-    """How much the two drawings' edges agree with the query warped onto the candidate by `transform`
-    (working scales): the smaller of the share of the candidate's edges the query shows, and of the
-    query's edges the candidate shows, each within `EDGE_TOLERANCE` px, inside the candidate's frame where
-    the query lies. None when that overlap is under `MIN_COVER` of the candidate (a degenerate transform)."""
-    if query.edges is None or candidate.edges is None:
-        return None
-    # the query's edge map -> its working scale -> the candidate's working scale -> the candidate's edge map
-    into = np.diag([query.scale / query.edge_scale] * 2 + [1.0])
-    out = np.diag([candidate.edge_scale / candidate.scale] * 2 + [1.0])
-    m = (out @ np.vstack([transform, [0, 0, 1]]) @ into)[:2]
-    h, w = candidate.edges.shape
-    warped = cv2.warpAffine(query.edges, m, (w, h), flags=cv2.INTER_LINEAR) > 0
-    footprint = cv2.warpAffine(np.full(query.edges.shape, 255, np.uint8), m, (w, h), flags=cv2.INTER_NEAREST)
-    margin = 2 * EDGE_TOLERANCE + 3  # the footprint's own border is no edge of the drawing
-    footprint = cv2.erode(footprint, np.ones((margin, margin), np.uint8)) > 0
-    if footprint.mean() < MIN_COVER:
-        return None
-    near = np.ones((2 * EDGE_TOLERANCE + 1,) * 2, np.uint8)
-    theirs, mine = (candidate.edges > 0) & footprint, warped & footprint
-    kept = (theirs & (cv2.dilate(warped.astype(np.uint8), near) > 0)).sum() / max(int(theirs.sum()), 1)
-    shown = (mine & (cv2.dilate(candidate.edges, near) > 0)).sum() / max(int(mine.sum()), 1)
-    return float(min(kept, shown))
-
-
 def match(query: Features, candidate: Features) -> Match:
-    """How many ratio-test matches one similarity transform explains, and (at `MIN_INLIERS` or more) the
-    share of the candidate's edges the query keeps under it."""
+    """How many ratio-test matches one similarity transform explains, and (at `MIN_INLIERS` or more) that
+    transform in the two images' own pixels."""
     count, transform = _transform(query, candidate)
     if count < MIN_INLIERS or transform is None:
-        return Match(count, None)
-    return Match(count, kept_edges(query, candidate, transform))
+        return Match(count)
+    into, out = (
+        np.diag([query.scale, query.scale, 1.0]),
+        np.diag([1 / candidate.scale, 1 / candidate.scale, 1.0]),
+    )
+    return Match(count, (out @ np.vstack([transform, [0, 0, 1]]) @ into)[:2])

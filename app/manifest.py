@@ -53,7 +53,7 @@ class Calibration(BaseModel):
 class CopyDetector(BaseModel):
     """Copy verdict: a catalog token whose instance-space cosine to the query reaches the threshold of its
     collection (`per_collection`, else the global `threshold`) is a copy, and so is a checked candidate
-    whose direct check reaches its collection's `edges_min` or `layout_min`."""
+    whose direct check reaches its collection's `colours_min` or `layout_min`."""
 
     threshold: float = Field(
         ...,
@@ -77,10 +77,11 @@ class CopyDetector(BaseModel):
     hues: int = Field(
         0, ge=0, le=11, description="this many more query views: the image with its hues turned evenly round"
     )
-    edges_min: dict[str, float] = Field(
+    colours_min: dict[str, float] = Field(
         {},
-        description="per collection: a checked painted candidate whose edges the query keeps at this share or "
-        "more, aligned by their keypoints, is a copy whatever its score (app/keypoints.py; none: never decides)",
+        description="per collection: a checked painted candidate whose figure the aligned query shows in its "
+        "colours (up to one global hue/saturation/brightness change) at this share or more is a copy whatever "
+        "its score (app/agreement.py; none: never decides)",
     )
     layout_min: dict[str, float] = Field(
         {},
@@ -107,11 +108,11 @@ class CopyDetector(BaseModel):
         """The threshold a match from `collection` must reach."""
         return self.per_collection.get(collection, self.threshold)
 
-    def confirmed(self, collection: str, layout: float | None, edges: float | None) -> bool:
+    def confirmed(self, collection: str, layout: float | None, colours: float | None) -> bool:
         """Whether a candidate's direct check alone makes it a copy (its collection's calibrated minimum)."""
-        lmin, emin = self.layout_min.get(collection), self.edges_min.get(collection)
+        lmin, cmin = self.layout_min.get(collection), self.colours_min.get(collection)
         return (layout is not None and lmin is not None and layout >= lmin) or (
-            edges is not None and emin is not None and edges >= emin
+            colours is not None and cmin is not None and colours >= cmin
         )
 
 

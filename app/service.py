@@ -290,7 +290,7 @@ class Service:
                 "is_copy": called,
                 "layout": None if c.layout is None else round(c.layout, 4),
                 "keypoints": c.keypoints,
-                "edges": None if c.edges is None else round(c.edges, 4),
+                "colours": None if c.colours is None else round(c.colours, 4),
                 "metadata": h.metadata,
             }
             for h, c, called in ranked[:k]

@@ -1,11 +1,14 @@
-"""Candidate checks for the copy search: the instance space proposes, a direct look at the pixels orders.
+"""Candidate checks for the copy search: the instance space proposes, a direct look at the pixels orders
+and confirms.
 
 The best `copy_verify_k` candidates of a copy query are checked against the query itself: sprites (pixel
-art) by their colour layout (`app/sprites.py`), paintings by SIFT keypoints that agree on one similarity
-transform (`app/keypoints.py`). Candidates that pass (layout >= `GATE`, inliers >= `MIN_INLIERS`) come
-first, best checked first; the rest keep the instance-space order. The copy verdict (`is_copy`) is the
-calibrated instance-space threshold, or a check that reaches its collection's minimum, chosen on
-validation pairs with the thresholds (`nftlens calibrate`: only where distinct tokens never reach it).
+art) by their colour layout (`app/sprites.py`); paintings by SIFT keypoints that agree on one similarity
+transform (`app/keypoints.py`), and by their colour agreement (`app/agreement.py`) with the query aligned
+by that transform or simply stretched over the candidate, whichever agrees more. Candidates that pass
+(layout >= `GATE`, inliers >= `MIN_INLIERS`) come first, best checked first; the rest keep the
+instance-space order. The copy verdict (`is_copy`) is the calibrated instance-space threshold, or a check
+that reaches its collection's minimum, chosen on validation pairs with the thresholds (`nftlens
+calibrate`: only as far as distinct tokens allow).
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from app.agreement import agreement, scale_transform
 from app.catalog import Catalog, Neighbour
 from app.errors import NftlensError
 from app.imaging import decode_image
-from app.keypoints import MIN_INLIERS, Features, features, match
+from app.keypoints import MIN_INLIERS, Features, Match, features, match
 from app.manifest import CopyDetector
 from app.sprites import GATE, candidate_layouts, collapse_runs, native_sprite
 
@@ -29,14 +33,14 @@ class Check:
 
     layout: float | None = None  # sprites: share of pixels whose colour layout the query shows
     keypoints: int | None = None  # paintings: matches one similarity transform explains
-    edges: float | None = None  # paintings: edge agreement, both ways, once aligned by the keypoints
+    colours: float | None = None  # paintings: share of the figure the aligned query shows in its colours
 
 
 def is_copy(detector: CopyDetector, collection: str, score: float, check: Check) -> bool:
     """The served verdict on one candidate: its score reaches its collection's threshold, or its direct
     check reaches the collection's calibrated minimum."""
     return score >= detector.threshold_for(collection) or detector.confirmed(
-        collection, check.layout, check.edges
+        collection, check.layout, check.colours
     )
 
 
@@ -55,28 +59,40 @@ def check_candidates(
     features_of: Callable[[int, np.ndarray], Features] | None = None,
 ) -> list[Check]:
     """Each candidate's check against the query, from its decoded image (best instance-space score first):
-    the layout check for sprites, keypoints for other images (with `keypoints`, for a painted query),
-    nothing for candidates without an image.
+    the layout check for sprites; for other images, when the query is painted, its colour agreement and
+    (with `keypoints`) its keypoints; nothing for candidates without an image.
     `features_of(i, image)` may hand over candidate i's keypoint features from a cache."""
     images = list(images)
     sprites = [None if im is None else native_sprite(im) for im in images]
     layouts = candidate_layouts(query_rgb, sprites)
-    # keypoints are for a painted query: not when the best candidate is a sprite (the query is pixel
-    # art, whose pixel corners match paintings' too), nor a pixelated query (SIFT sees its blocks)
-    keypoints = keypoints and bool(images) and sprites[0] is None and collapse_runs(query_rgb) is None
+    # a painted query: not when the best candidate is a sprite (the query is pixel art, whose pixel
+    # corners match paintings' too); keypoints not for a pixelated query either (SIFT sees its blocks)
+    painted = bool(images) and sprites[0] is None
+    keypoints = keypoints and painted and collapse_runs(query_rgb) is None
     query_features = None
     out: list[Check] = []
     for i, (image, sprite, layout) in enumerate(zip(images, sprites, layouts, strict=True)):
         if sprite is not None:
             out.append(Check(layout=layout))
-        elif image is not None and keypoints:
-            query_features = query_features or features(query_rgb)
-            found = features_of(i, image) if features_of else features(image)
-            found = match(query_features, found)
-            out.append(Check(keypoints=found.inliers, edges=found.edges))
+        elif image is not None and painted:
+            found = None
+            if keypoints:
+                query_features = query_features or features(query_rgb)
+                found = match(query_features, features_of(i, image) if features_of else features(image))
+            inliers = None if found is None else found.inliers
+            out.append(Check(keypoints=inliers, colours=colour_check(query_rgb, image, found)))
         else:
             out.append(Check())
     return out
+
+
+def colour_check(query_rgb: np.ndarray, image: np.ndarray, found: Match | None = None) -> float | None:
+    """A painted candidate's colour agreement with the query (app/agreement.py), the better of the query
+    stretched over it and (with `found` keypoints) aligned by their transform."""
+    values = [agreement(query_rgb, image, scale_transform(query_rgb.shape, image.shape))]
+    if found is not None and found.transform is not None:
+        values.append(agreement(query_rgb, image, found.transform))
+    return max((v for v in values if v is not None), default=None)
 
 
 def rank_by_checks(

@@ -171,18 +171,18 @@ def test_copy_threshold_keeps_the_false_copy_promise():
 
 def test_a_check_minimum_calls_more_copies_within_the_same_false_copy_budget():
     rng = np.random.default_rng(5)
-    neg, neg_edges = rng.normal(0.5, 0.1, 400), rng.uniform(0.6, 0.95, 400)
-    pos, pos_edges = rng.normal(0.7, 0.1, 300), rng.uniform(0.9, 1.0, 300)
-    neg_edges[:50] = np.nan  # not checked (e.g. fewer keypoints than MIN_INLIERS)
+    neg, neg_colours = rng.normal(0.5, 0.1, 400), rng.uniform(0.6, 0.95, 400)
+    pos, pos_colours = rng.normal(0.7, 0.1, 300), rng.uniform(0.9, 1.0, 300)
+    neg_colours[:50] = np.nan  # not checked (e.g. no figure to compare)
     score_alone = copy_threshold(pos, neg, 0.005)
-    s, least = checked_threshold(pos, pos_edges, neg, neg_edges, 0.005, floor=0.9)
+    s, least = checked_threshold(pos, pos_colours, neg, neg_colours, 0.005, floor=0.9)
     assert least is not None and least >= 0.9
-    called = (neg >= s) | (np.nan_to_num(neg_edges, nan=-1) >= least)
+    called = (neg >= s) | (np.nan_to_num(neg_colours, nan=-1) >= least)
     assert called.sum() <= int(0.005 * len(neg))  # the union keeps the promise
-    recall = ((pos >= s) | (pos_edges >= least)).mean()
+    recall = ((pos >= s) | (pos_colours >= least)).mean()
     assert recall > score_alone["recall"] + 0.3
     # a check that distinct tokens reach as easily as copies never decides: the score alone is left
-    s, least = checked_threshold(pos, pos_edges, neg, np.ones(len(neg)), 0.005, floor=0.9)
+    s, least = checked_threshold(pos, pos_colours, neg, np.ones(len(neg)), 0.005, floor=0.9)
     assert least is None and s == pytest.approx(score_alone["threshold"])
     # nothing checked at all: the same as the score alone
     s, least = checked_threshold(pos, np.full(len(pos), np.nan), neg, np.full(len(neg), np.nan), 0.005, 0.9)
@@ -198,14 +198,14 @@ def test_copy_thresholds_give_a_check_minimum_only_where_distinct_tokens_stay_be
         "pos_edit": np.array(["crop", "logo"] * p),
         "neg": rng.normal(0.6, 0.1, 2 * n),
         "neg_coll": np.array(["apes"] * n + ["punks"] * n),
-        # apes are paintings (edges), punks sprites (layout) whose distinct tokens often share a layout
-        "pos_edges": np.r_[rng.uniform(0.95, 1.0, p), np.full(p, np.nan)],
-        "neg_edges": np.r_[rng.uniform(0.5, 0.96, n), np.full(n, np.nan)],
+        # apes are paintings (colours), punks sprites (layout) whose distinct tokens often share a layout
+        "pos_colours": np.r_[rng.uniform(0.95, 1.0, p), np.full(p, np.nan)],
+        "neg_colours": np.r_[rng.uniform(0.5, 0.96, n), np.full(n, np.nan)],
         "pos_layout": np.r_[np.full(p, np.nan), np.ones(p)],
         "neg_layout": np.r_[np.full(n, np.nan), np.where(rng.random(n) < 0.5, 1.0, 0.7)],
     }
     chosen = copy_thresholds(pairs, 0.005)
-    assert set(chosen["edges_min"]) == {"apes"} and 0.95 <= chosen["edges_min"]["apes"] <= 0.97
+    assert set(chosen["colours_min"]) == {"apes"} and 0.95 <= chosen["colours_min"]["apes"] <= 0.97
     assert chosen["layout_min"] == {}  # twins: a layout of 1.0 is no proof of a copy
     assert chosen["false_copy_rate"] <= 0.005 and chosen["recall"] > 0.5
     assert chosen["recall_by_edit"]["crop"] > 0.5
@@ -216,13 +216,13 @@ def test_copy_thresholds_give_a_check_minimum_only_where_distinct_tokens_stay_be
         "pos_edit": np.array(["crop"] * 60),
         "neg": rng.normal(0.6, 0.1, 60),
         "neg_coll": np.array(["cats"] * 60),
-        "pos_edges": rng.uniform(0.9, 1.0, 60),
-        "neg_edges": rng.uniform(0.5, 0.8, 60),
+        "pos_colours": rng.uniform(0.9, 1.0, 60),
+        "neg_colours": rng.uniform(0.5, 0.8, 60),
         "pos_layout": np.full(60, np.nan),
         "neg_layout": np.full(60, np.nan),
     }
-    alone = copy_thresholds(cats, 0.005)["edges_min"]["cats"]
-    both = copy_thresholds({k: np.concatenate([pairs[k], cats[k]]) for k in pairs}, 0.005)["edges_min"]
+    alone = copy_thresholds(cats, 0.005)["colours_min"]["cats"]
+    both = copy_thresholds({k: np.concatenate([pairs[k], cats[k]]) for k in pairs}, 0.005)["colours_min"]
     assert alone < 0.91 and both["cats"] == pytest.approx(both["apes"]) and both["cats"] >= 0.95
 
 

@@ -312,7 +312,7 @@ def _called(m, match: dict) -> bool:
     return (
         match["exact"]
         or match["score"] >= match["threshold"]
-        or m.copies.confirmed(match["collection"], match["layout"], match["edges"])
+        or m.copies.confirmed(match["collection"], match["layout"], match["colours"])
     )
 
 
@@ -406,7 +406,7 @@ def test_a_cropped_painting_is_found_by_its_keypoints_and_called_as_calibrated(
     body = r.json()
     top = body["matches"][0]
     assert (top["collection"], top["token_id"]) == ("bayc", files[2].stem) and not top["exact"]
-    assert top["keypoints"] >= MIN_INLIERS and top["layout"] is None and 0 <= top["edges"] <= 1
+    assert top["keypoints"] >= MIN_INLIERS and top["layout"] is None
+    # aligned by those keypoints, the crop shows its original's colours more than any sibling's
+    assert top["colours"] > max(x["colours"] for x in body["matches"][1:]), body["matches"]
     assert all(x["is_copy"] == _called(m, x) for x in body["matches"])
-    # `edges` needs the keypoints' transform: none below MIN_INLIERS
-    assert all(x["edges"] is None for x in body["matches"] if (x["keypoints"] or 0) < MIN_INLIERS)

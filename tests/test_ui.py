@@ -79,7 +79,7 @@ def test_check_an_image_shows_label_heatmap_copy_and_neighbours(setup, punks, mo
         if load_manifest(model_dir).copies is not None:
             assert "Copy of cryptopunks/5: the same pixels" in shown["verdict"], shown
             headers = page.locator("#matches th").all_text_contents()
-            assert "check" in headers, headers  # each match's layout or edges, the direct check's value
+            assert "check" in headers, headers  # each match's layout or colours, the direct check's value
             assert page.get_attribute("#copy-original", "src").endswith("/tokens/cryptopunks/5/image")
     assert shown["label"] == "cryptopunks" and not shown["error"], shown
     assert shown["neighbours"] == 12 and heat >= 256  # pixel art is enlarged under its heatmap

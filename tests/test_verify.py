@@ -7,7 +7,7 @@ import pytest
 
 from app.imaging import decode_image
 from app.keypoints import MIN_INLIERS, Match, features, match
-from app.verify import Check, check_candidates, verified_order
+from app.verify import Check, check_candidates, colour_check, verified_order
 
 BACKGROUND = (99, 133, 150)
 
@@ -34,20 +34,22 @@ def test_an_edited_painting_keeps_more_keypoints_with_its_original_than_with_its
             [c.keypoints for c in checks],
         )
         assert verified_order([0.5] * len(apes), checks)[0] == j
-        # aligned by its keypoints, the copy keeps more of its original's edges than any sibling's
-        siblings = [c.edges for k, c in enumerate(checks) if k != j and c.edges is not None]
-        assert checks[j].edges > max(siblings, default=0.0), (edit, j, checks[j].edges, siblings)
+        # aligned, the copy shows more of its original's figure in its colours than of any sibling's
+        siblings = [c.colours for k, c in enumerate(checks) if k != j and c.colours is not None]
+        assert checks[j].colours > max(siblings, default=0.0), (edit, j, checks[j].colours, siblings)
 
 
 def test_keypoints_on_flat_and_tiny_images_and_the_switch(apes):
     flat = np.full((128, 128, 3), 90, np.uint8)
-    assert match(features(flat), features(apes[0])) == Match(0, None)  # no keypoints: nothing to match
+    assert match(features(flat), features(apes[0])) == Match(0)  # no keypoints: nothing to match
     tiny = features(apes[0][:8, :8])
     assert match(tiny, features(apes[0])).inliers >= 0
-    assert check_candidates(apes[0], [apes[0], None], keypoints=False) == [Check(), Check()]
+    assert check_candidates(apes[0], [apes[0], None], keypoints=False) == [Check(colours=1.0), Check()]
     big = np.kron(apes[0], np.ones((16, 16, 1), np.uint8))  # 2048 px: worked on at 512
     found = match(features(big), features(apes[0]))
-    assert found.inliers >= MIN_INLIERS and found.edges > 0.97  # the same drawing, 16 times larger
+    assert found.inliers >= MIN_INLIERS and found.transform is not None  # the same drawing, 16 times larger
+    assert np.allclose(found.transform[:, :2], np.eye(2) / 16, atol=0.002)  # in the images' own pixels
+    assert colour_check(big, apes[0], found) > 0.99
 
 
 def test_verified_order_puts_checked_candidates_first():
@@ -76,17 +78,21 @@ def test_degenerate_images_are_checked_without_error(apes):
     for query in images:
         for check in check_candidates(query, images):
             assert (check.layout is None or 0 <= check.layout <= 1) and (check.keypoints or 0) >= 0
+            assert check.colours is None or 0 <= check.colours <= 1
 
 
 def test_keypoints_are_for_painted_queries_only(apes, punks):
-    """A pixelated query (SIFT would see its blocks) and a query whose best candidate is a sprite (pixel
-    art) leave paintings unchecked."""
+    """A pixelated query (SIFT would see its blocks) gets the colour check without keypoints, stretched
+    over each candidate; a query whose best candidate is a sprite (pixel art) leaves paintings unchecked."""
     from training.edits import apply_edit
 
     pixelated = apply_edit("pixelate", apes[1], np.random.default_rng(0))
-    assert all(c.keypoints is None for c in check_candidates(pixelated, apes))
+    checks = check_candidates(pixelated, apes)
+    assert all(c.keypoints is None and c.colours is not None for c in checks)
+    assert checks[1].colours == max(c.colours for c in checks)
     punk = decode_image(punks.image_path(punks.rows[5]).read_bytes(), BACKGROUND)
     checks = check_candidates(apply_edit("text", punk, np.random.default_rng(0)), [punk, *apes])
-    assert checks[0].layout is not None and all(c.keypoints is None for c in checks[1:])
+    assert checks[0].layout is not None
+    assert all(c.keypoints is None and c.colours is None for c in checks[1:])
     # the same painting first: checked
     assert check_candidates(apes[1], [apes[1], punk])[0].keypoints >= MIN_INLIERS

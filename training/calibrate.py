@@ -46,7 +46,7 @@ from training.runner import edit_transform, infer, view_similarity
 from training.stagestats import is_stage_output
 
 STATS_FILE = "openset.npz"
-EDGES_FLOOR = 0.9  # a kept-edges minimum is never below this (a copy keeps most of its drawing)
+COLOURS_FLOOR = 0.9  # a colour-agreement minimum is never below this (a copy keeps most of its figure)
 OPENSET_METHODS = ("max_probability", "energy", "mahalanobis", "knn", "multilayer")
 
 
@@ -252,20 +252,20 @@ def checked_threshold(
 
 
 def _check_kind(pairs: dict, pos_mask: np.ndarray, neg_mask: np.ndarray) -> str | None:
-    """The direct check a collection's pairs carry ("edges" or "layout"), None when unchecked."""
+    """The direct check a collection's pairs carry ("colours" or "layout"), None when unchecked."""
     counts = {
         kind: int(
             np.isfinite(pairs[f"pos_{kind}"][pos_mask]).sum()
             + np.isfinite(pairs[f"neg_{kind}"][neg_mask]).sum()
         )
-        for kind in ("edges", "layout")
+        for kind in ("colours", "layout")
         if f"pos_{kind}" in pairs
     }
     kind = max(counts, key=counts.get, default=None)
     return kind if kind and counts[kind] else None
 
 
-def called_copies(detector: CopyDetector, scores, colls, layouts, edges) -> np.ndarray:
+def called_copies(detector: CopyDetector, scores, colls, layouts, colours) -> np.ndarray:
     """The served verdict (`app.verify.is_copy`) for each pair, its checks NaN where not checked."""
 
     def value(v: float) -> float | None:
@@ -273,8 +273,8 @@ def called_copies(detector: CopyDetector, scores, colls, layouts, edges) -> np.n
 
     return np.array(
         [
-            is_copy(detector, str(c), s, Check(layout=value(lay), edges=value(e)))
-            for s, c, lay, e in zip(scores, colls, layouts, edges, strict=True)
+            is_copy(detector, str(c), s, Check(layout=value(lay), colours=value(col)))
+            for s, c, lay, col in zip(scores, colls, layouts, colours, strict=True)
         ],
         dtype=bool,
     )
@@ -305,8 +305,8 @@ def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> 
     allow together (`pooled_minimum`). Rates as the service applies them."""
     chosen = copy_threshold(pairs["pos"], pairs["neg"], false_copy)
     per: dict[str, float] = {}
-    minima: dict[str, dict] = {"edges": {}, "layout": {}}
-    floors = {"edges": EDGES_FLOOR, "layout": GATE}
+    minima: dict[str, dict] = {"colours": {}, "layout": {}}
+    floors = {"colours": COLOURS_FLOOR, "layout": GATE}
     for c in np.unique(pairs["neg_coll"]):
         pm, nm = pairs["pos_coll"] == c, pairs["neg_coll"] == c
         if nm.sum() < min_negatives or not pm.any():
@@ -333,7 +333,7 @@ def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> 
     detector = CopyDetector(
         threshold=chosen["threshold"],
         per_collection=per,
-        edges_min=minima["edges"],
+        colours_min=minima["colours"],
         layout_min=minima["layout"],
     )
     unchecked = {side: np.full(len(pairs[side]), np.nan) for side in ("pos", "neg")}
@@ -343,7 +343,7 @@ def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> 
             pairs[side],
             pairs[f"{side}_coll"],
             pairs.get(f"{side}_layout", unchecked[side]),
-            pairs.get(f"{side}_edges", unchecked[side]),
+            pairs.get(f"{side}_colours", unchecked[side]),
         )
         for side in ("pos", "neg")
     )
@@ -352,7 +352,7 @@ def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> 
     return {
         "threshold": chosen["threshold"],
         "per_collection": per,
-        "edges_min": minima["edges"],
+        "colours_min": minima["colours"],
         "layout_min": minima["layout"],
         "recall": tp / len(pos_called),
         "precision": tp / max(tp + fp, 1),
@@ -392,7 +392,7 @@ def copy_pairs(
     Negatives: for each validation image, its highest similarity to any *other* token of its collection in
     the train + val splits (the nearest distinct token: what a genuine new mint meets in the catalog).
     Returns pos, pos_coll, pos_edit, neg, neg_coll; with `verify_k`, also each pair's direct checks
-    (app/verify.py) as pos_/neg_layout and pos_/neg_edges (NaN: not checked that way): a positive's
+    (app/verify.py) as pos_/neg_layout and pos_/neg_colours (NaN: not checked that way): a positive's
     against its original, a negative's best over its `verify_k` nearest distinct tokens.
     """
     vpaths, vrows = select_rows(data, "val", label_field, exclude, holdout)
@@ -407,7 +407,7 @@ def copy_pairs(
     tkey = np.array([f"{r['collection']}/{r['token_id'] or r['path']}" for r in trows])
     refs = ReferenceChecks([*tpaths, *vpaths], model.manifest.preprocessing.background_rgb, keypoints)
     negatives = np.full(len(vrows), -1.0)
-    neg_checks = np.full((2, len(vrows)), np.nan)  # layout, edges
+    neg_checks = np.full((2, len(vrows)), np.nan)  # layout, colours
     for c in tqdm(np.unique(vcol), desc="copy negatives", leave=False):
         vi, ti = np.flatnonzero(vcol == c), np.flatnonzero(tcol == c)
         sims = view_similarity(val_q[vi], np.concatenate([ref[ti], val[vi]]))
@@ -449,16 +449,16 @@ def copy_pairs(
     if verify_k:
         pos_c = np.array(pos_checks, dtype=float).T
         pairs.update(
-            pos_layout=pos_c[0], pos_edges=pos_c[1], neg_layout=neg_checks[0], neg_edges=neg_checks[1]
+            pos_layout=pos_c[0], pos_colours=pos_c[1], neg_layout=neg_checks[0], neg_colours=neg_checks[1]
         )
     return pairs
 
 
 def _best_checks(checks: list[Check]) -> tuple[float, float]:
-    """The best layout and kept-edges share among checks (NaN where none was checked that way)."""
+    """The best layout and colour agreement among checks (NaN where none was checked that way)."""
     layouts = [c.layout for c in checks if c.layout is not None]
-    edges = [c.edges for c in checks if c.edges is not None]
-    return (max(layouts) if layouts else np.nan, max(edges) if edges else np.nan)
+    colours = [c.colours for c in checks if c.colours is not None]
+    return (max(layouts) if layouts else np.nan, max(colours) if colours else np.nan)
 
 
 # -- all together ------------------------------------------------------------------------------------
@@ -567,7 +567,7 @@ def calibrate(
         m.copies = CopyDetector(
             threshold=chosen["threshold"],
             per_collection=chosen["per_collection"],
-            edges_min=chosen["edges_min"],
+            colours_min=chosen["colours_min"],
             layout_min=chosen["layout_min"],
             dihedral=dihedral,
             peel=peel,

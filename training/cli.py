@@ -391,8 +391,8 @@ def calibrate_cmd(
             f"copy thresholds {c['per_collection']} (else {c['threshold']:.4f}): "
             f"val precision {c['precision']:.4f}, recall {c['recall']:.4f}"
         )
-        if c["edges_min"] or c["layout_min"]:
-            typer.echo(f"check minima: kept edges {c['edges_min']}, layout {c['layout_min']}")
+        if c["colours_min"] or c["layout_min"]:
+            typer.echo(f"check minima: colours {c['colours_min']}, layout {c['layout_min']}")
 
 
 @app.command("loo")

@@ -142,7 +142,7 @@ def evaluate_copies(
             checks = refs.check(rgbs[j], top)
             out[j] = top[verified_order(sims[j, top].tolist(), checks)[0]]
             confirmed[j] = any(
-                detector.confirmed(key_coll[i], c.layout, c.edges) for i, c in zip(top, checks, strict=True)
+                detector.confirmed(key_coll[i], c.layout, c.colours) for i, c in zip(top, checks, strict=True)
             )
         return out, confirmed
 
@@ -217,7 +217,7 @@ def evaluate_copies(
             {"default": detector.threshold, **detector.per_collection} if detector is not None else None
         ),
         "check_minima": (
-            {"edges": detector.edges_min, "layout": detector.layout_min}
+            {"colours": detector.colours_min, "layout": detector.layout_min}
             if detector is not None and verify_k
             else None
         ),

@@ -189,10 +189,11 @@ class CopyMatch(TokenRef):
         description="painted candidates: SIFT matches with the image that one similarity transform explains; "
         "candidates with 20 or more are ranked next (app/keypoints.py)",
     )
-    edges: float | None = Field(
+    colours: float | None = Field(
         None,
-        description="painted candidates with 20 keypoints or more: share of the token's colour edges the image, "
-        "aligned by those keypoints, keeps (0-1); at its collection's `edges_min` in model.json the match is a copy",
+        description="painted candidates: share of the token's figure that the image, aligned (by the keypoints, "
+        "or stretched over it), shows in the token's colours up to one global hue/saturation/brightness change "
+        "(0-1, app/agreement.py); at its collection's `colours_min` in model.json the match is a copy",
     )
     metadata: dict[str, Any]
 

@@ -96,10 +96,10 @@ function showClassification(r) {
   $("timings").textContent = `${r.provider} · ${Math.round(r.timings_ms.total)} ms`;
 }
 
-// the direct check a match got (app/verify.py): layout for sprites, keypoint-aligned edges for paintings
+// the direct check a match got (app/verify.py): layout for sprites, colour agreement for paintings
 function checkText(m) {
   if (m.layout != null) return `layout ${m.layout.toFixed(3)}`;
-  if (m.edges != null) return `edges ${m.edges.toFixed(3)}`;
+  if (m.colours != null) return `colours ${m.colours.toFixed(3)}`;
   return m.keypoints != null ? `${m.keypoints} keypoints` : "";
 }
 

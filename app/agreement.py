@@ -1,0 +1,83 @@
+"""Colour agreement for painted candidates: how much of a catalogued token's figure an aligned query shows
+in the same colours, up to one global hue, saturation and brightness change.
+
+A copy keeps the drawing *and* its colours: cropped, framed, captioned, re-encoded or on a new background,
+the pixels it still shows are the original's, and a hue rotation or a saturation filter changes every
+colour the same way. A sibling token of the same collection is the same base drawing at the same place
+with one or more traits swapped: a hat, a shirt, the eyes differ as whole regions, which no single colour
+change explains. `agreement` warps the query onto the candidate (a similarity transform, e.g. from the
+keypoint check), fits the global change, and returns the share of the candidate's figure (its pixels not
+joined to the border's colour) where the two agree; disagreements thinner than `OPENING` px (anti-aliased
+outlines, resampling, thin caption strokes) are not counted.
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+from app.imaging import background_region
+
+SIDE = 96  # both images are compared with the candidate scaled to this longer side
+TOLERANCE = 40.0  # RGB distance (0-255 scale) within which two pixels agree
+OPENING = 3  # disagreements that a square opening of this size removes do not count
+MIN_FIGURE = 0.1  # the candidate's figure inside the aligned query must cover this share of it ...
+MIN_COVER = 0.4  # ... and the query this share of the candidate, or there is nothing to compare
+SATURATED, LIT = 60, 30  # HSV levels above which a pixel's hue (saturation, brightness) is trusted
+
+
+def scale_transform(query_shape: tuple[int, ...], candidate_shape: tuple[int, ...]) -> np.ndarray:
+    """The 2x3 transform that stretches the query over the candidate's frame (no keypoints needed: a
+    re-encoded, recoloured or pixelated copy keeps its framing)."""
+    (qh, qw), (ch, cw) = query_shape[:2], candidate_shape[:2]
+    return np.float64([[cw / qw, 0, 0], [0, ch / qh, 0]])
+
+
+def _global_change(query: np.ndarray, candidate: np.ndarray, where: np.ndarray) -> np.ndarray:
+    """The candidate with the hue shift, saturation and brightness factors that best turn it into the query
+    (the shift: the histogram mode of hue differences; the factors: median ratios), as float RGB."""
+    hq = cv2.cvtColor(query, cv2.COLOR_RGB2HSV).astype(np.float32)
+    hc = cv2.cvtColor(candidate, cv2.COLOR_RGB2HSV).astype(np.float32)
+    shift = 0.0
+    hued = where & (hc[..., 1] > SATURATED) & (hq[..., 1] > SATURATED) & (hc[..., 2] > SATURATED)
+    if hued.sum() > 10:  # OpenCV hue runs 0..179
+        diff = np.round((hq[..., 0] - hc[..., 0])[hued]).astype(int) % 180
+        hist = np.bincount(diff, minlength=180).astype(float)
+        hist = np.convolve(np.r_[hist[-3:], hist, hist[:3]], np.ones(7), "valid")  # circular smoothing
+        shift = float(np.argmax(hist))
+    factors = []
+    for ch in (1, 2):
+        lit = where & (hc[..., ch] > LIT)
+        factors.append(float(np.median(hq[..., ch][lit] / hc[..., ch][lit])) if lit.sum() > 10 else 1.0)
+    hc[..., 0] = (hc[..., 0] + shift) % 180
+    hc[..., 1] = np.clip(hc[..., 1] * factors[0], 0, 255)
+    hc[..., 2] = np.clip(hc[..., 2] * factors[1], 0, 255)
+    return cv2.cvtColor(hc.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
+
+
+def agreement(query: np.ndarray, candidate: np.ndarray, transform: np.ndarray) -> float | None:
+    """Share of the candidate's figure that the query, moved by `transform` (2x3, query pixels ->
+    candidate pixels), shows in the candidate's colours after one global hue/saturation/brightness change.
+    None when the aligned query covers too little of the candidate (a degenerate transform)."""
+    ch, cw = candidate.shape[:2]
+    f = SIDE / max(ch, cw)
+    size = (max(1, round(cw * f)), max(1, round(ch * f)))
+    small = cv2.resize(candidate, size, interpolation=cv2.INTER_AREA)
+    m = np.diag([f, f, 1.0]) @ np.vstack([transform, [0, 0, 1]])
+    g = min(1.0, f * float(np.sqrt(abs(np.linalg.det(transform[:, :2])))))  # shrink the query first
+    if g < 1.0:
+        qh, qw = query.shape[:2]
+        query = cv2.resize(
+            query, (max(1, round(qw * g)), max(1, round(qh * g))), interpolation=cv2.INTER_AREA
+        )
+        m = m @ np.diag([qw / query.shape[1], qh / query.shape[0], 1.0])
+    warped = cv2.warpAffine(query, m[:2], size, flags=cv2.INTER_LINEAR)
+    cover = cv2.warpAffine(np.full(query.shape[:2], 255, np.uint8), m[:2], size, flags=cv2.INTER_NEAREST)
+    cover = cv2.erode(cover, np.ones((3, 3), np.uint8)) > 0  # the footprint's own edge is interpolated
+    where = cover & ~background_region(small)
+    if cover.mean() < MIN_COVER or where.mean() < MIN_FIGURE:
+        return None
+    expected = _global_change(warped, small, where)
+    differ = (np.linalg.norm(warped.astype(np.float32) - expected, axis=-1) >= TOLERANCE) & where
+    differ = cv2.morphologyEx(differ.astype(np.uint8), cv2.MORPH_OPEN, np.ones((OPENING, OPENING), np.uint8))
+    return float(1.0 - differ.sum() / where.sum())

@@ -1,0 +1,61 @@
+"""The colour check (app/agreement.py) on real painted thumbnails: what it forgives and what it counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from app.agreement import agreement, scale_transform
+from app.imaging import background_region, decode_image
+
+BACKGROUND = (99, 133, 150)
+
+
+@pytest.fixture(scope="module")
+def apes(shared_data) -> list[np.ndarray]:
+    files = sorted((shared_data / "nft-thumbs" / "bayc").glob("*.webp"))[:6]
+    return [decode_image(f.read_bytes(), BACKGROUND) for f in files]
+
+
+def stretched(query: np.ndarray, candidate: np.ndarray) -> float | None:
+    return agreement(query, candidate, scale_transform(query.shape, candidate.shape))
+
+
+@pytest.mark.parametrize("edit", ["exact", "reencode_resize", "colour_shift", "saturate", "background_swap"])
+def test_a_copy_in_the_same_frame_agrees_almost_everywhere(apes, edit):
+    from training.edits import apply_edit
+
+    for j, ape in enumerate(apes):
+        copy = apply_edit(edit, ape, np.random.default_rng(j))
+        own = stretched(copy, ape)
+        siblings = [stretched(copy, other) for k, other in enumerate(apes) if k != j]
+        assert own >= 0.9 and own > max(siblings), (edit, j, own, siblings)
+
+
+def test_a_changed_region_counts_by_its_area_and_thin_marks_do_not(apes):
+    ape = apes[0]
+    figure = ~background_region(ape)
+    patched = ape.copy()
+    h, w = ape.shape[:2]
+    box = np.zeros(figure.shape, bool)
+    box[h // 4 : h // 2, w // 4 : w // 2] = True  # a trait-sized block painted a colour the ape lacks
+    patched[box] = (255, 0, 255)
+    share = (box & figure).sum() / figure.sum()
+    assert stretched(patched, ape) == pytest.approx(1 - share, abs=0.03)
+    lined = ape.copy()
+    lined[::16, :] = (255, 0, 255)  # one-pixel lines: outline-thin, not a region
+    assert stretched(lined, ape) > 0.98
+
+
+def test_a_transform_moves_the_query_into_place_and_a_degenerate_one_gives_none(apes):
+    ape = apes[2]
+    big = np.kron(ape, np.ones((3, 3, 1), np.uint8))  # 3x larger: the transform shrinks it back
+    assert agreement(big, ape, np.float64([[1 / 3, 0, 0], [0, 1 / 3, 0]])) > 0.99
+    shifted = np.roll(ape, 10, axis=1)
+    assert agreement(shifted, ape, np.float64([[1, 0, -10], [0, 1, 0]])) > agreement(
+        shifted, ape, scale_transform(shifted.shape, ape.shape)
+    )
+    off = np.float64([[1, 0, 10_000], [0, 1, 0]])  # the query lands outside the candidate
+    assert agreement(ape, ape, off) is None
+    flat = np.full((64, 64, 3), 40, np.uint8)  # all background: no figure to compare
+    assert stretched(flat, flat) is None
