@@ -55,6 +55,18 @@ def _global_change(query: np.ndarray, candidate: np.ndarray, where: np.ndarray) 
     return cv2.cvtColor(hc.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
 
 
+def _share_agreeing(query: np.ndarray, candidate: np.ndarray, where: np.ndarray, opening: int) -> float:
+    """Share of `where` in which the query shows the candidate's colours after the global change, not
+    counting disagreements that a square opening of `opening` px removes."""
+    expected = _global_change(query, candidate, where)
+    differ = (np.linalg.norm(query.astype(np.float32) - expected, axis=-1) >= TOLERANCE) & where
+    if opening > 1:
+        differ = cv2.morphologyEx(
+            differ.astype(np.uint8), cv2.MORPH_OPEN, np.ones((opening, opening), np.uint8)
+        )
+    return float(1.0 - differ.sum() / where.sum())
+
+
 def agreement(query: np.ndarray, candidate: np.ndarray, transform: np.ndarray) -> float | None:
     """Share of the candidate's figure that the query, moved by `transform` (2x3, query pixels ->
     candidate pixels), shows in the candidate's colours after one global hue/saturation/brightness change.
@@ -77,7 +89,16 @@ def agreement(query: np.ndarray, candidate: np.ndarray, transform: np.ndarray) -
     where = cover & ~background_region(small)
     if cover.mean() < MIN_COVER or where.mean() < MIN_FIGURE:
         return None
-    expected = _global_change(warped, small, where)
-    differ = (np.linalg.norm(warped.astype(np.float32) - expected, axis=-1) >= TOLERANCE) & where
-    differ = cv2.morphologyEx(differ.astype(np.uint8), cv2.MORPH_OPEN, np.ones((OPENING, OPENING), np.uint8))
-    return float(1.0 - differ.sum() / where.sum())
+    return _share_agreeing(warped, small, where, OPENING)
+
+
+def block_agreement(blocks: np.ndarray, candidate: np.ndarray) -> float | None:
+    """`agreement` for a pixelated query, given as its blocks (one colour each, app/sprites.py:
+    collapse_runs): the candidate averaged onto as many blocks, as pixelation averages it, compared block
+    by block (no opening: a block is already coarse). None when the candidate shows no figure there."""
+    gh, gw = blocks.shape[:2]
+    small = cv2.resize(candidate, (gw, gh), interpolation=cv2.INTER_AREA)
+    where = ~background_region(small)
+    if where.mean() < MIN_FIGURE:
+        return None
+    return _share_agreeing(np.clip(blocks, 0, 255).astype(np.uint8), small, where, 1)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from app.agreement import agreement, scale_transform
+from app.agreement import agreement, block_agreement, scale_transform
 from app.catalog import Catalog, Neighbour
 from app.errors import NftlensError
 from app.imaging import decode_image
@@ -68,7 +68,8 @@ def check_candidates(
     # a painted query: not when the best candidate is a sprite (the query is pixel art, whose pixel
     # corners match paintings' too); keypoints not for a pixelated query either (SIFT sees its blocks)
     painted = bool(images) and sprites[0] is None
-    keypoints = keypoints and painted and collapse_runs(query_rgb) is None
+    blocks = collapse_runs(query_rgb) if painted else None
+    keypoints = keypoints and painted and blocks is None
     query_features = None
     out: list[Check] = []
     for i, (image, sprite, layout) in enumerate(zip(images, sprites, layouts, strict=True)):
@@ -80,18 +81,23 @@ def check_candidates(
                 query_features = query_features or features(query_rgb)
                 found = match(query_features, features_of(i, image) if features_of else features(image))
             inliers = None if found is None else found.inliers
-            out.append(Check(keypoints=inliers, colours=colour_check(query_rgb, image, found)))
+            out.append(Check(keypoints=inliers, colours=colour_check(query_rgb, image, found, blocks)))
         else:
             out.append(Check())
     return out
 
 
-def colour_check(query_rgb: np.ndarray, image: np.ndarray, found: Match | None = None) -> float | None:
-    """A painted candidate's colour agreement with the query (app/agreement.py), the better of the query
-    stretched over it and (with `found` keypoints) aligned by their transform."""
+def colour_check(
+    query_rgb: np.ndarray, image: np.ndarray, found: Match | None = None, blocks: np.ndarray | None = None
+) -> float | None:
+    """A painted candidate's colour agreement with the query (app/agreement.py), the best of the query
+    stretched over it, (with `found` keypoints) aligned by their transform, and (with the `blocks` of a
+    pixelated query, app/sprites.py: collapse_runs) block by block."""
     values = [agreement(query_rgb, image, scale_transform(query_rgb.shape, image.shape))]
     if found is not None and found.transform is not None:
         values.append(agreement(query_rgb, image, found.transform))
+    if blocks is not None:
+        values.append(block_agreement(blocks, image))
     return max((v for v in values if v is not None), default=None)
 
 

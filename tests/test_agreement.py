@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.agreement import agreement, scale_transform
+from app.agreement import agreement, block_agreement, scale_transform
 from app.imaging import background_region, decode_image
 
 BACKGROUND = (99, 133, 150)
@@ -59,3 +59,16 @@ def test_a_transform_moves_the_query_into_place_and_a_degenerate_one_gives_none(
     assert agreement(ape, ape, off) is None
     flat = np.full((64, 64, 3), 40, np.uint8)  # all background: no figure to compare
     assert stretched(flat, flat) is None
+
+
+def test_a_pixelated_copy_is_compared_block_by_block(apes):
+    from app.sprites import collapse_runs
+    from training.edits import apply_edit
+
+    for j, ape in enumerate(apes):
+        blocks = collapse_runs(apply_edit("pixelate", ape, np.random.default_rng(j)))
+        assert blocks is not None and 24 <= max(blocks.shape[:2]) <= 48
+        own = block_agreement(blocks, ape)
+        siblings = [block_agreement(blocks, other) for k, other in enumerate(apes) if k != j]
+        assert own > 0.99 and own > max(siblings), (j, own, siblings)
+    assert block_agreement(np.full((30, 30, 3), 40.0, np.float32), np.full((64, 64, 3), 40, np.uint8)) is None

@@ -89,7 +89,8 @@ def test_keypoints_are_for_painted_queries_only(apes, punks):
     pixelated = apply_edit("pixelate", apes[1], np.random.default_rng(0))
     checks = check_candidates(pixelated, apes)
     assert all(c.keypoints is None and c.colours is not None for c in checks)
-    assert checks[1].colours == max(c.colours for c in checks)
+    # block by block, the pixelation of its own original agrees everywhere, a sibling's does not
+    assert checks[1].colours > 0.99 and max(c.colours for k, c in enumerate(checks) if k != 1) < 0.97
     punk = decode_image(punks.image_path(punks.rows[5]).read_bytes(), BACKGROUND)
     checks = check_candidates(apply_edit("text", punk, np.random.default_rng(0)), [punk, *apes])
     assert checks[0].layout is not None
