@@ -14,8 +14,9 @@ share of sprite pixels for which both hold, at the best of the query's alignment
    its edges): the native pixels a crop kept, at every place and turn inside the sprite, or the blocks
    of a pixelated copy, against the sprite rendered onto as many blocks.
 
-`app/verify.py` orders the candidates by it (at or above `GATE` first); the copy verdict stays the
-calibrated instance-space threshold. Paintings are no sprites: `app/keypoints.py` checks them.
+`app/verify.py` orders the candidates by it (at or above `GATE` first), and a layout at its collection's
+calibrated `layout_min` makes a copy. Paintings are no sprites: `app/keypoints.py` and `app/agreement.py`
+check them.
 """
 
 from __future__ import annotations

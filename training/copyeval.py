@@ -22,7 +22,7 @@ import numpy as np
 
 from app.config import Settings
 from app.inference import OnnxModel
-from app.verify import verified_order
+from app.verify import Check, verified_order
 from training.checking import ReferenceChecks, top_candidates
 from training.datasets.select import holdout_keys, select_rows
 from training.edits import EDITS
@@ -88,7 +88,7 @@ def evaluate_copies(
     """Top-1 rate and verdict per edit and domain, false-copy rate on distinct tokens; JSON, MD, PNGs.
 
     As the service does, the best `verify_k` candidates of each non-exact query are checked against it
-    (app/verify.py: layout for sprites, keypoints for paintings with `keypoints`) for the top-1; the
+    (app/verify.py: layout for sprites, keypoints (with `keypoints`) and colours for paintings) for the top-1; the
     verdict is the threshold on the best score, or a checked candidate at its collection's check minimum."""
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
     m = model.manifest
@@ -131,20 +131,37 @@ def evaluate_copies(
 
     def checked(
         best: np.ndarray, sims: np.ndarray, exact: np.ndarray, rgbs: list
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """The top-1 the service answers (the best `verify_k` candidates in their checked order), and whether
-        a checked candidate's check reaches its collection's minimum (a copy by the check)."""
-        out, confirmed = best.copy(), np.zeros(len(best), bool)
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, Check]]]:
+        """The top-1 the service answers (the best `verify_k` candidates in their checked order), whether
+        a checked candidate's check reaches its collection's minimum (a copy by the check), and for those
+        queries the first such candidate with its check."""
+        out, confirmed, by = best.copy(), np.zeros(len(best), bool), {}
         if not verify_k or space != "instance":
-            return out, confirmed
+            return out, confirmed, by
         for j in np.flatnonzero(~exact):
             top = top_candidates(sims[j], verify_k)
             checks = refs.check(rgbs[j], top)
             out[j] = top[verified_order(sims[j, top].tolist(), checks)[0]]
-            confirmed[j] = any(
-                detector.confirmed(key_coll[i], c.layout, c.colours) for i, c in zip(top, checks, strict=True)
+            hit = next(
+                (
+                    (i, c)
+                    for i, c in zip(top, checks, strict=True)
+                    if detector.confirmed(key_coll[i], c.layout, c.colours)
+                ),
+                None,
             )
-        return out, confirmed
+            if hit is not None:
+                confirmed[j], by[j] = True, (int(hit[0]), hit[1])
+        return out, confirmed, by
+
+    def false_copy(query: str, best: int, score: float, exact: bool, by: tuple[int, Check] | None) -> dict:
+        """One genuine token called a copy: the match that made it one and the reason."""
+        if exact or by is None or score >= thr(np.array([best]))[0]:
+            return {"query": query, "match": keys[best], "by": "exact" if exact else "score", "score": score}
+        check = by[1]
+        value = check.layout if check.layout is not None else check.colours
+        kind = "layout" if check.layout is not None else "colours"
+        return {"query": query, "match": keys[by[0]], "by": kind, "value": value}
 
     rng = np.random.default_rng(seed)
 
@@ -175,7 +192,7 @@ def evaluate_copies(
         q = q_out[output]
         sims = view_similarity(q, cat)
         by_score, score, exact = exact_stage(q_out, sims)
-        best, confirmed = checked(by_score, sims, exact, rgbs)
+        best, confirmed, _ = checked(by_score, sims, exact, rgbs)
         truth = np.array([index[k] for k in originals])
         margin = sims[np.arange(len(q)), truth] - (thr(truth) if detector else 0)
         positives += np.where((exact & (best == truth)) | confirmed, 1.0, margin).tolist()
@@ -202,7 +219,7 @@ def evaluate_copies(
     )
     neg_sims = view_similarity(neg_out[output], cat)
     neg_arg, neg_best, neg_exact = exact_stage(neg_out, neg_sims)
-    _, neg_confirmed = checked(neg_arg, neg_sims, neg_exact, neg_rgbs)
+    _, neg_confirmed, neg_by = checked(neg_arg, neg_sims, neg_exact, neg_rgbs)
     result: dict = {
         "model": f"{m.name}@{m.version}",
         "space": space,
@@ -241,6 +258,10 @@ def evaluate_copies(
             for d in ("pixel_art", "painted")
         }
         result["genuine_not_copy_rate"] = float(1 - called.mean())
+        result["false_copies"] = [  # which genuine tokens were called copies, of what, and why
+            false_copy(distinct[j], neg_arg[j], float(neg_best[j]), bool(neg_exact[j]), neg_by.get(j))
+            for j in np.flatnonzero(called)
+        ]
         # margins over each pair's threshold: a pair is called a copy at margin >= 0 (1: exact or by a check)
         pos = np.array(positives)
         neg_margin = np.where(neg_exact | neg_confirmed, 1.0, neg_best - thr(neg_arg))
@@ -289,7 +310,7 @@ def render_markdown(r: dict) -> str:
         + (
             f" (the best {r['layout_rerank_k']} candidates checked against the query and re-ranked, app/verify.py: "
             + (
-                "layout for pixel art, keypoints for paintings)."
+                "layout for pixel art, keypoints and colours for paintings)."
                 if r.get("keypoint_check")
                 else "layout for pixel art)."
             )
@@ -317,6 +338,18 @@ def render_markdown(r: dict) -> str:
                     if per
                 )
                 + " (app/verify.py)."
+            )
+        if r.get("false_copies"):
+            lines.append(
+                "Genuine tokens called copies (query → the match that made it one, and why): "
+                + "; ".join(
+                    f"{f['query']} → {f['match']} ({f['by']}"
+                    + (f" {f['score']:.4f}" if "score" in f and f["by"] == "score" else "")
+                    + (f" {f['value']:.4f}" if "value" in f else "")
+                    + ")"
+                    for f in r["false_copies"]
+                )
+                + "."
             )
     lines += ["", markdown_table(rows, cols), "", "![top-1 by edit](top1_by_edit.png)"]
     if t is not None:
