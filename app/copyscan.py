@@ -98,7 +98,7 @@ def scan_folder(
         "errors": sum(1 for r in rows if r.get("error")),
         "threshold": detector.threshold,
         "per_collection": detector.per_collection,
-        "check_minima": {"colours": detector.colours_min, "layout": detector.layout_min} if verify_k else {},
+        "check_minima": detector.check_minima if verify_k else {},
         "model": f"{m.name}@{m.version}",
     }
     (out / "SUMMARY.md").write_text(render_summary(folder, rows, summary))

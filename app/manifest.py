@@ -108,6 +108,11 @@ class CopyDetector(BaseModel):
         """The threshold a match from `collection` must reach."""
         return self.per_collection.get(collection, self.threshold)
 
+    @property
+    def check_minima(self) -> dict[str, dict[str, float]]:
+        """Each direct check's per-collection minima, by check (app/verify.py: `Check`'s fields)."""
+        return {"colours": self.colours_min, "layout": self.layout_min}
+
     def confirmed(self, collection: str, layout: float | None, colours: float | None) -> bool:
         """Whether a candidate's direct check alone makes it a copy (its collection's calibrated minimum)."""
         lmin, cmin = self.layout_min.get(collection), self.colours_min.get(collection)

@@ -233,11 +233,7 @@ def evaluate_copies(
         "thresholds": (
             {"default": detector.threshold, **detector.per_collection} if detector is not None else None
         ),
-        "check_minima": (
-            {"colours": detector.colours_min, "layout": detector.layout_min}
-            if detector is not None and verify_k
-            else None
-        ),
+        "check_minima": detector.check_minima if detector is not None and verify_k else None,
         "catalog": {
             "tokens": len(keys),
             "by_collection": {
