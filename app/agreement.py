@@ -24,6 +24,8 @@ OPENING = 3  # disagreements that a square opening of this size removes do not c
 MIN_FIGURE = 0.1  # the candidate's figure inside the aligned query must cover this share of it ...
 MIN_COVER = 0.4  # ... and the query this share of the candidate, or there is nothing to compare
 SATURATED, LIT = 60, 30  # HSV levels above which a pixel's hue (saturation, brightness) is trusted
+FACTORS = np.geomspace(0.1, 4.0, 161)  # the saturation and brightness factors tried (2.3 % apart)
+FACTOR_TOLERANCE = 6.0  # HSV levels within which a factor explains a pixel
 
 
 def scale_transform(query_shape: tuple[int, ...], candidate_shape: tuple[int, ...]) -> np.ndarray:
@@ -33,14 +35,31 @@ def scale_transform(query_shape: tuple[int, ...], candidate_shape: tuple[int, ..
     return np.float64([[cw / qw, 0, 0], [0, ch / qh, 0]])
 
 
-def _global_change(query: np.ndarray, candidate: np.ndarray, where: np.ndarray) -> np.ndarray:
-    """The candidate with the hue shift, saturation and brightness factors that best turn it into the query
-    (the shift: the histogram mode of hue differences; the factors: median ratios), as float RGB."""
+def _factor(candidate: np.ndarray, query: np.ndarray) -> float:
+    """The factor f for which min(255, f * candidate) matches the query (1-D HSV levels) at the most
+    pixels, within `FACTOR_TOLERANCE`, closer matches counting more: a strong saturation filter clips,
+    which a median ratio misreads."""
+    predicted = np.minimum(FACTORS[:, None] * candidate[None, :], 255)
+    fit = np.maximum(FACTOR_TOLERANCE + 1 - np.abs(predicted - query[None, :]), 0).sum(1)
+    return float(FACTORS[int(np.argmax(fit))])
+
+
+def global_change(
+    query: np.ndarray,
+    candidate: np.ndarray,
+    where: np.ndarray,
+    saturated: int = SATURATED,
+    min_hued: int = 10,
+) -> np.ndarray:
+    """The candidate (uint8 RGB) with the hue shift, saturation and brightness factors that best turn it
+    into the query within `where` (the shift: the histogram mode of hue differences; the factors: the
+    ones that explain the most pixels, `_factor`), as float RGB. The shift is read from pixels above `saturated` in both images, when more
+    than `min_hued` are. Also the palette check of sprites (app/sprites.py), whose few pixels lower both."""
     hq = cv2.cvtColor(query, cv2.COLOR_RGB2HSV).astype(np.float32)
     hc = cv2.cvtColor(candidate, cv2.COLOR_RGB2HSV).astype(np.float32)
     shift = 0.0
-    hued = where & (hc[..., 1] > SATURATED) & (hq[..., 1] > SATURATED) & (hc[..., 2] > SATURATED)
-    if hued.sum() > 10:  # OpenCV hue runs 0..179
+    hued = where & (hc[..., 1] > saturated) & (hq[..., 1] > saturated) & (hc[..., 2] > saturated)
+    if hued.sum() > min_hued:  # OpenCV hue runs 0..179
         diff = np.round((hq[..., 0] - hc[..., 0])[hued]).astype(int) % 180
         hist = np.bincount(diff, minlength=180).astype(float)
         hist = np.convolve(np.r_[hist[-3:], hist, hist[:3]], np.ones(7), "valid")  # circular smoothing
@@ -48,7 +67,7 @@ def _global_change(query: np.ndarray, candidate: np.ndarray, where: np.ndarray) 
     factors = []
     for ch in (1, 2):
         lit = where & (hc[..., ch] > LIT)
-        factors.append(float(np.median(hq[..., ch][lit] / hc[..., ch][lit])) if lit.sum() > 10 else 1.0)
+        factors.append(_factor(hc[..., ch][lit], hq[..., ch][lit]) if lit.sum() > 10 else 1.0)
     hc[..., 0] = (hc[..., 0] + shift) % 180
     hc[..., 1] = np.clip(hc[..., 1] * factors[0], 0, 255)
     hc[..., 2] = np.clip(hc[..., 2] * factors[1], 0, 255)
@@ -58,7 +77,7 @@ def _global_change(query: np.ndarray, candidate: np.ndarray, where: np.ndarray) 
 def _share_agreeing(query: np.ndarray, candidate: np.ndarray, where: np.ndarray, opening: int) -> float:
     """Share of `where` in which the query shows the candidate's colours after the global change, not
     counting disagreements that a square opening of `opening` px removes."""
-    expected = _global_change(query, candidate, where)
+    expected = global_change(query, candidate, where)
     differ = (np.linalg.norm(query.astype(np.float32) - expected, axis=-1) >= TOLERANCE) & where
     if opening > 1:
         differ = cv2.morphologyEx(

@@ -14,6 +14,14 @@ share of sprite pixels for which both hold, at the best of the query's alignment
    its edges): the native pixels a crop kept, at every place and turn inside the sprite, or the blocks
    of a pixelated copy, against the sprite rendered onto as many blocks.
 
+In the best whole-sprite alignment, the regions must also keep one *palette*: the query's colours are
+the sprite's after one global hue, saturation and brightness change (`app/agreement.py: global_change`;
+the background may take any colour). A distinct token of a pixel-art collection often differs from its
+nearest sibling by one region's colour (lipstick, eye shadow, a beard's shade) or by a single pixel, which
+a colour-blind layout cannot see. A lossless query (an exact sprite or its nearest upscale, as minted
+files are) must show the colours the global change leaves alone to within `EXACT` RGB levels: two punks
+can differ by 7 levels in one region.
+
 `app/verify.py` orders the candidates by it (at or above `GATE` first), and a layout at its collection's
 calibrated `layout_min` makes a copy. Paintings are no sprites: `app/keypoints.py` and `app/agreement.py`
 check them.
@@ -27,7 +35,10 @@ import cv2
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from app.agreement import TOLERANCE as PALETTE_TOLERANCE
+from app.agreement import global_change
 from app.fingerprint import reduce_integer_upscale
+from app.imaging import background_region
 from app.views import deskew, peel_canvas
 
 MAX_SPRITE_SIDE = 64  # a catalogued image whose native grid is at most this is a sprite
@@ -35,6 +46,10 @@ TOLERANCE = 24.0  # RGB distance (0-255 per channel) within which two query pixe
 GATE = 0.9  # a candidate re-ranks by its layout agreement only at or above this
 RENDER_SCALE = 8  # a sprite is rendered onto a finer block grid from this nearest upscale
 REGRID_MAX_SIDE = 384  # a larger query is shrunk to this before its pixel grid is searched
+SAMPLES = 3  # a large query's cells are read at the middle of a 3 x 3 split
+KEPT = 8.0  # RGB distance: the query keeps a sprite's edge where its two sides differ by this much
+HUED = 15  # HSV saturation above which a sprite pixel's hue counts for the palette's hue shift
+EXACT = 3.0  # RGB distance within which a lossless query keeps a colour the global change leaves alone
 
 
 def native_sprite(rgb: np.ndarray) -> np.ndarray | None:
@@ -44,28 +59,36 @@ def native_sprite(rgb: np.ndarray) -> np.ndarray | None:
 
 
 def _labels(sprite: np.ndarray) -> np.ndarray:
-    """One integer per distinct colour of the sprite, [H, W]."""
+    """One integer per distinct colour of the sprite, and one for its background, [H, W]."""
     rgb = sprite.astype(np.int32)
     codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-    return np.unique(codes, return_inverse=True)[1].reshape(sprite.shape[:2])
+    labels = np.unique(codes, return_inverse=True)[1].reshape(sprite.shape[:2])
+    # the background is a region of its own: a new background leaves enclosed pixels of its colour alone
+    return np.where(background_region(sprite), labels.max() + 1, labels)
 
 
 def _stack(views: Sequence[np.ndarray], h: int, w: int) -> np.ndarray:
-    """Every view, area-resampled onto an h x w grid, in each dihedral turn that has that shape:
-    [T, h, w, 3] float32."""
+    """Every view on an h x w grid, in each dihedral turn that has that shape: [T, h, w, 3] float32. A
+    view at least `SAMPLES` times the grid gives each cell the mean of its middle (area-resampled onto
+    a grid `SAMPLES` times finer): a resized, re-encoded or repositioned copy blurs and rings at the
+    cells' edges, not at their centres. A smaller view is area-resampled onto the grid."""
     out = []
     for rgb in views:
         for size in {(w, h), (h, w)}:
-            q = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+            if min(rgb.shape[:2]) >= SAMPLES * min(h, w):
+                fine = cv2.resize(rgb, (size[0] * SAMPLES, size[1] * SAMPLES), interpolation=cv2.INTER_AREA)
+                q = fine[SAMPLES // 2 :: SAMPLES, SAMPLES // 2 :: SAMPLES].astype(np.float32)
+            else:
+                q = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32)
             for view in (q, q[:, ::-1]):
                 out += [t for t in (np.rot90(view, k) for k in range(4)) if t.shape[:2] == (h, w)]
     return np.stack(out)
 
 
-def _agreements(stack: np.ndarray, labels: np.ndarray, ref: np.ndarray, tolerance: float) -> np.ndarray:
+def _disagreements(stack: np.ndarray, labels: np.ndarray, ref: np.ndarray, tolerance: float) -> np.ndarray:
     """For query turns `stack` [T, a, b, 3] against sprite windows (`labels` [O, a, b] of the sprite's
-    colours, `ref` [O, a, b, 3] their RGB): the share of pixels whose query colour is its region's colour
-    and whose region edges the query keeps, [O, T]."""
+    colours, `ref` [O, a, b, 3] their RGB): the pixels whose query colour is not its region's colour or
+    whose region edges the query loses, [O, T, a, b] bool."""
     t, a, b = stack.shape[:3]
     o, n = len(labels), a * b
     flat_labels = labels.reshape(o, n)
@@ -76,27 +99,52 @@ def _agreements(stack: np.ndarray, labels: np.ndarray, ref: np.ndarray, toleranc
     sums = stack.reshape(t, n, 3).transpose(0, 2, 1).reshape(t * 3, n) @ onehot  # one matmul, [T*3, O*K]
     mean = sums.reshape(t, 3, o * k) / np.maximum(onehot.sum(0), 1)
     region_mean = mean.transpose(2, 0, 1)[keys]  # each pixel's region mean, [O, N, T, 3]
-    tol2 = tolerance * tolerance
 
-    def far(x: np.ndarray, y: np.ndarray) -> np.ndarray:  # RGB last; summed by hand, a 3-wide reduce is slow
-        d = x - y
-        return d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2] > tol2
+    def far(x: np.ndarray, y: np.ndarray, tol: float = tolerance) -> np.ndarray:  # RGB last; summed by
+        d = x - y  # hand, a 3-wide reduce is slow
+        return d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2] > tol * tol
 
     pixels = stack.reshape(t, n, 3).transpose(1, 0, 2)[None]  # [1, N, T, 3]
     bad = far(pixels, region_mean).transpose(0, 2, 1).reshape(o, t, a, b)
     for cut in ((slice(None), slice(1, None)), (slice(1, None),)):  # edges across, then down
         prev = tuple(slice(None, -1) if c.start == 1 else c for c in cut)
         edge = far(ref[(slice(None), *cut)], ref[(slice(None), *prev)])  # the sprite's edges ...
-        kept = far(stack[(slice(None), *cut)], stack[(slice(None), *prev)])
+        kept = far(stack[(slice(None), *cut)], stack[(slice(None), *prev)], KEPT)  # (desaturated: closer)
         lost = edge[:, None] & ~kept[None]  # ... that the query does not show
         bad[(slice(None), slice(None), *cut)] |= lost
         bad[(slice(None), slice(None), *prev)] |= lost
-    return 1.0 - bad.reshape(o, t, n).mean(2)
+    return bad
 
 
-def _best_agreement(stack: np.ndarray, sprite: np.ndarray, tolerance: float) -> float:
-    """The best agreement of the stacked query turns with the whole sprite."""
-    return float(_agreements(stack, _labels(sprite)[None], sprite.astype(np.float32)[None], tolerance).max())
+def _agreements(stack: np.ndarray, labels: np.ndarray, ref: np.ndarray, tolerance: float) -> np.ndarray:
+    """The share of pixels that agree (`_disagreements`), [O, T]."""
+    bad = _disagreements(stack, labels, ref, tolerance)
+    return 1.0 - bad.reshape(*bad.shape[:2], -1).mean(2)
+
+
+def palette_disagreements(cells: np.ndarray, sprite: np.ndarray, lossless: bool = False) -> np.ndarray:
+    """[H, W] bool: the sprite's figure pixels (not its background) whose colour in the aligned query
+    `cells` (float RGB on the sprite's grid) is not the sprite's after the best global colour change;
+    for a `lossless` query, colours the change leaves alone must stay within `EXACT`."""
+    where = ~background_region(sprite)
+    query = np.clip(cells, 0, 255).astype(np.uint8)
+    expected = global_change(query, sprite, where, saturated=HUED, min_hued=0)
+    kept = np.abs(expected - sprite).max(-1) < 1  # colours the fitted change leaves as they were
+    tolerance = np.where(kept, EXACT, PALETTE_TOLERANCE) if lossless else PALETTE_TOLERANCE
+    return (np.linalg.norm(cells - expected, axis=-1) >= tolerance) & where
+
+
+def _best_agreement(stack: np.ndarray, sprite: np.ndarray, tolerance: float, lossless: bool = False) -> float:
+    """The agreement of the best stacked query turn with the whole sprite, its palette checked too."""
+    bad = _disagreements(stack, _labels(sprite)[None], sprite.astype(np.float32)[None], tolerance)[0]
+    t = int(bad.reshape(len(bad), -1).sum(1).argmin())
+    return 1.0 - float((bad[t] | palette_disagreements(stack[t], sprite, lossless)).mean())
+
+
+def _lossless(native: np.ndarray | None, sprite: np.ndarray) -> bool:
+    """Whether a query whose own native grid is `native` (`native_sprite`) is on the sprite's grid
+    exactly (as it is, or nearest-upscaled), in some turn."""
+    return native is not None and sorted(native.shape[:2]) == sorted(sprite.shape[:2])
 
 
 def _comb_scores(d: np.ndarray, p: float, phase_step: float = 0.25) -> tuple[float, float]:
@@ -186,7 +234,8 @@ def collapse_runs(rgb: np.ndarray, min_cells: int = 8) -> np.ndarray | None:
 def _window_agreement(patch: np.ndarray, sprite: np.ndarray, tolerance: float) -> float:
     """The best agreement of the cells a query shows (`regrid`) with the sprite, in every dihedral turn:
     fewer cells than the sprite has (a crop) at every place they fit inside it; more (a pixelated copy,
-    whose blocks are finer than the sprite's pixels) against the sprite rendered onto that many blocks."""
+    whose blocks are finer than the sprite's pixels) against the sprite rendered onto that many blocks.
+    The best place and turn must keep the palette too."""
     h, w = sprite.shape[:2]
     labels, ref = _labels(sprite), sprite.astype(np.float32)
     turns = [np.rot90(v, k) for v in (patch, patch[:, ::-1]) for k in range(4)]
@@ -202,7 +251,10 @@ def _window_agreement(patch: np.ndarray, sprite: np.ndarray, tolerance: float) -
             win_labels, win_ref = _labels(rendered)[None], rendered.astype(np.float32)[None]
         else:
             continue
-        best = max(best, float(_agreements(stack, win_labels, win_ref, tolerance).max()))
+        bad = _disagreements(stack, win_labels, win_ref, tolerance)  # [O, T, a, b]
+        o, t = np.unravel_index(bad.reshape(*bad.shape[:2], -1).sum(2).argmin(), bad.shape[:2])
+        palette = palette_disagreements(stack[t], win_ref[o].astype(np.uint8))
+        best = max(best, 1.0 - float((bad[o, t] | palette).mean()))
     return best
 
 
@@ -216,9 +268,11 @@ def layout_agreement(
     query: np.ndarray | Sequence[np.ndarray], sprite: np.ndarray, tolerance: float = TOLERANCE
 ) -> float:
     """How well the query (an RGB image, or several views of one) shows the sprite's colour layout (0-1),
-    in its best view and dihedral turn. Each view is area-resampled onto the sprite's grid."""
+    in its best view and dihedral turn, palette included (the first view decides whether the query is
+    lossless). Each view is area-resampled onto the sprite's grid."""
     views = [query] if isinstance(query, np.ndarray) else query
-    return _best_agreement(_stack(views, *sprite.shape[:2]), sprite, tolerance)
+    lossless = _lossless(native_sprite(views[0]), sprite)
+    return _best_agreement(_stack(views, *sprite.shape[:2]), sprite, tolerance, lossless)
 
 
 def candidate_layouts(query_rgb: np.ndarray, sprites: Iterable[np.ndarray | None]) -> list[float | None]:
@@ -226,23 +280,27 @@ def candidate_layouts(query_rgb: np.ndarray, sprites: Iterable[np.ndarray | None
     is no sprite)."""
     sprites_list = list(sprites)
     views: list[np.ndarray] | None = None
+    native: np.ndarray | None = None
     stacks: dict[tuple[int, int], np.ndarray] = {}  # the query on each sprite grid, made once
     out: list[float | None] = []
     for s in sprites_list:
         if s is None:
             out.append(None)
             continue
-        views = views or query_views(query_rgb)
+        if views is None:
+            views, native = query_views(query_rgb), native_sprite(query_rgb)
         grid = s.shape[:2]
         if grid not in stacks:
             stacks[grid] = _stack(views, *grid)
-        out.append(_best_agreement(stacks[grid], s, TOLERANCE))
-    if views is not None and max(a for a in out if a is not None) < GATE:
-        patch = collapse_runs(query_rgb)  # no candidate lines up as a whole: pixelated blocks, ...
-        patch = regrid(query_rgb) if patch is None else patch  # ... or the native pixels of a crop
-        if patch is not None:
-            out = [
-                None if s is None else max(a, _window_agreement(patch, s, TOLERANCE))
-                for s, a in zip(sprites_list, out, strict=True)
-            ]
+        out.append(_best_agreement(stacks[grid], s, TOLERANCE, _lossless(native, s)))
+    if views is None:
+        return out
+    patch = collapse_runs(query_rgb)  # pixelated blocks (averaged from several sprite pixels), ...
+    if patch is None and max(a for a in out if a is not None) < GATE:  # ... or, when no candidate
+        patch = regrid(query_rgb)  # lines up as a whole, the native pixels of a crop
+    if patch is not None:
+        out = [
+            a if s is None or _lossless(native, s) else max(a, _window_agreement(patch, s, TOLERANCE))
+            for s, a in zip(sprites_list, out, strict=True)
+        ]
     return out
