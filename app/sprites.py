@@ -124,14 +124,18 @@ def _agreements(stack: np.ndarray, labels: np.ndarray, ref: np.ndarray, toleranc
 
 def palette_disagreements(cells: np.ndarray, sprite: np.ndarray, lossless: bool = False) -> np.ndarray:
     """[H, W] bool: the sprite's figure pixels (not its background) whose colour in the aligned query
-    `cells` (float RGB on the sprite's grid) is not the sprite's after the best global colour change;
-    for a `lossless` query, colours the change leaves alone must stay within `EXACT`."""
+    `cells` (float RGB on the sprite's grid) is not the sprite's after the best global colour change.
+    A `lossless` query that leaves most of the sprite's coloured pixels exactly as they were had no
+    colour change: all of its figure must then be within `EXACT`."""
     where = ~background_region(sprite)
+    if lossless:
+        hued = where & (cv2.cvtColor(sprite, cv2.COLOR_RGB2HSV)[..., 1] > HUED)
+        same = np.abs(cells - sprite).max(-1) <= 1
+        if same[hued if hued.any() else where].mean() >= 0.5:
+            return (np.linalg.norm(cells - sprite, axis=-1) >= EXACT) & where
     query = np.clip(cells, 0, 255).astype(np.uint8)
     expected = global_change(query, sprite, where, saturated=HUED, min_hued=0)
-    kept = np.abs(expected - sprite).max(-1) < 1  # colours the fitted change leaves as they were
-    tolerance = np.where(kept, EXACT, PALETTE_TOLERANCE) if lossless else PALETTE_TOLERANCE
-    return (np.linalg.norm(cells - expected, axis=-1) >= tolerance) & where
+    return (np.linalg.norm(cells - expected, axis=-1) >= PALETTE_TOLERANCE) & where
 
 
 def _best_agreement(stack: np.ndarray, sprite: np.ndarray, tolerance: float, lossless: bool = False) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.agreement import agreement, block_agreement, scale_transform
+from app.agreement import agreement, block_agreement, global_change, scale_transform
 from app.imaging import background_region, decode_image
 
 BACKGROUND = (99, 133, 150)
@@ -72,3 +72,18 @@ def test_a_pixelated_copy_is_compared_block_by_block(apes):
         siblings = [block_agreement(blocks, other) for k, other in enumerate(apes) if k != j]
         assert own > 0.99 and own > max(siblings), (j, own, siblings)
     assert block_agreement(np.full((30, 30, 3), 40.0, np.float32), np.full((64, 64, 3), 40, np.uint8)) is None
+
+
+def test_a_clipping_saturation_filter_is_fitted(apes):
+    """Saturation x2.5 clips most of a painting's colours at 255; the fitted change still predicts the
+    query (a median ratio of clipped pixels reads the factor low)."""
+    import cv2
+
+    ape = apes[0]
+    hsv = cv2.cvtColor(ape, cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 1] = np.clip(hsv[..., 1] * 2.5, 0, 255)
+    query = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+    where = ~background_region(ape)
+    expected = global_change(query, ape, where)
+    close = np.linalg.norm(query.astype(np.float32) - expected, axis=-1) < 8
+    assert close[where].mean() > 0.95

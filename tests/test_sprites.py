@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.imaging import decode_image
+from app.imaging import background_region, decode_image
 from app.sprites import (
     GATE,
     candidate_layouts,
@@ -23,6 +23,7 @@ from app.verify import stored_rgb
 
 BACKGROUND = (99, 133, 150)
 PUNKS = (7804, 3100, 5, 1190, 2890, 6965, 4156, 8857)
+LOSSLESS = ("exact", "mirror", "rotate_90", "colour_shift", "background_swap")  # nearest upscales, recoloured
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +60,8 @@ def test_a_copy_keeps_its_layout_and_other_punks_do_not(sprites, edit):
         views = query_views(apply_edit(edit, punk, np.random.default_rng(j)))
         own = layout_agreement(views, punk)
         assert own >= GATE, (edit, i, own)
+        if edit in LOSSLESS:  # the sprite's own pixels, recoloured at most: every pixel agrees
+            assert own == 1.0, (edit, i, own)
         others = [layout_agreement(views, s) for k, s in sprites.items() if k != i]
         assert own > max(others), (edit, i, own, max(others))
 
@@ -120,3 +123,36 @@ def test_cropped_and_pixelated_copies_are_found_through_their_own_grid(sprites):
     rng = np.random.default_rng(0)
     noise = rng.integers(0, 256, (192, 192, 3), dtype=np.uint8)
     assert all(a < GATE for a in candidate_layouts(noise, list(sprites.values())))
+
+
+def _upscale(sprite: np.ndarray, f: int = 8) -> np.ndarray:
+    return np.repeat(np.repeat(sprite, f, 0), f, 1)
+
+
+def test_the_palette_tells_apart_twins_that_differ_by_one_colour(punks):
+    """Punks 1000 and 9013 differ only in four pixels, by 7 RGB levels: the same layout, another palette.
+    A lossless image of one is not the other; either is itself. A region recoloured alone (a sibling's
+    lipstick) is no global colour change: pixels disagree, though the layout is the same."""
+    a, b = (decode_image(punks.image_path(punks.rows[i]).read_bytes(), BACKGROUND) for i in (1000, 9013))
+    differ = np.any(a != b, axis=-1)
+    assert differ.sum() == 4 and np.abs(a.astype(int) - b.astype(int)).max() < 24
+    assert layout_agreement(_upscale(a), b) < 1.0 and layout_agreement(_upscale(b), a) < 1.0
+    assert layout_agreement(_upscale(a), a) == 1.0 and layout_agreement(b, b) == 1.0
+    punk = a.copy()
+    figure = ~background_region(punk)
+    colours, counts = np.unique(punk[figure], axis=0, return_counts=True)
+    region = np.all(punk == colours[np.argsort(counts)[-2]], axis=-1) & figure  # the second-largest colour
+    punk[region] = 255 - punk[region]
+    assert layout_agreement(_upscale(punk), a) < 0.99  # either it or the rest fails the fitted change
+
+
+def test_a_new_background_leaves_enclosed_pixels_of_its_colour_alone(sprites):
+    """Punk 7804 shows the background colour at 11 pixels that no corner reaches; a background swap
+    keeps them, and the copy still agrees everywhere (the background is a region of its own)."""
+    from training.edits import apply_edit
+
+    punk = sprites[7804]
+    enclosed = np.all(punk == BACKGROUND, axis=-1) & ~background_region(punk)
+    assert enclosed.sum() == 11
+    swapped = apply_edit("background_swap", punk, np.random.default_rng(3))
+    assert layout_agreement(swapped, punk) == 1.0
