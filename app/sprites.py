@@ -49,6 +49,7 @@ REGRID_MAX_SIDE = 384  # a larger query is shrunk to this before its pixel grid 
 SAMPLES = 3  # a large query's cells are read at the middle of a 3 x 3 split
 KEPT = 8.0  # RGB distance: the query keeps a sprite's edge where its two sides differ by this much
 HUED = 15  # HSV saturation above which a sprite pixel's hue counts for the palette's hue shift
+BACKGROUND_KEPT = 12.0  # RGB distance within which the query's background is the sprite's own
 EXACT = 3.0  # RGB distance within which a lossless query keeps a colour the global change leaves alone
 
 
@@ -126,7 +127,9 @@ def palette_disagreements(cells: np.ndarray, sprite: np.ndarray, lossless: bool 
     """[H, W] bool: the sprite's figure pixels (not its background) whose colour in the aligned query
     `cells` (float RGB on the sprite's grid) is not the sprite's after the best global colour change.
     A `lossless` query that leaves most of the sprite's coloured pixels exactly as they were had no
-    colour change: all of its figure must then be within `EXACT`."""
+    colour change: all of its figure must then be within `EXACT`. A change that would move the
+    background but finds it kept (within `BACKGROUND_KEPT`) is no filter: the figure alone was recoloured,
+    as sibling punks of another skin tone are, and the query is compared with the sprite unchanged."""
     where = ~background_region(sprite)
     if lossless:
         hued = where & (cv2.cvtColor(sprite, cv2.COLOR_RGB2HSV)[..., 1] > HUED)
@@ -135,6 +138,11 @@ def palette_disagreements(cells: np.ndarray, sprite: np.ndarray, lossless: bool 
             return (np.linalg.norm(cells - sprite, axis=-1) >= EXACT) & where
     query = np.clip(cells, 0, 255).astype(np.uint8)
     expected = global_change(query, sprite, where, saturated=HUED, min_hued=0)
+    back = ~where
+    if back.any():  # a colour filter changes the whole picture; a figure recoloured alone is a sibling
+        kept = np.linalg.norm(cells[back].mean(0) - sprite[back].mean(0)) < BACKGROUND_KEPT
+        if kept and np.linalg.norm(expected[back].mean(0) - sprite[back].mean(0)) >= PALETTE_TOLERANCE:
+            expected = sprite.astype(np.float32)
     return (np.linalg.norm(cells - expected, axis=-1) >= PALETTE_TOLERANCE) & where
 
 

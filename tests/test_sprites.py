@@ -156,3 +156,18 @@ def test_a_new_background_leaves_enclosed_pixels_of_its_colour_alone(sprites):
     assert enclosed.sum() == 11
     swapped = apply_edit("background_swap", punk, np.random.default_rng(3))
     assert layout_agreement(swapped, punk) == 1.0
+
+
+def test_a_sibling_on_another_skin_tone_is_no_filtered_copy(punks):
+    """Punks 210 and 319 are one drawing on two skin tones, which one brightness factor nearly explains.
+    A filter changes the whole picture, background included; the sibling keeps the collection's
+    background, so its figure was recoloured alone: not a copy. The filtered punk itself agrees."""
+    import cv2
+
+    a, b = (decode_image(punks.image_path(punks.rows[i]).read_bytes(), BACKGROUND) for i in (210, 319))
+    assert np.array_equal(np.any(a != a[0, 0], -1), np.any(b != b[0, 0], -1))  # the same layout
+    assert layout_agreement(_upscale(a), b) < 0.9
+    hsv = cv2.cvtColor(_upscale(b), cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 2] = np.clip(hsv[..., 2] * 0.8, 0, 255)  # darkened as a whole, as a filter does
+    filtered = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+    assert layout_agreement(filtered, b) == 1.0
