@@ -39,8 +39,13 @@ def _factor(candidate: np.ndarray, query: np.ndarray) -> float:
     """The factor f for which min(255, f * candidate) matches the query (1-D HSV levels) at the most
     pixels, within `FACTOR_TOLERANCE`, closer matches counting more: a strong saturation filter clips,
     which a median ratio misreads."""
-    predicted = np.minimum(FACTORS[:, None] * candidate[None, :], 255)
-    fit = np.maximum(FACTOR_TOLERANCE + 1 - np.abs(predicted - query[None, :]), 0).sum(1)
+    # HSV levels are whole numbers: score each distinct (candidate, query) pair once, by its count
+    pairs, counts = np.unique(
+        np.round(candidate).astype(np.int32) * 256 + np.round(query).astype(np.int32), return_counts=True
+    )
+    c, q = (pairs // 256).astype(np.float32), (pairs % 256).astype(np.float32)
+    predicted = np.minimum(FACTORS[:, None] * c[None, :], 255)
+    fit = np.maximum(FACTOR_TOLERANCE + 1 - np.abs(predicted - q[None, :]), 0) @ counts
     return float(FACTORS[int(np.argmax(fit))])
 
 
