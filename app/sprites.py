@@ -4,23 +4,25 @@ Distinct tokens of a pixel-art collection (two punks that differ by one earring)
 instance space than a token and its recoloured or captioned copy, so the embedding's top-1 is often a
 sibling. Pixel art allows a direct check: the candidate's own pixels (its stored image, reduced to the
 native sprite) partition the image into colour regions, and a copy shows the same partition: each region
-one colour, and every edge between regions still an edge, whatever the colours became. `layout` is the
-share of sprite pixels for which both hold, at the best of the query's alignments:
+one colour, and every edge between regions still an edge. `layout` is the share of sprite pixels for
+which both hold and whose colour keeps the palette (below), at the best of the query's alignments:
 
-1. the whole query (as it is, inside its frame or canvas, turned upright: `query_views`) area-resampled
-   onto the sprite's grid, in the 8 dihedral turns: recoloured, saturated, captioned, badged,
-   re-encoded, framed, repositioned and slightly rotated copies line up;
-2. when no candidate lines up that way, the cells of the query's own pixel grid (`regrid`: found from
-   its edges): the native pixels a crop kept, at every place and turn inside the sprite, or the blocks
-   of a pixelated copy, against the sprite rendered onto as many blocks.
+1. the whole query (as it is, inside its frame or canvas, turned upright: `query_views`) read onto the
+   sprite's grid (each cell from its middle, `_stack`), in the 8 dihedral turns: recoloured, saturated,
+   captioned, badged, re-encoded, framed, repositioned and slightly rotated copies line up;
+2. the blocks of a pixelated copy against the sprite rendered onto as many blocks, and, when no
+   candidate lines up as a whole, the cells of the query's own pixel grid (`regrid`: found from its
+   edges): the native pixels a crop kept, at every place and turn inside the sprite.
 
-In the best whole-sprite alignment, the regions must also keep one *palette*: the query's colours are
-the sprite's after one global hue, saturation and brightness change (`app/agreement.py: global_change`;
-the background may take any colour). A distinct token of a pixel-art collection often differs from its
-nearest sibling by one region's colour (lipstick, eye shadow, a beard's shade) or by a single pixel, which
-a colour-blind layout cannot see. A lossless query (an exact sprite or its nearest upscale, as minted
-files are) must show the colours the global change leaves alone to within `EXACT` RGB levels: two punks
-can differ by 7 levels in one region.
+The sprite's background (the border colour's region) is a region of its own. In the best alignment the
+regions must also keep one *palette* (`palette_disagreements`): the query's colours are the sprite's
+after one global hue, saturation and brightness change (`app/agreement.py: global_change`; the
+background may take any colour). Distinct punks often differ from their nearest sibling by a single
+pixel or by one region's shade (7 RGB levels for punks 1000 and 9013), and 59 % share their layout with
+a sibling on another skin tone, none of which a colour-blind layout sees. So a lossless query (the exact
+sprite or its nearest upscale, as minted files are) that leaves most coloured pixels as they were must
+match within `EXACT`, and a change that would have moved the background but finds it kept is no filter
+(a figure recoloured alone is a sibling): the query is then compared with the sprite unchanged.
 
 `app/verify.py` orders the candidates by it (at or above `GATE` first), and a layout at its collection's
 calibrated `layout_min` makes a copy. Paintings are no sprites: `app/keypoints.py` and `app/agreement.py`
@@ -101,8 +103,8 @@ def _disagreements(stack: np.ndarray, labels: np.ndarray, ref: np.ndarray, toler
     mean = sums.reshape(t, 3, o * k) / np.maximum(onehot.sum(0), 1)
     region_mean = mean.transpose(2, 0, 1)[keys]  # each pixel's region mean, [O, N, T, 3]
 
-    def far(x: np.ndarray, y: np.ndarray, tol: float = tolerance) -> np.ndarray:  # RGB last; summed by
-        d = x - y  # hand, a 3-wide reduce is slow
+    def far(x: np.ndarray, y: np.ndarray, tol: float = tolerance) -> np.ndarray:
+        d = x - y  # RGB last; summed by hand, a 3-wide reduce is slow
         return d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2] > tol * tol
 
     pixels = stack.reshape(t, n, 3).transpose(1, 0, 2)[None]  # [1, N, T, 3]
@@ -281,7 +283,7 @@ def layout_agreement(
 ) -> float:
     """How well the query (an RGB image, or several views of one) shows the sprite's colour layout (0-1),
     in its best view and dihedral turn, palette included (the first view decides whether the query is
-    lossless). Each view is area-resampled onto the sprite's grid."""
+    lossless). Each view is read onto the sprite's grid (`_stack`)."""
     views = [query] if isinstance(query, np.ndarray) else query
     lossless = _lossless(native_sprite(views[0]), sprite)
     return _best_agreement(_stack(views, *sprite.shape[:2]), sprite, tolerance, lossless)

@@ -31,7 +31,7 @@ from app.sprites import GATE, candidate_layouts, collapse_runs, native_sprite
 class Check:
     """What the direct check found for one candidate (None: not checked that way)."""
 
-    layout: float | None = None  # sprites: share of pixels whose colour layout the query shows
+    layout: float | None = None  # sprites: share of pixels whose colour layout and palette the query shows
     keypoints: int | None = None  # paintings: matches one similarity transform explains
     colours: float | None = None  # paintings: share of the figure the aligned query shows in its colours
 

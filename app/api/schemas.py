@@ -181,8 +181,9 @@ class CopyMatch(TokenRef):
     is_copy: bool
     layout: float | None = Field(
         None,
-        description="pixel-art candidates: share of the token's pixels whose colour layout the image shows "
-        "(0-1, colour changes ignored); candidates at 0.9 or above are ranked first (app/sprites.py)",
+        description="pixel-art candidates: share of the token's pixels whose colour layout and palette the "
+        "image shows (0-1; one global colour change allowed); candidates at 0.9 or above are ranked first "
+        "(app/sprites.py)",
     )
     keypoints: int | None = Field(
         None,
