@@ -86,7 +86,7 @@ class CopyDetector(BaseModel):
     layout_min: dict[str, float] = Field(
         {},
         description="per collection: a checked sprite candidate whose layout agreement reaches this is a copy "
-        "whatever its score (none: its layout never decides; pixel-art twins rule it out for punks)",
+        "whatever its score (none: its layout never decides)",
     )
     precision: float | None = Field(None, description="on the held-out calibration pairs")
     recall: float | None = Field(None, description="on the held-out calibration pairs")

@@ -133,6 +133,8 @@ def palette_disagreements(cells: np.ndarray, sprite: np.ndarray, lossless: bool 
     background but finds it kept (within `BACKGROUND_KEPT`) is no filter: the figure alone was recoloured,
     as sibling punks of another skin tone are, and the query is compared with the sprite unchanged."""
     where = ~background_region(sprite)
+    if not where.any():  # all background: no figure to recolour
+        return where
     if lossless:
         hued = where & (cv2.cvtColor(sprite, cv2.COLOR_RGB2HSV)[..., 1] > HUED)
         same = np.abs(cells - sprite).max(-1) <= 1
