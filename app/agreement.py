@@ -58,8 +58,10 @@ def global_change(
 ) -> np.ndarray:
     """The candidate (uint8 RGB) with the hue shift, saturation and brightness factors that best turn it
     into the query within `where` (the shift: the histogram mode of hue differences; the factors: the
-    ones that explain the most pixels, `_factor`), as float RGB. The shift is read from pixels above `saturated` in both images, when more
-    than `min_hued` are. Also the palette check of sprites (app/sprites.py), whose few pixels lower both."""
+    ones that explain the most pixels, `_factor`), as float RGB. The shift is read from pixels whose
+    saturation in both images (and the candidate's brightness) is above `saturated`, when more than
+    `min_hued` are. Also the palette check of sprites (app/sprites.py), whose few pixels lower both.
+    Both images are uint8: HSV levels are then whole numbers, as `_factor` assumes."""
     hq = cv2.cvtColor(query, cv2.COLOR_RGB2HSV).astype(np.float32)
     hc = cv2.cvtColor(candidate, cv2.COLOR_RGB2HSV).astype(np.float32)
     shift = 0.0

@@ -19,8 +19,9 @@ regions must also keep one *palette* (`palette_disagreements`): the query's colo
 after one global hue, saturation and brightness change (`app/agreement.py: global_change`; the
 background may take any colour). Distinct punks often differ from their nearest sibling by a single
 pixel or by one region's shade (7 RGB levels for punks 1000 and 9013), and 59 % share their layout with
-a sibling on another skin tone, none of which a colour-blind layout sees. So a lossless query (the exact
-sprite or its nearest upscale, as minted files are) that leaves most coloured pixels as they were must
+a sibling on another skin tone, none of which a colour-blind layout sees. So a lossless query (one whose own
+grid, `native_sprite`, is the sprite's size: the sprite or its nearest upscale, as minted files are;
+a JPEG saved at that size counts too) that leaves most coloured pixels as they were must
 match within `EXACT`, and a change that would have moved the background but finds it kept is no filter
 (a figure recoloured alone is a sibling): the query is then compared with the sprite unchanged.
 
@@ -158,8 +159,8 @@ def _best_agreement(stack: np.ndarray, sprite: np.ndarray, tolerance: float, los
 
 
 def _lossless(native: np.ndarray | None, sprite: np.ndarray) -> bool:
-    """Whether a query whose own native grid is `native` (`native_sprite`) is on the sprite's grid
-    exactly (as it is, or nearest-upscaled), in some turn."""
+    """Whether a query whose own native grid is `native` (`native_sprite`: the query reduced by its
+    integer upscale, if any) has the sprite's grid size, in some turn."""
     return native is not None and sorted(native.shape[:2]) == sorted(sprite.shape[:2])
 
 
