@@ -62,13 +62,15 @@ def native_sprite(rgb: np.ndarray) -> np.ndarray | None:
     return small if max(small.shape[:2]) <= MAX_SPRITE_SIDE else None
 
 
-def _labels(sprite: np.ndarray) -> np.ndarray:
-    """One integer per distinct colour of the sprite, and one for its background, [H, W]."""
+def _labels(sprite: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
+    """One integer per distinct colour of the sprite, and one for its background (`background_region`,
+    unless given), [H, W]."""
     rgb = sprite.astype(np.int32)
     codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     labels = np.unique(codes, return_inverse=True)[1].reshape(sprite.shape[:2])
+    background = background_region(sprite) if background is None else background
     # the background is a region of its own: a new background leaves enclosed pixels of its colour alone
-    return np.where(background_region(sprite), labels.max() + 1, labels)
+    return np.where(background, labels.max() + 1, labels)
 
 
 def _stack(views: Sequence[np.ndarray], h: int, w: int) -> np.ndarray:
@@ -120,20 +122,17 @@ def _disagreements(stack: np.ndarray, labels: np.ndarray, ref: np.ndarray, toler
     return bad
 
 
-def _agreements(stack: np.ndarray, labels: np.ndarray, ref: np.ndarray, tolerance: float) -> np.ndarray:
-    """The share of pixels that agree (`_disagreements`), [O, T]."""
-    bad = _disagreements(stack, labels, ref, tolerance)
-    return 1.0 - bad.reshape(*bad.shape[:2], -1).mean(2)
-
-
-def palette_disagreements(cells: np.ndarray, sprite: np.ndarray, lossless: bool = False) -> np.ndarray:
+def palette_disagreements(
+    cells: np.ndarray, sprite: np.ndarray, lossless: bool = False, background: np.ndarray | None = None
+) -> np.ndarray:
     """[H, W] bool: the sprite's figure pixels (not its background) whose colour in the aligned query
     `cells` (float RGB on the sprite's grid) is not the sprite's after the best global colour change.
     A `lossless` query that leaves most of the sprite's coloured pixels exactly as they were had no
     colour change: all of its figure must then be within `EXACT`. A change that would move the
     background but finds it kept (within `BACKGROUND_KEPT`) is no filter: the figure alone was recoloured,
-    as sibling punks of another skin tone are, and the query is compared with the sprite unchanged."""
-    where = ~background_region(sprite)
+    as sibling punks of another skin tone are, and the query is compared with the sprite unchanged.
+    `background`: the sprite's `background_region`, when already at hand."""
+    where = ~(background_region(sprite) if background is None else background)
     if not where.any():  # all background: no figure to recolour
         return where
     if lossless:
@@ -153,9 +152,10 @@ def palette_disagreements(cells: np.ndarray, sprite: np.ndarray, lossless: bool 
 
 def _best_agreement(stack: np.ndarray, sprite: np.ndarray, tolerance: float, lossless: bool = False) -> float:
     """The agreement of the best stacked query turn with the whole sprite, its palette checked too."""
-    bad = _disagreements(stack, _labels(sprite)[None], sprite.astype(np.float32)[None], tolerance)[0]
+    back = background_region(sprite)  # one flood fill serves the regions and the palette
+    bad = _disagreements(stack, _labels(sprite, back)[None], sprite.astype(np.float32)[None], tolerance)[0]
     t = int(bad.reshape(len(bad), -1).sum(1).argmin())
-    return 1.0 - float((bad[t] | palette_disagreements(stack[t], sprite, lossless)).mean())
+    return 1.0 - float((bad[t] | palette_disagreements(stack[t], sprite, lossless, back)).mean())
 
 
 def _lossless(native: np.ndarray | None, sprite: np.ndarray) -> bool:
