@@ -289,6 +289,7 @@ class Service:
                 "exact": (h.collection, h.token_id) in exact_keys,
                 "is_copy": called,
                 "layout": None if c.layout is None else round(c.layout, 4),
+                "lossless": c.lossless,
                 "keypoints": c.keypoints,
                 "colours": None if c.colours is None else round(c.colours, 4),
                 "metadata": h.metadata,

@@ -91,10 +91,12 @@ def _stack(views: Sequence[np.ndarray], h: int, w: int) -> np.ndarray:
     return np.stack(out)
 
 
-def _disagreements(stack: np.ndarray, labels: np.ndarray, ref: np.ndarray, tolerance: float) -> np.ndarray:
+def _disagreements(
+    stack: np.ndarray, labels: np.ndarray, ref: np.ndarray, tolerance: float, kept: float = KEPT
+) -> np.ndarray:
     """For query turns `stack` [T, a, b, 3] against sprite windows (`labels` [O, a, b] of the sprite's
     colours, `ref` [O, a, b, 3] their RGB): the pixels whose query colour is not its region's colour or
-    whose region edges the query loses, [O, T, a, b] bool."""
+    whose region edges the query loses (its two sides closer than `kept`), [O, T, a, b] bool."""
     t, a, b = stack.shape[:3]
     o, n = len(labels), a * b
     flat_labels = labels.reshape(o, n)
@@ -115,8 +117,8 @@ def _disagreements(stack: np.ndarray, labels: np.ndarray, ref: np.ndarray, toler
     for cut in ((slice(None), slice(1, None)), (slice(1, None),)):  # edges across, then down
         prev = tuple(slice(None, -1) if c.start == 1 else c for c in cut)
         edge = far(ref[(slice(None), *cut)], ref[(slice(None), *prev)])  # the sprite's edges ...
-        kept = far(stack[(slice(None), *cut)], stack[(slice(None), *prev)], KEPT)  # (desaturated: closer)
-        lost = edge[:, None] & ~kept[None]  # ... that the query does not show
+        shown = far(stack[(slice(None), *cut)], stack[(slice(None), *prev)], kept)  # (desaturated: closer)
+        lost = edge[:, None] & ~shown[None]  # ... that the query does not show
         bad[(slice(None), slice(None), *cut)] |= lost
         bad[(slice(None), slice(None), *prev)] |= lost
     return bad
@@ -153,12 +155,14 @@ def palette_disagreements(
 def _best_agreement(stack: np.ndarray, sprite: np.ndarray, tolerance: float, lossless: bool = False) -> float:
     """The agreement of the best stacked query turn with the whole sprite, its palette checked too."""
     back = background_region(sprite)  # one flood fill serves the regions and the palette
-    bad = _disagreements(stack, _labels(sprite, back)[None], sprite.astype(np.float32)[None], tolerance)[0]
+    labels, ref = _labels(sprite, back)[None], sprite.astype(np.float32)[None]
+    # a lossless query's cells are exact: an edge a strong filter brought within `KEPT` is still there
+    bad = _disagreements(stack, labels, ref, tolerance, EXACT if lossless else KEPT)[0]
     t = int(bad.reshape(len(bad), -1).sum(1).argmin())
     return 1.0 - float((bad[t] | palette_disagreements(stack[t], sprite, lossless, back)).mean())
 
 
-def _lossless(native: np.ndarray | None, sprite: np.ndarray) -> bool:
+def lossless(native: np.ndarray | None, sprite: np.ndarray) -> bool:
     """Whether a query whose own native grid is `native` (`native_sprite`: the query reduced by its
     integer upscale, if any) has the sprite's grid size, in some turn."""
     return native is not None and sorted(native.shape[:2]) == sorted(sprite.shape[:2])
@@ -288,16 +292,17 @@ def layout_agreement(
     in its best view and dihedral turn, palette included (the first view decides whether the query is
     lossless). Each view is read onto the sprite's grid (`_stack`)."""
     views = [query] if isinstance(query, np.ndarray) else query
-    lossless = _lossless(native_sprite(views[0]), sprite)
-    return _best_agreement(_stack(views, *sprite.shape[:2]), sprite, tolerance, lossless)
+    exact_grid = lossless(native_sprite(views[0]), sprite)
+    return _best_agreement(_stack(views, *sprite.shape[:2]), sprite, tolerance, exact_grid)
 
 
-def candidate_layouts(query_rgb: np.ndarray, sprites: Iterable[np.ndarray | None]) -> list[float | None]:
+def candidate_layouts(
+    query_rgb: np.ndarray, sprites: Iterable[np.ndarray | None], native: np.ndarray | None = None
+) -> list[float | None]:
     """Each candidate's layout agreement with the query in its `query_views` (None where the candidate
-    is no sprite)."""
+    is no sprite). `native`: the query's `native_sprite`, when already at hand."""
     sprites_list = list(sprites)
     views: list[np.ndarray] | None = None
-    native: np.ndarray | None = None
     stacks: dict[tuple[int, int], np.ndarray] = {}  # the query on each sprite grid, made once
     out: list[float | None] = []
     for s in sprites_list:
@@ -305,11 +310,12 @@ def candidate_layouts(query_rgb: np.ndarray, sprites: Iterable[np.ndarray | None
             out.append(None)
             continue
         if views is None:
-            views, native = query_views(query_rgb), native_sprite(query_rgb)
+            views = query_views(query_rgb)
+            native = native_sprite(query_rgb) if native is None else native
         grid = s.shape[:2]
         if grid not in stacks:
             stacks[grid] = _stack(views, *grid)
-        out.append(_best_agreement(stacks[grid], s, TOLERANCE, _lossless(native, s)))
+        out.append(_best_agreement(stacks[grid], s, TOLERANCE, lossless(native, s)))
     if views is None:
         return out
     patch = collapse_runs(query_rgb)  # pixelated blocks (averaged from several sprite pixels), ...
@@ -317,7 +323,7 @@ def candidate_layouts(query_rgb: np.ndarray, sprites: Iterable[np.ndarray | None
         patch = regrid(query_rgb)  # lines up as a whole, the native pixels of a crop
     if patch is not None:
         out = [
-            a if s is None or _lossless(native, s) else max(a, _window_agreement(patch, s, TOLERANCE))
+            a if s is None or lossless(native, s) else max(a, _window_agreement(patch, s, TOLERANCE))
             for s, a in zip(sprites_list, out, strict=True)
         ]
     return out

@@ -8,7 +8,8 @@ by that transform or simply stretched over the candidate, whichever agrees more.
 (layout >= `GATE`, inliers >= `MIN_INLIERS`) come first, best checked first; the rest keep the
 instance-space order. The copy verdict (`is_copy`) is the calibrated instance-space threshold, or a check
 that reaches its collection's minimum, chosen on validation pairs with the thresholds (`nftlens
-calibrate`: only as far as distinct tokens allow).
+calibrate`: only as far as distinct tokens allow). For a lossless pixel-art query (its own grid is the
+sprite's) the layout alone decides: the score cannot tell a token from a sibling one pixel away.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from app.errors import NftlensError
 from app.imaging import decode_image
 from app.keypoints import MIN_INLIERS, Features, Match, features, match
 from app.manifest import CopyDetector
-from app.sprites import GATE, candidate_layouts, collapse_runs, native_sprite
+from app.sprites import GATE, candidate_layouts, collapse_runs, lossless, native_sprite
 
 
 @dataclass(frozen=True)
@@ -34,11 +35,16 @@ class Check:
     layout: float | None = None  # sprites: share of pixels whose colour layout and palette the query shows
     keypoints: int | None = None  # paintings: matches one similarity transform explains
     colours: float | None = None  # paintings: share of the figure the aligned query shows in its colours
+    lossless: bool = False  # sprites: the query shows the sprite's own pixel grid, so its layout decides
 
 
 def is_copy(detector: CopyDetector, collection: str, score: float, check: Check) -> bool:
     """The served verdict on one candidate: its score reaches its collection's threshold, or its direct
-    check reaches the collection's calibrated minimum."""
+    check reaches the collection's calibrated minimum. A `lossless` sprite check in a collection with a
+    layout minimum decides alone: the query shows every pixel as it is, and a sibling a few pixels
+    away scores as high in the instance space as an edited copy."""
+    if check.lossless and check.layout is not None and collection in detector.layout_min:
+        return check.layout >= detector.layout_min[collection]
     return score >= detector.threshold_for(collection) or detector.confirmed(
         collection, check.layout, check.colours
     )
@@ -64,7 +70,8 @@ def check_candidates(
     `features_of(i, image)` may hand over candidate i's keypoint features from a cache."""
     images = list(images)
     sprites = [None if im is None else native_sprite(im) for im in images]
-    layouts = candidate_layouts(query_rgb, sprites)
+    native = native_sprite(query_rgb) if any(s is not None for s in sprites) else None
+    layouts = candidate_layouts(query_rgb, sprites, native)
     # a painted query: not when the best candidate is a sprite (the query is pixel art, whose pixel
     # corners match paintings' too); keypoints not for a pixelated query either (SIFT sees its blocks)
     painted = bool(images) and sprites[0] is None
@@ -74,7 +81,7 @@ def check_candidates(
     out: list[Check] = []
     for i, (image, sprite, layout) in enumerate(zip(images, sprites, layouts, strict=True)):
         if sprite is not None:
-            out.append(Check(layout=layout))
+            out.append(Check(layout=layout, lossless=lossless(native, sprite)))
         elif image is not None and painted:
             found = None
             if keypoints:

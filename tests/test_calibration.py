@@ -25,6 +25,7 @@ from app.openset import (
 
 pytest.importorskip("torch", reason="the calibration code lives in training/")
 from training.calibrate import (  # noqa: E402
+    called_copies,
     checked_threshold,
     copy_threshold,
     copy_thresholds,
@@ -224,6 +225,21 @@ def test_copy_thresholds_give_a_check_minimum_only_where_distinct_tokens_stay_be
     alone = copy_thresholds(cats, 0.005)["colours_min"]["cats"]
     both = copy_thresholds({k: np.concatenate([pairs[k], cats[k]]) for k in pairs}, 0.005)["colours_min"]
     assert alone < 0.91 and both["cats"] == pytest.approx(both["apes"]) and both["cats"] >= 0.95
+
+
+def test_a_lossless_layout_decides_the_pairs_verdict_where_its_collection_has_a_minimum():
+    """As served (`app.verify.is_copy`): a lossless sprite pair below the layout minimum is no copy
+    whatever its score, one at the minimum is; elsewhere the score or the check calls it."""
+    from app.manifest import CopyDetector
+
+    detector = CopyDetector(threshold=0.5, layout_min={"punks": 0.999})
+    scores = np.array([0.9, 0.9, 0.1, 0.9, 0.1])
+    colls = np.array(["punks", "punks", "punks", "nouns", "punks"])
+    layouts = np.array([0.99, 0.99, 1.0, 0.5, 0.99])
+    lossless = np.array([True, False, True, True, False])
+    called = called_copies(detector, scores, colls, layouts, np.full(5, np.nan), lossless)
+    assert called.tolist() == [False, True, True, True, False]
+    assert called_copies(detector, scores, colls, layouts, np.full(5, np.nan)).tolist()[0]  # not lossless
 
 
 def test_shipped_model_manifest_pins_its_statistics(model_dir, tmp_path):

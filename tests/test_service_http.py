@@ -308,11 +308,14 @@ def _mirror(data: bytes) -> bytes:
 
 
 def _called(m, match: dict) -> bool:
-    """The documented verdict on one match: exact, a score over its threshold, or a check over its minimum."""
-    return (
-        match["exact"]
-        or match["score"] >= match["threshold"]
-        or m.copies.confirmed(match["collection"], match["layout"], match["colours"])
+    """The documented verdict on one match: exact, a score over its threshold, or a check over its minimum;
+    a lossless sprite's layout alone where its collection has a minimum."""
+    if match["exact"]:
+        return True
+    if match["lossless"] and match["layout"] is not None and match["collection"] in m.copies.layout_min:
+        return match["layout"] >= m.copies.layout_min[match["collection"]]
+    return match["score"] >= match["threshold"] or m.copies.confirmed(
+        match["collection"], match["layout"], match["colours"]
     )
 
 

@@ -175,3 +175,23 @@ def test_a_sibling_on_another_skin_tone_is_no_filtered_copy(punks):
     hsv[..., 2] = np.clip(hsv[..., 2] * 0.8, 0, 255)  # darkened as a whole, as a filter does
     filtered = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
     assert layout_agreement(filtered, b) == 1.0
+
+
+def test_a_lossless_saturated_copy_keeps_edges_that_clipping_brought_close(punks):
+    """Saturating punk 4792 2.45x (brightness 0.86x) clips two skin shades 17 levels apart to 6 levels
+    apart: under the 8 levels that tell an edge in a resized query, yet a lossless query shows it exactly,
+    so every pixel still agrees."""
+    import cv2
+
+    punk = decode_image(punks.image_path(punks.rows[4792]).read_bytes(), BACKGROUND)
+    hsv = cv2.cvtColor(_upscale(punk), cv2.COLOR_RGB2HSV).astype(np.float32)
+    hsv[..., 1] = np.clip(hsv[..., 1] * 2.45, 0, 255)
+    hsv[..., 2] = np.clip(hsv[..., 2] * 0.86, 0, 255)
+    saturated = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)
+    shades = [np.all(punk == c, axis=-1) for c in ((167, 124, 71), (174, 139, 97))]
+    assert all(m.any() for m in shades)
+    before, after = (
+        np.linalg.norm(x[shades[0]][0].astype(float) - x[shades[1]][0]) for x in (punk, saturated[::8, ::8])
+    )
+    assert before > 16 and after < 8
+    assert layout_agreement(saturated, punk) == 1.0

@@ -97,3 +97,26 @@ def test_keypoints_are_for_painted_queries_only(apes, punks):
     assert all(c.keypoints is None and c.colours is None for c in checks[1:])
     # the same painting first: checked
     assert check_candidates(apes[1], [apes[1], punk])[0].keypoints >= MIN_INLIERS
+
+
+def test_a_lossless_sprite_check_overrules_the_score(punks):
+    """Punks 1000 and 9013 differ in four pixels: the instance score cannot tell them apart, the pixels
+    can. A query that shows the sprite's own grid (a nearest upscale) is judged by its layout alone; a
+    query resized off the grid (no exact pixels left) keeps the score's verdict."""
+    import cv2
+
+    from app.manifest import CopyDetector
+    from app.verify import is_copy
+
+    a, b = (decode_image(punks.image_path(punks.rows[i]).read_bytes(), BACKGROUND) for i in (1000, 9013))
+    query = np.repeat(np.repeat(a, 8, 0), 8, 1)
+    twin, itself = check_candidates(query, [b, a])
+    assert twin.lossless and itself.lossless and twin.layout < 1.0 and itself.layout == 1.0
+    detector = CopyDetector(threshold=0.9, layout_min={"cryptopunks": 1.0 - 0.5 / 576})
+    assert not is_copy(detector, "cryptopunks", 0.9999, twin)  # the score over its threshold, overruled
+    assert is_copy(detector, "cryptopunks", 0.1, itself)  # every pixel as it was: a copy at any score
+    assert is_copy(detector, "nouns", 0.9999, Check(layout=0.5, lossless=True))  # no minimum: the score
+    blurred = cv2.resize(a, (100, 100), interpolation=cv2.INTER_CUBIC)
+    off_grid = check_candidates(blurred, [b])[0]
+    assert off_grid.layout is not None and not off_grid.lossless
+    assert is_copy(detector, "cryptopunks", 0.9999, off_grid)  # the score decides, as before

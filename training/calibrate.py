@@ -265,16 +265,18 @@ def _check_kind(pairs: dict, pos_mask: np.ndarray, neg_mask: np.ndarray) -> str 
     return kind if kind and counts[kind] else None
 
 
-def called_copies(detector: CopyDetector, scores, colls, layouts, colours) -> np.ndarray:
-    """The served verdict (`app.verify.is_copy`) for each pair, its checks NaN where not checked."""
+def called_copies(detector: CopyDetector, scores, colls, layouts, colours, lossless=None) -> np.ndarray:
+    """The served verdict (`app.verify.is_copy`) for each pair, its checks NaN where not checked
+    (`lossless`: whether each layout check saw the sprite's own grid; none did when not given)."""
 
     def value(v: float) -> float | None:
         return None if not np.isfinite(v) else float(v)
 
+    lossless = np.zeros(len(scores), bool) if lossless is None else lossless
     return np.array(
         [
-            is_copy(detector, str(c), s, Check(layout=value(lay), colours=value(col)))
-            for s, c, lay, col in zip(scores, colls, layouts, colours, strict=True)
+            is_copy(detector, str(c), s, Check(layout=value(lay), colours=value(col), lossless=bool(ll)))
+            for s, c, lay, col, ll in zip(scores, colls, layouts, colours, lossless, strict=True)
         ],
         dtype=bool,
     )
@@ -302,7 +304,9 @@ def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> 
     each keeping that collection's false-copy rate <= `false_copy`; where the pairs carry direct checks
     (`copy_pairs(verify_k=...)`), the collection's check minimum is chosen with its threshold
     (`checked_threshold`), then raised to what the distinct tokens of every collection checked that way
-    allow together (`pooled_minimum`). Rates as the service applies them."""
+    allow together (`pooled_minimum`). The choice counts a lossless sprite pair's score as the verdict
+    too, so it keeps to the budget even where the service lets the layout alone decide (`is_copy`): a
+    distinct token shown at another size would meet the score. Rates as the service applies them."""
     chosen = copy_threshold(pairs["pos"], pairs["neg"], false_copy)
     per: dict[str, float] = {}
     minima: dict[str, dict] = {"colours": {}, "layout": {}}
@@ -344,6 +348,7 @@ def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> 
             pairs[f"{side}_coll"],
             pairs.get(f"{side}_layout", unchecked[side]),
             pairs.get(f"{side}_colours", unchecked[side]),
+            pairs.get(f"{side}_lossless"),
         )
         for side in ("pos", "neg")
     )
@@ -393,7 +398,8 @@ def copy_pairs(
     the train + val splits (the nearest distinct token: what a genuine new mint meets in the catalog).
     Returns pos, pos_coll, pos_edit, neg, neg_coll; with `verify_k`, also each pair's direct checks
     (app/verify.py) as pos_/neg_layout and pos_/neg_colours (NaN: not checked that way): a positive's
-    against its original, a negative's best over its `verify_k` nearest distinct tokens.
+    against its original, a negative's best over its `verify_k` nearest distinct tokens; pos_/neg_lossless
+    (bool) where those layout checks saw the sprite's own grid.
     """
     vpaths, vrows = select_rows(data, "val", label_field, exclude, holdout)
     tpaths, trows = select_rows(data, "train", label_field, exclude, holdout)
@@ -407,7 +413,7 @@ def copy_pairs(
     tkey = np.array([f"{r['collection']}/{r['token_id'] or r['path']}" for r in trows])
     refs = ReferenceChecks([*tpaths, *vpaths], model.manifest.preprocessing.background_rgb, keypoints)
     negatives = np.full(len(vrows), -1.0)
-    neg_checks = np.full((2, len(vrows)), np.nan)  # layout, colours
+    neg_checks = np.full((3, len(vrows)), np.nan)  # layout, colours, lossless
     for c in tqdm(np.unique(vcol), desc="copy negatives", leave=False):
         vi, ti = np.flatnonzero(vcol == c), np.flatnonzero(tcol == c)
         sims = view_similarity(val_q[vi], np.concatenate([ref[ti], val[vi]]))
@@ -437,7 +443,7 @@ def copy_pairs(
             pos_coll.append(vcol[i])
             pos_edit.append(name)
             pos_checks.append(
-                _best_checks(refs.check(rgbs[j], [len(tpaths) + i])) if verify_k else (np.nan,) * 2
+                _best_checks(refs.check(rgbs[j], [len(tpaths) + i])) if verify_k else (np.nan,) * 3
             )
     pairs = {
         "pos": np.array(pos),
@@ -449,16 +455,23 @@ def copy_pairs(
     if verify_k:
         pos_c = np.array(pos_checks, dtype=float).T
         pairs.update(
-            pos_layout=pos_c[0], pos_colours=pos_c[1], neg_layout=neg_checks[0], neg_colours=neg_checks[1]
+            pos_layout=pos_c[0],
+            pos_colours=pos_c[1],
+            pos_lossless=pos_c[2] == 1,
+            neg_layout=neg_checks[0],
+            neg_colours=neg_checks[1],
+            neg_lossless=neg_checks[2] == 1,
         )
     return pairs
 
 
-def _best_checks(checks: list[Check]) -> tuple[float, float]:
-    """The best layout and colour agreement among checks (NaN where none was checked that way)."""
+def _best_checks(checks: list[Check]) -> tuple[float, float, float]:
+    """The best layout and colour agreement among checks (NaN where none was checked that way), and 1.0
+    when every layout check was lossless (its layout alone decides, `app.verify.is_copy`), else 0.0."""
     layouts = [c.layout for c in checks if c.layout is not None]
     colours = [c.colours for c in checks if c.colours is not None]
-    return (max(layouts) if layouts else np.nan, max(colours) if colours else np.nan)
+    lossless = bool(layouts) and all(c.lossless for c in checks if c.layout is not None)
+    return (max(layouts) if layouts else np.nan, max(colours) if colours else np.nan, float(lossless))
 
 
 # -- all together ------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ import numpy as np
 
 from app.config import Settings
 from app.inference import OnnxModel
-from app.verify import Check, verified_order
+from app.verify import Check, is_copy, verified_order
 from training.checking import ReferenceChecks, top_candidates
 from training.datasets.select import holdout_keys, select_rows
 from training.edits import EDITS
@@ -131,17 +131,21 @@ def evaluate_copies(
 
     def checked(
         best: np.ndarray, sims: np.ndarray, exact: np.ndarray, rgbs: list
-    ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, Check]]]:
+    ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, Check]], list[dict[int, float]]]:
         """The top-1 the service answers (the best `verify_k` candidates in their checked order), whether
-        a checked candidate's check reaches its collection's minimum (a copy by the check), and for those
-        queries the first such candidate with its check."""
+        a checked candidate's check reaches its collection's minimum (a copy by the check), for those
+        queries the first such candidate with its check, and each checked candidate's margin (`margin`)."""
         out, confirmed, by = best.copy(), np.zeros(len(best), bool), {}
+        margins: list[dict[int, float]] = [{} for _ in best]
         if not verify_k or space != "instance":
-            return out, confirmed, by
+            return out, confirmed, by, margins
         for j in np.flatnonzero(~exact):
             top = top_candidates(sims[j], verify_k)
             checks = refs.check(rgbs[j], top)
             out[j] = top[verified_order(sims[j, top].tolist(), checks)[0]]
+            margins[j] = {
+                int(i): margin(int(i), float(sims[j, i]), c) for i, c in zip(top, checks, strict=True)
+            }
             hit = next(
                 (
                     (i, c)
@@ -152,10 +156,36 @@ def evaluate_copies(
             )
             if hit is not None:
                 confirmed[j], by[j] = True, (int(hit[0]), hit[1])
-        return out, confirmed, by
+        return out, confirmed, by, margins
 
-    def false_copy(query: str, best: int, score: float, exact: bool, by: tuple[int, Check] | None) -> dict:
-        """One genuine token called a copy: the match that made it one and the reason."""
+    def margin(i: int, score: float, check: Check) -> float:
+        """A checked candidate's margin over the served verdict (`app.verify.is_copy`): 1.0 when its check
+        makes it a copy, -1.0 when its check alone decides against a score over the threshold (a lossless
+        sprite), else its score minus its collection's threshold (>= 0: a copy)."""
+        coll, t = str(key_coll[i]), float(thr(np.array([i]))[0])
+        if is_copy(detector, coll, score, check):
+            return 1.0 if detector.confirmed(coll, check.layout, check.colours) else score - t
+        return -1.0 if score >= t else score - t
+
+    def served(best: np.ndarray, score: np.ndarray, margins: list[dict[int, float]]) -> np.ndarray:
+        """Each query's margin over the served verdict (>= 0: a copy): its best checked candidate's
+        (`margin`), or, unchecked, its best score minus that match's threshold."""
+        base = score - thr(best)
+        return np.array([max(m.values()) if m else b for m, b in zip(margins, base, strict=True)])
+
+    def false_copy(
+        query: str,
+        best: int,
+        score: float,
+        exact: bool,
+        by: tuple[int, Check] | None,
+        margins: dict[int, float],
+    ) -> dict:
+        """One genuine token called a copy: the match that made it one and the reason (`margins`: its
+        checked candidates', `checked`)."""
+        if margins.get(best, 0.0) == -1.0:  # its best score was overruled: another candidate called it
+            best = max(margins, key=margins.get)
+            score = float(neg_sims[np.flatnonzero(np.array(distinct) == query)[0], best])
         if exact or by is None or score >= thr(np.array([best]))[0]:
             return {"query": query, "match": keys[best], "by": "exact" if exact else "score", "score": score}
         check = by[1]
@@ -192,17 +222,20 @@ def evaluate_copies(
         q = q_out[output]
         sims = view_similarity(q, cat)
         by_score, score, exact = exact_stage(q_out, sims)
-        best, confirmed, _ = checked(by_score, sims, exact, rgbs)
+        best, confirmed, _, margins = checked(by_score, sims, exact, rgbs)
         truth = np.array([index[k] for k in originals])
-        margin = sims[np.arange(len(q)), truth] - (thr(truth) if detector else 0)
-        positives += np.where((exact & (best == truth)) | confirmed, 1.0, margin).tolist()
-        called_by_score = exact | (score >= thr(by_score))
+        if detector is not None:  # the pair's margin (its truth's, as checked when it was a candidate)
+            pair = sims[np.arange(len(q)), truth] - thr(truth)
+            pair = np.array([m.get(int(t), v) for m, t, v in zip(margins, truth, pair, strict=True)])
+            positives += np.where((exact & (best == truth)) | confirmed, 1.0, pair).tolist()
+            called_by_score = exact | (score >= thr(by_score))
+            called_all = exact | (served(by_score, score, margins) >= 0)
         per_edit[name] = {}
         for dom in ("pixel_art", "painted"):
             mask = np.array([_domain(k) == dom for k in originals])
             row = {"n": int(mask.sum()), "top1": float((best[mask] == truth[mask]).mean())}
             if detector is not None:
-                called = exact[mask] | (score[mask] >= thr(by_score[mask])) | confirmed[mask]
+                called = called_all[mask]
                 row["by_check"] = float((confirmed[mask] & ~called_by_score[mask]).mean())
                 row["is_copy"] = float(called.mean())
                 row["exact_stage"] = float(exact[mask].mean())
@@ -219,7 +252,7 @@ def evaluate_copies(
     )
     neg_sims = view_similarity(neg_out[output], cat)
     neg_arg, neg_best, neg_exact = exact_stage(neg_out, neg_sims)
-    _, neg_confirmed, neg_by = checked(neg_arg, neg_sims, neg_exact, neg_rgbs)
+    _, neg_confirmed, neg_by, neg_margins = checked(neg_arg, neg_sims, neg_exact, neg_rgbs)
     result: dict = {
         "model": f"{m.name}@{m.version}",
         "space": space,
@@ -247,7 +280,8 @@ def evaluate_copies(
         "data": data,
     }
     if detector is not None:
-        called = neg_exact | (neg_best >= thr(neg_arg)) | neg_confirmed
+        neg_margin = np.where(neg_exact, 1.0, served(neg_arg, neg_best, neg_margins))
+        called = neg_margin >= 0
         result["exact_matches_among_distinct"] = int(neg_exact.sum())
         result["false_copy_rate"] = {
             d: float(called[np.array([_domain(k) == d for k in distinct])].mean())
@@ -255,12 +289,18 @@ def evaluate_copies(
         }
         result["genuine_not_copy_rate"] = float(1 - called.mean())
         result["false_copies"] = [  # which genuine tokens were called copies, of what, and why
-            false_copy(distinct[j], neg_arg[j], float(neg_best[j]), bool(neg_exact[j]), neg_by.get(j))
+            false_copy(
+                distinct[j],
+                neg_arg[j],
+                float(neg_best[j]),
+                bool(neg_exact[j]),
+                neg_by.get(j),
+                neg_margins[j],
+            )
             for j in np.flatnonzero(called)
         ]
         # margins over each pair's threshold: a pair is called a copy at margin >= 0 (1: exact or by a check)
         pos = np.array(positives)
-        neg_margin = np.where(neg_exact | neg_confirmed, 1.0, neg_best - thr(neg_arg))
         from training.calibrate import pr_curve, verdict_rates
 
         at = {"threshold": 0.0, **verdict_rates(pos, neg_margin, 0.0, 0.0)}
