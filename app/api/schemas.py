@@ -185,6 +185,12 @@ class CopyMatch(TokenRef):
         "image shows (0-1; one global colour change allowed); candidates at 0.9 or above are ranked first "
         "(app/sprites.py)",
     )
+    lossless: bool = Field(
+        False,
+        description="pixel-art candidates: the image shows the token's own pixel grid (its native size or a "
+        "nearest upscale), so its layout alone decides `is_copy`: at its collection's `layout_min` in "
+        "model.json a copy, below it none, whatever the score",
+    )
     keypoints: int | None = Field(
         None,
         description="painted candidates: SIFT matches with the image that one similarity transform explains; "
