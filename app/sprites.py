@@ -42,7 +42,7 @@ from app.agreement import TOLERANCE as PALETTE_TOLERANCE
 from app.agreement import global_change
 from app.fingerprint import reduce_integer_upscale
 from app.imaging import background_region
-from app.views import deskew, peel_canvas
+from app.views import deskew_framed, peel_canvas
 
 MAX_SPRITE_SIDE = 64  # a catalogued image whose native grid is at most this is a sprite
 TOLERANCE = 24.0  # RGB distance (0-255 per channel) within which two query pixels are one colour
@@ -54,6 +54,10 @@ KEPT = 8.0  # RGB distance: the query keeps a sprite's edge where its two sides 
 HUED = 15  # HSV saturation above which a sprite pixel's hue counts for the palette's hue shift
 BACKGROUND_KEPT = 12.0  # RGB distance within which the query's background is the sprite's own
 EXACT = 3.0  # RGB distance within which a lossless query keeps a colour the global change leaves alone
+SPRITE_BACKGROUND = 2  # a catalogued sprite is pixel-exact: its background is its border colour, within this
+TIES = 8  # at most this many equally good alignments are told apart by their palette
+FLAT = 8.0  # RGB spread within which a cell of a nearest-upscaled query shows one colour
+COVERED_MAX = 0.2  # at most this share of an upscaled query's cells may be set aside as drawn over
 
 
 def native_sprite(rgb: np.ndarray) -> np.ndarray | None:
@@ -62,41 +66,86 @@ def native_sprite(rgb: np.ndarray) -> np.ndarray | None:
     return small if max(small.shape[:2]) <= MAX_SPRITE_SIDE else None
 
 
+def _background(sprite: np.ndarray) -> np.ndarray:
+    """[H, W] bool: a pixel-exact sprite's background (`background_region` within `SPRITE_BACKGROUND`:
+    a figure colour a few levels off the background is figure)."""
+    return background_region(sprite, SPRITE_BACKGROUND)
+
+
 def _labels(sprite: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
-    """One integer per distinct colour of the sprite, and one for its background (`background_region`,
+    """One integer per distinct colour of the sprite, and one for its background (`_background`,
     unless given), [H, W]."""
     rgb = sprite.astype(np.int32)
     codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
     labels = np.unique(codes, return_inverse=True)[1].reshape(sprite.shape[:2])
-    background = background_region(sprite) if background is None else background
+    background = _background(sprite) if background is None else background
     # the background is a region of its own: a new background leaves enclosed pixels of its colour alone
     return np.where(background, labels.max() + 1, labels)
 
 
-def _stack(views: Sequence[np.ndarray], h: int, w: int) -> np.ndarray:
-    """Every view on an h x w grid, in each dihedral turn that has that shape: [T, h, w, 3] float32. A
-    view at least `SAMPLES` times the grid gives each cell the mean of its middle (area-resampled onto
-    a grid `SAMPLES` times finer): a resized, re-encoded or repositioned copy blurs and rings at the
-    cells' edges, not at their centres. A smaller view is area-resampled onto the grid."""
-    out = []
-    for rgb in views:
+def drawn_over(view: np.ndarray, h: int, w: int) -> np.ndarray | None:
+    """[h, w] bool: the cells of a nearest upscale of an h x w grid (the view an exact multiple of it, at
+    least 4 pixels a cell) that something drawn finer than the grid covers: cells that show more than
+    one colour (a caption's strokes, a badge's anti-aliased rim) and what they enclose (the badge's
+    face). A copymint draws on the minted image; a distinct token is drawn on the grid, cell by cell.
+    None when the view is no such upscale, or more than `COVERED_MAX` of it would be set aside."""
+    rows, cols = view.shape[:2]
+    f = rows // h
+    if f < 4 or rows != f * h or cols != f * w:
+        return None
+    cells = view.reshape(h, f, w, f, 3).astype(np.int16)
+    busy = (cells.max((1, 3)) - cells.min((1, 3))).max(-1) > FLAT
+    if not busy.any():
+        return busy
+    _, regions = cv2.connectedComponents((~busy).astype(np.uint8), connectivity=4)
+    outer = np.unique(np.r_[regions[0], regions[-1], regions[:, 0], regions[:, -1]])
+    covered = busy | ((regions > 0) & ~np.isin(regions, outer))  # busy cells' rims enclose the rest
+    return covered if covered.mean() <= COVERED_MAX else None
+
+
+def _stack(
+    views: Sequence[np.ndarray], h: int, w: int, frames: Sequence[np.ndarray | None] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every view on an h x w grid, in each dihedral turn that has that shape: [T, h, w, 3] float32, and
+    which of its cells are to be compared, [T, h, w] bool: not those `drawn_over`, nor those a view's
+    frame (`frames`: the pixels it shows, None: all) does not wholly show (a rotation cut them off),
+    together at most `COVERED_MAX` of them. A view at least
+    `SAMPLES` times the grid gives each cell the mean of its middle (area-resampled onto a grid
+    `SAMPLES` times finer): a resized, re-encoded or repositioned copy blurs and rings at the cells'
+    edges, not at their centres. A smaller view is area-resampled onto the grid."""
+    out, seen = [], []
+    for rgb, frame in zip(views, frames or [None] * len(views), strict=True):
         for size in {(w, h), (h, w)}:
-            if min(rgb.shape[:2]) >= SAMPLES * min(h, w):
+            if rgb.shape[0] >= SAMPLES * size[1] and rgb.shape[1] >= SAMPLES * size[0]:
                 fine = cv2.resize(rgb, (size[0] * SAMPLES, size[1] * SAMPLES), interpolation=cv2.INTER_AREA)
                 q = fine[SAMPLES // 2 :: SAMPLES, SAMPLES // 2 :: SAMPLES].astype(np.float32)
             else:
                 q = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32)
-            for view in (q, q[:, ::-1]):
-                out += [t for t in (np.rot90(view, k) for k in range(4)) if t.shape[:2] == (h, w)]
-    return np.stack(out)
+            covered = drawn_over(rgb, size[1], size[0])
+            shown = np.ones(q.shape[:2], bool) if covered is None else ~covered
+            if frame is not None:
+                inside = cv2.resize(frame.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.99
+                shown = shown & inside if (shown & inside).mean() >= 1 - COVERED_MAX else shown
+            for view, mask in ((q, shown), (q[:, ::-1], shown[:, ::-1])):
+                for k in range(4):
+                    if np.rot90(view, k).shape[:2] == (h, w):
+                        out.append(np.rot90(view, k))
+                        seen.append(np.rot90(mask, k))
+    return np.stack(out), np.stack(seen)
 
 
 def _disagreements(
-    stack: np.ndarray, labels: np.ndarray, ref: np.ndarray, tolerance: float, kept: float = KEPT
+    stack: np.ndarray,
+    labels: np.ndarray,
+    ref: np.ndarray,
+    tolerance: float,
+    kept: float = KEPT,
+    seen: np.ndarray | None = None,
 ) -> np.ndarray:
     """For query turns `stack` [T, a, b, 3] against sprite windows (`labels` [O, a, b] of the sprite's
     colours, `ref` [O, a, b, 3] their RGB): the pixels whose query colour is not its region's colour or
-    whose region edges the query loses (its two sides closer than `kept`), [O, T, a, b] bool."""
+    whose region edges the query loses (its two sides closer than `kept`), [O, T, a, b] bool. With
+    `seen` [T, a, b], only those pixels count: region colours are read from them, edges between them."""
     t, a, b = stack.shape[:3]
     o, n = len(labels), a * b
     flat_labels = labels.reshape(o, n)
@@ -104,8 +153,10 @@ def _disagreements(
     keys = np.arange(o)[:, None] * k + flat_labels  # (window, region) of each pixel, [O, N]
     onehot = np.zeros((n, o * k), np.float32)
     onehot[np.arange(n)[None, :], keys] = 1
-    sums = stack.reshape(t, n, 3).transpose(0, 2, 1).reshape(t * 3, n) @ onehot  # one matmul, [T*3, O*K]
-    mean = sums.reshape(t, 3, o * k) / np.maximum(onehot.sum(0), 1)
+    weight = np.ones((t, n), np.float32) if seen is None else seen.reshape(t, n).astype(np.float32)
+    weighted = stack.reshape(t, n, 3) * weight[..., None]
+    sums = weighted.transpose(0, 2, 1).reshape(t * 3, n) @ onehot  # one matmul, [T*3, O*K]
+    mean = sums.reshape(t, 3, o * k) / np.maximum(weight @ onehot, 1)[:, None, :]
     region_mean = mean.transpose(2, 0, 1)[keys]  # each pixel's region mean, [O, N, T, 3]
 
     def far(x: np.ndarray, y: np.ndarray, tol: float = tolerance) -> np.ndarray:
@@ -119,13 +170,19 @@ def _disagreements(
         edge = far(ref[(slice(None), *cut)], ref[(slice(None), *prev)])  # the sprite's edges ...
         shown = far(stack[(slice(None), *cut)], stack[(slice(None), *prev)], kept)  # (desaturated: closer)
         lost = edge[:, None] & ~shown[None]  # ... that the query does not show
+        if seen is not None:
+            lost &= (seen[(slice(None), *cut)] & seen[(slice(None), *prev)])[None]
         bad[(slice(None), slice(None), *cut)] |= lost
         bad[(slice(None), slice(None), *prev)] |= lost
-    return bad
+    return bad if seen is None else bad & seen[None]
 
 
 def palette_disagreements(
-    cells: np.ndarray, sprite: np.ndarray, lossless: bool = False, background: np.ndarray | None = None
+    cells: np.ndarray,
+    sprite: np.ndarray,
+    lossless: bool = False,
+    background: np.ndarray | None = None,
+    seen: np.ndarray | None = None,
 ) -> np.ndarray:
     """[H, W] bool: the sprite's figure pixels (not its background) whose colour in the aligned query
     `cells` (float RGB on the sprite's grid) is not the sprite's after the best global colour change.
@@ -133,8 +190,11 @@ def palette_disagreements(
     colour change: all of its figure must then be within `EXACT`. A change that would move the
     background but finds it kept (within `BACKGROUND_KEPT`) is no filter: the figure alone was recoloured,
     as sibling punks of another skin tone are, and the query is compared with the sprite unchanged.
-    `background`: the sprite's `background_region`, when already at hand."""
-    where = ~(background_region(sprite) if background is None else background)
+    `background`: the sprite's (`_background`), when already at hand; `seen`: the pixels to compare
+    (all by default)."""
+    back = _background(sprite) if background is None else background
+    seen = np.ones(back.shape, bool) if seen is None else seen
+    where, back = ~back & seen, back & seen
     if not where.any():  # all background: no figure to recolour
         return where
     if lossless:
@@ -142,9 +202,8 @@ def palette_disagreements(
         same = np.abs(cells - sprite).max(-1) <= 1
         if same[hued if hued.any() else where].mean() >= 0.5:
             return (np.linalg.norm(cells - sprite, axis=-1) >= EXACT) & where
-    query = np.clip(cells, 0, 255).astype(np.uint8)
+    query = np.rint(np.clip(cells, 0, 255)).astype(np.uint8)
     expected = global_change(query, sprite, where, saturated=HUED, min_hued=0)
-    back = ~where
     if back.any():  # a colour filter changes the whole picture; a figure recoloured alone is a sibling
         kept = np.linalg.norm(cells[back].mean(0) - sprite[back].mean(0)) < BACKGROUND_KEPT
         if kept and np.linalg.norm(expected[back].mean(0) - sprite[back].mean(0)) >= PALETTE_TOLERANCE:
@@ -152,14 +211,22 @@ def palette_disagreements(
     return (np.linalg.norm(cells - expected, axis=-1) >= PALETTE_TOLERANCE) & where
 
 
-def _best_agreement(stack: np.ndarray, sprite: np.ndarray, tolerance: float, lossless: bool = False) -> float:
-    """The agreement of the best stacked query turn with the whole sprite, its palette checked too."""
-    back = background_region(sprite)  # one flood fill serves the regions and the palette
+def _best_agreement(
+    stacked: tuple[np.ndarray, np.ndarray], sprite: np.ndarray, tolerance: float, lossless: bool = False
+) -> float:
+    """The agreement of the best stacked query turn (`_stack`: turns and their cells to compare) with
+    the whole sprite, its palette checked too: the share of compared cells that agree."""
+    stack, seen = stacked
+    back = _background(sprite)  # one flood fill serves the regions and the palette
     labels, ref = _labels(sprite, back)[None], sprite.astype(np.float32)[None]
     # a lossless query's cells are exact: an edge a strong filter brought within `KEPT` is still there
-    bad = _disagreements(stack, labels, ref, tolerance, EXACT if lossless else KEPT)[0]
-    t = int(bad.reshape(len(bad), -1).sum(1).argmin())
-    return 1.0 - float((bad[t] | palette_disagreements(stack[t], sprite, lossless, back)).mean())
+    bad = _disagreements(stack, labels, ref, tolerance, EXACT if lossless else KEPT, seen)[0]
+    share = bad.reshape(len(bad), -1).sum(1) / np.maximum(seen.reshape(len(seen), -1).sum(1), 1)
+    best = 0.0
+    for t in np.flatnonzero(share == share.min())[:TIES]:  # equally good layouts: the palette decides
+        wrong = bad[t] | palette_disagreements(stack[t], sprite, lossless, back, seen[t])
+        best = max(best, 1.0 - float(wrong[seen[t]].mean()))
+    return best
 
 
 def lossless(native: np.ndarray | None, sprite: np.ndarray) -> bool:
@@ -252,48 +319,71 @@ def collapse_runs(rgb: np.ndarray, min_cells: int = 8) -> np.ndarray | None:
     return rgb[np.ix_(cells[0], cells[1])].astype(np.float32)
 
 
-def _window_agreement(patch: np.ndarray, sprite: np.ndarray, tolerance: float) -> float:
-    """The best agreement of the cells a query shows (`regrid`) with the sprite, in every dihedral turn:
-    fewer cells than the sprite has (a crop) at every place they fit inside it; more (a pixelated copy,
-    whose blocks are finer than the sprite's pixels) against the sprite rendered onto that many blocks.
-    The best place and turn must keep the palette too."""
+def _window_agreement(patch: np.ndarray, sprite: np.ndarray, tolerance: float, whole: bool = False) -> float:
+    """The best agreement of the cells a query shows (`regrid`, `collapse_runs`) with the sprite, in every
+    dihedral turn: fewer cells than the sprite has (a crop) at every place they fit inside it; more (a
+    pixelated copy, whose blocks are finer than the sprite's pixels) against the sprite rendered onto
+    that many blocks, as also, with `whole` (the blocks of a pixelated copy, which may be coarser than
+    the sprite's pixels), fewer. The best place and turn must keep the palette too."""
     h, w = sprite.shape[:2]
-    labels, ref = _labels(sprite), sprite.astype(np.float32)
+    back = _background(sprite)
+    labels, ref = _labels(sprite, back), sprite.astype(np.float32)
     turns = [np.rot90(v, k) for v in (patch, patch[:, ::-1]) for k in range(4)]
     best = 0.0
-    for a, b in {t.shape[:2] for t in turns}:
+    shapes = {t.shape[:2] for t in turns}
+    for (a, b), render in [(s, False) for s in shapes] + [(s, True) for s in shapes if whole]:
         stack = np.stack([t for t in turns if t.shape[:2] == (a, b)])
-        if a <= h and b <= w:
+        if render or (a >= h and b >= w):
+            up = cv2.resize(sprite, (w * RENDER_SCALE, h * RENDER_SCALE), interpolation=cv2.INTER_NEAREST)
+            rendered = cv2.resize(up, (b, a), interpolation=cv2.INTER_AREA)  # blended at block edges
+            win_back = _background(rendered)[None]
+            win_labels, win_ref = _labels(rendered, win_back[0])[None], rendered.astype(np.float32)[None]
+        elif a <= h and b <= w:
             win_labels = sliding_window_view(labels, (a, b)).reshape(-1, a, b)
             win_ref = sliding_window_view(ref, (a, b, 3)).reshape(-1, a, b, 3)
-        elif a >= h and b >= w:
-            up = cv2.resize(sprite, (w * RENDER_SCALE, h * RENDER_SCALE), interpolation=cv2.INTER_NEAREST)
-            rendered = cv2.resize(up, (b, a), interpolation=cv2.INTER_AREA)
-            win_labels, win_ref = _labels(rendered)[None], rendered.astype(np.float32)[None]
+            win_back = sliding_window_view(back, (a, b)).reshape(-1, a, b)  # the sprite's, not the crop's
         else:
             continue
         bad = _disagreements(stack, win_labels, win_ref, tolerance)  # [O, T, a, b]
-        o, t = np.unravel_index(bad.reshape(*bad.shape[:2], -1).sum(2).argmin(), bad.shape[:2])
-        palette = palette_disagreements(stack[t], win_ref[o].astype(np.uint8))
-        best = max(best, 1.0 - float((bad[o, t] | palette).mean()))
+        counts = bad.reshape(*bad.shape[:2], -1).sum(2)
+        for o, t in np.argwhere(counts == counts.min())[:TIES]:  # equally good places: the palette decides
+            palette = palette_disagreements(stack[t], win_ref[o].astype(np.uint8), background=win_back[o])
+            best = max(best, 1.0 - float((bad[o, t] | palette).mean()))
     return best
 
 
-def query_views(rgb: np.ndarray) -> list[np.ndarray]:
+def framed_views(rgb: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
     """The query as it is, inside its frame or canvas and turned upright, where those apply (the copy
-    views of app/views.py), so a bordered, repositioned or slightly rotated copy lines up again."""
-    return [rgb] + [v for v in (peel_canvas(rgb), deskew(rgb)) if v is not None]
+    views of app/views.py; upright to a twentieth of a degree, `refine_skew`), so a bordered,
+    repositioned or slightly rotated copy lines up again; and
+    the pixels each shows of the query (None: all; the upright view's corners were cut off)."""
+    views, frames = [rgb], [None]
+    peeled, turned = peel_canvas(rgb), deskew_framed(rgb, refine=True)
+    if peeled is not None:
+        views, frames = [*views, peeled], [*frames, None]
+    if turned is not None:
+        views, frames = [*views, turned[0]], [*frames, turned[1]]
+    return views, frames
+
+
+def query_views(rgb: np.ndarray) -> list[np.ndarray]:
+    """The views of `framed_views`, without their frames."""
+    return framed_views(rgb)[0]
 
 
 def layout_agreement(
-    query: np.ndarray | Sequence[np.ndarray], sprite: np.ndarray, tolerance: float = TOLERANCE
+    query: np.ndarray | Sequence[np.ndarray],
+    sprite: np.ndarray,
+    tolerance: float = TOLERANCE,
+    frames: Sequence[np.ndarray | None] | None = None,
 ) -> float:
-    """How well the query (an RGB image, or several views of one) shows the sprite's colour layout (0-1),
-    in its best view and dihedral turn, palette included (the first view decides whether the query is
-    lossless). Each view is read onto the sprite's grid (`_stack`)."""
+    """How well the query (an RGB image, or several views of one, with their `frames` as
+    `framed_views` gives them) shows the sprite's colour layout (0-1), in its best view and dihedral
+    turn, palette included (the first view decides whether the query is lossless). Each view is read
+    onto the sprite's grid (`_stack`)."""
     views = [query] if isinstance(query, np.ndarray) else query
     exact_grid = lossless(native_sprite(views[0]), sprite)
-    return _best_agreement(_stack(views, *sprite.shape[:2]), sprite, tolerance, exact_grid)
+    return _best_agreement(_stack(views, *sprite.shape[:2], frames), sprite, tolerance, exact_grid)
 
 
 def candidate_layouts(
@@ -303,6 +393,7 @@ def candidate_layouts(
     is no sprite). `native`: the query's `native_sprite`, when already at hand."""
     sprites_list = list(sprites)
     views: list[np.ndarray] | None = None
+    frames: list[np.ndarray | None] = []
     stacks: dict[tuple[int, int], np.ndarray] = {}  # the query on each sprite grid, made once
     out: list[float | None] = []
     for s in sprites_list:
@@ -310,20 +401,21 @@ def candidate_layouts(
             out.append(None)
             continue
         if views is None:
-            views = query_views(query_rgb)
+            views, frames = framed_views(query_rgb)
             native = native_sprite(query_rgb) if native is None else native
         grid = s.shape[:2]
         if grid not in stacks:
-            stacks[grid] = _stack(views, *grid)
+            stacks[grid] = _stack(views, *grid, frames)
         out.append(_best_agreement(stacks[grid], s, TOLERANCE, lossless(native, s)))
     if views is None:
         return out
     patch = collapse_runs(query_rgb)  # pixelated blocks (averaged from several sprite pixels), ...
+    whole = patch is not None
     if patch is None and max(a for a in out if a is not None) < GATE:  # ... or, when no candidate
         patch = regrid(query_rgb)  # lines up as a whole, the native pixels of a crop
     if patch is not None:
         out = [
-            a if s is None or lossless(native, s) else max(a, _window_agreement(patch, s, TOLERANCE))
+            a if s is None or lossless(native, s) else max(a, _window_agreement(patch, s, TOLERANCE, whole))
             for s, a in zip(sprites_list, out, strict=True)
         ]
     return out

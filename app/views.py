@@ -80,13 +80,49 @@ def skew_degrees(rgb: np.ndarray) -> float:
 def deskew(rgb: np.ndarray, min_degrees: float = 2.0) -> np.ndarray | None:
     """The image turned back by `skew_degrees`, corners filled with its border colour, so a copy rotated by
     a few degrees meets its original upright; None when it is already upright within `min_degrees`."""
+    turned = deskew_framed(rgb, min_degrees)
+    return None if turned is None else turned[0]
+
+
+def _axis_sharpness(grey: np.ndarray, angle: float) -> float:
+    """How sharply the image turned by `angle` concentrates its edges on rows and columns (the squared
+    projection profiles of its gradients): highest when a pixel grid stands upright."""
+    h, w = grey.shape
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+    t = cv2.warpAffine(grey, turn, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    across, down = np.abs(np.diff(t, axis=1)).sum(0), np.abs(np.diff(t, axis=0)).sum(1)
+    return float((across**2).sum() + (down**2).sum())
+
+
+def refine_skew(rgb: np.ndarray, angle: float) -> float:
+    """`skew_degrees` refined for pixel art, whose staircase edges bias gradients towards the axes (by a
+    tenth of the angle): the turn within 3 degrees of `angle` that stands the grid most sharply upright
+    (`_axis_sharpness`: to 0.25, then 0.05 degrees; about 7 ms at 192 px)."""
+    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
+    for span, step in ((3.0, 0.25), (0.25, 0.05)):
+        turns = angle + np.arange(-span, span + step / 2, step)
+        angle = float(turns[int(np.argmax([_axis_sharpness(grey, a) for a in turns]))])
+    return angle
+
+
+def deskew_framed(
+    rgb: np.ndarray, min_degrees: float = 2.0, refine: bool = False
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """`deskew` (with `refine`, at the `refine_skew` angle), with the pixels it shows of the image,
+    [H, W] bool: the corners that turning back brings in from outside its frame were cut off by the
+    rotation, and are filled, not shown."""
     angle = skew_degrees(rgb)
     if abs(angle) < min_degrees:
         return None
+    angle = refine_skew(rgb, angle) if refine else angle
     h, w = rgb.shape[:2]
     turn = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
     fill = tuple(int(c) for c in border_colour(rgb))
-    return cv2.warpAffine(rgb, turn, (w, h), flags=cv2.INTER_LINEAR, borderValue=fill)
+    image = cv2.warpAffine(rgb, turn, (w, h), flags=cv2.INTER_LINEAR, borderValue=fill)
+    inside = cv2.warpAffine(
+        np.full((h, w), 255, np.uint8), turn, (w, h), flags=cv2.INTER_LINEAR, borderValue=0
+    )
+    return image, inside == 255
 
 
 def repaint_background(rgb: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray | None:

@@ -184,7 +184,7 @@ def test_a_hue_view_undoes_a_colour_shift(painted):
 
 
 def test_deskew_turns_a_slightly_rotated_copy_upright(punk):
-    from app.views import deskew, skew_degrees
+    from app.views import deskew, deskew_framed, refine_skew, skew_degrees
 
     upright = working_copy(punk)
     assert abs(skew_degrees(upright)) < 1 and deskew(upright) is None  # pixel art is axis-aligned
@@ -201,4 +201,12 @@ def test_deskew_turns_a_slightly_rotated_copy_upright(punk):
         assert (
             np.abs(back.astype(int) - upright.astype(int)).mean()
             < np.abs(turned.astype(int) - upright.astype(int)).mean() / 2
+        )
+        # the staircase edges bias the gradients towards the axes; the grid's sharpness finds the turn
+        assert abs(refine_skew(turned, skew_degrees(turned)) + degrees) < 0.1
+        framed, shown = deskew_framed(turned, refine=True)
+        assert 0.01 < 1 - shown.mean() < 0.2  # its corners were cut off
+        assert (
+            np.abs(framed.astype(int) - upright.astype(int))[shown].mean()
+            < np.abs(back.astype(int) - upright.astype(int))[shown].mean()
         )

@@ -10,9 +10,11 @@ from PIL import Image
 
 from app.imaging import background_region, decode_image
 from app.sprites import (
+    COVERED_MAX,
     GATE,
     candidate_layouts,
     collapse_runs,
+    drawn_over,
     layout_agreement,
     native_sprite,
     pixel_grid,
@@ -195,3 +197,38 @@ def test_a_lossless_saturated_copy_keeps_edges_that_clipping_brought_close(punks
     )
     assert before > 16 and after < 8
     assert layout_agreement(saturated, punk) == 1.0
+
+
+@pytest.mark.parametrize("edit", ["text", "logo", "rotate_small", "pixelate"])
+def test_what_a_copy_covers_or_cuts_off_is_set_aside_and_every_shown_cell_agrees(sprites, nouns, edit):
+    """A caption or badge drawn on the minted image covers cells with finer strokes than the grid
+    (`drawn_over`); a small rotation cuts off the corners (the upright view's frame); a pixelation may
+    be coarser than the sprite (a Noun's 32 pixels on 24-31 blocks). What is left agrees everywhere,
+    and a sibling still does not."""
+    from training.edits import apply_edit
+
+    tokens = [
+        *sprites.values(),
+        *(decode_image(nouns.image_path(r).read_bytes(), BACKGROUND) for r in nouns.rows[:4]),
+    ]
+    for j, sprite in enumerate(tokens):
+        query = apply_edit(edit, sprite, np.random.default_rng(j))
+        own, *others = candidate_layouts(query, [sprite, *(t for t in tokens if t is not sprite)])
+        assert own == 1.0, (edit, j, own)
+        assert max(o for o in others if o is not None) < 0.99, (edit, j)
+
+
+def test_drawn_over_sets_aside_only_finer_strokes_on_an_exact_upscale(sprites):
+    from training.edits import apply_edit
+
+    punk = sprites[3100]
+    clean = _upscale(punk)
+    assert not drawn_over(clean, 24, 24).any()  # drawn on the grid: nothing to set aside
+    assert drawn_over(punk, 24, 24) is None and drawn_over(clean[:190], 24, 24) is None  # no exact upscale
+    badge = apply_edit("logo", punk, np.random.default_rng(1))
+    covered = drawn_over(badge, 24, 24)
+    assert 0 < covered.mean() <= COVERED_MAX
+    changed = np.any(badge != clean, -1).reshape(24, 8, 24, 8).any((1, 3))
+    assert covered[changed].all()  # every cell the badge touched, and what its rim encloses
+    noisy = np.clip(clean + np.random.default_rng(0).normal(0, 20, clean.shape), 0, 255).astype(np.uint8)
+    assert drawn_over(noisy, 24, 24) is None  # noise everywhere: more than a badge, nothing set aside
