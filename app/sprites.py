@@ -25,6 +25,12 @@ a JPEG saved at that size counts too) that leaves most coloured pixels as they w
 match within `EXACT`, and a change that would have moved the background but finds it kept is no filter
 (a figure recoloured alone is a sibling): the query is then compared with the sprite unchanged.
 
+What a copy covers or cuts off is set aside: `layout` is then the share of the cells the query still
+shows (at most `COVERED_MAX` set aside). On an exact upscale of the grid, cells that show more than one
+colour were drawn over finer than the sprite's pixels (a caption, a badge: `drawn_over`), with what
+they enclose; a distinct token is drawn cell by cell and shows none. The upright view of a slightly
+rotated copy lacks the corners the rotation cut off (its frame, `framed_views`).
+
 `app/verify.py` orders the candidates by it (at or above `GATE` first), and a layout at its collection's
 calibrated `layout_min` makes a copy. Paintings are no sprites: `app/keypoints.py` and `app/agreement.py`
 check them.
@@ -355,8 +361,8 @@ def _window_agreement(patch: np.ndarray, sprite: np.ndarray, tolerance: float, w
 def framed_views(rgb: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
     """The query as it is, inside its frame or canvas and turned upright, where those apply (the copy
     views of app/views.py; upright to a twentieth of a degree, `refine_skew`), so a bordered,
-    repositioned or slightly rotated copy lines up again; and
-    the pixels each shows of the query (None: all; the upright view's corners were cut off)."""
+    repositioned or slightly rotated copy lines up again; and the pixels each shows of the query (None:
+    all; the upright view's corners were cut off)."""
     views, frames = [rgb], [None]
     peeled, turned = peel_canvas(rgb), deskew_framed(rgb, refine=True)
     if peeled is not None:
@@ -394,7 +400,7 @@ def candidate_layouts(
     sprites_list = list(sprites)
     views: list[np.ndarray] | None = None
     frames: list[np.ndarray | None] = []
-    stacks: dict[tuple[int, int], np.ndarray] = {}  # the query on each sprite grid, made once
+    stacks: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # the query on each grid, made once
     out: list[float | None] = []
     for s in sprites_list:
         if s is None:
