@@ -106,6 +106,7 @@ function checkText(m) {
 // why a match is called a copy: the same pixels, its score, or its direct check at the collection's minimum
 function why(m) {
   if (m.exact) return "the same pixels";
+  if (m.lossless) return `every pixel it shows agrees (${checkText(m)}; the image is lossless, its pixels decide)`;
   if (m.score >= m.threshold) return `score ${m.score.toFixed(4)} ≥ threshold ${m.threshold.toFixed(4)}`;
   return `its ${checkText(m)} reaches its collection's check minimum (score ${m.score.toFixed(4)})`;
 }
@@ -119,7 +120,9 @@ function showCopies(file, copies) {
   $("verdict").className = `verdict ${copies.is_copy ? "flag" : "ok"}`;
   $("verdict").textContent = !best ? "The catalog is empty." : copies.is_copy
     ? `Copy of ${best.collection}/${best.token_id}: ${why(best)}. Route to review.`
-    : `No copy found: the closest token ${best.collection}/${best.token_id} scores ${best.score.toFixed(4)} < threshold ${best.threshold.toFixed(4)}.`;
+    : best.lossless && best.score >= best.threshold
+      ? `No copy found: the closest token ${best.collection}/${best.token_id} scores ${best.score.toFixed(4)}, but its pixels differ (${checkText(best)}): a sibling, not a copy.`
+      : `No copy found: the closest token ${best.collection}/${best.token_id} scores ${best.score.toFixed(4)} < threshold ${best.threshold.toFixed(4)}.`;
   $("matches").replaceChildren(
     el("tr", {}, ...["", "token", "score", "threshold", "check", "verdict"].map((h) => el("th", { textContent: h }))),
     ...copies.matches.map((m) => el("tr", {},
