@@ -217,6 +217,14 @@ def palette_disagreements(
     return (np.linalg.norm(cells - expected, axis=-1) >= PALETTE_TOLERANCE) & where
 
 
+def _ties(tied: np.ndarray, bound: float) -> np.ndarray:
+    """The indices of equally good alignments (`tied`, any shape) whose palettes are worth reading: up to
+    `TIES` of them, or only the first when even a perfect palette (`bound`: the layout's agreement) stays
+    below `GATE`, where the value decides nothing (it neither ranks the candidate nor confirms a copy)."""
+    found = np.argwhere(tied) if tied.ndim > 1 else np.flatnonzero(tied)
+    return found[: TIES if bound >= GATE else 1]
+
+
 def _best_agreement(
     stacked: tuple[np.ndarray, np.ndarray], sprite: np.ndarray, tolerance: float, lossless: bool = False
 ) -> float:
@@ -229,7 +237,7 @@ def _best_agreement(
     bad = _disagreements(stack, labels, ref, tolerance, EXACT if lossless else KEPT, seen)[0]
     share = bad.reshape(len(bad), -1).sum(1) / np.maximum(seen.reshape(len(seen), -1).sum(1), 1)
     best = 0.0
-    for t in np.flatnonzero(share == share.min())[:TIES]:  # equally good layouts: the palette decides
+    for t in _ties(share == share.min(), 1.0 - share.min()):  # equally good layouts: the palette decides
         wrong = bad[t] | palette_disagreements(stack[t], sprite, lossless, back, seen[t])
         best = max(best, 1.0 - float(wrong[seen[t]].mean()))
     return best
@@ -352,7 +360,7 @@ def _window_agreement(patch: np.ndarray, sprite: np.ndarray, tolerance: float, w
             continue
         bad = _disagreements(stack, win_labels, win_ref, tolerance)  # [O, T, a, b]
         counts = bad.reshape(*bad.shape[:2], -1).sum(2)
-        for o, t in np.argwhere(counts == counts.min())[:TIES]:  # equally good places: the palette decides
+        for o, t in _ties(counts == counts.min(), 1.0 - counts.min() / (a * b)):  # the palette decides
             palette = palette_disagreements(stack[t], win_ref[o].astype(np.uint8), background=win_back[o])
             best = max(best, 1.0 - float((bad[o, t] | palette).mean()))
     return best
