@@ -48,6 +48,7 @@ from app.agreement import TOLERANCE as PALETTE_TOLERANCE
 from app.agreement import global_change
 from app.fingerprint import reduce_integer_upscale
 from app.imaging import background_region
+from app.preprocessing import downscale_max_side
 from app.views import deskew_framed, peel_canvas
 
 MAX_SPRITE_SIDE = 64  # a catalogued image whose native grid is at most this is a sprite
@@ -115,10 +116,10 @@ def _stack(
     """Every view on an h x w grid, in each dihedral turn that has that shape: [T, h, w, 3] float32, and
     which of its cells are to be compared, [T, h, w] bool: not those `drawn_over`, nor those a view's
     frame (`frames`: the pixels it shows, None: all) does not wholly show (a rotation cut them off),
-    together at most `COVERED_MAX` of them. A view at least
-    `SAMPLES` times the grid gives each cell the mean of its middle (area-resampled onto a grid
-    `SAMPLES` times finer): a resized, re-encoded or repositioned copy blurs and rings at the cells'
-    edges, not at their centres. A smaller view is area-resampled onto the grid."""
+    together at most `COVERED_MAX` of them. A view at least `SAMPLES` times the grid gives each cell the
+    mean of its middle (area-resampled onto a grid `SAMPLES` times finer): a resized, re-encoded or
+    repositioned copy blurs and rings at the cells' edges, not at their centres. A smaller view is
+    area-resampled onto the grid."""
     out, seen = [], []
     for rgb, frame in zip(views, frames or [None] * len(views), strict=True):
         for size in {(w, h), (h, w)}:
@@ -134,8 +135,9 @@ def _stack(
                 shown = shown & inside if (shown & inside).mean() >= 1 - COVERED_MAX else shown
             for view, mask in ((q, shown), (q[:, ::-1], shown[:, ::-1])):
                 for k in range(4):
-                    if np.rot90(view, k).shape[:2] == (h, w):
-                        out.append(np.rot90(view, k))
+                    turned = np.rot90(view, k)
+                    if turned.shape[:2] == (h, w):
+                        out.append(turned)
                         seen.append(np.rot90(mask, k))
     return np.stack(out), np.stack(seen)
 
@@ -159,10 +161,13 @@ def _disagreements(
     keys = np.arange(o)[:, None] * k + flat_labels  # (window, region) of each pixel, [O, N]
     onehot = np.zeros((n, o * k), np.float32)
     onehot[np.arange(n)[None, :], keys] = 1
-    weight = np.ones((t, n), np.float32) if seen is None else seen.reshape(t, n).astype(np.float32)
-    weighted = stack.reshape(t, n, 3) * weight[..., None]
-    sums = weighted.transpose(0, 2, 1).reshape(t * 3, n) @ onehot  # one matmul, [T*3, O*K]
-    mean = sums.reshape(t, 3, o * k) / np.maximum(weight @ onehot, 1)[:, None, :]
+    if seen is None:  # every pixel counts
+        pixels, counts = stack.reshape(t, n, 3), onehot.sum(0)
+    else:  # region colours from the seen pixels only
+        weight = seen.reshape(t, n).astype(np.float32)
+        pixels, counts = stack.reshape(t, n, 3) * weight[..., None], (weight @ onehot)[:, None, :]
+    sums = pixels.transpose(0, 2, 1).reshape(t * 3, n) @ onehot  # one matmul, [T*3, O*K]
+    mean = sums.reshape(t, 3, o * k) / np.maximum(counts, 1)
     region_mean = mean.transpose(2, 0, 1)[keys]  # each pixel's region mean, [O, N, T, 3]
 
     def far(x: np.ndarray, y: np.ndarray, tol: float = tolerance) -> np.ndarray:
@@ -291,10 +296,7 @@ def regrid(rgb: np.ndarray, min_cells: int = 8) -> np.ndarray | None:
     query is first shrunk to `REGRID_MAX_SIDE` (the grid search grows with the side)."""
     if min(rgb.shape[:2]) < 2 * min_cells:  # too small to show that many cells of two pixels or more
         return None
-    scale = REGRID_MAX_SIDE / max(rgb.shape[:2])
-    if scale < 1:
-        size = (max(1, round(rgb.shape[1] * scale)), max(1, round(rgb.shape[0] * scale)))
-        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    rgb = downscale_max_side(rgb, REGRID_MAX_SIDE)
     p, fx, fy = pixel_grid(rgb, min_cells)
     k = max(1, int(p / 2)) | 1
     smooth = cv2.blur(rgb, (k, k)).astype(np.float32)  # each centre: the mean of the cell's middle
@@ -344,25 +346,34 @@ def _window_agreement(patch: np.ndarray, sprite: np.ndarray, tolerance: float, w
     labels, ref = _labels(sprite, back), sprite.astype(np.float32)
     turns = [np.rot90(v, k) for v in (patch, patch[:, ::-1]) for k in range(4)]
     best = 0.0
-    shapes = {t.shape[:2] for t in turns}
-    for (a, b), render in [(s, False) for s in shapes] + [(s, True) for s in shapes if whole]:
+    for a, b in {t.shape[:2] for t in turns}:
         stack = np.stack([t for t in turns if t.shape[:2] == (a, b)])
-        if render or (a >= h and b >= w):
+        windows = []  # (labels [O, a, b], RGB [O, a, b, 3], background [O, a, b]) to compare with
+        if a <= h and b <= w and not (a >= h and b >= w):  # a crop: every place inside the sprite
+            windows.append(
+                (
+                    sliding_window_view(labels, (a, b)).reshape(-1, a, b),
+                    sliding_window_view(ref, (a, b, 3)).reshape(-1, a, b, 3),
+                    sliding_window_view(back, (a, b)).reshape(-1, a, b),  # the sprite's, not the crop's
+                )
+            )
+        if whole or (a >= h and b >= w):  # blocks: the sprite rendered onto as many
             up = cv2.resize(sprite, (w * RENDER_SCALE, h * RENDER_SCALE), interpolation=cv2.INTER_NEAREST)
             rendered = cv2.resize(up, (b, a), interpolation=cv2.INTER_AREA)  # blended at block edges
-            win_back = _background(rendered)[None]
-            win_labels, win_ref = _labels(rendered, win_back[0])[None], rendered.astype(np.float32)[None]
-        elif a <= h and b <= w:
-            win_labels = sliding_window_view(labels, (a, b)).reshape(-1, a, b)
-            win_ref = sliding_window_view(ref, (a, b, 3)).reshape(-1, a, b, 3)
-            win_back = sliding_window_view(back, (a, b)).reshape(-1, a, b)  # the sprite's, not the crop's
-        else:
-            continue
-        bad = _disagreements(stack, win_labels, win_ref, tolerance)  # [O, T, a, b]
-        counts = bad.reshape(*bad.shape[:2], -1).sum(2)
-        for o, t in _ties(counts == counts.min(), 1.0 - counts.min() / (a * b)):  # the palette decides
-            palette = palette_disagreements(stack[t], win_ref[o].astype(np.uint8), background=win_back[o])
-            best = max(best, 1.0 - float((bad[o, t] | palette).mean()))
+            rendered_back = _background(rendered)
+            windows.append(
+                (
+                    _labels(rendered, rendered_back)[None],
+                    rendered.astype(np.float32)[None],
+                    rendered_back[None],
+                )
+            )
+        for win_labels, win_ref, win_back in windows:
+            bad = _disagreements(stack, win_labels, win_ref, tolerance)  # [O, T, a, b]
+            counts = bad.reshape(*bad.shape[:2], -1).sum(2)
+            for o, t in _ties(counts == counts.min(), 1.0 - counts.min() / (a * b)):  # the palette decides
+                palette = palette_disagreements(stack[t], win_ref[o].astype(np.uint8), background=win_back[o])
+                best = max(best, 1.0 - float((bad[o, t] | palette).mean()))
     return best
 
 

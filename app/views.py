@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from app.imaging import background_region, border_colour
-from app.preprocessing import PreprocessConfig, preprocess
+from app.preprocessing import PreprocessConfig, downscale_max_side, preprocess
 
 N_VIEWS = 8
 
@@ -80,8 +80,16 @@ def skew_degrees(rgb: np.ndarray) -> float:
 def deskew(rgb: np.ndarray, min_degrees: float = 2.0) -> np.ndarray | None:
     """The image turned back by `skew_degrees`, corners filled with its border colour, so a copy rotated by
     a few degrees meets its original upright; None when it is already upright within `min_degrees`."""
-    turned = deskew_framed(rgb, min_degrees)
-    return None if turned is None else turned[0]
+    angle = skew_degrees(rgb)
+    return None if abs(angle) < min_degrees else _turn_back(rgb, angle)
+
+
+def _turn_back(rgb: np.ndarray, angle: float) -> np.ndarray:
+    """The image turned by `angle` about its centre, corners filled with its border colour."""
+    h, w = rgb.shape[:2]
+    turn = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
+    fill = tuple(int(c) for c in border_colour(rgb))
+    return cv2.warpAffine(rgb, turn, (w, h), flags=cv2.INTER_LINEAR, borderValue=fill)
 
 
 REFINE_MAX_SIDE = 256  # `refine_skew` reads a larger image shrunk to this
@@ -102,11 +110,7 @@ def refine_skew(rgb: np.ndarray, angle: float) -> float:
     tenth of the angle): the turn within 3 degrees of `angle` that stands the grid most sharply upright
     (`_axis_sharpness`: to 0.25, then 0.05 degrees; about 7 ms at 192 px; a larger image is first
     shrunk to `REFINE_MAX_SIDE`, the angle is the same)."""
-    grey = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32)
-    scale = REFINE_MAX_SIDE / max(grey.shape)
-    if scale < 1:
-        size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
-        grey = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+    grey = downscale_max_side(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float32), REFINE_MAX_SIDE)
     for span, step in ((3.0, 0.25), (0.25, 0.05)):
         turns = angle + np.arange(-span, span + step / 2, step)
         angle = float(turns[int(np.argmax([_axis_sharpness(grey, a) for a in turns]))])
@@ -125,12 +129,10 @@ def deskew_framed(
     angle = refine_skew(rgb, angle) if refine else angle
     h, w = rgb.shape[:2]
     turn = cv2.getRotationMatrix2D((w / 2, h / 2), angle, 1.0)
-    fill = tuple(int(c) for c in border_colour(rgb))
-    image = cv2.warpAffine(rgb, turn, (w, h), flags=cv2.INTER_LINEAR, borderValue=fill)
     inside = cv2.warpAffine(
         np.full((h, w), 255, np.uint8), turn, (w, h), flags=cv2.INTER_LINEAR, borderValue=0
     )
-    return image, inside == 255
+    return _turn_back(rgb, angle), inside == 255
 
 
 def repaint_background(rgb: np.ndarray, colour: tuple[int, int, int]) -> np.ndarray | None:
