@@ -17,7 +17,8 @@ from app.catalog import Catalog, SearchFilter, best_per_token
 from app.imaging import IMAGE_SUFFIXES
 from app.indexing import safe_prepare
 from app.inference import OnnxModel
-from app.verify import Check, is_copy, rank_by_checks
+from app.preprocessing import preprocess_batch
+from app.verify import Check, catalog_lookup, is_copy, rank_by_checks
 
 CSV_COLUMNS = ("query", "best_collection", "best_token_id", "score", "is_copy", "exact", "error")
 
@@ -47,6 +48,10 @@ def scan_folder(
     detector, views = m.copies, m.copies.views
     background = m.preprocessing.background_rgb
     flt = SearchFilter(collections=collections)
+
+    def embed(images: list[np.ndarray]) -> np.ndarray:  # crop completions (app/verify.py)
+        return model.run(preprocess_batch(images, m.preprocessing))["instance"]
+
     rows: list[dict] = []
     with ThreadPoolExecutor(threads) as pool, tqdm(total=len(files), desc="copies scan", unit="img") as bar:
         for start in range(0, len(files), batch):
@@ -71,7 +76,8 @@ def scan_folder(
                 )
                 checks = [Check()] * len(hits)
                 if hits and not exact and verify_k:
-                    hits, checks = rank_by_checks(catalog, hits, prepared[i][2], background, keypoints)
+                    more = catalog_lookup(catalog, embed, inst[found[i]], verify_k, flt)
+                    hits, checks = rank_by_checks(catalog, hits, prepared[i][2], background, keypoints, more)
                 copy = bool(exact) or any(
                     is_copy(detector, h.collection, h.score, c) for h, c in zip(hits, checks, strict=True)
                 )

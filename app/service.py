@@ -26,9 +26,9 @@ from app.imaging import decode_image
 from app.inference import GpuOptions, OnnxModel, Outputs, logits_of
 from app.metrics import Metrics
 from app.openset import OpenSetScorer, softmax
-from app.preprocessing import decode_and_preprocess
+from app.preprocessing import decode_and_preprocess, preprocess_batch
 from app.threadnames import name_this_thread
-from app.verify import Check, is_copy, rank_by_checks
+from app.verify import Check, catalog_lookup, is_copy, rank_by_checks
 from app.views import dihedral_view, dihedral_views
 
 
@@ -163,6 +163,12 @@ class Service:
             out["unknown_score"] = self.openset.score(out)
         return out
 
+    def _instances(self, images: list[np.ndarray]) -> np.ndarray:
+        """Decoded images -> their instance vectors [N, D], in one ONNX call on the calling thread (the
+        copy search's crop completions, app/verify.py: few and rare, so not through the batcher)."""
+        cfg = self.model.manifest.preprocessing
+        return self.model.run(preprocess_batch(images, cfg))["instance"]
+
     def _observe_batch(self, size: int, seconds: float) -> None:
         self.metrics.batch_size.observe(size)
         self.metrics.inference.observe(seconds)
@@ -276,7 +282,10 @@ class Service:
         checks = [Check()] * len(fuzzy)
         if verify_k:
             bg = self.model.manifest.preprocessing.background_rgb
-            fuzzy, checks = rank_by_checks(self.catalog, fuzzy, query_rgb, bg, self.settings.copy_keypoints)
+            more = catalog_lookup(self.catalog, self._instances, instances, verify_k, flt, exact_keys)
+            fuzzy, checks = rank_by_checks(
+                self.catalog, fuzzy, query_rgb, bg, self.settings.copy_keypoints, more
+            )
         ranked = [(h, Check(), True) for h in exact] + [
             (h, c, is_copy(detector, h.collection, h.score, c)) for h, c in zip(fuzzy, checks, strict=True)
         ]

@@ -335,6 +335,63 @@ def collapse_runs(rgb: np.ndarray, min_cells: int = 8) -> np.ndarray | None:
     return rgb[np.ix_(cells[0], cells[1])].astype(np.float32)
 
 
+def _is_crop(a: int, b: int, h: int, w: int) -> bool:
+    """Whether a cells fit inside an h x w sprite, fewer of them on some side (a crop's)."""
+    return a <= h and b <= w and not (a >= h and b >= w)
+
+
+def _crop_windows(
+    labels: np.ndarray, ref: np.ndarray, back: np.ndarray, a: int, b: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every a x b window of a sprite's labels, RGB and background (`_window_agreement`), row by row:
+    [O, a, b], [O, a, b, 3], [O, a, b]."""
+    return (
+        sliding_window_view(labels, (a, b)).reshape(-1, a, b),
+        sliding_window_view(ref, (a, b, 3)).reshape(-1, a, b, 3),
+        sliding_window_view(back, (a, b)).reshape(-1, a, b),  # the sprite's, not the crop's
+    )
+
+
+def _turns(patch: np.ndarray) -> list[np.ndarray]:
+    """The 8 dihedral turns of a patch of cells."""
+    return [np.rot90(v, k) for v in (patch, patch[:, ::-1]) for k in range(4)]
+
+
+def completed_crop(
+    patch: np.ndarray, sprite: np.ndarray, tolerance: float = TOLERANCE
+) -> tuple[float, np.ndarray] | None:
+    """The sprite with the native pixels a crop shows (`regrid`) put in at their best place and turn
+    (the fewest layout disagreements, `_disagreements`), and the share of the crop's cells that disagree
+    there (0: the sprite shows the crop as it is). What the crop cut off stays the sprite's: a sibling
+    of the cropped token mostly shares it, so the completion stands for the whole token, which the
+    instance space finds. None when the patch is no crop of the sprite's grid."""
+    h, w = sprite.shape[:2]
+    back = _background(sprite)
+    labels, ref = _labels(sprite, back), sprite.astype(np.float32)
+    turns = _turns(patch)
+    best: tuple[float, np.ndarray] | None = None
+    for a, b in {t.shape[:2] for t in turns}:
+        if not _is_crop(a, b, h, w):
+            continue
+        stack = np.stack([t for t in turns if t.shape[:2] == (a, b)])
+        win_labels, win_ref, _ = _crop_windows(labels, ref, back, a, b)
+        bad = _disagreements(stack, win_labels, win_ref, tolerance)  # [O, T, a, b]
+        share = bad.reshape(*bad.shape[:2], -1).mean(2)
+        o, t = np.unravel_index(int(share.argmin()), share.shape)
+        if best is None or share[o, t] < best[0]:
+            y, x = divmod(int(o), w - b + 1)
+            out = sprite.copy()
+            out[y : y + a, x : x + b] = np.clip(np.rint(stack[t]), 0, 255).astype(np.uint8)
+            best = (float(share[o, t]), out)
+    return best
+
+
+def crop_patch(query_rgb: np.ndarray) -> np.ndarray | None:
+    """The native pixels a cropped pixel-art query shows (`regrid`), unless it is a pixelated copy
+    (`collapse_runs`: blocks, not pixels)."""
+    return None if collapse_runs(query_rgb) is not None else regrid(query_rgb)
+
+
 def _window_agreement(patch: np.ndarray, sprite: np.ndarray, tolerance: float, whole: bool = False) -> float:
     """The best agreement of the cells a query shows (`regrid`, `collapse_runs`) with the sprite, in every
     dihedral turn: fewer cells than the sprite has (a crop) at every place they fit inside it; more (a
@@ -344,19 +401,13 @@ def _window_agreement(patch: np.ndarray, sprite: np.ndarray, tolerance: float, w
     h, w = sprite.shape[:2]
     back = _background(sprite)
     labels, ref = _labels(sprite, back), sprite.astype(np.float32)
-    turns = [np.rot90(v, k) for v in (patch, patch[:, ::-1]) for k in range(4)]
+    turns = _turns(patch)
     best = 0.0
     for a, b in {t.shape[:2] for t in turns}:
         stack = np.stack([t for t in turns if t.shape[:2] == (a, b)])
         windows = []  # (labels [O, a, b], RGB [O, a, b, 3], background [O, a, b]) to compare with
-        if a <= h and b <= w and not (a >= h and b >= w):  # a crop: every place inside the sprite
-            windows.append(
-                (
-                    sliding_window_view(labels, (a, b)).reshape(-1, a, b),
-                    sliding_window_view(ref, (a, b, 3)).reshape(-1, a, b, 3),
-                    sliding_window_view(back, (a, b)).reshape(-1, a, b),  # the sprite's, not the crop's
-                )
-            )
+        if _is_crop(a, b, h, w):  # every place inside the sprite
+            windows.append(_crop_windows(labels, ref, back, a, b))
         if whole or (a >= h and b >= w):  # blocks: the sprite rendered onto as many
             up = cv2.resize(sprite, (w * RENDER_SCALE, h * RENDER_SCALE), interpolation=cv2.INTER_NEAREST)
             rendered = cv2.resize(up, (b, a), interpolation=cv2.INTER_AREA)  # blended at block edges

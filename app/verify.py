@@ -16,16 +16,32 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
+import cv2
 import numpy as np
 
 from app.agreement import agreement, block_agreement, scale_transform
-from app.catalog import Catalog, Neighbour
+from app.catalog import Catalog, Neighbour, SearchFilter, best_per_token
 from app.errors import NftlensError
 from app.imaging import decode_image
 from app.keypoints import MIN_INLIERS, Features, Match, features, match
 from app.manifest import CopyDetector
-from app.sprites import GATE, candidate_layouts, collapse_runs, lossless, native_sprite
+from app.sprites import (
+    GATE,
+    candidate_layouts,
+    collapse_runs,
+    completed_crop,
+    crop_patch,
+    lossless,
+    native_sprite,
+)
+
+COMPLETE_FROM = 30  # a cropped sprite query is completed from the best-fitting of this many candidates ...
+COMPLETIONS = 3  # ... this many at a time ...
+ROUNDS = 2  # ... at most this many times (each from the candidates the last one found)
+
+K = TypeVar("K")
 
 
 @dataclass(frozen=True)
@@ -114,13 +130,55 @@ def rank_by_checks(
     query_rgb: np.ndarray,
     background: tuple[int, int, int],
     keypoints: bool = True,
+    more: Callable[[list[np.ndarray]], list[Neighbour]] | None = None,
 ) -> tuple[list[Neighbour], list[Check]]:
-    """Search hits (best score first) in their checked order, each with its check; every candidate's
-    image is read from the catalog (`Catalog.image`)."""
-    images = (stored_rgb(catalog.image(h.collection, h.token_id), background) for h in hits)
+    """Search hits (best score first, one per token) in their checked order, each with its check; every
+    candidate's image is read from the catalog (`Catalog.image`). With `more` (`catalog_lookup`), a
+    cropped sprite query's completions find further candidates (`complete_crops`)."""
+    images = [stored_rgb(catalog.image(h.collection, h.token_id), background) for h in hits]
     checks = check_candidates(query_rgb, images, keypoints)
+    if more is not None:
+        by_key = {(h.collection, h.token_id): h for h in hits}
+
+        def lookup(rendered: list[np.ndarray]) -> list[tuple[tuple[str, str], np.ndarray | None]]:
+            found = [h for h in more(rendered) if (h.collection, h.token_id) not in by_key]
+            by_key.update({(h.collection, h.token_id): h for h in found})
+            return [
+                ((h.collection, h.token_id), stored_rgb(catalog.image(h.collection, h.token_id), background))
+                for h in found
+            ]
+
+        keys, images, checks = complete_crops(query_rgb, list(by_key), images, checks, lookup, keypoints)
+        hits = [by_key[key] for key in keys]
     order = verified_order([h.score for h in hits], checks)
     return [hits[i] for i in order], [checks[i] for i in order]
+
+
+def catalog_lookup(
+    catalog: Catalog,
+    embed: Callable[[list[np.ndarray]], np.ndarray],
+    instances: np.ndarray,
+    k: int,
+    flt: SearchFilter,
+    skip: Iterable[tuple[str, str]] = (),
+) -> Callable[[list[np.ndarray]], list[Neighbour]]:
+    """`rank_by_checks`' `more`: the catalog's nearest tokens (instance space, within `flt`, not those in
+    `skip`) to images (`embed`: images -> their instance vectors), the best `k` of them, each scored by
+    the query's own vectors (`instances` [V, D]: its best view, as its own search scores it), so the
+    verdict on them is the query's."""
+    skipped, queries = set(skip), np.atleast_2d(instances)
+
+    def more(images: list[np.ndarray]) -> list[Neighbour]:
+        hits = best_per_token(h for v in embed(images) for h in catalog.search(v, k, flt, space="instance"))
+        out = []
+        for h in (h for h in hits if (h.collection, h.token_id) not in skipped):
+            token = catalog.get(h.collection, h.token_id, with_vector=True)
+            if token is not None and token.instance is not None:
+                score = float((queries @ token.instance).max())
+                out.append(Neighbour(h.collection, h.token_id, score, h.metadata))
+        return out[:k]
+
+    return more
 
 
 def verified_order(scores: Sequence[float], checks: Sequence[Check]) -> list[int]:
@@ -134,3 +192,58 @@ def verified_order(scores: Sequence[float], checks: Sequence[Check]) -> list[int
     points.sort(key=lambda i: (-checks[i].keypoints, -scores[i]))
     rest.sort(key=lambda i: -scores[i])
     return layout + points + rest
+
+
+def crop_completions(
+    patch: np.ndarray, images: Sequence[np.ndarray | None], n: int = COMPLETIONS
+) -> list[np.ndarray]:
+    """The sprite candidates (decoded images) that best fit a crop's native pixels (`patch`:
+    app/sprites.py: crop_patch), completed by it (`completed_crop`) and rendered at the candidate's
+    size, best fit first: at most `n`."""
+    fits = []
+    for image in images:
+        sprite = None if image is None else native_sprite(image)
+        found = None if sprite is None else completed_crop(patch, sprite)
+        if found is not None:
+            up = cv2.resize(found[1], (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+            fits.append((found[0], len(fits), up))
+    return [up for _, _, up in sorted(fits, key=lambda f: f[:2])[:n]]
+
+
+def complete_crops(
+    query_rgb: np.ndarray,
+    keys: list[K],
+    images: list[np.ndarray | None],
+    checks: list[Check],
+    lookup: Callable[[list[np.ndarray]], list[tuple[K, np.ndarray | None]]],
+    keypoints: bool = True,
+) -> tuple[list[K], list[np.ndarray | None], list[Check]]:
+    """Candidates (`keys`, their decoded `images` and `checks`, best instance-space score first) with
+    those a crop completion finds. A cropped copy of pixel art sits far from its original in the
+    instance space (most of its cells are cut off or shown larger), while the sprite it is cut from,
+    completed from a sibling, sits close. So when the query shows a crop's native pixels (`crop_patch`)
+    and no sprite candidate shows all of them (no layout of 1), the best-fitting of the first
+    `COMPLETE_FROM` candidates are completed by them (`crop_completions`) and looked up:
+    `lookup(rendered images)` answers further candidates (key and image; none already among `keys`),
+    which are checked and appended. Up to `ROUNDS` times, each completing from the last round's finds."""
+    layouts = [c.layout for c in checks if c.layout is not None]
+    if not layouts or max(layouts) >= 1.0:
+        return keys, images, checks
+    patch = crop_patch(query_rgb)
+    if patch is None:
+        return keys, images, checks
+    keys, images, checks = list(keys), list(images), list(checks)
+    scan = images[:COMPLETE_FROM]
+    for _ in range(ROUNDS):
+        completions = crop_completions(patch, scan)
+        known = set(keys)
+        found = [(k, im) for k, im in lookup(completions) if k not in known] if completions else []
+        if not found:
+            break
+        new_keys, new_images = [k for k, _ in found], [im for _, im in found]
+        new_checks = check_candidates(query_rgb, new_images, keypoints)
+        keys, images, checks = keys + new_keys, images + new_images, checks + new_checks
+        if max((c.layout for c in new_checks if c.layout is not None), default=0.0) >= 1.0:
+            break
+        scan = new_images[:COMPLETE_FROM]
+    return keys, images, checks

@@ -14,6 +14,8 @@ from app.sprites import (
     GATE,
     candidate_layouts,
     collapse_runs,
+    completed_crop,
+    crop_patch,
     drawn_over,
     layout_agreement,
     native_sprite,
@@ -232,3 +234,35 @@ def test_drawn_over_sets_aside_only_finer_strokes_on_an_exact_upscale(sprites):
     assert covered[changed].all()  # every cell the badge touched, and what its rim encloses
     noisy = np.clip(clean + np.random.default_rng(0).normal(0, 20, clean.shape), 0, 255).astype(np.uint8)
     assert drawn_over(noisy, 24, 24) is None  # noise everywhere: more than a badge, nothing set aside
+
+
+def test_a_crop_is_completed_from_any_sprite_it_fits(sprites, punks):
+    """`completed_crop` puts a crop's native pixels back where they fit best: into its own sprite they
+    fit everywhere and give the sprite back; into a sibling they replace what the sibling shows there,
+    and what the crop cut off stays the sibling's. No crop (the whole grid) has no completion."""
+    from training.edits import apply_edit
+
+    for j, (i, punk) in enumerate(sprites.items()):
+        query = apply_edit("crop_zoom", punk, np.random.default_rng(j))
+        patch = crop_patch(query)
+        assert patch is not None and patch.shape[0] < 24
+        misfit, own = completed_crop(patch, punk)
+        assert misfit == 0.0 and np.array_equal(own, punk), i
+        other = sprites[PUNKS[(j + 1) % len(PUNKS)]]
+        misfit, mixed = completed_crop(patch, other)
+        assert misfit > 0.0
+        cells = np.rint(patch).astype(np.uint8)
+        placed = [  # the crop's cells, as they are in some dihedral turn, at one place
+            (y, x, t.shape[:2])
+            for t in (np.rot90(v, k) for v in (cells, cells[:, ::-1]) for k in range(4))
+            for y in range(25 - t.shape[0])
+            for x in range(25 - t.shape[1])
+            if np.array_equal(mixed[y : y + t.shape[0], x : x + t.shape[1]], t)
+        ]
+        assert placed
+        y, x, (a, b) = placed[0]
+        outside = np.ones((24, 24), bool)
+        outside[y : y + a, x : x + b] = False
+        assert np.array_equal(mixed[outside], other[outside])  # the rest is the sibling's
+    assert completed_crop(sprites[5].astype(np.float32), sprites[5]) is None  # the whole grid: no crop
+    assert crop_patch(apply_edit("pixelate", sprites[5], np.random.default_rng(0))) is None  # blocks

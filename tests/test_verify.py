@@ -120,3 +120,52 @@ def test_a_lossless_sprite_check_overrules_the_score(punks):
     off_grid = check_candidates(blurred, [b])[0]
     assert off_grid.layout is not None and not off_grid.lossless
     assert is_copy(detector, "cryptopunks", 0.9999, off_grid)  # the score decides, as before
+
+
+def test_a_crop_the_instance_space_misses_is_found_through_its_completion(punks, model_dir, tmp_path):
+    """A cropped punk whose original is not among the first candidates: the crop completed from the
+    candidates it fits best is looked up in a real catalog (SQLite + FAISS, the shipped model's instance
+    vectors), which brings the original in; it is checked whole (layout 1), ranked first and scored by
+    the query's own vectors. A whole query, which some candidate shows all of, looks nothing up."""
+    from app.catalog import SearchFilter, Token, open_catalog
+    from app.inference import OnnxModel
+    from app.manifest import load_manifest
+    from app.preprocessing import preprocess_batch
+    from app.verify import catalog_lookup, rank_by_checks
+    from training.edits import apply_edit
+
+    m = load_manifest(model_dir)
+    if not m.instance_dim or m.copies is None:
+        pytest.skip("the model under test has no copy head")
+    model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
+    ids, target = [*range(3, 10000, 50), 7804], 7804
+    data = {i: punks.image_path(punks.rows[i]).read_bytes() for i in ids}
+    rgbs = {i: decode_image(b, BACKGROUND) for i, b in data.items()}
+    out = model.run(preprocess_batch([rgbs[i] for i in ids], m.preprocessing))
+    catalog = open_catalog(str(tmp_path / "c.db"), m.embedding_dim, "k", "flat", m.instance_dim)
+    catalog.upsert_many(
+        [
+            (Token("cryptopunks", str(i)), out["embedding"][n], data[i], out["instance"][n])
+            for n, i in enumerate(ids)
+        ]
+    )
+    calls = []
+
+    def embed(images: list[np.ndarray]) -> np.ndarray:
+        calls.append(len(images))
+        return model.run(preprocess_batch(images, m.preprocessing))["instance"]
+
+    query = apply_edit("crop_zoom", rgbs[target], np.random.default_rng(3))
+    own = model.run(preprocess_batch([query], m.preprocessing))["instance"]
+    hits = [h for h in catalog.search(own[0], 50, SearchFilter(), space="instance") if h.token_id != "7804"]
+    more = catalog_lookup(catalog, embed, own, 50, SearchFilter())
+    ranked, checks = rank_by_checks(catalog, hits, query, BACKGROUND, False, more)
+    assert calls and ranked[0].token_id == "7804" and checks[0].layout == 1.0, [h.token_id for h in ranked[:5]]
+    assert ranked[0].score == pytest.approx(float(own[0] @ out["instance"][ids.index(target)]), abs=1e-5)
+    assert len({h.token_id for h in ranked}) == len(ranked)  # each token once
+    calls.clear()
+    whole = np.kron(rgbs[target], np.ones((8, 8, 1), np.uint8))  # its nearest upscale: nothing cut off
+    hits = catalog.search(own[0], 50, SearchFilter(), space="instance")
+    ranked, checks = rank_by_checks(catalog, hits, whole, BACKGROUND, False, more)
+    assert not calls and ranked[0].token_id == "7804"
+    catalog.close()

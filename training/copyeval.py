@@ -22,7 +22,8 @@ import numpy as np
 
 from app.config import Settings
 from app.inference import OnnxModel
-from app.verify import Check, is_copy, verified_order
+from app.preprocessing import preprocess_batch
+from app.verify import Check, complete_crops, is_copy, verified_order
 from training.checking import ReferenceChecks, top_candidates
 from training.datasets.select import holdout_keys, select_rows
 from training.edits import EDITS
@@ -142,6 +143,9 @@ def evaluate_copies(
         for j in np.flatnonzero(~exact):
             top = top_candidates(sims[j], verify_k)
             checks = refs.check(rgbs[j], top)
+            images = [refs.image(int(i)) for i in top]
+            found, _, checks = complete_crops(rgbs[j], top.tolist(), images, checks, lookup, keypoints)
+            top = np.array(found)
             out[j] = top[verified_order(sims[j, top].tolist(), checks)[0]]
             margins[j] = {
                 int(i): margin(int(i), float(sims[j, i]), c) for i, c in zip(top, checks, strict=True)
@@ -157,6 +161,11 @@ def evaluate_copies(
             if hit is not None:
                 confirmed[j], by[j] = True, (int(hit[0]), hit[1])
         return out, confirmed, by, margins
+
+    def lookup(rendered: list[np.ndarray]) -> list[tuple[int, np.ndarray | None]]:
+        """The service's crop-completion lookup (app/verify.py: catalog_lookup) over the catalog here."""
+        vecs = model.run(preprocess_batch(rendered, m.preprocessing))[output]
+        return [(int(i), refs.image(int(i))) for i in top_candidates((vecs @ cat.T).max(0), verify_k)]
 
     def margin(i: int, score: float, check: Check) -> float:
         """A checked candidate's margin over the served verdict (`app.verify.is_copy`): 1.0 when its check
