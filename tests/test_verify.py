@@ -160,7 +160,9 @@ def test_a_crop_the_instance_space_misses_is_found_through_its_completion(punks,
     hits = [h for h in catalog.search(own[0], 50, SearchFilter(), space="instance") if h.token_id != "7804"]
     more = catalog_lookup(catalog, embed, own, 50, SearchFilter())
     ranked, checks = rank_by_checks(catalog, hits, query, BACKGROUND, False, more)
-    assert calls and ranked[0].token_id == "7804" and checks[0].layout == 1.0, [h.token_id for h in ranked[:5]]
+    assert calls and ranked[0].token_id == "7804" and checks[0].layout == 1.0, [
+        h.token_id for h in ranked[:5]
+    ]
     assert ranked[0].score == pytest.approx(float(own[0] @ out["instance"][ids.index(target)]), abs=1e-5)
     assert len({h.token_id for h in ranked}) == len(ranked)  # each token once
     calls.clear()
