@@ -173,7 +173,7 @@ def catalog_lookup(
         out = []
         for h in (h for h in hits if (h.collection, h.token_id) not in skipped):
             token = catalog.get(h.collection, h.token_id, with_vector=True)
-            if token is not None and token.instance is not None:
+            if token is not None and token.instance is not None and token.instance.shape == queries.shape[1:]:
                 score = float((queries @ token.instance).max())
                 out.append(Neighbour(h.collection, h.token_id, score, h.metadata))
         return out[:k]

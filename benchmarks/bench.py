@@ -461,6 +461,7 @@ def bench_copies(
         return base / np.linalg.norm(base, axis=1, keepdims=True)
 
     data = [p.read_bytes() for p in images]
+    crops = _cropped(data, m.preprocessing.background_rgb)
     verify_k = Settings.model_fields["copy_verify_k"].default
     result: dict = {
         "tokens": tokens,
@@ -484,20 +485,42 @@ def bench_copies(
         cat.close()
         # /copies with the checks off on one server; then, on a server as served, /copies and /classify
         for check, routes in (
-            (0, (("/copies without layout check", "/copies", {}),)),
-            (verify_k, (("/copies", "/copies", {}), ("/classify", "/classify", None))),
+            (0, (("/copies without layout check", "/copies", {}, data),)),
+            (
+                verify_k,
+                (
+                    ("/copies", "/copies", {}, data),
+                    ("/copies, cropped copies", "/copies", {}, crops),
+                    ("/classify", "/classify", None, data),
+                ),
+            ),
         ):
             env = {"NFTLENS_PROVIDERS": '["CPUExecutionProvider"]', "NFTLENS_COPY_VERIFY_K": str(check)}
             with running_server(model_dir, Path(tmp) / "c.db", Path(tmp), timeout=300, **env) as srv:
-                for route, path, params in routes:
-                    asyncio.run(_load(srv.url, data, clients, 2 * clients, path, params))  # warm-up
-                    lat, wall, errors = asyncio.run(_load(srv.url, data, clients, requests, path, params))
+                for route, path, params, queries in routes:
+                    asyncio.run(_load(srv.url, queries, clients, 2 * clients, path, params))  # warm-up
+                    lat, wall, errors = asyncio.run(_load(srv.url, queries, clients, requests, path, params))
                     result[route] = {
                         "throughput_rps": requests / wall,
                         "errors": errors,
                         "latency_ms": _percentiles(lat),
                     }
     return result
+
+
+def _cropped(data: list[bytes], background: tuple[int, int, int]) -> list[bytes]:
+    """Each image's cropped copy (training/edits.py: crop_zoom, seeded by its index) as PNG: for pixel
+    art the crop pass of the copy search (app/verify.py: complete_crops) runs on it."""
+    import cv2
+
+    from app.imaging import decode_image
+    from training.edits import apply_edit
+
+    out = []
+    for i, d in enumerate(data):
+        crop = apply_edit("crop_zoom", decode_image(d, background), np.random.default_rng(i))
+        out.append(cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))[1].tobytes())
+    return out
 
 
 EXPLAIN_MODES = {
@@ -817,7 +840,7 @@ def render_markdown(report: dict) -> str:
                 "p99 ms": c[route]["latency_ms"]["p99"],
                 "errors": c[route]["errors"],
             }
-            for route in ("/copies without layout check", "/copies", "/classify")
+            for route in ("/copies without layout check", "/copies", "/copies, cropped copies", "/classify")
             if route in c
         ]
         lines += [markdown_table(rows, list(rows[0])), ""]
