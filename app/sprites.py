@@ -65,6 +65,7 @@ SPRITE_BACKGROUND = 2  # a catalogued sprite is pixel-exact: its background is i
 TIES = 8  # at most this many equally good alignments are told apart by their palette
 FLAT = 8.0  # RGB spread within which a cell of a nearest-upscaled query shows one colour
 COVERED_MAX = 0.2  # at most this share of an upscaled query's cells may be set aside as drawn over
+PARTIAL = 0.3  # a crop's cell that the image's edge cuts is read where this share of it shows (ties)
 
 
 def native_sprite(rgb: np.ndarray) -> np.ndarray | None:
@@ -289,11 +290,13 @@ def pixel_grid(rgb: np.ndarray, min_cells: int = 8) -> tuple[float, float, float
     return p, _comb_scores(profiles[0], p)[1], _comb_scores(profiles[1], p)[1]
 
 
-def regrid(rgb: np.ndarray, min_cells: int = 8) -> np.ndarray | None:
+def regrid(rgb: np.ndarray, min_cells: int = 8, partial: float = 1.0) -> np.ndarray | None:
     """The native pixels a pixel-art query shows: its colour at the centre of every whole cell of its own
     grid (`pixel_grid`), [cells down, cells across, 3] float32; None with fewer than `min_cells` a side.
-    A crop zoomed back to size keeps a regular grid of whole native pixels, which this recovers. A large
-    query is first shrunk to `REGRID_MAX_SIDE` (the grid search grows with the side)."""
+    A crop zoomed back to size keeps a regular grid of whole native pixels, which this recovers. With
+    `partial` < 1, a cell the image's edge cuts is read too (at the middle of what shows of it) where at
+    least that share of it shows. A large query is first shrunk to `REGRID_MAX_SIDE` (the grid search
+    grows with the side)."""
     if min(rgb.shape[:2]) < 2 * min_cells:  # too small to show that many cells of two pixels or more
         return None
     rgb = downscale_max_side(rgb, REGRID_MAX_SIDE)
@@ -301,16 +304,27 @@ def regrid(rgb: np.ndarray, min_cells: int = 8) -> np.ndarray | None:
     k = max(1, int(p / 2)) | 1
     smooth = cv2.blur(rgb, (k, k)).astype(np.float32)  # each centre: the mean of the cell's middle
 
-    def centres(p: float, phase: float, n: int) -> np.ndarray:
+    def centres(p: float, phase: float, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Each read cell's centre along one axis, and which of them the edge cuts."""
         first = int(np.ceil((-1.0 - phase) / p))  # cell m spans phase + 0.5 + [m, m + 1] * p
         last = int(np.floor((n - 1.0 - phase) / p)) - 1
-        return np.round(phase + 0.5 + (np.arange(first, last + 1) + 0.5) * p).astype(int)
+        mid = np.round(phase + 0.5 + (np.arange(first, last + 1) + 0.5) * p).astype(int)
+        mid = mid[(mid >= 0) & (mid < n)]
+        start, end = phase + 0.5 + first * p, phase + 0.5 + (last + 1) * p  # the whole cells' extent
+        lead = [round((start - 0.5) / 2)] if start + 0.5 >= partial * p else []  # shown: -0.5 .. start
+        tail = [round((end + n - 0.5) / 2)] if n - 0.5 - end >= partial * p else []  # end .. n - 0.5
+        cut = np.r_[np.ones(len(lead), bool), np.zeros(len(mid), bool), np.ones(len(tail), bool)]
+        return np.r_[lead, mid, tail].astype(int), cut
 
-    ys, xs = centres(p, fy, rgb.shape[0]), centres(p, fx, rgb.shape[1])
-    ys, xs = ys[(ys >= 0) & (ys < rgb.shape[0])], xs[(xs >= 0) & (xs < rgb.shape[1])]
-    if min(len(ys), len(xs)) < min_cells:
+    (ys, cut_y), (xs, cut_x) = centres(p, fy, rgb.shape[0]), centres(p, fx, rgb.shape[1])
+    if min(len(ys) - cut_y.sum(), len(xs) - cut_x.sum()) < min_cells:
         return None
-    return smooth[np.ix_(ys, xs)]
+    out = smooth[np.ix_(ys, xs)]
+    if cut_y.any() or cut_x.any():  # a cut cell shows too little for the blurred middle: its pixel
+        raw = rgb.astype(np.float32)[np.ix_(ys, xs)]
+        out[cut_y] = raw[cut_y]
+        out[:, cut_x] = raw[:, cut_x]
+    return out
 
 
 def collapse_runs(rgb: np.ndarray, min_cells: int = 8) -> np.ndarray | None:
@@ -390,6 +404,26 @@ def crop_patch(query_rgb: np.ndarray) -> np.ndarray | None:
     """The native pixels a cropped pixel-art query shows (`regrid`), unless it is a pixelated copy
     (`collapse_runs`: blocks, not pixels)."""
     return None if collapse_runs(query_rgb) is not None else regrid(query_rgb)
+
+
+def edge_layouts(
+    query_rgb: np.ndarray, sprites: Sequence[np.ndarray | None], layouts: Sequence[float | None]
+) -> list[float | None]:
+    """Tie-breaks for a cropped query: where two or more sprites share the best layout (at least
+    `GATE`: every cell the crop wholly shows agrees with each, as with a sibling that differs only
+    near the cut), their layout with the cells the edge cuts counted too (`regrid` with `PARTIAL`);
+    None elsewhere, and for a query that shows no crop of them."""
+    out: list[float | None] = [None] * len(layouts)
+    best = max((a for a in layouts if a is not None), default=0.0)
+    tied = [i for i, a in enumerate(layouts) if a is not None and a == best >= GATE]
+    if len(tied) < 2 or collapse_runs(query_rgb) is not None:
+        return out
+    patch = regrid(query_rgb, partial=PARTIAL)
+    for i in tied if patch is not None else ():
+        h, w = sprites[i].shape[:2]
+        if any(_is_crop(a, b, h, w) for a, b in (patch.shape[:2], patch.shape[1::-1])):
+            out[i] = _window_agreement(patch, sprites[i], TOLERANCE)
+    return out
 
 
 def _window_agreement(patch: np.ndarray, sprite: np.ndarray, tolerance: float, whole: bool = False) -> float:

@@ -33,6 +33,7 @@ from app.sprites import (
     collapse_runs,
     completed_crop,
     crop_patch,
+    edge_layouts,
     lossless,
     native_sprite,
 )
@@ -52,6 +53,7 @@ class Check:
     keypoints: int | None = None  # paintings: matches one similarity transform explains
     colours: float | None = None  # paintings: share of the figure the aligned query shows in its colours
     lossless: bool = False  # sprites: the query shows the sprite's own pixel grid, so its layout decides
+    edges: float | None = None  # sprites tied at the best layout under a crop: with the cut cells too
 
 
 def is_copy(detector: CopyDetector, collection: str, score: float, check: Check) -> bool:
@@ -88,6 +90,7 @@ def check_candidates(
     sprites = [None if im is None else native_sprite(im) for im in images]
     native = native_sprite(query_rgb) if any(s is not None for s in sprites) else None
     layouts = candidate_layouts(query_rgb, sprites, native)
+    edges = edge_layouts(query_rgb, sprites, layouts)
     # a painted query: not when the best candidate is a sprite (the query is pixel art, whose pixel
     # corners match paintings' too); keypoints not for a pixelated query either (SIFT sees its blocks)
     painted = bool(images) and sprites[0] is None
@@ -95,9 +98,9 @@ def check_candidates(
     keypoints = keypoints and painted and blocks is None
     query_features = None
     out: list[Check] = []
-    for i, (image, sprite, layout) in enumerate(zip(images, sprites, layouts, strict=True)):
+    for i, (image, sprite, layout, edge) in enumerate(zip(images, sprites, layouts, edges, strict=True)):
         if sprite is not None:
-            out.append(Check(layout=layout, lossless=lossless(native, sprite)))
+            out.append(Check(layout=layout, lossless=lossless(native, sprite), edges=edge))
         elif image is not None and painted:
             found = None
             if keypoints:
@@ -182,13 +185,14 @@ def catalog_lookup(
 
 
 def verified_order(scores: Sequence[float], checks: Sequence[Check]) -> list[int]:
-    """Candidate indices best first: sprites whose layout reaches `GATE` (by layout, then score), then
+    """Candidate indices best first: sprites whose layout reaches `GATE` (by layout, then, for a crop
+    that several show alike, by the layout with its cut cells, `Check.edges`, then score), then
     paintings with at least `MIN_INLIERS` keypoint inliers (by inliers, then score), then the rest by
     score."""
     layout = [i for i, c in enumerate(checks) if c.layout is not None and c.layout >= GATE]
     points = [i for i, c in enumerate(checks) if c.keypoints is not None and c.keypoints >= MIN_INLIERS]
     rest = sorted(set(range(len(scores))) - set(layout) - set(points))
-    layout.sort(key=lambda i: (-checks[i].layout, -scores[i]))
+    layout.sort(key=lambda i: (-checks[i].layout, -(checks[i].edges or 0.0), -scores[i]))
     points.sort(key=lambda i: (-checks[i].keypoints, -scores[i]))
     rest.sort(key=lambda i: -scores[i])
     return layout + points + rest

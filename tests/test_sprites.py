@@ -17,6 +17,7 @@ from app.sprites import (
     completed_crop,
     crop_patch,
     drawn_over,
+    edge_layouts,
     layout_agreement,
     native_sprite,
     pixel_grid,
@@ -266,3 +267,24 @@ def test_a_crop_is_completed_from_any_sprite_it_fits(sprites, punks):
         assert np.array_equal(mixed[outside], other[outside])  # the rest is the sibling's
     assert completed_crop(sprites[5].astype(np.float32), sprites[5]) is None  # the whole grid: no crop
     assert crop_patch(apply_edit("pixelate", sprites[5], np.random.default_rng(0))) is None  # blocks
+
+
+def test_a_crop_two_sprites_show_alike_is_told_apart_by_its_cut_cells(punks):
+    """Punk 6869's crop (seeded) shows only whole cells that punk 2412 shows too: both lay out at 1.0.
+    The cells the crop's edge cuts (`edge_layouts`) show where they differ, and put the original first
+    whatever the scores; a query without a tie gets no tie-break."""
+    from app.verify import Check, verified_order
+    from training.edits import apply_edit
+
+    own, sibling = (
+        decode_image(punks.image_path(punks.rows[i]).read_bytes(), BACKGROUND) for i in (6869, 2412)
+    )
+    query = apply_edit("crop_zoom", own, np.random.default_rng((13, 6869)))
+    layouts = candidate_layouts(query, [sibling, own])
+    assert layouts == [1.0, 1.0]
+    edges = edge_layouts(query, [sibling, own], layouts)
+    assert edges[1] == 1.0 and edges[0] < 1.0, edges
+    checks = [Check(layout=a, edges=e) for a, e in zip(layouts, edges, strict=True)]
+    assert verified_order([0.9, 0.8], checks) == [1, 0]  # the sibling scored higher
+    assert edge_layouts(query, [sibling, own], [0.95, 1.0]) == [None, None]
+    assert edge_layouts(_upscale(own), [sibling, own], [1.0, 1.0]) == [None, None]  # whole: no crop
