@@ -52,7 +52,8 @@ from app.preprocessing import downscale_max_side
 from app.views import deskew_framed, peel_canvas
 
 MAX_SPRITE_SIDE = 64  # a catalogued image whose native grid is at most this is a sprite
-TOLERANCE = 24.0  # RGB distance (0-255 per channel) within which two query pixels are one colour
+TOLERANCE = 24.0  # RGB distance (0-255 per channel) within which two query pixels are one colour ...
+LOSSY_TOLERANCE = 32.0  # ... and in a lossy query read whole (JPEG bleeds colour into 4-px cells)
 GATE = 0.9  # a candidate re-ranks by its layout agreement only at or above this
 RENDER_SCALE = 8  # a sprite is rendered onto a finer block grid from this nearest upscale
 REGRID_MAX_SIDE = 384  # a larger query is shrunk to this before its pixel grid is searched
@@ -481,18 +482,25 @@ def query_views(rgb: np.ndarray) -> list[np.ndarray]:
     return framed_views(rgb)[0]
 
 
+def whole_tolerance(exact_grid: bool) -> float:
+    """The colour tolerance of a query read whole onto a sprite's grid: `TOLERANCE` for a lossless
+    one (whose palette must be exact anyway), `LOSSY_TOLERANCE` for the rest (re-encoded, resized)."""
+    return TOLERANCE if exact_grid else LOSSY_TOLERANCE
+
+
 def layout_agreement(
     query: np.ndarray | Sequence[np.ndarray],
     sprite: np.ndarray,
-    tolerance: float = TOLERANCE,
+    tolerance: float | None = None,
     frames: Sequence[np.ndarray | None] | None = None,
 ) -> float:
     """How well the query (an RGB image, or several views of one, with their `frames` as
     `framed_views` gives them) shows the sprite's colour layout (0-1), in its best view and dihedral
     turn, palette included (the first view decides whether the query is lossless). Each view is read
-    onto the sprite's grid (`_stack`)."""
+    onto the sprite's grid (`_stack`). `tolerance`: `whole_tolerance` unless given."""
     views = [query] if isinstance(query, np.ndarray) else query
     exact_grid = lossless(native_sprite(views[0]), sprite)
+    tolerance = whole_tolerance(exact_grid) if tolerance is None else tolerance
     return _best_agreement(_stack(views, *sprite.shape[:2], frames), sprite, tolerance, exact_grid)
 
 
@@ -516,7 +524,8 @@ def candidate_layouts(
         grid = s.shape[:2]
         if grid not in stacks:
             stacks[grid] = _stack(views, *grid, frames)
-        out.append(_best_agreement(stacks[grid], s, TOLERANCE, lossless(native, s)))
+        exact_grid = lossless(native, s)
+        out.append(_best_agreement(stacks[grid], s, whole_tolerance(exact_grid), exact_grid))
     if views is None:
         return out
     patch = collapse_runs(query_rgb)  # pixelated blocks (averaged from several sprite pixels), ...

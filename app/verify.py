@@ -6,7 +6,8 @@ art) by their colour layout (`app/sprites.py`); paintings by SIFT keypoints that
 transform (`app/keypoints.py`), and by their colour agreement (`app/agreement.py`) with the query aligned
 by that transform or simply stretched over the candidate, whichever agrees more. Candidates that pass
 (layout >= `GATE`, inliers >= `MIN_INLIERS`) come first, best checked first; the rest keep the
-instance-space order. The copy verdict (`is_copy`) is the calibrated instance-space threshold, or a check
+instance-space order. A cropped sprite that no candidate shows whole is completed from the candidates
+it fits best and looked up again (`complete_crops`): the instance space misses crops, not completions. The copy verdict (`is_copy`) is the calibrated instance-space threshold, or a check
 that reaches its collection's minimum, chosen on validation pairs with the thresholds (`nftlens
 calibrate`: only as far as distinct tokens allow). For a lossless pixel-art query (its own grid is the
 sprite's) the layout alone decides: the score cannot tell a token from a sibling one pixel away.

@@ -12,6 +12,8 @@ from app.imaging import background_region, decode_image
 from app.sprites import (
     COVERED_MAX,
     GATE,
+    LOSSY_TOLERANCE,
+    TOLERANCE,
     candidate_layouts,
     collapse_runs,
     completed_crop,
@@ -23,6 +25,7 @@ from app.sprites import (
     pixel_grid,
     query_views,
     regrid,
+    whole_tolerance,
 )
 from app.verify import stored_rgb
 
@@ -288,3 +291,20 @@ def test_a_crop_two_sprites_show_alike_is_told_apart_by_its_cut_cells(punks):
     assert verified_order([0.9, 0.8], checks) == [1, 0]  # the sibling scored higher
     assert edge_layouts(query, [sibling, own], [0.95, 1.0]) == [None, None]
     assert edge_layouts(_upscale(own), [sibling, own], [1.0, 1.0]) == [None, None]  # whole: no crop
+
+
+def test_a_lossy_query_read_whole_gets_the_wider_tolerance(sprites):
+    """A punk shrunk to 104 px (4.3-px cells) and saved as JPEG at quality 50 bleeds colour across its
+    cells: at 24 levels some cells leave their region's colour, at `LOSSY_TOLERANCE` every cell agrees.
+    The other punks stay far below the gate; a lossless query keeps the narrower tolerance."""
+    import cv2
+
+    from app.preprocessing import reencode
+
+    for i in (3100, 6965, 8857):
+        small = cv2.resize(_upscale(sprites[i]), (104, 104), interpolation=cv2.INTER_AREA)
+        query = reencode(small, "jpeg", 50)
+        assert layout_agreement(query, sprites[i], TOLERANCE) < 1.0 - 1 / 576
+        assert layout_agreement(query, sprites[i]) == 1.0
+        assert max(layout_agreement(query, s) for k, s in sprites.items() if k != i) < GATE
+    assert whole_tolerance(True) == TOLERANCE < whole_tolerance(False) == LOSSY_TOLERANCE
