@@ -12,7 +12,12 @@ which both hold and whose colour keeps the palette (below), at the best of the q
    captioned, badged, re-encoded, framed, repositioned and slightly rotated copies line up;
 2. the blocks of a pixelated copy against the sprite rendered onto as many blocks, and, when no
    candidate lines up as a whole, the cells of the query's own pixel grid (`regrid`: found from its
-   edges): the native pixels a crop kept, at every place and turn inside the sprite.
+   edges): the native pixels a crop kept, at every place and turn inside the sprite. A crop that two
+   sprites show alike is told apart by the cells its edge cuts (`edge_layouts`); `completed_crop` puts
+   a crop into a sprite, which app/verify.py looks up when no candidate shows the crop whole.
+
+A query read whole that is not lossless (re-encoded, resized) is one colour per region within
+`LOSSY_TOLERANCE` rather than `TOLERANCE`: JPEG bleeds colour into small cells.
 
 The sprite's background (the border colour's region) is a region of its own. In the best alignment the
 regions must also keep one *palette* (`palette_disagreements`): the query's colours are the sprite's
