@@ -511,16 +511,14 @@ def bench_copies(
 def _cropped(data: list[bytes], background: tuple[int, int, int]) -> list[bytes]:
     """Each image's cropped copy (training/edits.py: crop_zoom, seeded by its index) as PNG: for pixel
     art the crop pass of the copy search (app/verify.py: complete_crops) runs on it."""
-    import cv2
-
     from app.imaging import decode_image
+    from app.preprocessing import encode
     from training.edits import apply_edit
 
-    out = []
-    for i, d in enumerate(data):
-        crop = apply_edit("crop_zoom", decode_image(d, background), np.random.default_rng(i))
-        out.append(cv2.imencode(".png", cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))[1].tobytes())
-    return out
+    return [
+        encode(apply_edit("crop_zoom", decode_image(d, background), np.random.default_rng(i)), "png")
+        for i, d in enumerate(data)
+    ]
 
 
 EXPLAIN_MODES = {
