@@ -17,7 +17,8 @@ which both hold and whose colour keeps the palette (below), at the best of the q
    a crop into a sprite, which app/verify.py looks up when no candidate shows the crop whole.
 
 A query read whole that is not lossless (re-encoded, resized) is one colour per region within
-`LOSSY_TOLERANCE` rather than `TOLERANCE`: JPEG bleeds colour into small cells.
+`LOSSY_TOLERANCE` rather than `TOLERANCE`: JPEG bleeds colour into small cells. Sprites that it then
+shows alike are told apart at `TOLERANCE` (`strict_layouts`).
 
 The sprite's background (the border colour's region) is a region of its own. In the best alignment the
 regions must also keep one *palette* (`palette_disagreements`): the query's colours are the sprite's
@@ -44,6 +45,7 @@ check them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import cached_property
 
 import cv2
 import numpy as np
@@ -406,29 +408,140 @@ def completed_crop(
     return best
 
 
-def crop_patch(query_rgb: np.ndarray) -> np.ndarray | None:
+class SpriteQuery:
+    """A query's own side of the sprite checks, each worked out once when first needed: the checks of
+    every candidate (and every crop completion round, app/verify.py) share them."""
+
+    def __init__(self, rgb: np.ndarray) -> None:
+        self.rgb = rgb
+        self._stacks: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+    @cached_property
+    def native(self) -> np.ndarray | None:
+        """Its own native pixel grid (`native_sprite`)."""
+        return native_sprite(self.rgb)
+
+    @cached_property
+    def framed(self) -> tuple[list[np.ndarray], list[np.ndarray | None]]:
+        """Its views and their frames (`framed_views`)."""
+        return framed_views(self.rgb)
+
+    @cached_property
+    def blocks(self) -> np.ndarray | None:
+        """The blocks of a pixelated copy (`collapse_runs`)."""
+        return collapse_runs(self.rgb)
+
+    @cached_property
+    def patch(self) -> np.ndarray | None:
+        """The native pixels a cropped query shows (`regrid`), unless it is pixelated (blocks, not
+        pixels)."""
+        return None if self.blocks is not None else regrid(self.rgb)
+
+    @cached_property
+    def cut_patch(self) -> np.ndarray | None:
+        """`patch` with the cells its edge cuts (`regrid` with `PARTIAL`)."""
+        return None if self.blocks is not None else regrid(self.rgb, partial=PARTIAL)
+
+    def stack(self, h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+        """Its views on an h x w grid (`_stack`)."""
+        if (h, w) not in self._stacks:
+            views, frames = self.framed
+            self._stacks[h, w] = _stack(views, h, w, frames)
+        return self._stacks[h, w]
+
+
+def as_query(query: np.ndarray | SpriteQuery) -> SpriteQuery:
+    """The query as a `SpriteQuery` (an RGB image is wrapped)."""
+    return query if isinstance(query, SpriteQuery) else SpriteQuery(query)
+
+
+def _edges(sprite: np.ndarray) -> np.ndarray:
+    """Where neighbouring pixels differ, down and across, flattened."""
+    return np.r_[
+        (sprite[1:] != sprite[:-1]).any(-1).ravel(), (sprite[:, 1:] != sprite[:, :-1]).any(-1).ravel()
+    ]
+
+
+def _codes(rgb: np.ndarray) -> np.ndarray:
+    """One integer per RGB colour, [H, W]."""
+    x = rgb.astype(np.int64)
+    return (x[..., 0] << 16) | (x[..., 1] << 8) | x[..., 2]
+
+
+def recoloured_as(native: np.ndarray, sprite: np.ndarray) -> list[np.ndarray]:
+    """A lossless query's native pixels (`native_sprite`, the sprite's size in some turn) in the sprite's
+    colours, in the dihedral turn whose edges agree with the sprite's most, two ways: with the global
+    hue, saturation and brightness change that turns its figure into the sprite's (`global_change`)
+    and the sprite's background; and with each of its colours replaced by the sprite colour that most
+    of its pixels show, where that is at least half of them (the rest as the first way). A recoloured
+    or saturated copy, put back into a sibling's palette, sits close to its original in the instance
+    space."""
+    edges = _edges(sprite)
+    turns = [t for t in _turns(native) if t.shape == sprite.shape]
+    turn = np.ascontiguousarray(max(turns, key=lambda t: int((_edges(t) == edges).sum())))
+    back = _background(sprite)
+    changed = np.clip(global_change(sprite, turn, ~back), 0, 255).astype(np.uint8)
+    if back.any():
+        changed[_background(turn)] = np.median(sprite[back], axis=0).astype(np.uint8)
+    own, inverse = np.unique(_codes(turn).ravel(), return_inverse=True)
+    pairs, counts = np.unique(inverse * (1 << 24) + _codes(sprite).ravel(), return_counts=True)
+    mapped = changed.reshape(-1, 3).copy()
+    totals = np.bincount(inverse, minlength=len(own))
+    best = np.full(len(own), -1, np.int64)
+    top = np.zeros(len(own), np.int64)
+    for pair, n in zip(pairs.tolist(), counts.tolist(), strict=True):  # a few dozen colours
+        c = pair >> 24
+        if n > top[c]:
+            top[c], best[c] = n, pair & 0xFFFFFF
+    keep = 2 * top >= totals
+    hit = keep[inverse]
+    code = best[inverse][hit]
+    mapped[hit] = np.stack([(code >> 16) & 255, (code >> 8) & 255, code & 255], axis=-1).astype(np.uint8)
+    return [changed, mapped.reshape(changed.shape)]
+
+
+def crop_patch(query: np.ndarray | SpriteQuery) -> np.ndarray | None:
     """The native pixels a cropped pixel-art query shows (`regrid`), unless it is a pixelated copy
     (`collapse_runs`: blocks, not pixels)."""
-    return None if collapse_runs(query_rgb) is not None else regrid(query_rgb)
+    return as_query(query).patch
+
+
+def _tied(layouts: Sequence[float | None]) -> list[int]:
+    """The candidates that share the best layout, when it reaches `GATE` and two or more do."""
+    best = max((a for a in layouts if a is not None), default=0.0)
+    tied = [i for i, a in enumerate(layouts) if a is not None and a == best >= GATE]
+    return tied if len(tied) > 1 else []
 
 
 def edge_layouts(
-    query_rgb: np.ndarray, sprites: Sequence[np.ndarray | None], layouts: Sequence[float | None]
+    query: np.ndarray | SpriteQuery, sprites: Sequence[np.ndarray | None], layouts: Sequence[float | None]
 ) -> list[float | None]:
     """Tie-breaks for a cropped query: where two or more sprites share the best layout (at least
     `GATE`: every cell the crop wholly shows agrees with each, as with a sibling that differs only
     near the cut), their layout with the cells the edge cuts counted too (`regrid` with `PARTIAL`);
     None elsewhere, and for a query that shows no crop of them."""
     out: list[float | None] = [None] * len(layouts)
-    best = max((a for a in layouts if a is not None), default=0.0)
-    tied = [i for i, a in enumerate(layouts) if a is not None and a == best >= GATE]
-    if len(tied) < 2 or collapse_runs(query_rgb) is not None:
-        return out
-    patch = regrid(query_rgb, partial=PARTIAL)
+    tied = _tied(layouts)
+    patch = as_query(query).cut_patch if tied else None
     for i in tied if patch is not None else ():
         h, w = sprites[i].shape[:2]
         if any(_is_crop(a, b, h, w) for a, b in (patch.shape[:2], patch.shape[1::-1])):
             out[i] = _window_agreement(patch, sprites[i], TOLERANCE)
+    return out
+
+
+def strict_layouts(
+    query: np.ndarray | SpriteQuery, sprites: Sequence[np.ndarray | None], layouts: Sequence[float | None]
+) -> list[float | None]:
+    """Tie-breaks for a lossy query read whole: where two or more sprites share the best layout (at
+    least `GATE`), their layout at `TOLERANCE` rather than `LOSSY_TOLERANCE`, whose wider margin lets
+    a sibling a shade away pass as well; None elsewhere, and for sprites the query is lossless to
+    (read at `TOLERANCE` already)."""
+    out: list[float | None] = [None] * len(layouts)
+    q = as_query(query)
+    for i in _tied(layouts):
+        if not lossless(q.native, sprites[i]):
+            out[i] = _best_agreement(q.stack(*sprites[i].shape[:2]), sprites[i], TOLERANCE)
     return out
 
 
@@ -510,36 +623,28 @@ def layout_agreement(
 
 
 def candidate_layouts(
-    query_rgb: np.ndarray, sprites: Iterable[np.ndarray | None], native: np.ndarray | None = None
+    query: np.ndarray | SpriteQuery, sprites: Iterable[np.ndarray | None]
 ) -> list[float | None]:
     """Each candidate's layout agreement with the query in its `query_views` (None where the candidate
-    is no sprite). `native`: the query's `native_sprite`, when already at hand."""
+    is no sprite)."""
+    q = as_query(query)
     sprites_list = list(sprites)
-    views: list[np.ndarray] | None = None
-    frames: list[np.ndarray | None] = []
-    stacks: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}  # the query on each grid, made once
     out: list[float | None] = []
     for s in sprites_list:
         if s is None:
             out.append(None)
             continue
-        if views is None:
-            views, frames = framed_views(query_rgb)
-            native = native_sprite(query_rgb) if native is None else native
-        grid = s.shape[:2]
-        if grid not in stacks:
-            stacks[grid] = _stack(views, *grid, frames)
-        exact_grid = lossless(native, s)
-        out.append(_best_agreement(stacks[grid], s, whole_tolerance(exact_grid), exact_grid))
-    if views is None:
+        exact_grid = lossless(q.native, s)
+        out.append(_best_agreement(q.stack(*s.shape[:2]), s, whole_tolerance(exact_grid), exact_grid))
+    if all(a is None for a in out):
         return out
-    patch = collapse_runs(query_rgb)  # pixelated blocks (averaged from several sprite pixels), ...
+    patch = q.blocks  # pixelated blocks (averaged from several sprite pixels), ...
     whole = patch is not None
     if patch is None and max(a for a in out if a is not None) < GATE:  # ... or, when no candidate
-        patch = regrid(query_rgb)  # lines up as a whole, the native pixels of a crop
+        patch = q.patch  # lines up as a whole, the native pixels of a crop
     if patch is not None:
         out = [
-            a if s is None or lossless(native, s) else max(a, _window_agreement(patch, s, TOLERANCE, whole))
+            a if s is None or lossless(q.native, s) else max(a, _window_agreement(patch, s, TOLERANCE, whole))
             for s, a in zip(sprites_list, out, strict=True)
         ]
     return out

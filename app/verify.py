@@ -6,8 +6,10 @@ art) by their colour layout (`app/sprites.py`); paintings by SIFT keypoints that
 transform (`app/keypoints.py`), and by their colour agreement (`app/agreement.py`) with the query aligned
 by that transform or simply stretched over the candidate, whichever agrees more. Candidates that pass
 (layout >= `GATE`, inliers >= `MIN_INLIERS`) come first, best checked first; the rest keep the
-instance-space order. A cropped sprite that no candidate shows whole is completed from the candidates
-it fits best and looked up again (`complete_crops`): the instance space misses crops, not completions. The copy verdict (`is_copy`) is the calibrated instance-space threshold, or a check
+instance-space order. A cropped or recoloured sprite that no candidate shows whole is completed from
+the candidates it fits best (their pixels around a crop, their palette for a recolouring) and looked up
+again (`find_by_completion`): the instance space misses such copies, not their completions. The copy
+verdict (`is_copy`) is the calibrated instance-space threshold, or a check
 that reaches its collection's minimum, chosen on validation pairs with the thresholds (`nftlens
 calibrate`: only as far as distinct tokens allow). For a lossless pixel-art query (its own grid is the
 sprite's) the layout alone decides: the score cannot tell a token from a sibling one pixel away.
@@ -15,7 +17,7 @@ sprite's) the layout alone decides: the score cannot tell a token from a sibling
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -23,20 +25,22 @@ import cv2
 import numpy as np
 
 from app.agreement import agreement, block_agreement, scale_transform
-from app.catalog import Catalog, Neighbour, SearchFilter, best_per_token
+from app.catalog import Catalog, Neighbour, SearchFilter
 from app.errors import NftlensError
 from app.imaging import decode_image
 from app.keypoints import MIN_INLIERS, Features, Match, features, match
 from app.manifest import CopyDetector
 from app.sprites import (
     GATE,
+    SpriteQuery,
+    as_query,
     candidate_layouts,
-    collapse_runs,
     completed_crop,
-    crop_patch,
     edge_layouts,
     lossless,
     native_sprite,
+    recoloured_as,
+    strict_layouts,
 )
 
 COMPLETE_FROM = 30  # a cropped sprite query is completed from the best-fitting of this many candidates ...
@@ -44,6 +48,7 @@ COMPLETIONS = 3  # ... this many at a time ...
 ROUNDS = 2  # ... at most this many times (each from the candidates the last one found)
 
 K = TypeVar("K")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,6 +60,7 @@ class Check:
     colours: float | None = None  # paintings: share of the figure the aligned query shows in its colours
     lossless: bool = False  # sprites: the query shows the sprite's own pixel grid, so its layout decides
     edges: float | None = None  # sprites tied at the best layout under a crop: with the cut cells too
+    strict: float | None = None  # sprites tied at the best layout of a lossy query: at the lossless tolerance
 
 
 def is_copy(detector: CopyDetector, collection: str, score: float, check: Check) -> bool:
@@ -78,37 +84,42 @@ def stored_rgb(data: bytes | None, background: tuple[int, int, int]) -> np.ndarr
 
 
 def check_candidates(
-    query_rgb: np.ndarray,
+    query: np.ndarray | SpriteQuery,
     images: Iterable[np.ndarray | None],
     keypoints: bool = True,
     features_of: Callable[[int, np.ndarray], Features] | None = None,
 ) -> list[Check]:
-    """Each candidate's check against the query, from its decoded image (best instance-space score first):
-    the layout check for sprites; for other images, when the query is painted, its colour agreement and
-    (with `keypoints`) its keypoints; nothing for candidates without an image.
+    """Each candidate's check against the query (an RGB image, or a `SpriteQuery` to share its side of
+    the sprite checks), from its decoded image (best instance-space score first): the layout check for
+    sprites; for other images, when the query is painted, its colour agreement and (with `keypoints`)
+    its keypoints; nothing for candidates without an image.
     `features_of(i, image)` may hand over candidate i's keypoint features from a cache."""
+    q = as_query(query)
     images = list(images)
     sprites = [None if im is None else native_sprite(im) for im in images]
-    native = native_sprite(query_rgb) if any(s is not None for s in sprites) else None
-    layouts = candidate_layouts(query_rgb, sprites, native)
-    edges = edge_layouts(query_rgb, sprites, layouts)
+    layouts = candidate_layouts(q, sprites)
+    edges, strict = edge_layouts(q, sprites, layouts), strict_layouts(q, sprites, layouts)
     # a painted query: not when the best candidate is a sprite (the query is pixel art, whose pixel
     # corners match paintings' too); keypoints not for a pixelated query either (SIFT sees its blocks)
     painted = bool(images) and sprites[0] is None
-    blocks = collapse_runs(query_rgb) if painted else None
+    blocks = q.blocks if painted else None
     keypoints = keypoints and painted and blocks is None
     query_features = None
     out: list[Check] = []
-    for i, (image, sprite, layout, edge) in enumerate(zip(images, sprites, layouts, edges, strict=True)):
+    for i, (image, sprite) in enumerate(zip(images, sprites, strict=True)):
         if sprite is not None:
-            out.append(Check(layout=layout, lossless=lossless(native, sprite), edges=edge))
+            out.append(
+                Check(
+                    layout=layouts[i], lossless=lossless(q.native, sprite), edges=edges[i], strict=strict[i]
+                )
+            )
         elif image is not None and painted:
             found = None
             if keypoints:
-                query_features = query_features or features(query_rgb)
+                query_features = query_features or features(q.rgb)
                 found = match(query_features, features_of(i, image) if features_of else features(image))
             inliers = None if found is None else found.inliers
-            out.append(Check(keypoints=inliers, colours=colour_check(query_rgb, image, found, blocks)))
+            out.append(Check(keypoints=inliers, colours=colour_check(q.rgb, image, found, blocks)))
         else:
             out.append(Check())
     return out
@@ -138,9 +149,10 @@ def rank_by_checks(
 ) -> tuple[list[Neighbour], list[Check]]:
     """Search hits (best score first, one per token) in their checked order, each with its check; every
     candidate's image is read from the catalog (`Catalog.image`). With `more` (`catalog_lookup`), a
-    cropped sprite query's completions find further candidates (`complete_crops`)."""
+    cropped or recoloured sprite query's completions find further candidates (`find_by_completion`)."""
     images = [stored_rgb(catalog.image(h.collection, h.token_id), background) for h in hits]
-    checks = check_candidates(query_rgb, images, keypoints)
+    query = SpriteQuery(query_rgb)
+    checks = check_candidates(query, images, keypoints)
     if more is not None:
         by_key = {(h.collection, h.token_id): h for h in hits}
 
@@ -152,10 +164,23 @@ def rank_by_checks(
                 for h in found
             ]
 
-        keys, images, checks = complete_crops(query_rgb, list(by_key), images, checks, lookup, keypoints)
+        keys, images, checks = find_by_completion(query, list(by_key), images, checks, lookup, keypoints)
         hits = [by_key[key] for key in keys]
     order = verified_order([h.score for h in hits], checks)
     return [hits[i] for i in order], [checks[i] for i in order]
+
+
+def interleave(ranked: Sequence[Sequence[T]], key: Callable[[T], Hashable] = lambda x: x) -> list[T]:
+    """Several best-first lists merged rank by rank (every list's first, then every list's second, ...),
+    each item (by `key`) once."""
+    seen: set[Hashable] = set()
+    out = []
+    for rank in range(max((len(r) for r in ranked), default=0)):
+        for item in (r[rank] for r in ranked if rank < len(r)):
+            if key(item) not in seen:
+                seen.add(key(item))
+                out.append(item)
+    return out
 
 
 def catalog_lookup(
@@ -167,15 +192,19 @@ def catalog_lookup(
     skip: Iterable[tuple[str, str]] = (),
 ) -> Callable[[list[np.ndarray]], list[Neighbour]]:
     """`rank_by_checks`' `more`: the catalog's nearest tokens (instance space, within `flt`, not those in
-    `skip`) to images (`embed`: images -> their instance vectors), the best `k` of them, each scored by
+    `skip`) to images (`embed`: images -> their instance vectors), `k` of them taken in turn from each
+    image's (`interleave`: one completion's near siblings cannot crowd out another's finds), each scored by
     the query's own vectors (`instances` [V, D]: its best view, as its own search scores it), so the
     verdict on them is the query's."""
     skipped, queries = set(skip), np.atleast_2d(instances)
 
     def more(images: list[np.ndarray]) -> list[Neighbour]:
-        hits = best_per_token(h for v in embed(images) for h in catalog.search(v, k, flt, space="instance"))
+        found = interleave(
+            [catalog.search(v, k, flt, space="instance") for v in embed(images)],
+            lambda h: (h.collection, h.token_id),
+        )
         out = []
-        for h in (h for h in hits if (h.collection, h.token_id) not in skipped):
+        for h in (h for h in found if (h.collection, h.token_id) not in skipped):
             token = catalog.get(h.collection, h.token_id, with_vector=True)
             if token is not None and token.instance is not None and token.instance.shape == queries.shape[1:]:
                 score = float((queries @ token.instance).max())
@@ -187,13 +216,16 @@ def catalog_lookup(
 
 def verified_order(scores: Sequence[float], checks: Sequence[Check]) -> list[int]:
     """Candidate indices best first: sprites whose layout reaches `GATE` (by layout, then, for a crop
-    that several show alike, by the layout with its cut cells, `Check.edges`, then score), then
+    that several show alike, by the layout with its cut cells, `Check.edges`, for a lossy query that
+    several show alike, by the layout at the lossless tolerance, `Check.strict`, then score), then
     paintings with at least `MIN_INLIERS` keypoint inliers (by inliers, then score), then the rest by
     score."""
     layout = [i for i, c in enumerate(checks) if c.layout is not None and c.layout >= GATE]
     points = [i for i, c in enumerate(checks) if c.keypoints is not None and c.keypoints >= MIN_INLIERS]
     rest = sorted(set(range(len(scores))) - set(layout) - set(points))
-    layout.sort(key=lambda i: (-checks[i].layout, -(checks[i].edges or 0.0), -scores[i]))
+    layout.sort(
+        key=lambda i: (-checks[i].layout, -(checks[i].edges or 0.0), -(checks[i].strict or 0.0), -scores[i])
+    )
     points.sort(key=lambda i: (-checks[i].keypoints, -scores[i]))
     rest.sort(key=lambda i: -scores[i])
     return layout + points + rest
@@ -215,8 +247,31 @@ def crop_completions(
     return [up for _, _, up in sorted(fits, key=lambda f: f[:2])[:n]]
 
 
-def complete_crops(
-    query_rgb: np.ndarray,
+def recolour_completions(
+    native: np.ndarray, images: Sequence[np.ndarray | None], checks: Sequence[Check], n: int = COMPLETIONS
+) -> list[np.ndarray]:
+    """A lossless sprite query (its `native` pixels) in the colours of the `n` sprite candidates it is
+    lossless to and lays out best on (at least `GATE`), both ways of app/sprites.py: recoloured_as,
+    rendered at the candidate's size, best layout first."""
+    best = sorted(
+        (
+            i
+            for i, c in enumerate(checks)
+            if c.lossless and (c.layout or 0.0) >= GATE and images[i] is not None
+        ),
+        key=lambda i: -checks[i].layout,
+    )[:n]
+    out = []
+    for i in best:
+        image, sprite = images[i], native_sprite(images[i])
+        for recoloured in recoloured_as(native, sprite) if sprite is not None else ():
+            size = (image.shape[1], image.shape[0])
+            out.append(cv2.resize(recoloured, size, interpolation=cv2.INTER_NEAREST))
+    return out
+
+
+def find_by_completion(
+    query: np.ndarray | SpriteQuery,
     keys: list[K],
     images: list[np.ndarray | None],
     checks: list[Check],
@@ -224,31 +279,45 @@ def complete_crops(
     keypoints: bool = True,
 ) -> tuple[list[K], list[np.ndarray | None], list[Check]]:
     """Candidates (`keys`, their decoded `images` and `checks`, best instance-space score first) with
-    those a crop completion finds. A cropped copy of pixel art sits far from its original in the
-    instance space (most of its cells are cut off or shown larger), while the sprite it is cut from,
-    completed from a sibling, sits close. So when the query shows a crop's native pixels (`crop_patch`)
-    and no sprite candidate shows all of them (no layout of 1), the best-fitting of the first
-    `COMPLETE_FROM` candidates are completed by them (`crop_completions`) and looked up:
-    `lookup(rendered images)` answers further candidates (key and image; none already among `keys`),
-    which are checked and appended. Up to `ROUNDS` times, each completing from the last round's finds."""
+    those a completion of the query finds, when no sprite candidate shows all of it (no layout of 1).
+    A cropped or recoloured copy of pixel art sits far from its original in the instance space (most
+    of a crop's cells are cut off or shown larger; a saturated copy's colours are all new), while the
+    query completed from a sibling sits close: a crop's native pixels (`crop_patch`) put into the
+    first `COMPLETE_FROM` candidates they fit best (`crop_completions`), a lossless query put back
+    into the palette of the candidates it lays out best on (`recolour_completions`).
+    `lookup(rendered completions)` answers further candidates (key and image; none already among
+    `keys`), which are checked and appended. Up to `ROUNDS` times, each completing from the last
+    round's finds."""
     layouts = [c.layout for c in checks if c.layout is not None]
     if not layouts or max(layouts) >= 1.0:
         return keys, images, checks
-    patch = crop_patch(query_rgb)
-    if patch is None:
+    query = as_query(query)
+    if any(c.lossless for c in checks) and query.native is not None:
+        native = query.native
+
+        def complete(scan: list[np.ndarray | None], scan_checks: list[Check]) -> list[np.ndarray]:
+            return recolour_completions(native, scan[:COMPLETE_FROM], scan_checks[:COMPLETE_FROM])
+
+    elif query.patch is not None:
+        patch = query.patch
+
+        def complete(scan: list[np.ndarray | None], scan_checks: list[Check]) -> list[np.ndarray]:
+            return crop_completions(patch, scan[:COMPLETE_FROM])
+
+    else:
         return keys, images, checks
     keys, images, checks = list(keys), list(images), list(checks)
-    scan = images[:COMPLETE_FROM]
+    scan, scan_checks = images, checks
     for _ in range(ROUNDS):
-        completions = crop_completions(patch, scan)
+        completions = complete(scan, scan_checks)
         known = set(keys)
         found = [(k, im) for k, im in lookup(completions) if k not in known] if completions else []
         if not found:
             break
         new_keys, new_images = [k for k, _ in found], [im for _, im in found]
-        new_checks = check_candidates(query_rgb, new_images, keypoints)
+        new_checks = check_candidates(query, new_images, keypoints)
         keys, images, checks = keys + new_keys, images + new_images, checks + new_checks
         if max((c.layout for c in new_checks if c.layout is not None), default=0.0) >= 1.0:
             break
-        scan = new_images[:COMPLETE_FROM]
+        scan, scan_checks = new_images, new_checks
     return keys, images, checks

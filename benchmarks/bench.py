@@ -510,7 +510,7 @@ def bench_copies(
 
 def _cropped(data: list[bytes], background: tuple[int, int, int]) -> list[bytes]:
     """Each image's cropped copy (training/edits.py: crop_zoom, seeded by its index) as PNG: for pixel
-    art the crop pass of the copy search (app/verify.py: complete_crops) runs on it."""
+    art the crop pass of the copy search (app/verify.py: find_by_completion) runs on it."""
     from app.imaging import decode_image
     from app.preprocessing import encode
     from training.edits import apply_edit

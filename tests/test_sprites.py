@@ -24,7 +24,9 @@ from app.sprites import (
     native_sprite,
     pixel_grid,
     query_views,
+    recoloured_as,
     regrid,
+    strict_layouts,
     whole_tolerance,
 )
 from app.verify import stored_rgb
@@ -308,3 +310,42 @@ def test_a_lossy_query_read_whole_gets_the_wider_tolerance(sprites):
         assert layout_agreement(query, sprites[i]) == 1.0
         assert max(layout_agreement(query, s) for k, s in sprites.items() if k != i) < GATE
     assert whole_tolerance(True) == TOLERANCE < whole_tolerance(False) == LOSSY_TOLERANCE
+
+
+def test_sprites_a_lossy_query_shows_alike_are_told_apart_at_the_narrower_tolerance(punks):
+    """A caption over punk 66 (the copy evaluation's seeded edit) breaks its nearest upscale, so the
+    query is lossy and read at `LOSSY_TOLERANCE`: its sibling 5809 lays out at 1.0 as well. At
+    `TOLERANCE` (`strict_layouts`) only the original does, and `verified_order` puts it first."""
+    from app.verify import Check, verified_order
+    from training.edits import apply_edit
+
+    own, sibling = (
+        decode_image(punks.image_path(punks.rows[i]).read_bytes(), BACKGROUND) for i in (66, 5809)
+    )
+    query = apply_edit("text", own, np.random.default_rng((13, 66)))
+    layouts = candidate_layouts(query, [sibling, own])
+    assert layouts == [1.0, 1.0]
+    strict = strict_layouts(query, [sibling, own], layouts)
+    assert strict[1] == 1.0 > strict[0]
+    checks = [Check(layout=a, strict=s) for a, s in zip(layouts, strict, strict=True)]
+    assert verified_order([0.99, 0.98], checks) == [1, 0]  # the sibling's higher score no longer decides
+    assert strict_layouts(query, [sibling, own], [0.95, 1.0]) == [None, None]  # no tie
+    whole = np.kron(own, np.ones((8, 8, 1), np.uint8))  # lossless: read at `TOLERANCE` already
+    assert strict_layouts(whole, [own, own], [1.0, 1.0]) == [None, None]
+
+
+@pytest.mark.parametrize("turned", [False, True])
+def test_a_saturated_copy_is_put_back_into_its_originals_palette(sprites, turned):
+    """`recoloured_as`: a lossless saturated copy (mirrored too, with `turned`) in its original's colours,
+    turned back: mapped colour by colour it is the original exactly; by the global change, within a few
+    levels (the query itself is 12-50 levels off)."""
+    from training.edits import apply_edit
+
+    for i in (7804, 3100, 8857):
+        query = apply_edit("saturate", sprites[i], np.random.default_rng((13, i)))
+        if turned:
+            query = query[:, ::-1]
+        changed, mapped = recoloured_as(native_sprite(query), sprites[i])
+        assert np.array_equal(mapped, sprites[i])
+        assert np.abs(changed.astype(int) - sprites[i]).mean() < 6
+        assert np.abs(native_sprite(query)[:, :: -1 if turned else 1].astype(int) - sprites[i]).mean() > 10

@@ -122,52 +122,95 @@ def test_a_lossless_sprite_check_overrules_the_score(punks):
     assert is_copy(detector, "cryptopunks", 0.9999, off_grid)  # the score decides, as before
 
 
-def test_a_crop_the_instance_space_misses_is_found_through_its_completion(punks, model_dir, tmp_path):
-    """A cropped punk whose original is not among the first candidates: the crop completed from the
-    candidates it fits best is looked up in a real catalog (SQLite + FAISS, the shipped model's instance
-    vectors), which brings the original in; it is checked whole (layout 1), ranked first and scored by
-    the query's own vectors. A whole query, which some candidate shows all of, looks nothing up."""
-    from app.catalog import SearchFilter, Token, open_catalog
+@pytest.fixture(scope="module")
+def punk_catalog(punks, model_dir, tmp_path_factory):
+    """A real catalog (SQLite + FAISS) of 200 punks with the shipped model's vectors: (model, manifest,
+    catalog, decoded images by punk, their model outputs, the punks in order)."""
+    from app.catalog import Token, open_catalog
     from app.inference import OnnxModel
     from app.manifest import load_manifest
     from app.preprocessing import preprocess_batch
-    from app.verify import catalog_lookup, rank_by_checks
-    from training.edits import apply_edit
 
     m = load_manifest(model_dir)
     if not m.instance_dim or m.copies is None:
         pytest.skip("the model under test has no copy head")
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
-    ids, target = [*range(3, 10000, 50), 7804], 7804
+    ids = [*range(3, 10000, 50), 7804, 1233, 5739]
     data = {i: punks.image_path(punks.rows[i]).read_bytes() for i in ids}
     rgbs = {i: decode_image(b, BACKGROUND) for i, b in data.items()}
     out = model.run(preprocess_batch([rgbs[i] for i in ids], m.preprocessing))
-    catalog = open_catalog(str(tmp_path / "c.db"), m.embedding_dim, "k", "flat", m.instance_dim)
+    catalog = open_catalog(
+        str(tmp_path_factory.mktemp("punks") / "c.db"), m.embedding_dim, "k", "flat", m.instance_dim
+    )
     catalog.upsert_many(
         [
             (Token("cryptopunks", str(i)), out["embedding"][n], data[i], out["instance"][n])
             for n, i in enumerate(ids)
         ]
     )
+    yield model, m, catalog, rgbs, out, ids
+    catalog.close()
+
+
+def _found_by_completion(punk_catalog, query: np.ndarray, target: int):
+    """The query's checked ranking when the instance search missed `target` (dropped from its hits) and
+    `find_by_completion` may look further in the catalog, and the sizes of the embedding calls."""
+    from app.catalog import SearchFilter
+    from app.preprocessing import preprocess_batch
+    from app.verify import catalog_lookup, rank_by_checks
+
+    model, m, catalog, *_ = punk_catalog
     calls = []
 
     def embed(images: list[np.ndarray]) -> np.ndarray:
         calls.append(len(images))
         return model.run(preprocess_batch(images, m.preprocessing))["instance"]
 
-    query = apply_edit("crop_zoom", rgbs[target], np.random.default_rng(3))
     own = model.run(preprocess_batch([query], m.preprocessing))["instance"]
-    hits = [h for h in catalog.search(own[0], 50, SearchFilter(), space="instance") if h.token_id != "7804"]
+    hits = [
+        h for h in catalog.search(own[0], 50, SearchFilter(), space="instance") if h.token_id != str(target)
+    ]
     more = catalog_lookup(catalog, embed, own, 50, SearchFilter())
     ranked, checks = rank_by_checks(catalog, hits, query, BACKGROUND, False, more)
+    return ranked, checks, calls, own
+
+
+def test_a_crop_the_instance_space_misses_is_found_through_its_completion(punk_catalog):
+    """A cropped punk whose original is not among the first candidates: the crop completed from the
+    candidates it fits best is looked up in a real catalog (SQLite + FAISS, the shipped model's instance
+    vectors), which brings the original in; it is checked whole (layout 1), ranked first and scored by
+    the query's own vectors. A whole query, which some candidate shows all of, looks nothing up."""
+    from app.catalog import SearchFilter
+    from app.verify import catalog_lookup, rank_by_checks
+    from training.edits import apply_edit
+
+    model, m, catalog, rgbs, out, ids = punk_catalog
+    target = 7804
+    query = apply_edit("crop_zoom", rgbs[target], np.random.default_rng(3))
+    ranked, checks, calls, own = _found_by_completion(punk_catalog, query, target)
     assert calls and ranked[0].token_id == "7804" and checks[0].layout == 1.0, [
         h.token_id for h in ranked[:5]
     ]
     assert ranked[0].score == pytest.approx(float(own[0] @ out["instance"][ids.index(target)]), abs=1e-5)
     assert len({h.token_id for h in ranked}) == len(ranked)  # each token once
-    calls.clear()
     whole = np.kron(rgbs[target], np.ones((8, 8, 1), np.uint8))  # its nearest upscale: nothing cut off
     hits = catalog.search(own[0], 50, SearchFilter(), space="instance")
-    ranked, checks = rank_by_checks(catalog, hits, whole, BACKGROUND, False, more)
-    assert not calls and ranked[0].token_id == "7804"
-    catalog.close()
+    ranked, checks = rank_by_checks(
+        catalog, hits, whole, BACKGROUND, False, catalog_lookup(catalog, None, own, 50, SearchFilter())
+    )
+    assert ranked[0].token_id == "7804"  # `embed` (None) never called
+
+
+def test_a_saturated_copy_the_instance_space_misses_is_found_in_its_siblings_palette(punk_catalog):
+    """A lossless saturated copy of punk 1233 (the seeded edit the copy evaluation makes of it) lays out
+    on its sibling 5739 at 0.98 only: put back into 5739's palette (`recolour_completions`, two
+    renderings) and looked up, it brings 1233 in, lossless at layout 1, ranked first."""
+    from training.edits import apply_edit
+
+    _, _, _, rgbs, _, _ = punk_catalog
+    query = apply_edit("saturate", rgbs[1233], np.random.default_rng((13, 1233)))  # 192 px, lossless
+    ranked, checks, calls, _ = _found_by_completion(punk_catalog, query, 1233)
+    assert calls and calls[0] % 2 == 0, calls
+    assert ranked[0].token_id == "1233" and checks[0].layout == 1.0 and checks[0].lossless, [
+        (h.token_id, c.layout) for h, c in zip(ranked[:5], checks[:5], strict=True)
+    ]

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from app.keypoints import Features, features
+from app.sprites import SpriteQuery
 from app.verify import Check, check_candidates, stored_rgb
 
 
@@ -26,8 +27,9 @@ class ReferenceChecks:
             self._images[i] = stored_rgb(Path(self.paths[i]).read_bytes(), self.background)
         return self._images[i]
 
-    def check(self, query_rgb: np.ndarray, candidates: Sequence[int]) -> list[Check]:
-        """The query's check against each candidate reference (best instance-space score first)."""
+    def check(self, query: np.ndarray | SpriteQuery, candidates: Sequence[int]) -> list[Check]:
+        """The query's check (an RGB image or a `SpriteQuery`) against each candidate reference (best
+        instance-space score first)."""
         candidates = [int(i) for i in candidates]
 
         def cached(n: int, image: np.ndarray) -> Features:
@@ -36,7 +38,7 @@ class ReferenceChecks:
                 self._features[i] = features(image)
             return self._features[i]
 
-        return check_candidates(query_rgb, (self.image(i) for i in candidates), self.keypoints, cached)
+        return check_candidates(query, (self.image(i) for i in candidates), self.keypoints, cached)
 
 
 def top_candidates(sims: np.ndarray, k: int) -> np.ndarray:

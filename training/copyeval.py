@@ -23,7 +23,8 @@ import numpy as np
 from app.config import Settings
 from app.inference import OnnxModel
 from app.preprocessing import preprocess_batch
-from app.verify import Check, complete_crops, is_copy, verified_order
+from app.sprites import SpriteQuery
+from app.verify import Check, find_by_completion, interleave, is_copy, verified_order
 from training.checking import ReferenceChecks, top_candidates
 from training.datasets.select import holdout_keys, select_rows
 from training.edits import EDITS
@@ -144,9 +145,10 @@ def evaluate_copies(
             return out, confirmed, by, margins, seen
         for j in np.flatnonzero(~exact):
             top = top_candidates(sims[j], verify_k)
-            checks = refs.check(rgbs[j], top)
+            query = SpriteQuery(rgbs[j])
+            checks = refs.check(query, top)
             images = [refs.image(int(i)) for i in top]
-            found, _, checks = complete_crops(rgbs[j], top.tolist(), images, checks, lookup, keypoints)
+            found, _, checks = find_by_completion(query, top.tolist(), images, checks, lookup, keypoints)
             top = np.array(found)
             seen[j] = {int(i): c for i, c in zip(top, checks, strict=True)}
             out[j] = top[verified_order(sims[j, top].tolist(), checks)[0]]
@@ -166,9 +168,10 @@ def evaluate_copies(
         return out, confirmed, by, margins, seen
 
     def lookup(rendered: list[np.ndarray]) -> list[tuple[int, np.ndarray | None]]:
-        """The service's crop-completion lookup (app/verify.py: catalog_lookup) over the catalog here."""
+        """The service's completion lookup (app/verify.py: catalog_lookup) over the catalog here."""
         vecs = model.run(preprocess_batch(rendered, m.preprocessing))[output]
-        return [(int(i), refs.image(int(i))) for i in top_candidates((vecs @ cat.T).max(0), verify_k)]
+        found = interleave([top_candidates(v @ cat.T, verify_k).tolist() for v in vecs])[:verify_k]
+        return [(int(i), refs.image(int(i))) for i in found]
 
     def margin(i: int, score: float, check: Check) -> float:
         """A checked candidate's margin over the served verdict (`app.verify.is_copy`): 1.0 when its check
