@@ -274,27 +274,6 @@ def test_a_crop_is_completed_from_any_sprite_it_fits(sprites, punks):
     assert crop_patch(apply_edit("pixelate", sprites[5], np.random.default_rng(0))) is None  # blocks
 
 
-def test_a_crop_two_sprites_show_alike_is_told_apart_by_its_cut_cells(punks):
-    """Punk 6869's crop (seeded) shows only whole cells that punk 2412 shows too: both lay out at 1.0.
-    The cells the crop's edge cuts (`edge_layouts`) show where they differ, and put the original first
-    whatever the scores; a query without a tie gets no tie-break."""
-    from app.verify import Check, verified_order
-    from training.edits import apply_edit
-
-    own, sibling = (
-        decode_image(punks.image_path(punks.rows[i]).read_bytes(), BACKGROUND) for i in (6869, 2412)
-    )
-    query = apply_edit("crop_zoom", own, np.random.default_rng((13, 6869)))
-    layouts = candidate_layouts(query, [sibling, own])
-    assert layouts == [1.0, 1.0]
-    edges = edge_layouts(query, [sibling, own], layouts)
-    assert edges[1] == 1.0 and edges[0] < 1.0, edges
-    checks = [Check(layout=a, edges=e) for a, e in zip(layouts, edges, strict=True)]
-    assert verified_order([0.9, 0.8], checks) == [1, 0]  # the sibling scored higher
-    assert edge_layouts(query, [sibling, own], [0.95, 1.0]) == [None, None]
-    assert edge_layouts(_upscale(own), [sibling, own], [1.0, 1.0]) == [None, None]  # whole: no crop
-
-
 def test_a_lossy_query_read_whole_gets_the_wider_tolerance(sprites):
     """A punk shrunk to 104 px (4.3-px cells) and saved as JPEG at quality 50 bleeds colour across its
     cells: at 24 levels some cells leave their region's colour, at `LOSSY_TOLERANCE` every cell agrees.
@@ -312,26 +291,32 @@ def test_a_lossy_query_read_whole_gets_the_wider_tolerance(sprites):
     assert whole_tolerance(True) == TOLERANCE < whole_tolerance(False) == LOSSY_TOLERANCE
 
 
-def test_sprites_a_lossy_query_shows_alike_are_told_apart_at_the_narrower_tolerance(punks):
-    """A caption over punk 66 (the copy evaluation's seeded edit) breaks its nearest upscale, so the
-    query is lossy and read at `LOSSY_TOLERANCE`: its sibling 5809 lays out at 1.0 as well. At
-    `TOLERANCE` (`strict_layouts`) only the original does, and `verified_order` puts it first."""
+@pytest.mark.parametrize(
+    ("edit", "original", "sibling", "field"),
+    [("crop_zoom", 6869, 2412, "edges"), ("text", 66, 5809, "strict")],
+)
+def test_a_copy_two_sprites_show_alike_is_told_apart(punks, edit, original, sibling, field):
+    """Two punks lay out at 1.0 on the copy evaluation's seeded edit of the first. Punk 6869's crop shows
+    only whole cells that 2412 shows too: the cells its edge cuts (`edge_layouts`) show where they
+    differ. A caption over punk 66 breaks its nearest upscale, so the query is lossy and read at
+    `LOSSY_TOLERANCE`, which 5809 passes too: at `TOLERANCE` (`strict_layouts`) only 66 does. Either
+    way `verified_order` puts the original first whatever the scores; no tie, no tie-break."""
     from app.verify import Check, verified_order
     from training.edits import apply_edit
 
-    own, sibling = (
-        decode_image(punks.image_path(punks.rows[i]).read_bytes(), BACKGROUND) for i in (66, 5809)
+    tie_break = {"edges": edge_layouts, "strict": strict_layouts}[field]
+    own, other = (
+        decode_image(punks.image_path(punks.rows[i]).read_bytes(), BACKGROUND) for i in (original, sibling)
     )
-    query = apply_edit("text", own, np.random.default_rng((13, 66)))
-    layouts = candidate_layouts(query, [sibling, own])
+    query = apply_edit(edit, own, np.random.default_rng((13, original)))
+    layouts = candidate_layouts(query, [other, own])
     assert layouts == [1.0, 1.0]
-    strict = strict_layouts(query, [sibling, own], layouts)
-    assert strict[1] == 1.0 > strict[0]
-    checks = [Check(layout=a, strict=s) for a, s in zip(layouts, strict, strict=True)]
-    assert verified_order([0.99, 0.98], checks) == [1, 0]  # the sibling's higher score no longer decides
-    assert strict_layouts(query, [sibling, own], [0.95, 1.0]) == [None, None]  # no tie
-    whole = np.kron(own, np.ones((8, 8, 1), np.uint8))  # lossless: read at `TOLERANCE` already
-    assert strict_layouts(whole, [own, own], [1.0, 1.0]) == [None, None]
+    values = tie_break(query, [other, own], layouts)
+    assert values[1] == 1.0 > values[0], values
+    checks = [Check(layout=a, **{field: v}) for a, v in zip(layouts, values, strict=True)]
+    assert verified_order([0.99, 0.98], checks) == [1, 0]  # the sibling scored higher
+    assert tie_break(query, [other, own], [0.95, 1.0]) == [None, None]  # no tie
+    assert tie_break(_upscale(own), [own, own], [1.0, 1.0]) == [None, None]  # lossless whole: no crop, exact
 
 
 @pytest.mark.parametrize("turned", [False, True])
