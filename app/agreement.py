@@ -106,10 +106,10 @@ def drawn_over(query: np.ndarray, differ: np.ndarray, others: Sequence[np.ndarra
         return np.zeros_like(differ, bool)
     sizes = np.bincount(patches.ravel(), minlength=n).astype(np.float64)
     shown = np.zeros(n)
-    q = query.astype(np.float32)
+    q, labels = query[differ].astype(np.float32), patches[differ]  # only where the two disagree
     for other in others:
-        agree = differ & (np.linalg.norm(q - other.astype(np.float32), axis=-1) < TOLERANCE)
-        shown = np.maximum(shown, np.bincount(patches[agree], minlength=n) / sizes)
+        agree = np.linalg.norm(q - other[differ].astype(np.float32), axis=-1) < TOLERANCE
+        shown = np.maximum(shown, np.bincount(labels[agree], minlength=n) / sizes)
     unexplained = shown < EXPLAINED
     unexplained[0] = False  # label 0: where the two agree
     return unexplained[patches]
