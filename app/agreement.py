@@ -9,18 +9,9 @@ change explains. `agreement` warps the query onto the candidate (a similarity tr
 keypoint check), fits the global change, and returns the share of the candidate's figure (its pixels not
 joined to the border's colour) where the two agree; disagreements thinner than `OPENING` px (anti-aliased
 outlines, resampling, thin caption strokes) are not counted.
-
-A badge or a thick caption drawn on a copy disagrees as a solid patch, as large as the trait that tells
-two near-twin siblings apart. What tells them apart is the collection: a sibling's differing trait is one
-that other tokens of the collection show at that place, a badge is not. Given the other candidates
-(`others`, the copy search's near tokens), each patch of disagreement that none of them shows in the
-query's colours (at least `EXPLAINED` of it) is set aside as drawn over, at most `DRAWN_MAX` of the
-figure, and the share is then of the figure the query still shows.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import cv2
 import numpy as np
@@ -35,13 +26,6 @@ MIN_COVER = 0.4  # ... and the query this share of the candidate, or there is no
 SATURATED, LIT = 60, 30  # HSV levels above which a pixel's hue (saturation, brightness) is trusted
 FACTORS = np.geomspace(0.1, 4.0, 161)  # the saturation and brightness factors tried (2.3 % apart)
 FACTOR_TOLERANCE = 6.0  # HSV levels within which a factor explains a pixel
-EXPLAINED = 0.5  # a disagreeing patch another candidate shows this share of is a trait, not drawn over
-DRAWN_MAX = 0.1  # at most this share of the figure is set aside as drawn over
-
-
-def _at(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """An image area-resampled to `size` (width, height)."""
-    return image if image.shape[1::-1] == size else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def scale_transform(query_shape: tuple[int, ...], candidate_shape: tuple[int, ...]) -> np.ndarray:
@@ -97,53 +81,21 @@ def global_change(
     return cv2.cvtColor(hc.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
 
 
-def drawn_over(query: np.ndarray, differ: np.ndarray, others: Sequence[np.ndarray]) -> np.ndarray:
-    """[H, W] bool: the patches of `differ` (where the query disagrees with a candidate, both at the
-    candidate's frame and size) that no other candidate (`others`, the same size) shows in the query's
-    colours at `EXPLAINED` of its pixels or more: drawn on the copy, not a trait of the collection."""
-    n, patches = cv2.connectedComponents(differ.astype(np.uint8), connectivity=8)
-    if n < 2:
-        return np.zeros_like(differ, bool)
-    sizes = np.bincount(patches.ravel(), minlength=n).astype(np.float64)
-    shown = np.zeros(n)
-    q, labels = query[differ].astype(np.float32), patches[differ]  # only where the two disagree
-    for other in others:
-        agree = np.linalg.norm(q - other[differ].astype(np.float32), axis=-1) < TOLERANCE
-        shown = np.maximum(shown, np.bincount(labels[agree], minlength=n) / sizes)
-    unexplained = shown < EXPLAINED
-    unexplained[0] = False  # label 0: where the two agree
-    return unexplained[patches]
-
-
-def _share_agreeing(
-    query: np.ndarray,
-    candidate: np.ndarray,
-    where: np.ndarray,
-    opening: int,
-    others: Sequence[np.ndarray] = (),
-) -> float:
+def _share_agreeing(query: np.ndarray, candidate: np.ndarray, where: np.ndarray, opening: int) -> float:
     """Share of `where` in which the query shows the candidate's colours after the global change, not
-    counting disagreements that a square opening of `opening` px removes, nor (given `others`, other
-    candidates' images at any size) what was drawn over (`drawn_over`, at most `DRAWN_MAX` of `where`)."""
+    counting disagreements that a square opening of `opening` px removes."""
     expected = global_change(query, candidate, where)
     differ = (np.linalg.norm(query.astype(np.float32) - expected, axis=-1) >= TOLERANCE) & where
     if opening > 1:
         differ = cv2.morphologyEx(
             differ.astype(np.uint8), cv2.MORPH_OPEN, np.ones((opening, opening), np.uint8)
-        ).astype(bool)
-    if others and 0 < differ.sum() <= 2 * DRAWN_MAX * where.sum():  # else no set-aside reaches a minimum
-        covered = drawn_over(query, differ, [_at(o, where.shape[::-1]) for o in others])
-        if 0 < covered.sum() <= DRAWN_MAX * where.sum():
-            differ, where = differ & ~covered, where & ~covered
+        )
     return float(1.0 - differ.sum() / where.sum())
 
 
-def agreement(
-    query: np.ndarray, candidate: np.ndarray, transform: np.ndarray, others: Sequence[np.ndarray] = ()
-) -> float | None:
+def agreement(query: np.ndarray, candidate: np.ndarray, transform: np.ndarray) -> float | None:
     """Share of the candidate's figure that the query, moved by `transform` (2x3, query pixels ->
-    candidate pixels), shows in the candidate's colours after one global hue/saturation/brightness change,
-    what was drawn over set aside (given the `others` candidates' images, `drawn_over`).
+    candidate pixels), shows in the candidate's colours after one global hue/saturation/brightness change.
     None when the aligned query covers too little of the candidate (a degenerate transform)."""
     ch, cw = candidate.shape[:2]
     f = SIDE / max(ch, cw)
@@ -163,7 +115,7 @@ def agreement(
     where = cover & ~background_region(small)
     if cover.mean() < MIN_COVER or where.mean() < MIN_FIGURE:
         return None
-    return _share_agreeing(warped, small, where, OPENING, others)
+    return _share_agreeing(warped, small, where, OPENING)
 
 
 def block_agreement(blocks: np.ndarray, candidate: np.ndarray) -> float | None:

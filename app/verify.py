@@ -119,27 +119,21 @@ def check_candidates(
                 query_features = query_features or features(q.rgb)
                 found = match(query_features, features_of(i, image) if features_of else features(image))
             inliers = None if found is None else found.inliers
-            others = [im for j, im in enumerate(images) if j != i and im is not None and sprites[j] is None]
-            out.append(Check(keypoints=inliers, colours=colour_check(q.rgb, image, found, blocks, others)))
+            out.append(Check(keypoints=inliers, colours=colour_check(q.rgb, image, found, blocks)))
         else:
             out.append(Check())
     return out
 
 
 def colour_check(
-    query_rgb: np.ndarray,
-    image: np.ndarray,
-    found: Match | None = None,
-    blocks: np.ndarray | None = None,
-    others: Sequence[np.ndarray] = (),
+    query_rgb: np.ndarray, image: np.ndarray, found: Match | None = None, blocks: np.ndarray | None = None
 ) -> float | None:
     """A painted candidate's colour agreement with the query (app/agreement.py), the best of the query
     stretched over it, (with `found` keypoints) aligned by their transform, and (with the `blocks` of a
-    pixelated query, app/sprites.py: collapse_runs) block by block. `others`: the other painted
-    candidates' images, which tell a sibling's trait from what was drawn over (`drawn_over`)."""
-    values = [agreement(query_rgb, image, scale_transform(query_rgb.shape, image.shape), others)]
+    pixelated query, app/sprites.py: collapse_runs) block by block."""
+    values = [agreement(query_rgb, image, scale_transform(query_rgb.shape, image.shape))]
     if found is not None and found.transform is not None:
-        values.append(agreement(query_rgb, image, found.transform, others))
+        values.append(agreement(query_rgb, image, found.transform))
     if blocks is not None:
         values.append(block_agreement(blocks, image))
     return max((v for v in values if v is not None), default=None)

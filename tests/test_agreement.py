@@ -87,26 +87,3 @@ def test_a_clipping_saturation_filter_is_fitted(apes):
     expected = global_change(query, ape, where)
     close = np.linalg.norm(query.astype(np.float32) - expected, axis=-1) < 8
     assert close[where].mean() > 0.95
-
-
-def test_a_patch_no_other_candidate_shows_is_set_aside_and_a_trait_one_shows_is_not(apes):
-    """The same trait-sized block: painted a colour no ape shows, it was drawn over (a badge) and is set
-    aside when the other candidates are given; taken from another ape (a sibling's trait, which that ape
-    shows at that place) it still counts. More than `DRAWN_MAX` of the figure is never set aside."""
-    from app.agreement import DRAWN_MAX
-
-    ape, donor, *rest = apes
-    h, w = ape.shape[:2]
-    box = np.zeros(ape.shape[:2], bool)
-    box[h // 4 : h // 2, w // 4 : w // 2] = True
-    badged, trait = ape.copy(), ape.copy()
-    badged[box] = (255, 0, 255)
-    trait[box] = donor[box]
-    identity = scale_transform(ape.shape, ape.shape)
-    assert agreement(badged, ape, identity) < 0.95 and agreement(trait, ape, identity) < 0.99
-    assert agreement(badged, ape, identity, [donor, *rest]) == 1.0
-    assert agreement(trait, ape, identity, [donor, *rest]) == agreement(trait, ape, identity)
-    assert agreement(trait, ape, identity, rest) > 0.99  # without the ape that shows it: drawn over
-    big = ape.copy()
-    big[h // 8 : 7 * h // 8, w // 8 : 7 * w // 8] = (255, 0, 255)  # half the figure: no badge
-    assert agreement(big, ape, identity, [donor, *rest]) == agreement(big, ape, identity) < 1 - DRAWN_MAX
