@@ -91,9 +91,7 @@ def _background(sprite: np.ndarray) -> np.ndarray:
 def _labels(sprite: np.ndarray, background: np.ndarray | None = None) -> np.ndarray:
     """One integer per distinct colour of the sprite, and one for its background (`_background`,
     unless given), [H, W]."""
-    rgb = sprite.astype(np.int32)
-    codes = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-    labels = np.unique(codes, return_inverse=True)[1].reshape(sprite.shape[:2])
+    labels = np.unique(_codes(sprite), return_inverse=True)[1].reshape(sprite.shape[:2])
     background = _background(sprite) if background is None else background
     # the background is a region of its own: a new background leaves enclosed pixels of its colour alone
     return np.where(background, labels.max() + 1, labels)
@@ -410,7 +408,7 @@ def completed_crop(
 
 class SpriteQuery:
     """A query's own side of the sprite checks, each worked out once when first needed: the checks of
-    every candidate (and every crop completion round, app/verify.py) share them."""
+    every candidate (and every completion round, app/verify.py) share them."""
 
     def __init__(self, rgb: np.ndarray) -> None:
         self.rgb = rgb

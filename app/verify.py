@@ -9,9 +9,9 @@ by that transform or simply stretched over the candidate, whichever agrees more.
 instance-space order. A cropped or recoloured sprite that no candidate shows whole is completed from
 the candidates it fits best (their pixels around a crop, their palette for a recolouring) and looked up
 again (`find_by_completion`): the instance space misses such copies, not their completions. The copy
-verdict (`is_copy`) is the calibrated instance-space threshold, or a check
-that reaches its collection's minimum, chosen on validation pairs with the thresholds (`nftlens
-calibrate`: only as far as distinct tokens allow). For a lossless pixel-art query (its own grid is the
+verdict (`is_copy`) is the calibrated instance-space threshold, or a check that reaches its collection's
+minimum, chosen on validation pairs with the thresholds (`nftlens calibrate`: only as far as distinct
+tokens allow). For a lossless pixel-art query (its own grid is the
 sprite's) the layout alone decides: the score cannot tell a token from a sibling one pixel away.
 """
 
@@ -43,7 +43,7 @@ from app.sprites import (
     strict_layouts,
 )
 
-COMPLETE_FROM = 30  # a cropped sprite query is completed from the best-fitting of this many candidates ...
+COMPLETE_FROM = 30  # a cropped or recoloured sprite is completed from the best of this many candidates ...
 COMPLETIONS = 3  # ... this many at a time ...
 ROUNDS = 2  # ... at most this many times (each from the candidates the last one found)
 
