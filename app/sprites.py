@@ -498,12 +498,6 @@ def recoloured_as(native: np.ndarray, sprite: np.ndarray) -> list[np.ndarray]:
     return [changed, mapped.reshape(changed.shape)]
 
 
-def crop_patch(query: np.ndarray | SpriteQuery) -> np.ndarray | None:
-    """The native pixels a cropped pixel-art query shows (`regrid`), unless it is a pixelated copy
-    (`collapse_runs`: blocks, not pixels)."""
-    return as_query(query).patch
-
-
 def _tied(layouts: Sequence[float | None]) -> list[int]:
     """The candidates that share the best layout, when it reaches `GATE` and two or more do."""
     best = max((a for a in layouts if a is not None), default=0.0)

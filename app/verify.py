@@ -235,7 +235,7 @@ def crop_completions(
     patch: np.ndarray, images: Sequence[np.ndarray | None], n: int = COMPLETIONS
 ) -> list[np.ndarray]:
     """The sprite candidates (decoded images) that best fit a crop's native pixels (`patch`:
-    app/sprites.py: crop_patch), completed by it (`completed_crop`) and rendered at the candidate's
+    app/sprites.py: SpriteQuery.patch), completed by it (`completed_crop`) and rendered at the candidate's
     size, best fit first: at most `n`."""
     fits = []
     for image in images:
@@ -282,7 +282,7 @@ def find_by_completion(
     those a completion of the query finds, when no sprite candidate shows all of it (no layout of 1).
     A cropped or recoloured copy of pixel art sits far from its original in the instance space (most
     of a crop's cells are cut off or shown larger; a saturated copy's colours are all new), while the
-    query completed from a sibling sits close: a crop's native pixels (`crop_patch`) put into the
+    query completed from a sibling sits close: a crop's native pixels (`SpriteQuery.patch`) put into the
     first `COMPLETE_FROM` candidates they fit best (`crop_completions`), a lossless query put back
     into the palette of the candidates it lays out best on (`recolour_completions`).
     `lookup(rendered completions)` answers further candidates (key and image; none already among

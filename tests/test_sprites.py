@@ -14,10 +14,10 @@ from app.sprites import (
     GATE,
     LOSSY_TOLERANCE,
     TOLERANCE,
+    SpriteQuery,
     candidate_layouts,
     collapse_runs,
     completed_crop,
-    crop_patch,
     drawn_over,
     edge_layouts,
     layout_agreement,
@@ -250,7 +250,7 @@ def test_a_crop_is_completed_from_any_sprite_it_fits(sprites, punks):
 
     for j, (i, punk) in enumerate(sprites.items()):
         query = apply_edit("crop_zoom", punk, np.random.default_rng(j))
-        patch = crop_patch(query)
+        patch = SpriteQuery(query).patch
         assert patch is not None and patch.shape[0] < 24
         misfit, own = completed_crop(patch, punk)
         assert misfit == 0.0 and np.array_equal(own, punk), i
@@ -271,7 +271,7 @@ def test_a_crop_is_completed_from_any_sprite_it_fits(sprites, punks):
         outside[y : y + a, x : x + b] = False
         assert np.array_equal(mixed[outside], other[outside])  # the rest is the sibling's
     assert completed_crop(sprites[5].astype(np.float32), sprites[5]) is None  # the whole grid: no crop
-    assert crop_patch(apply_edit("pixelate", sprites[5], np.random.default_rng(0))) is None  # blocks
+    assert SpriteQuery(apply_edit("pixelate", sprites[5], np.random.default_rng(0))).patch is None  # blocks
 
 
 def test_a_lossy_query_read_whole_gets_the_wider_tolerance(sprites):
