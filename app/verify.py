@@ -46,6 +46,7 @@ from app.sprites import (
 COMPLETE_FROM = 30  # a cropped or recoloured sprite is completed from the best of this many candidates ...
 COMPLETIONS = 3  # ... this many at a time ...
 ROUNDS = 2  # ... at most this many times (each from the candidates the last one found)
+FACING_FROM = 3  # a painted query is checked facing the way these first candidates agree with most
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -104,7 +105,10 @@ def check_candidates(
     painted = bool(images) and sprites[0] is None
     blocks = q.blocks if painted else None
     keypoints = keypoints and painted and blocks is None
-    query_features = None
+    features_of = features_of or (lambda i, image: features(image))
+    if painted:
+        paintings = [im if sp is None else None for im, sp in zip(images, sprites, strict=True)]
+        rgb, blocks, query_features = facing(q.rgb, blocks, paintings, keypoints, features_of)
     out: list[Check] = []
     for i, (image, sprite) in enumerate(zip(images, sprites, strict=True)):
         if sprite is not None:
@@ -114,15 +118,38 @@ def check_candidates(
                 )
             )
         elif image is not None and painted:
-            found = None
-            if keypoints:
-                query_features = query_features or features(q.rgb)
-                found = match(query_features, features_of(i, image) if features_of else features(image))
+            found = match(query_features, features_of(i, image)) if query_features is not None else None
             inliers = None if found is None else found.inliers
-            out.append(Check(keypoints=inliers, colours=colour_check(q.rgb, image, found, blocks)))
+            out.append(Check(keypoints=inliers, colours=colour_check(rgb, image, found, blocks)))
         else:
             out.append(Check())
     return out
+
+
+def facing(
+    rgb: np.ndarray,
+    blocks: np.ndarray | None,
+    images: Sequence[np.ndarray | None],
+    keypoints: bool,
+    features_of: Callable[[int, np.ndarray], Features],
+) -> tuple[np.ndarray, np.ndarray | None, Features | None]:
+    """A painted query as it is or mirrored left to right, whichever the first `FACING_FROM` candidates
+    with an image agree with more: SIFT matches no drawing to its mirror image, and the colour check
+    compares the query unturned. Agreement is the most keypoint inliers (with `keypoints`), else the
+    best colour agreement; a tie keeps the query as it is. Returns its image, its `blocks` (a pixelated
+    query's, app/sprites.py: collapse_runs) turned alike, and its keypoint features (None without
+    `keypoints`)."""
+    first = [(i, im) for i, im in enumerate(images) if im is not None][:FACING_FROM]
+    turned = None if blocks is None else np.ascontiguousarray(blocks[:, ::-1])
+    sides = [(rgb, blocks), (np.ascontiguousarray(rgb[:, ::-1]), turned)]
+    if keypoints:
+        found = [features(r) for r, _ in sides]
+        value = [max((match(f, features_of(i, im)).inliers for i, im in first), default=0) for f in found]
+    else:
+        found = [None, None]
+        value = [max((colour_check(r, im, None, b) or 0.0 for _, im in first), default=0.0) for r, b in sides]
+    k = int(value[1] > value[0])
+    return sides[k][0], sides[k][1], found[k]
 
 
 def colour_check(

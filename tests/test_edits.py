@@ -8,7 +8,15 @@ import pytest
 from app.imaging import decode_image
 
 cv2 = pytest.importorskip("cv2")
-from training.edits import EDITS, PIXEL_ART_SIDE, apply_edit, border_colour, random_edit, working_copy  # noqa: E402
+from training.edits import (  # noqa: E402
+    COMBINED,
+    EDITS,
+    PIXEL_ART_SIDE,
+    apply_edit,
+    border_colour,
+    random_edit,
+    working_copy,
+)
 
 OPENSEA = {
     "exact",
@@ -53,6 +61,16 @@ def test_every_listed_edit_exists_and_is_deterministic(punk, painted):
             assert np.array_equal(a, b), f"{name} is not deterministic for a seed"
             if name != "exact":
                 assert not np.array_equal(a, working_copy(img)), f"{name} changed nothing"
+
+
+def test_a_combined_edit_applies_its_parts_in_turn_and_is_no_training_view(punk, painted):
+    assert COMBINED["mirror_reencode"] == ("mirror", "reencode_resize") and not set(COMBINED) & set(EDITS)
+    for img in (punk, painted):
+        rng, twin = np.random.default_rng(4), np.random.default_rng(4)
+        expected = apply_edit("reencode_resize", apply_edit("mirror", img, twin), twin)
+        assert np.array_equal(apply_edit("mirror_reencode", img, rng), expected)
+    with pytest.raises(ValueError, match="unknown edits"):  # not one of the training views
+        random_edit(weights={"mirror_reencode": 1.0})
 
 
 def test_exact_keeps_pixels_and_pixel_art_is_upscaled_for_other_edits(punk, painted):

@@ -19,7 +19,9 @@ def apes(shared_data) -> list[np.ndarray]:
     return [decode_image(f.read_bytes(), BACKGROUND) for f in files]
 
 
-@pytest.mark.parametrize("edit", ["crop_zoom", "background_swap", "saturate", "logo", "border"])
+@pytest.mark.parametrize(
+    "edit", ["crop_zoom", "background_swap", "saturate", "logo", "border", "mirror_reencode"]
+)
 def test_an_edited_painting_keeps_more_keypoints_with_its_original_than_with_its_siblings(apes, edit):
     from training.edits import apply_edit
 
@@ -37,6 +39,28 @@ def test_an_edited_painting_keeps_more_keypoints_with_its_original_than_with_its
         # aligned, the copy shows more of its original's figure in its colours than of any sibling's
         siblings = [c.colours for k, c in enumerate(checks) if k != j and c.colours is not None]
         assert checks[j].colours > max(siblings, default=0.0), (edit, j, checks[j].colours, siblings)
+
+
+def test_a_flipped_painting_is_checked_facing_its_candidates_way(apes):
+    """SIFT matches no drawing to its mirror image: a flipped, re-encoded copy is turned back (the way its
+    first candidates agree with most, siblings included) before its keypoints and colours are compared;
+    without keypoints, the colours choose. An unflipped query stays as it is."""
+    from app.verify import facing
+    from training.edits import apply_edit
+
+    def features_of(i, image):
+        return features(image)
+
+    for j, ape in enumerate(apes):
+        flipped = apply_edit("mirror_reencode", ape, np.random.default_rng(j))
+        others = apes[:j] + apes[j + 1 :]  # the original itself need not be among the first candidates
+        for keypoints in (True, False):
+            rgb, _, found = facing(flipped, None, others, keypoints, features_of)
+            assert np.array_equal(rgb, flipped[:, ::-1]) and (found is not None) == keypoints
+            plain, _, _ = facing(ape, None, others, keypoints, features_of)
+            assert plain is ape
+        checks = check_candidates(flipped, apes, keypoints=False)
+        assert checks[j].colours > 0.95 > max(c.colours for k, c in enumerate(checks) if k != j)
 
 
 def test_keypoints_on_flat_and_tiny_images_and_the_switch(apes):

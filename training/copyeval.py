@@ -4,8 +4,9 @@ The catalog is every token of the given datasets (10,000 punks, 2,000 Nouns, the
 nft-collections sample), one image per (collection, token id). Tokens the model never trained on (the
 test splits and the holdout datasets) are split by hash into:
 
-- *in catalog*: each is edited with every edit of OpenSea's list (`training.edits`) and the copy must
-  find its original as the top-1 match, and be called a copy;
+- *in catalog*: each is edited with every edit of OpenSea's list (`training.edits`; `COMBINED` adds a
+  flip that was then re-encoded) and the copy must find its original as the top-1 match, and be called a
+  copy;
 - *out of catalog*: removed from the catalog; their genuine images are queried as distinct new tokens
   and must not be called copies.
 
@@ -27,7 +28,7 @@ from app.sprites import SpriteQuery
 from app.verify import Check, find_by_completion, interleave, is_copy, verified_order
 from training.checking import ReferenceChecks, top_candidates
 from training.datasets.select import holdout_keys, select_rows
-from training.edits import EDITS
+from training.edits import COMBINED, EDITS
 from training.reports import markdown_table, plot_grouped_bars, plot_pr_curve
 from training.runner import edit_transform, infer, view_similarity
 
@@ -222,7 +223,7 @@ def evaluate_copies(
     index = {k: i for i, k in enumerate(keys)}
     per_edit: dict[str, dict[str, dict]] = {}
     positives: list[float] = []
-    for e, name in enumerate(EDITS):
+    for e, name in enumerate([*EDITS, *COMBINED]):
         rgbs: list[np.ndarray] = []
         q_out = infer(
             model,
@@ -340,7 +341,10 @@ def evaluate_copies(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plot_grouped_bars(
-        {f"top-1 {d}": {name: per_edit[name][d]["top1"] for name in EDITS} for d in ("pixel_art", "painted")},
+        {
+            f"top-1 {d}": {name: row[d]["top1"] for name, row in per_edit.items()}
+            for d in ("pixel_art", "painted")
+        },
         out / "top1_by_edit.png",
         f"{result['model']}: edited copy finds its original (top-1, {space} space)",
         "top-1 rate",
@@ -380,6 +384,13 @@ def render_markdown(r: dict) -> str:
             else " (instance-space order alone)."
         ),
     ]
+    combined = [n for n in r["per_edit"] if n in COMBINED]
+    if combined:
+        lines.append(
+            "Combined edits, each edit in turn: "
+            + ", ".join(f"{n} = {' then '.join(COMBINED[n])}" for n in combined)
+            + " (a lossless flip is caught by the exact stage's flip-invariant fingerprint; a re-encoded one is not)."
+        )
     if t is not None:
         fc = r["false_copy_rate"]
         lines += [

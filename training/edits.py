@@ -183,10 +183,20 @@ EDITS: dict[str, Edit] = {
 }
 
 
+# Edits combined, evaluated beside OpenSea's list (not drawn as training views): a copymint seldom leaves
+# a flip lossless, and a lossless one is caught by the exact stage's flip-invariant fingerprint.
+COMBINED: dict[str, tuple[str, ...]] = {"mirror_reencode": ("mirror", "reencode_resize")}
+
+
 def apply_edit(name: str, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One named edit; every edit but `exact` works on the upscaled working copy of small pixel art."""
+    """One named edit (of `EDITS`, or the parts of a `COMBINED` one in turn); every edit but `exact` works
+    on the upscaled working copy of small pixel art."""
     if name == "exact":
         return exact(rgb, rng)
+    if name in COMBINED:
+        for part in COMBINED[name]:
+            rgb = apply_edit(part, rgb, rng)
+        return rgb
     return EDITS[name](working_copy(rgb), rng)
 
 
