@@ -4,7 +4,8 @@ and confirms.
 The best `copy_verify_k` candidates of a copy query are checked against the query itself: sprites (pixel
 art) by their colour layout (`app/sprites.py`); paintings by SIFT keypoints that agree on one similarity
 transform (`app/keypoints.py`), and by their colour agreement (`app/agreement.py`) with the query aligned
-by that transform or simply stretched over the candidate, whichever agrees more. Candidates that pass
+by that transform or simply stretched over the candidate, whichever agrees more (the query first turned
+the way its first candidates agree with, `facing`: SIFT cannot match a mirror image). Candidates that pass
 (layout >= `GATE`, inliers >= `MIN_INLIERS`) come first, best checked first; the rest keep the
 instance-space order. A cropped or recoloured sprite that no candidate shows whole is completed from
 the candidates it fits best (their pixels around a crop, their palette for a recolouring) and looked up
