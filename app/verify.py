@@ -109,7 +109,7 @@ def check_candidates(
     features_of = features_of or (lambda i, image: features(image))
     if painted:
         paintings = [im if sp is None else None for im, sp in zip(images, sprites, strict=True)]
-        rgb, blocks, query_features = facing(q.rgb, blocks, paintings, keypoints, features_of)
+        rgb, blocks, query_features, matched = facing(q.rgb, blocks, paintings, keypoints, features_of)
     out: list[Check] = []
     for i, (image, sprite) in enumerate(zip(images, sprites, strict=True)):
         if sprite is not None:
@@ -119,7 +119,9 @@ def check_candidates(
                 )
             )
         elif image is not None and painted:
-            found = match(query_features, features_of(i, image)) if query_features is not None else None
+            found = None
+            if query_features is not None:
+                found = matched[i] if i in matched else match(query_features, features_of(i, image))
             inliers = None if found is None else found.inliers
             out.append(Check(keypoints=inliers, colours=colour_check(rgb, image, found, blocks)))
         else:
@@ -133,24 +135,25 @@ def facing(
     images: Sequence[np.ndarray | None],
     keypoints: bool,
     features_of: Callable[[int, np.ndarray], Features],
-) -> tuple[np.ndarray, np.ndarray | None, Features | None]:
+) -> tuple[np.ndarray, np.ndarray | None, Features | None, dict[int, Match]]:
     """A painted query as it is or mirrored left to right, whichever the first `FACING_FROM` candidates
     with an image agree with more: SIFT matches no drawing to its mirror image, and the colour check
     compares the query unturned. Agreement is the most keypoint inliers (with `keypoints`), else the
     best colour agreement; a tie keeps the query as it is. Returns its image, its `blocks` (a pixelated
-    query's, app/sprites.py: collapse_runs) turned alike, and its keypoint features (None without
-    `keypoints`)."""
+    query's, app/sprites.py: collapse_runs) turned alike, its keypoint features (None without
+    `keypoints`) and its matches with those first candidates, by index (for the caller to reuse)."""
     first = [(i, im) for i, im in enumerate(images) if im is not None][:FACING_FROM]
     turned = None if blocks is None else np.ascontiguousarray(blocks[:, ::-1])
     sides = [(rgb, blocks), (np.ascontiguousarray(rgb[:, ::-1]), turned)]
     if keypoints:
         found = [features(r) for r, _ in sides]
-        value = [max((match(f, features_of(i, im)).inliers for i, im in first), default=0) for f in found]
+        matches = [{i: match(f, features_of(i, im)) for i, im in first} for f in found]
+        value = [max((m.inliers for m in ms.values()), default=0) for ms in matches]
     else:
-        found = [None, None]
+        found, matches = [None, None], [{}, {}]
         value = [max((colour_check(r, im, None, b) or 0.0 for _, im in first), default=0.0) for r, b in sides]
     k = int(value[1] > value[0])
-    return sides[k][0], sides[k][1], found[k]
+    return sides[k][0], sides[k][1], found[k], matches[k]
 
 
 def colour_check(

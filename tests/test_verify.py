@@ -55,9 +55,9 @@ def test_a_flipped_painting_is_checked_facing_its_candidates_way(apes):
         flipped = apply_edit("mirror_reencode", ape, np.random.default_rng(j))
         others = apes[:j] + apes[j + 1 :]  # the original itself need not be among the first candidates
         for keypoints in (True, False):
-            rgb, _, found = facing(flipped, None, others, keypoints, features_of)
+            rgb, _, found, _ = facing(flipped, None, others, keypoints, features_of)
             assert np.array_equal(rgb, flipped[:, ::-1]) and (found is not None) == keypoints
-            plain, _, _ = facing(ape, None, others, keypoints, features_of)
+            plain, _, _, _ = facing(ape, None, others, keypoints, features_of)
             assert plain is ape
         checks = check_candidates(flipped, apes, keypoints=False)
         assert checks[j].colours > 0.95 > max(c.colours for k, c in enumerate(checks) if k != j)
