@@ -30,12 +30,14 @@ def serve(
     ),
 ) -> None:
     """Run the HTTP service (uvicorn). With several workers, each process holds its own model session
-    and catalog indexes; the catalog's change log keeps every worker's searches consistent."""
+    and catalog indexes; the catalog's change log keeps every worker's searches consistent, and one
+    acceptor hands each new connection to the worker with the fewest open ones."""
     import os
     import tempfile
 
     import uvicorn
 
+    from app import supervisor
     from app.config import Settings
     from app.main import create_app
     from app.metrics import MULTIPROC_ENV
@@ -63,7 +65,8 @@ def serve(
         os.environ[f"NFTLENS_{key.upper()}"] = str(value)
     with tempfile.TemporaryDirectory(prefix="nftlens-metrics-") as folder:  # /metrics sums the workers
         os.environ[MULTIPROC_ENV] = folder  # fresh: no counts left from an earlier run
-        uvicorn.run("app.main:create_app", factory=True, workers=workers, **common)
+        # one acceptor hands each connection to the least busy worker (app/supervisor.py)
+        supervisor.serve({"app": "app.main:create_app", "factory": True, **common}, workers)
 
 
 catalog_app = typer.Typer(no_args_is_help=True, help="Build and maintain the token catalog.")

@@ -1,0 +1,75 @@
+"""`nftlens serve` with several workers: one acceptor hands connections out evenly, restarts a dead worker,
+and stops when a worker cannot start (app/supervisor.py). Real processes, real sockets, the shipped model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from tests.server import free_port, running_server
+
+
+def _pids_until(url: str, want: int, timeout: float = 90) -> set[int]:
+    """Ask /ready on fresh connections until `want` distinct worker pids answered."""
+    pids: set[int] = set()
+    deadline = time.time() + timeout
+    while len(pids) < want:
+        assert time.time() < deadline, f"only {len(pids)} of {want} workers answered"
+        try:
+            with httpx.Client(base_url=url, timeout=10) as c:
+                pids.add(c.get("/ready").json()["pid"])
+        except httpx.TransportError:  # a connection handed to a worker that just died
+            pass
+        time.sleep(0.05)
+    return pids
+
+
+def test_keep_alive_connections_split_evenly_and_a_dead_worker_is_replaced(model_dir, tmp_path):
+    with running_server(model_dir, tmp_path / "c.db", tmp_path, NFTLENS_WORKERS="2") as srv:
+        first = _pids_until(srv.url, 2)
+        time.sleep(0.5)  # the polls' connections are closed and reported
+        clients = [httpx.Client(base_url=srv.url, timeout=10) for _ in range(8)]
+        try:  # eight connections held open at once, as a backend's pool or wrk holds them
+            seen = Counter(c.get("/ready").json()["pid"] for c in clients)
+            assert sorted(seen.values()) == [4, 4], seen
+            again = Counter(c.get("/ready").json()["pid"] for c in clients)
+            assert again == seen  # keep-alive: each connection stays with its worker
+        finally:
+            for c in clients:
+                c.close()
+
+        victim = min(first)
+        os.kill(victim, signal.SIGKILL)
+        now = _pids_until(srv.url, 2)  # the other worker answers meanwhile; a new one joins
+        assert victim not in now and len(now - first) == 1
+        assert srv.proc.poll() is None
+
+
+def test_a_worker_that_cannot_start_stops_the_server(tmp_path):
+    env = {
+        **os.environ,
+        "NFTLENS_MODEL_DIR": str(tmp_path / "no-model"),
+        "NFTLENS_CATALOG": str(tmp_path / "c.db"),
+        "NFTLENS_PORT": str(free_port()),
+        "NFTLENS_WORKERS": "2",
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "app.cli", "serve"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode != 0
+    assert "failed to start" in proc.stderr
+
+
+@pytest.mark.parametrize("workers", [0, -1])
+def test_a_supervisor_needs_a_worker(workers):
+    from app.supervisor import Supervisor
+
+    with pytest.raises(ValueError, match="at least 1"):
+        Supervisor({"app": "app.main:create_app"}, workers)
