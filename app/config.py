@@ -20,7 +20,8 @@ class Settings(BaseSettings):
         0,
         ge=0,
         le=64,
-        description="server processes sharing the port; each has its own model session and catalog "
+        description="server processes behind the port; one acceptor hands each new connection to the "
+        "worker with the fewest open ones (app/supervisor.py); each has its own model session and catalog "
         "indexes, kept consistent by the catalog's change log. 0: one per core up to 4 on CPU, 1 with a GPU "
         "(`nftlens bench tuning` measured 2 workers fastest on 2 cores)",
     )

@@ -16,20 +16,27 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
+import select
 import selectors
 import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
 
 log = logging.getLogger("uvicorn.error")
-READY, CLOSED, HANDED = b"r", b"c", b"h"  # worker -> parent: started, closed one; parent -> worker: a socket
+# worker -> parent: started; stopping; "c" + how many handed connections it has closed so far (a total, so
+# a report lost to a full channel is made good by the next one). parent -> worker: one socket.
+READY, STOPPING, CLOSED, HANDED = b"r", b"s", b"c", b"h"
 STARTUP_FAILURE = 3  # uvicorn's exit code when the app's start-up fails
 STOP_GRACE_S = 30.0  # how long stopping workers may finish their requests before they are killed
+HAND_WAIT_S = 10.0  # every worker's channel full (overload): how long accepting waits for room
+MAX_RESTARTS = 5  # a worker that keeps dying is restarted this many times in a row, with growing pauses
 
 
 class HandedServer(uvicorn.Server):
@@ -47,7 +54,14 @@ class HandedServer(uvicorn.Server):
             return
         loop = asyncio.get_running_loop()
         config, channel = self.config, self.channel
-        protocol = _reporting(config.http_protocol_class, channel)
+        closed = 0
+
+        def done() -> None:
+            nonlocal closed
+            closed += 1
+            _tell(channel, CLOSED + str(closed).encode())
+
+        protocol = _reporting(config.http_protocol_class, done)
 
         def factory() -> asyncio.Protocol:
             return protocol(
@@ -56,10 +70,10 @@ class HandedServer(uvicorn.Server):
 
         async def connect(sock: socket.socket) -> None:
             try:
-                await loop.connect_accepted_socket(factory, sock)
+                await loop.connect_accepted_socket(factory, sock, ssl=config.ssl)
             except OSError:  # the client left before it could be served
                 sock.close()
-                _tell(channel, CLOSED)
+                done()
 
         def take() -> None:
             while True:
@@ -73,6 +87,8 @@ class HandedServer(uvicorn.Server):
                     loop.remove_reader(channel)
                     self.should_exit = True
                     return
+                if not fds:  # the descriptor was dropped on the way (this process is out of them)
+                    done()
                 for fd in fds:
                     loop.create_task(connect(socket.socket(fileno=fd)))
 
@@ -83,18 +99,21 @@ class HandedServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         import asyncio
 
+        _tell(self.channel, STOPPING)  # hand nothing more to this one
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(self.channel)
         await super().shutdown(sockets=None)
 
 
-def _reporting(protocol_class: type, channel: socket.socket) -> type:
-    """`protocol_class` that tells the parent when its connection is closed."""
+def _reporting(protocol_class: type, done: Callable[[], None]) -> type:
+    """`protocol_class` that calls `done` once its connection is closed."""
 
     class Reporting(protocol_class):  # type: ignore[misc, valid-type]
         def connection_lost(self, exc: Exception | None) -> None:
-            super().connection_lost(exc)
-            _tell(channel, CLOSED)
+            try:
+                super().connection_lost(exc)
+            finally:
+                done()
 
     return Reporting
 
@@ -114,7 +133,12 @@ class Worker:
     process: multiprocessing.process.BaseProcess
     channel: socket.socket
     ready: bool = False
-    open: int = 0
+    handed: int = 0  # connections handed to it
+    closed: int = 0  # of those, closed (its latest report)
+
+    @property
+    def open(self) -> int:
+        return self.handed - self.closed
 
 
 class Supervisor:
@@ -123,13 +147,18 @@ class Supervisor:
     def __init__(self, config: dict[str, Any], workers: int):
         if workers < 1:
             raise ValueError("workers must be at least 1")
-        self.config, self.count = dict(config), workers
+        # no WebSocket upgrades: the API has no WebSocket route, and an upgraded connection would swap
+        # out the protocol that reports its close
+        self.config, self.count = {**config, "ws": "none"}, workers
         self.context = multiprocessing.get_context("spawn")
         self.selector = selectors.DefaultSelector()
         self.workers: list[Worker] = []
         self.turn = 0  # which of equally busy workers is next
         self.stopping = False
         self.exit_code = 0
+        self.served = False  # some worker has started: a later failed start is a crash, not bad settings
+        self.failures = 0  # workers lost in a row without one becoming ready since
+        self.starts: list[float] = []  # when to start the replacements waiting out their pause
 
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM (or a worker's failed start-up); returns the exit code."""
@@ -156,6 +185,10 @@ class Supervisor:
                         self._accept(listener)
                     else:
                         self._hear(key.data)
+                now = time.monotonic()
+                for due in [t for t in self.starts if t <= now and not self.stopping]:
+                    self.starts.remove(due)
+                    self._start()
         finally:
             listener.close()
             self._stop_workers()
@@ -187,53 +220,70 @@ class Supervisor:
                 time.sleep(0.1)
                 return
             with conn:  # the worker holds its own duplicate once handed
-                self._hand(conn)
+                if not self._hand(conn):
+                    return  # overloaded: what waits stays in the kernel's backlog for now
 
-    def _hand(self, conn: socket.socket) -> None:
-        ready = [w for w in self.workers if w.ready]
-        order = sorted(
-            range(len(ready)), key=lambda i: (ready[i].open, (i - self.turn) % len(ready))
-        )  # fewest open connections first, then the next in turn
-        for i in order:
-            worker = ready[i]
-            try:
-                socket.send_fds(worker.channel, [HANDED], [conn.fileno()])
-            except OSError:  # its buffer is full or it just died: the next one
-                continue
-            worker.open += 1
-            self.turn = (i + 1) % len(ready)
-            return
-        log.warning("no worker could take a connection; closed it")
+    def _hand(self, conn: socket.socket) -> bool:
+        """Hand `conn` to the least busy ready worker; with every channel full, wait a while for room."""
+        deadline = time.monotonic() + HAND_WAIT_S
+        while True:
+            ready = [w for w in self.workers if w.ready]
+            order = sorted(range(len(ready)), key=lambda i: (ready[i].open, (i - self.turn) % len(ready)))
+            for i in order:  # fewest open connections first, then the next in turn
+                worker = ready[i]
+                try:
+                    socket.send_fds(worker.channel, [HANDED], [conn.fileno()])
+                except OSError:  # its channel is full or it just died: the next one
+                    continue
+                worker.handed += 1
+                self.turn = (i + 1) % len(ready)
+                return True
+            left = deadline - time.monotonic()
+            if not ready or left <= 0:
+                log.warning("no worker could take a connection in %.0f s; closed it", HAND_WAIT_S)
+                return False
+            for worker in ready:  # the workers' reports keep the counts right while we wait
+                self._hear(worker)
+            select.select([], [w.channel for w in ready], [], min(left, 0.5))
 
     def _hear(self, worker: Worker) -> None:
-        while True:
+        while worker in self.workers:
             try:
-                message = worker.channel.recv(1)
+                message = worker.channel.recv(32)
             except BlockingIOError:
                 return
             except OSError:
                 message = b""
             if message == READY:
-                worker.ready = True
-            elif message == CLOSED:
-                worker.open = max(0, worker.open - 1)
+                worker.ready, self.served, self.failures = True, True, 0
+            elif message == STOPPING:
+                worker.ready = False
+            elif message.startswith(CLOSED):
+                worker.closed = max(worker.closed, int(message[1:]))
             elif not message:  # the worker's end closed: it exited
                 self._lost(worker)
-                return
 
     def _lost(self, worker: Worker) -> None:
         self.selector.unregister(worker.channel)
         worker.channel.close()
         self.workers.remove(worker)
         worker.process.join(5)
+        _forget_metrics(worker.process.pid)
         if self.stopping:
             return
-        if not worker.ready:  # its start-up failed, and a restart would fail the same way
-            log.error("a worker failed to start (exit code %s); stopping", worker.process.exitcode)
+        code = worker.process.exitcode
+        if not self.served:  # the first start-up failed: bad settings fail every restart the same way
+            log.error("a worker failed to start (exit code %s); stopping", code)
             self.exit_code, self.stopping = STARTUP_FAILURE, True
             return
-        log.warning("worker %s exited with %s; starting another", worker.process.pid, worker.process.exitcode)
-        self._start()
+        self.failures += 1
+        if self.failures > MAX_RESTARTS:
+            log.error("workers keep exiting (%d in a row); stopping", self.failures)
+            self.exit_code, self.stopping = 1, True
+            return
+        pause = min(30.0, 0.5 * 2 ** (self.failures - 1))
+        log.warning("worker %s exited with %s; starting another in %.1f s", worker.process.pid, code, pause)
+        self.starts.append(time.monotonic() + pause)
 
     def _stop_workers(self) -> None:
         for worker in self.workers:
@@ -247,8 +297,18 @@ class Supervisor:
                 worker.process.kill()
                 worker.process.join()
             worker.channel.close()
+            _forget_metrics(worker.process.pid)
         self.workers.clear()
         self.selector.close()
+
+
+def _forget_metrics(pid: int | None) -> None:
+    """Drop a gone worker's live gauges from /metrics (prometheus_client's multiprocess mode)."""
+    if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        with contextlib.suppress(OSError):
+            multiprocess.mark_process_dead(pid)
 
 
 def serve(config: dict[str, Any], workers: int) -> None:

@@ -45,6 +45,27 @@ def test_keep_alive_connections_split_evenly_and_a_dead_worker_is_replaced(model
             for c in clients:
                 c.close()
 
+        # least open connections, not turns: two held on one worker, two on the other; the first worker's
+        # two close, so both of the next two connections go to it
+        held = [httpx.Client(base_url=srv.url, timeout=10) for _ in range(4)]
+        try:
+            owners = [c.get("/ready").json()["pid"] for c in held]
+            assert sorted(Counter(owners).values()) == [2, 2], owners
+            lighter = owners[0]
+            for c, pid in zip(held, owners, strict=True):
+                if pid == lighter:
+                    c.close()
+            time.sleep(0.5)  # the closes are reported
+            fresh = [httpx.Client(base_url=srv.url, timeout=10) for _ in range(2)]
+            try:
+                assert [c.get("/ready").json()["pid"] for c in fresh] == [lighter, lighter]
+            finally:
+                for c in fresh:
+                    c.close()
+        finally:
+            for c in held:
+                c.close()
+
         victim = min(first)
         os.kill(victim, signal.SIGKILL)
         now = _pids_until(srv.url, 2)  # the other worker answers meanwhile; a new one joins
@@ -73,3 +94,26 @@ def test_a_supervisor_needs_a_worker(workers):
 
     with pytest.raises(ValueError, match="at least 1"):
         Supervisor({"app": "app.main:create_app"}, workers)
+
+
+def test_sigterm_to_the_supervisor_alone_stops_every_worker(model_dir, tmp_path):
+    """`docker stop` signals PID 1 only: the workers must go with it, and the port must be freed."""
+    with running_server(model_dir, tmp_path / "c.db", tmp_path, NFTLENS_WORKERS="2") as srv:
+        workers = _pids_until(srv.url, 2)
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(60) == 0
+        for pid in workers:
+            deadline = time.time() + 10
+            while _running(pid):
+                assert time.time() < deadline, f"worker {pid} outlived its supervisor"
+                time.sleep(0.1)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{srv.url}/ready", timeout=2)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
