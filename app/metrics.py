@@ -7,6 +7,7 @@ whichever worker takes the scrape (prometheus_client's multiprocess mode).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -14,6 +15,16 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+
+def forget_process(pid: int | None) -> None:
+    """Drop a gone worker's live gauges from `/metrics` (multiprocess mode; a no-op with one process)."""
+    if pid is not None and os.environ.get(MULTIPROC_ENV):
+        from prometheus_client import multiprocess
+
+        with contextlib.suppress(OSError):
+            multiprocess.mark_process_dead(pid)
+
 
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64)

@@ -13,10 +13,10 @@ its start-up (a bad model folder would fail every restart too), and stops the wo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import multiprocessing
-import os
 import select
 import selectors
 import signal
@@ -28,12 +28,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import uvicorn
+from uvicorn.server import STARTUP_FAILURE  # its exit code when the app's start-up fails
+
+from app.metrics import forget_process
 
 log = logging.getLogger("uvicorn.error")
 # worker -> parent: started; stopping; "c" + how many handed connections it has closed so far (a total, so
 # a report lost to a full channel is made good by the next one). parent -> worker: one socket.
 READY, STOPPING, CLOSED, HANDED = b"r", b"s", b"c", b"h"
-STARTUP_FAILURE = 3  # uvicorn's exit code when the app's start-up fails
 STOP_GRACE_S = 30.0  # how long stopping workers may finish their requests before they are killed
 HAND_WAIT_S = 10.0  # every worker's channel full (overload): how long accepting waits for room
 MAX_RESTARTS = 5  # a worker that keeps dying is restarted this many times in a row, with growing pauses
@@ -47,8 +49,6 @@ class HandedServer(uvicorn.Server):
         self.channel = channel
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        import asyncio
-
         await super().startup(sockets=[])  # the app's lifespan, and no listener
         if self.should_exit:
             return
@@ -97,8 +97,6 @@ class HandedServer(uvicorn.Server):
         _tell(channel, READY)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        import asyncio
-
         _tell(self.channel, STOPPING)  # hand nothing more to this one
         with contextlib.suppress(Exception):
             asyncio.get_running_loop().remove_reader(self.channel)
@@ -268,7 +266,7 @@ class Supervisor:
         worker.channel.close()
         self.workers.remove(worker)
         worker.process.join(5)
-        _forget_metrics(worker.process.pid)
+        forget_process(worker.process.pid)
         if self.stopping:
             return
         code = worker.process.exitcode
@@ -297,18 +295,9 @@ class Supervisor:
                 worker.process.kill()
                 worker.process.join()
             worker.channel.close()
-            _forget_metrics(worker.process.pid)
+            forget_process(worker.process.pid)
         self.workers.clear()
         self.selector.close()
-
-
-def _forget_metrics(pid: int | None) -> None:
-    """Drop a gone worker's live gauges from /metrics (prometheus_client's multiprocess mode)."""
-    if pid is not None and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
-
-        with contextlib.suppress(OSError):
-            multiprocess.mark_process_dead(pid)
 
 
 def serve(config: dict[str, Any], workers: int) -> None:

@@ -13,6 +13,7 @@ from collections import Counter
 import httpx
 import pytest
 
+from benchmarks.serverproc import group_pids
 from tests.server import free_port, running_server
 
 
@@ -102,18 +103,9 @@ def test_sigterm_to_the_supervisor_alone_stops_every_worker(model_dir, tmp_path)
         workers = _pids_until(srv.url, 2)
         srv.proc.send_signal(signal.SIGTERM)
         assert srv.proc.wait(60) == 0
-        for pid in workers:
-            deadline = time.time() + 10
-            while _running(pid):
-                assert time.time() < deadline, f"worker {pid} outlived its supervisor"
-                time.sleep(0.1)
+        deadline = time.time() + 10
+        while left := workers & set(group_pids(srv.proc.pid)):
+            assert time.time() < deadline, f"workers {left} outlived their supervisor"
+            time.sleep(0.1)
         with pytest.raises(httpx.TransportError):
             httpx.get(f"{srv.url}/ready", timeout=2)
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
