@@ -38,7 +38,8 @@ log = logging.getLogger("uvicorn.error")
 READY, STOPPING, CLOSED, HANDED = b"r", b"s", b"c", b"h"
 STOP_GRACE_S = 30.0  # how long stopping workers may finish their requests before they are killed
 HAND_WAIT_S = 10.0  # every worker's channel full (overload): how long accepting waits for room
-MAX_RESTARTS = 5  # a worker that keeps dying is restarted this many times in a row, with growing pauses
+MAX_RESTARTS = 5  # a worker that keeps dying is restarted this many times in a row, with growing pauses:
+RESTART_PAUSE_S, RESTART_PAUSE_MAX_S = 0.5, 30.0  # the first pause, doubled each time up to this
 
 
 class HandedServer(uvicorn.Server):
@@ -279,7 +280,7 @@ class Supervisor:
             log.error("workers keep exiting (%d in a row); stopping", self.failures)
             self.exit_code, self.stopping = 1, True
             return
-        pause = min(30.0, 0.5 * 2 ** (self.failures - 1))
+        pause = min(RESTART_PAUSE_MAX_S, RESTART_PAUSE_S * 2 ** (self.failures - 1))
         log.warning("worker %s exited with %s; starting another in %.1f s", worker.process.pid, code, pause)
         self.starts.append(time.monotonic() + pause)
 
