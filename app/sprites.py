@@ -17,8 +17,10 @@ which both hold and whose colour keeps the palette (below), at the best of the q
    a crop into a sprite, which app/verify.py looks up when no candidate shows the crop whole.
 
 A query read whole that is not lossless (re-encoded, resized) is one colour per region within
-`LOSSY_TOLERANCE` rather than `TOLERANCE`: JPEG bleeds colour into small cells. Sprites that it then
-shows alike are told apart at `TOLERANCE` (`strict_layouts`).
+`LOSSY_TOLERANCE` rather than `TOLERANCE`: JPEG bleeds colour into small cells. Each cell gets the
+bleed the candidate sprite itself shows where drawn at the query's size and saved as heavily compressed
+JPEG, on top (`codec_bleed`: chroma subsampling smears a one-cell eye into its neighbours at 3-5
+pixels a cell). Sprites that it then shows alike are told apart at `TOLERANCE` (`strict_layouts`).
 
 The sprite's background (the border colour's region) is a region of its own. In the best alignment the
 regions must also keep one *palette* (`palette_disagreements`): the query's colours are the sprite's
@@ -55,7 +57,7 @@ from app.agreement import TOLERANCE as PALETTE_TOLERANCE
 from app.agreement import global_change
 from app.fingerprint import reduce_integer_upscale
 from app.imaging import background_region
-from app.preprocessing import downscale_max_side
+from app.preprocessing import downscale_max_side, reencode
 from app.views import deskew_framed, peel_canvas
 
 MAX_SPRITE_SIDE = 64  # a catalogued image whose native grid is at most this is a sprite
@@ -73,6 +75,9 @@ SPRITE_BACKGROUND = 2  # a catalogued sprite is pixel-exact: its background is i
 TIES = 8  # at most this many equally good alignments are told apart by their palette
 FLAT = 8.0  # RGB spread within which a cell of a nearest-upscaled query shows one colour
 COVERED_MAX = 0.2  # at most this share of an upscaled query's cells may be set aside as drawn over
+BLEED_QUALITY = 50  # a lossy query read whole may show each cell's bleed at this JPEG quality ...
+BLEED_FLOOR = 8.0  # ... beyond this RGB distance (a flat area's codec noise) ...
+BLEED_CELL_MAX = 16  # ... when its cells are fewer pixels than this (larger ones keep their middles)
 PARTIAL = 0.3  # a crop's cell that the image's edge cuts is read where this share of it shows (ties)
 
 
@@ -117,6 +122,16 @@ def drawn_over(view: np.ndarray, h: int, w: int) -> np.ndarray | None:
     return covered if covered.mean() <= COVERED_MAX else None
 
 
+def _cells(rgb: np.ndarray, h: int, w: int) -> np.ndarray:
+    """The image read onto an h x w grid, [h, w, 3] float32: each cell the mean of its middle when the
+    image is at least `SAMPLES` times the grid (area-resampled onto a grid `SAMPLES` times finer), else
+    area-resampled onto the grid."""
+    if rgb.shape[0] >= SAMPLES * h and rgb.shape[1] >= SAMPLES * w:
+        fine = cv2.resize(rgb, (w * SAMPLES, h * SAMPLES), interpolation=cv2.INTER_AREA)
+        return fine[SAMPLES // 2 :: SAMPLES, SAMPLES // 2 :: SAMPLES].astype(np.float32)
+    return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA).astype(np.float32)
+
+
 def _stack(
     views: Sequence[np.ndarray], h: int, w: int, frames: Sequence[np.ndarray | None] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -130,11 +145,7 @@ def _stack(
     out, seen = [], []
     for rgb, frame in zip(views, frames or [None] * len(views), strict=True):
         for size in {(w, h), (h, w)}:
-            if rgb.shape[0] >= SAMPLES * size[1] and rgb.shape[1] >= SAMPLES * size[0]:
-                fine = cv2.resize(rgb, (size[0] * SAMPLES, size[1] * SAMPLES), interpolation=cv2.INTER_AREA)
-                q = fine[SAMPLES // 2 :: SAMPLES, SAMPLES // 2 :: SAMPLES].astype(np.float32)
-            else:
-                q = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA).astype(np.float32)
+            q = _cells(rgb, size[1], size[0])
             covered = drawn_over(rgb, size[1], size[0])
             shown = np.ones(q.shape[:2], bool) if covered is None else ~covered
             if frame is not None:
@@ -156,11 +167,13 @@ def _disagreements(
     tolerance: float,
     kept: float = KEPT,
     seen: np.ndarray | None = None,
+    slack: np.ndarray | None = None,
 ) -> np.ndarray:
     """For query turns `stack` [T, a, b, 3] against sprite windows (`labels` [O, a, b] of the sprite's
     colours, `ref` [O, a, b, 3] their RGB): the pixels whose query colour is not its region's colour or
     whose region edges the query loses (its two sides closer than `kept`), [O, T, a, b] bool. With
-    `seen` [T, a, b], only those pixels count: region colours are read from them, edges between them."""
+    `seen` [T, a, b], only those pixels count: region colours are read from them, edges between them.
+    `slack` [a, b] (one window): added to `tolerance` per pixel for its colour (`codec_bleed`)."""
     t, a, b = stack.shape[:3]
     o, n = len(labels), a * b
     flat_labels = labels.reshape(o, n)
@@ -182,7 +195,8 @@ def _disagreements(
         return d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2] > tol * tol
 
     pixels = stack.reshape(t, n, 3).transpose(1, 0, 2)[None]  # [1, N, T, 3]
-    bad = far(pixels, region_mean).transpose(0, 2, 1).reshape(o, t, a, b)
+    tol = tolerance if slack is None else tolerance + slack.reshape(1, n, 1)  # per pixel where given
+    bad = far(pixels, region_mean, tol).transpose(0, 2, 1).reshape(o, t, a, b)
     for cut in ((slice(None), slice(1, None)), (slice(1, None),)):  # edges across, then down
         prev = tuple(slice(None, -1) if c.start == 1 else c for c in cut)
         edge = far(ref[(slice(None), *cut)], ref[(slice(None), *prev)])  # the sprite's edges ...
@@ -201,6 +215,7 @@ def palette_disagreements(
     lossless: bool = False,
     background: np.ndarray | None = None,
     seen: np.ndarray | None = None,
+    slack: np.ndarray | None = None,
 ) -> np.ndarray:
     """[H, W] bool: the sprite's figure pixels (not its background) whose colour in the aligned query
     `cells` (float RGB on the sprite's grid) is not the sprite's after the best global colour change.
@@ -209,7 +224,7 @@ def palette_disagreements(
     background but finds it kept (within `BACKGROUND_KEPT`) is no filter: the figure alone was recoloured,
     as sibling punks of another skin tone are, and the query is compared with the sprite unchanged.
     `background`: the sprite's (`_background`), when already at hand; `seen`: the pixels to compare
-    (all by default)."""
+    (all by default); `slack`: added to the tolerance per pixel (`codec_bleed`)."""
     back = _background(sprite) if background is None else background
     seen = np.ones(back.shape, bool) if seen is None else seen
     where, back = ~back & seen, back & seen
@@ -226,7 +241,8 @@ def palette_disagreements(
         kept = np.linalg.norm(cells[back].mean(0) - sprite[back].mean(0)) < BACKGROUND_KEPT
         if kept and np.linalg.norm(expected[back].mean(0) - sprite[back].mean(0)) >= PALETTE_TOLERANCE:
             expected = sprite.astype(np.float32)
-    return (np.linalg.norm(cells - expected, axis=-1) >= PALETTE_TOLERANCE) & where
+    tol = PALETTE_TOLERANCE if slack is None else PALETTE_TOLERANCE + slack
+    return (np.linalg.norm(cells - expected, axis=-1) >= tol) & where
 
 
 def _ties(tied: np.ndarray, bound: float) -> np.ndarray:
@@ -238,7 +254,11 @@ def _ties(tied: np.ndarray, bound: float) -> np.ndarray:
 
 
 def _best_agreement(
-    stacked: tuple[np.ndarray, np.ndarray], sprite: np.ndarray, tolerance: float, lossless: bool = False
+    stacked: tuple[np.ndarray, np.ndarray],
+    sprite: np.ndarray,
+    tolerance: float,
+    lossless: bool = False,
+    slack: np.ndarray | None = None,
 ) -> float:
     """The agreement of the best stacked query turn (`_stack`: turns and their cells to compare) with
     the whole sprite, its palette checked too: the share of compared cells that agree."""
@@ -246,11 +266,11 @@ def _best_agreement(
     back = _background(sprite)  # one flood fill serves the regions and the palette
     labels, ref = _labels(sprite, back)[None], sprite.astype(np.float32)[None]
     # a lossless query's cells are exact: an edge a strong filter brought within `KEPT` is still there
-    bad = _disagreements(stack, labels, ref, tolerance, EXACT if lossless else KEPT, seen)[0]
+    bad = _disagreements(stack, labels, ref, tolerance, EXACT if lossless else KEPT, seen, slack)[0]
     share = bad.reshape(len(bad), -1).sum(1) / np.maximum(seen.reshape(len(seen), -1).sum(1), 1)
     best = 0.0
     for t in _ties(share == share.min(), 1.0 - share.min()):  # equally good layouts: the palette decides
-        wrong = bad[t] | palette_disagreements(stack[t], sprite, lossless, back, seen[t])
+        wrong = bad[t] | palette_disagreements(stack[t], sprite, lossless, back, seen[t], slack)
         best = max(best, 1.0 - float(wrong[seen[t]].mean()))
     return best
 
@@ -533,7 +553,8 @@ def strict_layouts(
     q = as_query(query)
     for i in _tied(layouts):
         if not lossless(q.native, sprites[i]):
-            out[i] = _best_agreement(q.stack(*sprites[i].shape[:2]), sprites[i], TOLERANCE)
+            slack = codec_bleed(sprites[i], q.rgb.shape[:2])
+            out[i] = _best_agreement(q.stack(*sprites[i].shape[:2]), sprites[i], TOLERANCE, slack=slack)
     return out
 
 
@@ -592,6 +613,20 @@ def query_views(rgb: np.ndarray) -> list[np.ndarray]:
     return framed_views(rgb)[0]
 
 
+def codec_bleed(sprite: np.ndarray, size: tuple[int, int]) -> np.ndarray | None:
+    """[h, w]: how much farther than a flat area's noise (`BLEED_FLOOR`) each of the sprite's cells,
+    read as a query's are (`_cells`), moves when the sprite is drawn at `size` (the query's rows, cols)
+    and saved as JPEG at `BLEED_QUALITY`: the slack a lossy query read whole gets per cell. Chroma
+    subsampling smears a one-cell eye or earring into its neighbours at 3-5 pixels a cell; None at
+    `BLEED_CELL_MAX` pixels a cell or more, where it does not."""
+    if min(size) >= BLEED_CELL_MAX * max(sprite.shape[:2]):
+        return None
+    rendered = cv2.resize(sprite, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
+    cells = _cells(reencode(rendered, "jpeg", BLEED_QUALITY), *sprite.shape[:2])
+    bleed = np.linalg.norm(cells - sprite.astype(np.float32), axis=-1)
+    return np.maximum(bleed - BLEED_FLOOR, 0.0)
+
+
 def whole_tolerance(exact_grid: bool) -> float:
     """The colour tolerance of a query read whole onto a sprite's grid: `TOLERANCE` for a lossless
     one (whose palette must be exact anyway), `LOSSY_TOLERANCE` for the rest (re-encoded, resized)."""
@@ -611,7 +646,8 @@ def layout_agreement(
     views = [query] if isinstance(query, np.ndarray) else query
     exact_grid = lossless(native_sprite(views[0]), sprite)
     tolerance = whole_tolerance(exact_grid) if tolerance is None else tolerance
-    return _best_agreement(_stack(views, *sprite.shape[:2], frames), sprite, tolerance, exact_grid)
+    slack = None if exact_grid else codec_bleed(sprite, views[0].shape[:2])
+    return _best_agreement(_stack(views, *sprite.shape[:2], frames), sprite, tolerance, exact_grid, slack)
 
 
 def candidate_layouts(
@@ -627,7 +663,9 @@ def candidate_layouts(
             out.append(None)
             continue
         exact_grid = lossless(q.native, s)
-        out.append(_best_agreement(q.stack(*s.shape[:2]), s, whole_tolerance(exact_grid), exact_grid))
+        slack = None if exact_grid else codec_bleed(s, q.rgb.shape[:2])
+        stacked = q.stack(*s.shape[:2])
+        out.append(_best_agreement(stacked, s, whole_tolerance(exact_grid), exact_grid, slack))
     if all(a is None for a in out):
         return out
     patch = q.blocks  # pixelated blocks (averaged from several sprite pixels), ...

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from app import sprites as sprites_module
 from app.imaging import background_region, decode_image
 from app.sprites import (
     COVERED_MAX,
@@ -274,7 +275,7 @@ def test_a_crop_is_completed_from_any_sprite_it_fits(sprites, punks):
     assert SpriteQuery(apply_edit("pixelate", sprites[5], np.random.default_rng(0))).patch is None  # blocks
 
 
-def test_a_lossy_query_read_whole_gets_the_wider_tolerance(sprites):
+def test_a_lossy_query_read_whole_gets_the_wider_tolerance(sprites, monkeypatch):
     """A punk shrunk to 104 px (4.3-px cells) and saved as JPEG at quality 50 bleeds colour across its
     cells: at 24 levels some cells leave their region's colour, at `LOSSY_TOLERANCE` every cell agrees.
     The other punks stay far below the gate; a lossless query keeps the narrower tolerance."""
@@ -282,13 +283,47 @@ def test_a_lossy_query_read_whole_gets_the_wider_tolerance(sprites):
 
     from app.preprocessing import reencode
 
+    served = {}
     for i in (3100, 6965, 8857):
         small = cv2.resize(_upscale(sprites[i]), (104, 104), interpolation=cv2.INTER_AREA)
-        query = reencode(small, "jpeg", 50)
+        served[i] = reencode(small, "jpeg", 50)
+        assert layout_agreement(served[i], sprites[i]) == 1.0
+        assert max(layout_agreement(served[i], s) for k, s in sprites.items() if k != i) < GATE
+    monkeypatch.setattr(sprites_module, "codec_bleed", lambda sprite, size: None)  # the tolerance alone
+    for i, query in served.items():
         assert layout_agreement(query, sprites[i], TOLERANCE) < 1.0 - 1 / 576
         assert layout_agreement(query, sprites[i]) == 1.0
-        assert max(layout_agreement(query, s) for k, s in sprites.items() if k != i) < GATE
     assert whole_tolerance(True) == TOLERANCE < whole_tolerance(False) == LOSSY_TOLERANCE
+
+
+def test_the_codec_bleed_lets_small_cells_of_a_compressed_copy_agree(punks, monkeypatch):
+    """Punks whose 104-px JPEG (quality 50) leaves cells out even at `LOSSY_TOLERANCE`: chroma
+    subsampling smears their one-cell eyes and mouths into the skin. Each cell may move as far as the
+    sprite's own rendering at that size moves it (`codec_bleed`), so they agree whole; a sibling a shade
+    away (punk 918's five darker skin pixels, 35 RGB levels from 7144's) still shows a cell off, at
+    every size; at 16 pixels a cell and more nothing bleeds."""
+    import cv2
+
+    from app.preprocessing import reencode
+
+    def sprite(i: int) -> np.ndarray:
+        return decode_image(punks.image_path(punks.rows[i]).read_bytes(), BACKGROUND)
+
+    def copy(s: np.ndarray, side: int) -> np.ndarray:
+        return reencode(cv2.resize(_upscale(s), (side, side), interpolation=cv2.INTER_AREA), "jpeg", 50)
+
+    bleeding = {i: sprite(i) for i in (0, 12, 37)}
+    assert all(sprites_module.codec_bleed(s, (104, 104)).max() > 0 for s in bleeding.values())
+    assert sprites_module.codec_bleed(bleeding[0], (16 * 24, 16 * 24)) is None
+    with_bleed = {i: layout_agreement(copy(s, 104), s) for i, s in bleeding.items()}
+    shade, sibling = sprite(918), sprite(7144)
+    sizes = (96, 104, 120, 150, 192, 250)
+    apart = [layout_agreement(copy(shade, side), sibling) for side in sizes]
+    apart += [layout_agreement(copy(sibling, side), shade) for side in sizes]
+    monkeypatch.setattr(sprites_module, "codec_bleed", lambda s, size: None)
+    without = {i: layout_agreement(copy(s, 104), s) for i, s in bleeding.items()}
+    assert all(v == 1.0 for v in with_bleed.values()) and all(v < 1.0 for v in without.values())
+    assert max(apart) < 1.0  # a cell off at least: below any layout minimum calibration can choose
 
 
 @pytest.mark.parametrize(
