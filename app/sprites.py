@@ -261,7 +261,8 @@ def _best_agreement(
     slack: np.ndarray | None = None,
 ) -> float:
     """The agreement of the best stacked query turn (`_stack`: turns and their cells to compare) with
-    the whole sprite, its palette checked too: the share of compared cells that agree."""
+    the whole sprite, its palette checked too: the share of compared cells that agree. `slack`: each
+    cell's extra colour tolerance (`codec_bleed`), for a lossy query."""
     stack, seen = stacked
     back = _background(sprite)  # one flood fill serves the regions and the palette
     labels, ref = _labels(sprite, back)[None], sprite.astype(np.float32)[None]

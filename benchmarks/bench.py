@@ -461,7 +461,8 @@ def bench_copies(
         return base / np.linalg.norm(base, axis=1, keepdims=True)
 
     data = [p.read_bytes() for p in images]
-    crops = _cropped(data, m.preprocessing.background_rgb)
+    crops = _edited(data, m.preprocessing.background_rgb, "crop_zoom")
+    lossy = _edited(data, m.preprocessing.background_rgb, "reencode_resize")
     verify_k = Settings.model_fields["copy_verify_k"].default
     result: dict = {
         "tokens": tokens,
@@ -491,6 +492,7 @@ def bench_copies(
                 (
                     ("/copies", "/copies", {}, data),
                     ("/copies, cropped copies", "/copies", {}, crops),
+                    ("/copies, re-encoded copies", "/copies", {}, lossy),
                     ("/classify", "/classify", None, data),
                 ),
             ),
@@ -508,19 +510,27 @@ def bench_copies(
     return result
 
 
-def _cropped(data: list[bytes], background: tuple[int, int, int]) -> list[bytes]:
-    """Each image's cropped copy (training/edits.py: crop_zoom, seeded by its index) as PNG: for pixel
-    art the crop pass of the copy search (app/verify.py: find_by_completion) runs on it."""
+def _edited(data: list[bytes], background: tuple[int, int, int], edit: str) -> list[bytes]:
+    """Each image's edited copy (training/edits.py, seeded by its index) as PNG. `crop_zoom`: for pixel
+    art the crop pass of the copy search (app/verify.py: find_by_completion) runs on it;
+    `reencode_resize`: a lossy query, whose cells get the codec's bleed (app/sprites.py: codec_bleed)."""
     from app.imaging import decode_image
     from app.preprocessing import encode
     from training.edits import apply_edit
 
     return [
-        encode(apply_edit("crop_zoom", decode_image(d, background), np.random.default_rng(i)), "png")
+        encode(apply_edit(edit, decode_image(d, background), np.random.default_rng(i)), "png")
         for i, d in enumerate(data)
     ]
 
 
+COPIES_ROUTES = (
+    "/copies without layout check",
+    "/copies",
+    "/copies, cropped copies",
+    "/copies, re-encoded copies",
+    "/classify",
+)
 EXPLAIN_MODES = {
     "class, PNG overlay": {},
     "class, JSON grid": {"format": "json"},
@@ -838,7 +848,7 @@ def render_markdown(report: dict) -> str:
                 "p99 ms": c[route]["latency_ms"]["p99"],
                 "errors": c[route]["errors"],
             }
-            for route in ("/copies without layout check", "/copies", "/copies, cropped copies", "/classify")
+            for route in COPIES_ROUTES
             if route in c
         ]
         lines += [markdown_table(rows, list(rows[0])), ""]

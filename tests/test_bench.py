@@ -46,7 +46,7 @@ def test_model_and_service_bench_report(model_dir, nouns, tmp_path):
     )
     copies = bench.bench_copies(model_dir, [nouns.image_path(r) for r in nouns.rows[:6]], 500, 2, 8)
     if "skipped" not in copies:
-        for route in ("/copies without layout check", "/copies", "/copies, cropped copies", "/classify"):
+        for route in bench.COPIES_ROUTES:
             assert copies[route]["errors"] == 0 and copies[route]["latency_ms"]["p50"] > 0
     md = bench.render_markdown(
         {"machine": bench.machine(), "model": model, "service": service, "copies": copies}
