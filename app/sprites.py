@@ -18,7 +18,7 @@ which both hold and whose colour keeps the palette (below), at the best of the q
 
 A query read whole that is not lossless (re-encoded, resized) is one colour per region within
 `LOSSY_TOLERANCE` rather than `TOLERANCE`: JPEG bleeds colour into small cells. Each cell gets the
-bleed the candidate sprite itself shows where drawn at the query's size and saved as heavily compressed
+bleed the candidate sprite itself shows when drawn at the query's size and saved as heavily compressed
 JPEG, on top (`codec_bleed`: chroma subsampling smears a one-cell eye into its neighbours at 3-5
 pixels a cell). Sprites that it then shows alike are told apart at `TOLERANCE` (`strict_layouts`).
 
