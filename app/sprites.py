@@ -434,6 +434,7 @@ class SpriteQuery:
     def __init__(self, rgb: np.ndarray) -> None:
         self.rgb = rgb
         self._stacks: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._bleeds: dict[tuple, np.ndarray | None] = {}
 
     @cached_property
     def native(self) -> np.ndarray | None:
@@ -467,6 +468,14 @@ class SpriteQuery:
             views, frames = self.framed
             self._stacks[h, w] = _stack(views, h, w, frames)
         return self._stacks[h, w]
+
+    def bleed(self, sprite: np.ndarray) -> np.ndarray | None:
+        """The sprite's `codec_bleed` at this query's size, worked out once per sprite (the layout and
+        its lossy tie-break both read it)."""
+        key = sprite.shape[:2] + (sprite.tobytes(),)
+        if key not in self._bleeds:
+            self._bleeds[key] = codec_bleed(sprite, self.rgb.shape[:2])
+        return self._bleeds[key]
 
 
 def as_query(query: np.ndarray | SpriteQuery) -> SpriteQuery:
@@ -554,8 +563,8 @@ def strict_layouts(
     q = as_query(query)
     for i in _tied(layouts):
         if not lossless(q.native, sprites[i]):
-            slack = codec_bleed(sprites[i], q.rgb.shape[:2])
-            out[i] = _best_agreement(q.stack(*sprites[i].shape[:2]), sprites[i], TOLERANCE, slack=slack)
+            stacked = q.stack(*sprites[i].shape[:2])
+            out[i] = _best_agreement(stacked, sprites[i], TOLERANCE, slack=q.bleed(sprites[i]))
     return out
 
 
@@ -664,9 +673,8 @@ def candidate_layouts(
             out.append(None)
             continue
         exact_grid = lossless(q.native, s)
-        slack = None if exact_grid else codec_bleed(s, q.rgb.shape[:2])
-        stacked = q.stack(*s.shape[:2])
-        out.append(_best_agreement(stacked, s, whole_tolerance(exact_grid), exact_grid, slack))
+        slack = None if exact_grid else q.bleed(s)
+        out.append(_best_agreement(q.stack(*s.shape[:2]), s, whole_tolerance(exact_grid), exact_grid, slack))
     if all(a is None for a in out):
         return out
     patch = q.blocks  # pixelated blocks (averaged from several sprite pixels), ...

@@ -59,7 +59,7 @@ def probe(
             for m in ("without", "with")
         }
         for j, (key, path) in enumerate(tqdm(val, desc=edit, leave=False)):
-            coll, grid = key.split("/")[0], grids[key]
+            coll, grid = key.split("/")[0], grids[key]  # its siblings: same grid, fewest pixels apart
             same = [
                 k for k in grids if k.startswith(coll + "/") and k != key and grids[k].shape == grid.shape
             ]
@@ -72,11 +72,10 @@ def probe(
                 sprites.codec_bleed = bleed if mode == "with" else lambda sprite, size: None
                 sprites.BLEED_FLOOR = served_floor if floor is None else floor
                 try:
-                    q = sprites.SpriteQuery(query)
-                    lay = sprites.candidate_layouts(q, [grid] + [grids[k] for k in near])
-                    checks = check_candidates(q, [images[k] for k in near] + [images[key]], False)
+                    checks = check_candidates(query, [images[k] for k in near] + [images[key]], False)
                 finally:
                     sprites.codec_bleed, sprites.BLEED_FLOOR = bleed, served_floor
+                lay = [checks[-1].layout] + [x.layout for x in checks[:-1]]  # the original first
                 c["original"] += lay[0] >= layout_min
                 c["siblings"] += sum(a >= layout_min for a in lay[1:])
                 c["tied_or_beaten"] += max(lay[1:]) >= lay[0]
