@@ -25,7 +25,7 @@ MIN_FIGURE = 0.1  # the candidate's figure inside the aligned query must cover t
 MIN_COVER = 0.4  # ... and the query this share of the candidate, or there is nothing to compare
 SATURATED, LIT = 60, 30  # HSV levels above which a pixel's hue (saturation, brightness) is trusted
 FACTORS = np.geomspace(0.1, 4.0, 161)  # the saturation and brightness factors tried (2.3 % apart)
-FACTOR_TOLERANCE = 6.0  # HSV levels within which a factor explains a pixel
+FACTOR_TOLERANCE = 6  # HSV levels within which a factor explains a pixel (whole: `_factor`)
 
 
 def scale_transform(query_shape: tuple[int, ...], candidate_shape: tuple[int, ...]) -> np.ndarray:
@@ -39,13 +39,21 @@ def _factor(candidate: np.ndarray, query: np.ndarray) -> float:
     """The factor f for which min(255, f * candidate) matches the query (1-D HSV levels) at the most
     pixels, within `FACTOR_TOLERANCE`, closer matches counting more: a strong saturation filter clips,
     which a median ratio misreads."""
-    # HSV levels are whole numbers: score each distinct (candidate, query) pair once, by its count
-    pairs, counts = np.unique(
-        np.round(candidate).astype(np.int32) * 256 + np.round(query).astype(np.int32), return_counts=True
-    )
-    c, q = (pairs // 256).astype(np.float32), (pairs % 256).astype(np.float32)
-    predicted = np.minimum(FACTORS[:, None] * c[None, :], 255)
-    fit = np.maximum(FACTOR_TOLERANCE + 1 - np.abs(predicted - q[None, :]), 0) @ counts
+    # HSV levels are whole numbers: count the (candidate, query) level pairs, spread each row's counts over
+    # the predicted levels by the fit's tent (whole-level knots), and read every factor's fit off that table
+    # by linear interpolation, which is exact for a tent with whole-level knots
+    joint = np.bincount(
+        np.round(candidate).astype(np.int64) * 256 + np.round(query).astype(np.int64), minlength=65536
+    ).reshape(256, 256)
+    levels = np.flatnonzero(joint.any(axis=1))
+    reach = int(FACTOR_TOLERANCE) + 1
+    tent = np.maximum(reach - np.abs(np.arange(-reach + 1, reach)), 0).astype(np.float64)
+    spread = cv2.filter2D(joint[levels].astype(np.float64), -1, tent[None, :], borderType=cv2.BORDER_CONSTANT)
+    predicted = np.minimum(FACTORS[:, None] * levels[None, :], 255.0)
+    low = np.floor(predicted).astype(np.int64)
+    high, t = np.minimum(low + 1, 255), predicted - low
+    rows = np.arange(len(levels))[None, :]
+    fit = (spread[rows, low] * (1 - t) + spread[rows, high] * t).sum(axis=1)
     return float(FACTORS[int(np.argmax(fit))])
 
 

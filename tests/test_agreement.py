@@ -87,3 +87,22 @@ def test_a_clipping_saturation_filter_is_fitted(apes):
     expected = global_change(query, ape, where)
     close = np.linalg.norm(query.astype(np.float32) - expected, axis=-1) < 8
     assert close[where].mean() > 0.95
+
+
+def test_the_factor_fit_is_the_brute_force_one():
+    """`_factor` reads every factor's fit off a table of level pairs; it picks the factor that scoring
+    every pixel against every factor picks (a saturation filter that clips, a dimming, noise)."""
+    from app.agreement import FACTOR_TOLERANCE, FACTORS, _factor
+
+    def brute(c: np.ndarray, q: np.ndarray) -> float:
+        predicted = np.minimum(FACTORS[:, None] * c[None, :], 255)
+        fit = np.maximum(FACTOR_TOLERANCE + 1 - np.abs(predicted - q[None, :]), 0).sum(axis=1)
+        return float(FACTORS[int(np.argmax(fit))])
+
+    rng = np.random.default_rng(0)
+    for f in (0.35, 0.8, 1.0, 1.7, 2.5):
+        c = rng.integers(31, 256, 3000).astype(np.float32)
+        q = np.clip(np.round(np.minimum(f * c, 255) + rng.normal(0, 3, c.size)), 0, 255).astype(np.float32)
+        q[:300] = rng.integers(0, 256, 300)  # pixels no factor explains
+        assert _factor(c, q) == brute(c, q)
+        assert abs(np.log(_factor(c, q) / f)) < 0.05
