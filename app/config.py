@@ -107,6 +107,12 @@ class Settings(BaseSettings):
         "each) for their colour check (app/agreement.py); off: a painting is compared stretched over each "
         "candidate only (a crop, shift or turn is not found)",
     )
+    copy_features_cache: int = Field(
+        1024,
+        ge=0,
+        description="copy search: catalogued paintings whose keypoint features each worker keeps between "
+        "queries (least recently used dropped; up to ~66 KB each); 0: computed for every query",
+    )
     max_batch_files: int = Field(64, ge=1, description="most files in one /classify/batch or PUT /tokens")
     max_metadata_bytes: int = Field(
         16 * 1024, ge=2, description="largest token metadata, as JSON (413 above)"

@@ -14,9 +14,11 @@ import numpy as np
 from tqdm import tqdm
 
 from app.catalog import Catalog, SearchFilter, best_per_token
+from app.config import Settings
 from app.imaging import IMAGE_SUFFIXES
 from app.indexing import safe_prepare
 from app.inference import OnnxModel
+from app.keypoints import FeatureCache
 from app.preprocessing import preprocess_batch
 from app.verify import Check, catalog_lookup, is_copy, rank_by_checks
 
@@ -33,11 +35,13 @@ def scan_folder(
     threads: int = 4,
     verify_k: int = 50,
     keypoints: bool = True,
+    features_cache: int = Settings.model_fields["copy_features_cache"].default,
 ) -> dict:
     """Scan every image in `folder` (recursively); write `out`/copies.csv and `out`/SUMMARY.md. As in
     `POST /copies`, the best `verify_k` candidates are checked against the image (app/verify.py; keypoints
-    for paintings with `keypoints`) for the best match, and the verdict is the service's (`is_copy`: a
-    score over its threshold, or a check over its collection's minimum)."""
+    for paintings with `keypoints`, those of up to `features_cache` candidates kept between images) for the
+    best match, and the verdict is the service's (`is_copy`: a score over its threshold, or a check over
+    its collection's minimum)."""
     m = model.manifest
     if not m.instance_dim or m.copies is None:
         raise ValueError(f"model {m.name}@{m.version} has no instance head or copy threshold")
@@ -52,6 +56,7 @@ def scan_folder(
     def embed(images: list[np.ndarray]) -> np.ndarray:  # crop completions (app/verify.py)
         return model.run(preprocess_batch(images, m.preprocessing))["instance"]
 
+    cache = FeatureCache(features_cache)  # a folder's images share many candidates
     rows: list[dict] = []
     with ThreadPoolExecutor(threads) as pool, tqdm(total=len(files), desc="copies scan", unit="img") as bar:
         for start in range(0, len(files), batch):
@@ -77,7 +82,9 @@ def scan_folder(
                 checks = [Check()] * len(hits)
                 if hits and not exact and verify_k:
                     more = catalog_lookup(catalog, embed, inst[found[i]], verify_k, flt)
-                    hits, checks = rank_by_checks(catalog, hits, prepared[i][2], background, keypoints, more)
+                    hits, checks = rank_by_checks(
+                        catalog, hits, prepared[i][2], background, keypoints, more, cache
+                    )
                 copy = bool(exact) or any(
                     is_copy(detector, h.collection, h.score, c) for h, c in zip(hits, checks, strict=True)
                 )

@@ -11,7 +11,10 @@ count orders candidates, the colour check decides.
 
 from __future__ import annotations
 
+import hashlib
 import threading
+from collections import OrderedDict
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import cv2
@@ -94,3 +97,42 @@ def match(query: Features, candidate: Features) -> Match:
         np.diag([1 / candidate.scale, 1 / candidate.scale, 1.0]),
     )
     return Match(count, (out @ np.vstack([transform, [0, 0, 1]]) @ into)[:2])
+
+
+class FeatureCache:
+    """Catalogued images' keypoint features (`features`), by token and a digest of its stored bytes (a
+    replaced image is a new entry), the least recently used dropped past `size` entries; 0 keeps none.
+    Descriptors are kept as uint8 (SIFT's are whole numbers 0-255): about 66 KB an image at most.
+    Thread-safe; a miss computes outside the lock."""
+
+    def __init__(self, size: int):
+        self.size, self.hits, self.misses = size, 0, 0
+        self._entries: OrderedDict[Hashable, Features] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def key(token: Hashable, data: bytes) -> Hashable:
+        """The cache key of a token whose stored image is `data`."""
+        return token, hashlib.blake2b(data, digest_size=16).digest()
+
+    def get(self, key: Hashable, image: np.ndarray) -> Features:
+        """`features(image)`, from the cache when `key` (`FeatureCache.key`) is there."""
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                self.hits += 1
+        if found is None:
+            computed = features(image)
+            if self.size <= 0:
+                return computed
+            kept = None if computed.descriptors is None else computed.descriptors.astype(np.uint8)
+            found = Features(computed.points, kept, computed.scale)
+            with self._lock:
+                self.misses += 1
+                self._entries[key] = found
+                while len(self._entries) > self.size:
+                    self._entries.popitem(last=False)
+            return computed
+        d = found.descriptors
+        return Features(found.points, None if d is None else d.astype(np.float32), found.scale)

@@ -24,6 +24,7 @@ from app.explain import Heatmap, class_heatmap, heatmap, occlusion_inputs
 from app.fingerprint import pixel_fingerprint
 from app.imaging import decode_image
 from app.inference import GpuOptions, OnnxModel, Outputs, logits_of
+from app.keypoints import FeatureCache
 from app.metrics import Metrics
 from app.openset import OpenSetScorer, softmax
 from app.preprocessing import decode_and_preprocess, preprocess_batch
@@ -95,6 +96,7 @@ class Service:
             initializer=name_this_thread,
             initargs=("nftlens-catalog",),
         )
+        self.features = FeatureCache(settings.copy_features_cache)  # candidates' keypoints, between queries
         self.started = False
         self._explaining = 0
 
@@ -284,7 +286,7 @@ class Service:
             bg = self.model.manifest.preprocessing.background_rgb
             more = catalog_lookup(self.catalog, self._instances, instances, verify_k, flt, exact_keys)
             fuzzy, checks = rank_by_checks(
-                self.catalog, fuzzy, query_rgb, bg, self.settings.copy_keypoints, more
+                self.catalog, fuzzy, query_rgb, bg, self.settings.copy_keypoints, more, self.features
             )
         ranked = [(h, Check(), True) for h in exact] + [
             (h, c, is_copy(detector, h.collection, h.score, c)) for h, c in zip(fuzzy, checks, strict=True)

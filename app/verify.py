@@ -29,7 +29,7 @@ from app.agreement import agreement, block_agreement, scale_transform
 from app.catalog import Catalog, Neighbour, SearchFilter
 from app.errors import NftlensError
 from app.imaging import decode_image
-from app.keypoints import MIN_INLIERS, Features, Match, features, match
+from app.keypoints import MIN_INLIERS, FeatureCache, Features, Match, features, match
 from app.manifest import CopyDetector
 from app.sprites import (
     GATE,
@@ -177,13 +177,23 @@ def rank_by_checks(
     background: tuple[int, int, int],
     keypoints: bool = True,
     more: Callable[[list[np.ndarray]], list[Neighbour]] | None = None,
+    cache: FeatureCache | None = None,
 ) -> tuple[list[Neighbour], list[Check]]:
     """Search hits (best score first, one per token) in their checked order, each with its check; every
-    candidate's image is read from the catalog (`Catalog.image`). With `more` (`catalog_lookup`), a
-    cropped or recoloured sprite query's completions find further candidates (`find_by_completion`)."""
-    images = [stored_rgb(catalog.image(h.collection, h.token_id), background) for h in hits]
+    candidate's image is read from the catalog (`Catalog.image`), its keypoint features from `cache`
+    when given. With `more` (`catalog_lookup`), a cropped or recoloured sprite query's completions find
+    further candidates (`find_by_completion`)."""
+    stored = [catalog.image(h.collection, h.token_id) for h in hits]
+    images = [stored_rgb(data, background) for data in stored]
+    features_of = None
+    if cache is not None:
+
+        def features_of(i: int, image: np.ndarray) -> Features:  # only candidates with an image
+            key = FeatureCache.key((hits[i].collection, hits[i].token_id), stored[i] or b"")
+            return cache.get(key, image)
+
     query = SpriteQuery(query_rgb)
-    checks = check_candidates(query, images, keypoints)
+    checks = check_candidates(query, images, keypoints, features_of)
     if more is not None:
         by_key = {(h.collection, h.token_id): h for h in hits}
 

@@ -238,3 +238,60 @@ def test_a_saturated_copy_the_instance_space_misses_is_found_in_its_siblings_pal
     assert ranked[0].token_id == "1233" and checks[0].layout == 1.0 and checks[0].lossless, [
         (h.token_id, c.layout) for h, c in zip(ranked[:5], checks[:5], strict=True)
     ]
+
+
+def test_the_feature_cache_keeps_candidates_keypoints_between_queries(shared_data, model_dir, tmp_path):
+    """Painted candidates checked with a `FeatureCache` rank and check exactly as without one; a second
+    query reads their features from it, a replaced image is computed again, the least recently used go
+    past its size, and size 0 keeps none."""
+    from app.catalog import SearchFilter, Token, open_catalog
+    from app.inference import OnnxModel
+    from app.keypoints import FeatureCache
+    from app.manifest import load_manifest
+    from app.preprocessing import preprocess_batch
+    from app.verify import rank_by_checks
+    from training.edits import apply_edit
+
+    m = load_manifest(model_dir)
+    if not m.instance_dim:
+        pytest.skip("the model under test has no copy head")
+    model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
+    files = sorted((shared_data / "nft-thumbs" / "bayc").glob("*.webp"))[:12]
+    data = [f.read_bytes() for f in files]
+    rgbs = [decode_image(b, BACKGROUND) for b in data]
+    out = model.run(preprocess_batch(rgbs, m.preprocessing))
+    catalog = open_catalog(str(tmp_path / "c.db"), m.embedding_dim, "k", "flat", m.instance_dim)
+    catalog.upsert_many(
+        [(Token("bayc", str(i)), out["embedding"][i], b, out["instance"][i]) for i, b in enumerate(data)]
+    )
+    try:
+
+        def ranked(query: np.ndarray, cache: FeatureCache | None):
+            own = model.run(preprocess_batch([query], m.preprocessing))["instance"][0]
+            hits = catalog.search(own, 12, SearchFilter(), space="instance")
+            found, checks = rank_by_checks(catalog, hits, query, BACKGROUND, True, None, cache)
+            return [h.token_id for h in found], checks
+
+        query = apply_edit("logo", rgbs[3], np.random.default_rng(0))
+        cache = FeatureCache(64)
+        plain = ranked(query, None)
+        assert plain[0][0] == "3" and plain[1][0].keypoints >= MIN_INLIERS
+        assert ranked(query, cache) == plain and cache.misses == 12  # (facing reads its first 3 twice)
+        hits = cache.hits
+        other = apply_edit("crop_zoom", rgbs[5], np.random.default_rng(1))
+        assert ranked(other, cache) == ranked(other, None) and cache.misses == 12 and cache.hits >= hits + 12
+        replaced = apply_edit("reencode_resize", rgbs[5], np.random.default_rng(2))
+        from app.preprocessing import encode
+
+        catalog.upsert_many(
+            [(Token("bayc", "5"), out["embedding"][5], encode(replaced, "png"), out["instance"][5])]
+        )
+        ranked(other, cache)
+        assert cache.misses == 13  # token 5's new image is a new entry
+        small = FeatureCache(2)
+        ranked(query, small)
+        assert small.misses == 15 and len(small._entries) == 2  # facing's first 3 were dropped before re-read
+        none = FeatureCache(0)
+        assert ranked(query, none) == ranked(query, None) and len(none._entries) == 0
+    finally:
+        catalog.close()
