@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import cv2
@@ -103,10 +103,10 @@ class FeatureCache:
     """Catalogued images' keypoint features (`features`), by token and a digest of its stored bytes (a
     replaced image is a new entry), the least recently used dropped past `size` entries; 0 keeps none.
     Descriptors are kept as uint8 (SIFT's are whole numbers 0-255): about 66 KB an image at most.
-    Thread-safe; a miss computes outside the lock."""
+    Thread-safe; a miss computes outside the lock. `counted(hit)` is told of every lookup."""
 
-    def __init__(self, size: int):
-        self.size, self.hits, self.misses = size, 0, 0
+    def __init__(self, size: int, counted: Callable[[bool], None] | None = None):
+        self.size, self.hits, self.misses, self.counted = size, 0, 0, counted
         self._entries: OrderedDict[Hashable, Features] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -122,6 +122,8 @@ class FeatureCache:
             if found is not None:
                 self._entries.move_to_end(key)
                 self.hits += 1
+        if self.counted is not None:
+            self.counted(found is not None)
         if found is None:
             computed = features(image)
             if self.size <= 0:

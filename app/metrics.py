@@ -50,6 +50,12 @@ class Metrics:
         self.queue_depth = Gauge(
             "nftlens_queue_depth", "inputs waiting for a batch", registry=r, multiprocess_mode="livesum"
         )
+        self.copy_features = Counter(
+            "nftlens_copy_features_total",
+            "painted candidates' keypoint features, read from the features cache (hit) or computed (miss)",
+            ["result"],
+            registry=r,
+        )
         self.catalog_size = Gauge(
             "nftlens_catalog_tokens", "tokens in the catalog", registry=r, multiprocess_mode="mostrecent"
         )

@@ -96,7 +96,10 @@ class Service:
             initializer=name_this_thread,
             initargs=("nftlens-catalog",),
         )
-        self.features = FeatureCache(settings.copy_features_cache)  # candidates' keypoints, between queries
+        self.features = FeatureCache(  # candidates' keypoints, kept between queries
+            settings.copy_features_cache,
+            lambda hit: self.metrics.copy_features.labels("hit" if hit else "miss").inc(),
+        )
         self.started = False
         self._explaining = 0
 

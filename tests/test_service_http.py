@@ -391,6 +391,14 @@ def test_copies_by_upload_by_token_and_in_classify(client, images, model_dir):
     )
 
 
+def _features_looked_up(client) -> dict[str, float]:
+    """/metrics' nftlens_copy_features_total by result."""
+    text = client.get("/metrics").text
+    return {
+        k: float(v) for k, v in re.findall(r'^nftlens_copy_features_total{result="(\w+)"} (\S+)$', text, re.M)
+    }
+
+
 def test_a_cropped_painting_is_found_by_its_keypoints_and_called_as_calibrated(
     client, model_dir, shared_data
 ):
@@ -413,3 +421,8 @@ def test_a_cropped_painting_is_found_by_its_keypoints_and_called_as_calibrated(
     # aligned by those keypoints, the crop shows its original's colours more than any sibling's
     assert top["colours"] > max(x["colours"] for x in body["matches"][1:]), body["matches"]
     assert all(x["is_copy"] == _called(m, x) for x in body["matches"])
+    # the same query again: the candidates' keypoints come from the features cache, the answer is the same
+    hits = _features_looked_up(client)
+    again = client.post("/copies", files={"file": ("q.png", _png(Image.fromarray(crop)), "image/png")})
+    assert again.json() == body
+    assert _features_looked_up(client)["hit"] >= hits.get("hit", 0) + len(files)
