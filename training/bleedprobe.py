@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from app import sprites
 from app.imaging import decode_image
+from app.manifest import load_manifest
 from app.verify import check_candidates, stored_rgb, verified_order
 from training.datasets.standard import load_dataset
 from training.edits import apply_edit
@@ -34,12 +35,13 @@ def probe(
     data: Sequence[str] = PIXEL_ART,
     queries: int = 200,
     siblings: int = 15,
-    layout_min: float = 0.998264,
+    model_dir: str = "models/default",
     seed: int = 7,
     floor: float | None = None,
 ) -> dict[str, dict[str, dict[str, int]]]:
     """{edit: {"without": counts, "with": counts}} over `queries` validation tokens (see the module);
-    `floor`: the bleed's floor in place of `BLEED_FLOOR`."""
+    `floor`: the bleed's floor in place of `BLEED_FLOOR`; at the minimum: `model_dir`'s calibrated layout
+    minimum of the query's collection."""
     images, grids, val = {}, {}, []
     for root in data:
         ds = load_dataset(root)
@@ -51,6 +53,7 @@ def probe(
                 val.append((key, ds.image_path(r)))
     rng = np.random.default_rng(seed)
     val = [val[i] for i in sorted(rng.choice(len(val), min(queries, len(val)), replace=False))]
+    layout_min = load_manifest(model_dir).copies.layout_min  # by collection, as calibrated
     bleed, served_floor = sprites.codec_bleed, sprites.BLEED_FLOOR
     out: dict[str, dict[str, dict[str, int]]] = {}
     for edit in edits:
@@ -76,8 +79,8 @@ def probe(
                 finally:
                     sprites.codec_bleed, sprites.BLEED_FLOOR = bleed, served_floor
                 lay = [checks[-1].layout] + [x.layout for x in checks[:-1]]  # the original first
-                c["original"] += lay[0] >= layout_min
-                c["siblings"] += sum(a >= layout_min for a in lay[1:])
+                c["original"] += lay[0] >= layout_min[coll]
+                c["siblings"] += sum(a >= layout_min[coll] for a in lay[1:])
                 c["tied_or_beaten"] += max(lay[1:]) >= lay[0]
                 c["first"] += verified_order([1.0 - 0.001 * i for i in range(len(checks))], checks)[0] == len(
                     near
