@@ -126,15 +126,13 @@ class FeatureCache:
             self.counted(found is not None)
         if found is None:
             computed = features(image)
-            if self.size <= 0:
-                return computed
             kept = None if computed.descriptors is None else computed.descriptors.astype(np.uint8)
-            found = Features(computed.points, kept, computed.scale)
             with self._lock:
                 self.misses += 1
-                self._entries[key] = found
-                while len(self._entries) > self.size:
-                    self._entries.popitem(last=False)
+                if self.size > 0:
+                    self._entries[key] = Features(computed.points, kept, computed.scale)
+                    while len(self._entries) > self.size:
+                        self._entries.popitem(last=False)
             return computed
         d = found.descriptors
         return Features(found.points, None if d is None else d.astype(np.float32), found.scale)

@@ -292,6 +292,6 @@ def test_the_feature_cache_keeps_candidates_keypoints_between_queries(shared_dat
         ranked(query, small)
         assert small.misses == 15 and len(small._entries) == 2  # facing's first 3 were dropped before re-read
         none = FeatureCache(0)
-        assert ranked(query, none) == ranked(query, None) and len(none._entries) == 0
+        assert ranked(query, none) == ranked(query, None) and len(none._entries) == 0 and none.misses >= 12
     finally:
         catalog.close()
