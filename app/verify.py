@@ -19,7 +19,7 @@ sprite's) the layout alone decides: the score cannot tell a token from a sibling
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import cv2
@@ -48,6 +48,8 @@ COMPLETE_FROM = 30  # a cropped or recoloured sprite is completed from the best 
 COMPLETIONS = 3  # ... this many at a time ...
 ROUNDS = 2  # ... at most this many times (each from the candidates the last one found)
 FACING_FROM = 3  # a painted query is checked facing the way these first candidates agree with most
+COVER_MAX = 0.95  # a painted query aligned over less than this share of a candidate is completed from it
+FOUND = 0.99  # a painted candidate with colours at or above this shows the whole query: nothing to complete
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -63,6 +65,9 @@ class Check:
     lossless: bool = False  # sprites: the query shows the sprite's own pixel grid, so its layout decides
     edges: float | None = None  # sprites tied at the best layout under a crop: with the cut cells too
     strict: float | None = None  # sprites tied at the best layout of a lossy query: at the lossless tolerance
+    # paintings at MIN_INLIERS or more: the query (mirrored first, `mirrored`) -> candidate pixels transform
+    transform: np.ndarray | None = field(default=None, compare=False, repr=False)
+    mirrored: bool = field(default=False, compare=False)
 
 
 def is_copy(detector: CopyDetector, collection: str, score: float, check: Check) -> bool:
@@ -123,7 +128,14 @@ def check_candidates(
             if query_features is not None:
                 found = matched[i] if i in matched else match(query_features, features_of(i, image))
             inliers = None if found is None else found.inliers
-            out.append(Check(keypoints=inliers, colours=colour_check(rgb, image, found, blocks)))
+            out.append(
+                Check(
+                    keypoints=inliers,
+                    colours=colour_check(rgb, image, found, blocks),
+                    transform=None if found is None else found.transform,
+                    mirrored=rgb is not q.rgb,
+                )
+            )
         else:
             out.append(Check())
     return out
@@ -311,6 +323,61 @@ def recolour_completions(
     return out
 
 
+def painted_completions(
+    rgb: np.ndarray, images: Sequence[np.ndarray | None], checks: Sequence[Check], n: int = COMPLETIONS
+) -> list[np.ndarray]:
+    """A cropped or turned painted query (`rgb`) completed by the painted candidates its keypoints align
+    with (`Check.transform`) but cover less than `COVER_MAX` of: the query put where it aligns over the
+    candidate, the candidate's own pixels around it; the `n` with the most inliers, best first."""
+    aligned = sorted(
+        (i for i, c in enumerate(checks) if c.transform is not None and images[i] is not None),
+        key=lambda i: -(checks[i].keypoints or 0),
+    )
+    out = []
+    for i in aligned:
+        image, check = images[i], checks[i]
+        query = np.ascontiguousarray(rgb[:, ::-1]) if check.mirrored else rgb
+        size = (image.shape[1], image.shape[0])
+        shown = cv2.warpAffine(np.ones(query.shape[:2], np.uint8), check.transform, size) > 0
+        if shown.mean() >= COVER_MAX:
+            continue
+        warped = cv2.warpAffine(query, check.transform, size, flags=cv2.INTER_LINEAR)
+        out.append(np.where(shown[..., None], warped, image))
+        if len(out) == n:
+            break
+    return out
+
+
+def _found(checks: Iterable[Check]) -> bool:
+    """Some candidate shows all of the query: a sprite's layout of 1, a painting's colours of `FOUND`."""
+    return any((c.layout or 0.0) >= 1.0 or (c.colours or 0.0) >= FOUND for c in checks)
+
+
+def _completer(
+    query: SpriteQuery, checks: Sequence[Check]
+) -> Callable[[list[np.ndarray | None], list[Check]], list[np.ndarray]] | None:
+    """How to complete the query from candidates (their images and checks), or None: a lossless sprite
+    query by recolouring, a sprite crop by its patch, a painting by the candidates it aligns with."""
+    if _found(checks):
+        return None
+    if any(c.layout is not None for c in checks):
+        if any(c.lossless for c in checks) and query.native is not None:
+            native = query.native
+            return lambda scan, scan_checks: recolour_completions(
+                native, scan[:COMPLETE_FROM], scan_checks[:COMPLETE_FROM]
+            )
+        if query.patch is not None:
+            patch = query.patch
+            return lambda scan, scan_checks: crop_completions(patch, scan[:COMPLETE_FROM])
+        return None
+    if any(c.transform is not None for c in checks):
+        rgb = query.rgb
+        return lambda scan, scan_checks: painted_completions(
+            rgb, scan[:COMPLETE_FROM], scan_checks[:COMPLETE_FROM]
+        )
+    return None
+
+
 def find_by_completion(
     query: np.ndarray | SpriteQuery,
     keys: list[K],
@@ -320,32 +387,20 @@ def find_by_completion(
     keypoints: bool = True,
 ) -> tuple[list[K], list[np.ndarray | None], list[Check]]:
     """Candidates (`keys`, their decoded `images` and `checks`, best instance-space score first) with
-    those a completion of the query finds, when no sprite candidate shows all of it (no layout of 1).
-    A cropped or recoloured copy of pixel art sits far from its original in the instance space (most
-    of a crop's cells are cut off or shown larger; a saturated copy's colours are all new), while the
-    query completed from a sibling sits close: a crop's native pixels (`SpriteQuery.patch`) put into the
-    first `COMPLETE_FROM` candidates they fit best (`crop_completions`), a lossless query put back
-    into the palette of the candidates it lays out best on (`recolour_completions`).
+    those a completion of the query finds, when no candidate shows all of it (`_found`).
+    A cropped or recoloured copy sits far from its original in the instance space (most of a pixel-art
+    crop's cells are cut off or shown larger, a painted crop lost its edges; a saturated copy's colours
+    are all new), while the query completed from a sibling sits close: a sprite crop's native pixels
+    (`SpriteQuery.patch`) put into the first `COMPLETE_FROM` candidates they fit best
+    (`crop_completions`), a lossless sprite query put back into the palette of the candidates it lays out
+    best on (`recolour_completions`), a painted query put over the candidates its keypoints align it
+    with (`painted_completions`).
     `lookup(rendered completions)` answers further candidates (key and image; none already among
     `keys`), which are checked and appended. Up to `ROUNDS` times, each completing from the last
     round's finds."""
-    layouts = [c.layout for c in checks if c.layout is not None]
-    if not layouts or max(layouts) >= 1.0:
-        return keys, images, checks
     query = as_query(query)
-    if any(c.lossless for c in checks) and query.native is not None:
-        native = query.native
-
-        def complete(scan: list[np.ndarray | None], scan_checks: list[Check]) -> list[np.ndarray]:
-            return recolour_completions(native, scan[:COMPLETE_FROM], scan_checks[:COMPLETE_FROM])
-
-    elif query.patch is not None:
-        patch = query.patch
-
-        def complete(scan: list[np.ndarray | None], scan_checks: list[Check]) -> list[np.ndarray]:
-            return crop_completions(patch, scan[:COMPLETE_FROM])
-
-    else:
+    complete = _completer(query, checks)
+    if complete is None:
         return keys, images, checks
     keys, images, checks = list(keys), list(images), list(checks)
     scan, scan_checks = images, checks
@@ -358,7 +413,7 @@ def find_by_completion(
         new_keys, new_images = [k for k, _ in found], [im for _, im in found]
         new_checks = check_candidates(query, new_images, keypoints)
         keys, images, checks = keys + new_keys, images + new_images, checks + new_checks
-        if max((c.layout for c in new_checks if c.layout is not None), default=0.0) >= 1.0:
+        if _found(new_checks):
             break
         scan, scan_checks = new_images, new_checks
     return keys, images, checks

@@ -295,3 +295,73 @@ def test_the_feature_cache_keeps_candidates_keypoints_between_queries(shared_dat
         assert ranked(query, none) == ranked(query, None) and len(none._entries) == 0 and none.misses >= 12
     finally:
         catalog.close()
+
+
+def test_a_painted_crop_is_completed_from_the_candidate_it_aligns_with(apes):
+    """A cropped painting aligned with its original by keypoints, put over it (`painted_completions`):
+    the completion is the original again, the crop where it was and the original's pixels around it. A
+    query that covers all of the candidate (a border, a whole copy) is not completed."""
+    from app.verify import painted_completions
+    from training.edits import apply_edit
+
+    for j in range(3):
+        crop = apply_edit("crop_zoom", apes[j], np.random.default_rng(j))
+        checks = check_candidates(crop, apes)
+        assert checks[j].transform is not None and not checks[j].mirrored
+        done = painted_completions(crop, [apes[j]], [checks[j]])
+        assert len(done) == 1 and done[0].shape == apes[j].shape
+        off = np.abs(done[0].astype(int) - apes[j].astype(int)).mean()
+        assert off < 6, off  # the crop was resized twice: not to the level
+        assert np.abs(crop.astype(int) - apes[j].astype(int)).mean() > 3 * off  # much closer than the crop
+        for whole in (apes[j], apply_edit("border", apes[j], np.random.default_rng(j))):
+            checks = check_candidates(whole, apes)
+            assert painted_completions(whole, apes, checks) == []
+
+
+def test_a_painted_crop_the_instance_space_misses_is_found_through_its_completion(
+    shared_data, model_dir, tmp_path
+):
+    """A cropped ape whose original is not among the first candidates, over a real catalog (SQLite +
+    FAISS, the shipped model's instance vectors) of 60 BAYC thumbnails: the crop put over the siblings
+    its keypoints align with is looked up, which brings the original in, checked whole in its colours
+    and ranked first."""
+    from app.catalog import SearchFilter, Token, open_catalog
+    from app.inference import OnnxModel
+    from app.manifest import load_manifest
+    from app.preprocessing import preprocess_batch
+    from app.verify import FOUND, catalog_lookup, rank_by_checks
+    from training.edits import apply_edit
+
+    m = load_manifest(model_dir)
+    if not m.instance_dim:
+        pytest.skip("the model under test has no copy head")
+    model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
+    files = sorted((shared_data / "nft-thumbs" / "bayc").glob("*.webp"))[:60]
+    data = [f.read_bytes() for f in files]
+    rgbs = [decode_image(b, BACKGROUND) for b in data]
+    out = model.run(preprocess_batch(rgbs, m.preprocessing))
+    catalog = open_catalog(str(tmp_path / "c.db"), m.embedding_dim, "k", "flat", m.instance_dim)
+    catalog.upsert_many(
+        [(Token("bayc", str(i)), out["embedding"][i], b, out["instance"][i]) for i, b in enumerate(data)]
+    )
+
+    def embed(images: list[np.ndarray]) -> np.ndarray:
+        return model.run(preprocess_batch(images, m.preprocessing))["instance"]
+
+    try:
+        found = 0
+        for target in range(8):
+            query = apply_edit("crop_zoom", rgbs[target], np.random.default_rng(target))
+            own = embed([query])
+            hits = [
+                h
+                for h in catalog.search(own[0], 20, SearchFilter(), space="instance")
+                if h.token_id != str(target)
+            ]
+            more = catalog_lookup(catalog, embed, own, 20, SearchFilter())
+            ranked, checks = rank_by_checks(catalog, hits, query, BACKGROUND, True, more)
+            found += ranked[0].token_id == str(target) and checks[0].colours >= FOUND
+            assert len({h.token_id for h in ranked}) == len(ranked)
+        assert found >= 6, found
+    finally:
+        catalog.close()
