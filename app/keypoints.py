@@ -6,7 +6,7 @@ its corners and blobs are still there, where one shift, scale and turn puts them
 matches (Lowe's ratio test) that RANSAC fits to one transform (`inliers`: orders candidates) and hands the
 transform on, so that the colour check (app/agreement.py) can compare the two images pixel by pixel.
 Generative siblings share many inliers too (their traits are the same layers at the same place): the
-count orders candidates, the colour check decides.
+count admits a candidate to be aligned, the colour check orders the aligned ones and decides.
 """
 
 from __future__ import annotations

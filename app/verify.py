@@ -6,7 +6,7 @@ art) by their colour layout (`app/sprites.py`); paintings by SIFT keypoints that
 transform (`app/keypoints.py`), and by their colour agreement (`app/agreement.py`) with the query aligned
 by that transform or simply stretched over the candidate, whichever agrees more (the query first turned
 the way its first candidates agree with, `facing`: SIFT cannot match a mirror image). Candidates that pass
-(layout >= `GATE`, inliers >= `MIN_INLIERS`) come first, best checked first; the rest keep the
+(layout >= `GATE`, inliers >= `MIN_INLIERS`) come first, best checked first (paintings by their colours); the rest keep the
 instance-space order. A cropped or recoloured sprite that no candidate shows whole is completed from
 the candidates it fits best (their pixels around a crop, their palette for a recolouring) and looked up
 again (`find_by_completion`): the instance space misses such copies, not their completions. The copy
@@ -271,15 +271,16 @@ def verified_order(scores: Sequence[float], checks: Sequence[Check]) -> list[int
     """Candidate indices best first: sprites whose layout reaches `GATE` (by layout, then, for a crop
     that several show alike, by the layout with its cut cells, `Check.edges`, for a lossy query that
     several show alike, by the layout at the lossless tolerance, `Check.strict`, then score), then
-    paintings with at least `MIN_INLIERS` keypoint inliers (by inliers, then score), then the rest by
-    score."""
+    paintings with at least `MIN_INLIERS` keypoint inliers (by colour agreement, then inliers, then
+    score: siblings drawn from the same layers share as many inliers as the original, within a few, but
+    not its colours), then the rest by score."""
     layout = [i for i, c in enumerate(checks) if c.layout is not None and c.layout >= GATE]
     points = [i for i, c in enumerate(checks) if c.keypoints is not None and c.keypoints >= MIN_INLIERS]
     rest = sorted(set(range(len(scores))) - set(layout) - set(points))
     layout.sort(
         key=lambda i: (-checks[i].layout, -(checks[i].edges or 0.0), -(checks[i].strict or 0.0), -scores[i])
     )
-    points.sort(key=lambda i: (-checks[i].keypoints, -scores[i]))
+    points.sort(key=lambda i: (-(checks[i].colours or 0.0), -checks[i].keypoints, -scores[i]))
     rest.sort(key=lambda i: -scores[i])
     return layout + points + rest
 

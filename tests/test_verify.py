@@ -86,10 +86,13 @@ def test_verified_order_puts_checked_candidates_first():
         Check(keypoints=40),
         Check(keypoints=5),
     ]
-    # sprites that pass (by layout), paintings that pass (by inliers), then the rest by score
+    # sprites that pass (by layout), paintings that pass (by colours, then inliers), then the rest by score
     assert verified_order(scores, checks) == [3, 1, 4, 0, 2, 5]
     assert verified_order(scores, [Check()] * 6) == [0, 1, 2, 3, 4, 5]
     assert verified_order([0.5, 0.9], [Check(keypoints=30), Check(keypoints=30)]) == [1, 0]  # ties: score
+    # aligned paintings by their colours first: a sibling a few inliers up does not pass the original
+    near_twins = [Check(keypoints=54, colours=0.937), Check(keypoints=53, colours=1.0), Check(keypoints=60)]
+    assert verified_order([0.9, 0.8, 0.7], near_twins) == [1, 0, 2]
     assert verified_order([], []) == []
 
 

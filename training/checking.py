@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.keypoints import Features, features
+from app.keypoints import FeatureCache
 from app.sprites import SpriteQuery
 from app.verify import Check, check_candidates, stored_rgb
 
@@ -19,7 +19,7 @@ class ReferenceChecks:
     def __init__(self, paths: Sequence[Path], background: tuple[int, int, int], keypoints: bool = True):
         self.paths, self.background, self.keypoints = list(paths), background, keypoints
         self._images: dict[int, np.ndarray | None] = {}
-        self._features: dict[int, Features] = {}
+        self._features = FeatureCache(len(self.paths))  # every reference's, by index
 
     def image(self, i: int) -> np.ndarray | None:
         """Reference i, decoded as the service decodes a stored token's image."""
@@ -32,13 +32,12 @@ class ReferenceChecks:
         instance-space score first)."""
         candidates = [int(i) for i in candidates]
 
-        def cached(n: int, image: np.ndarray) -> Features:
-            i = candidates[n]
-            if i not in self._features:
-                self._features[i] = features(image)
-            return self._features[i]
-
-        return check_candidates(query, (self.image(i) for i in candidates), self.keypoints, cached)
+        return check_candidates(
+            query,
+            (self.image(i) for i in candidates),
+            self.keypoints,
+            lambda n, image: self._features.get(candidates[n], image),
+        )
 
 
 def top_candidates(sims: np.ndarray, k: int) -> np.ndarray:
