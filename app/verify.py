@@ -8,8 +8,9 @@ by that transform or simply stretched over the candidate, whichever agrees more 
 the way its first candidates agree with, `facing`: SIFT cannot match a mirror image). Candidates that pass
 (layout >= `GATE`, inliers >= `MIN_INLIERS`) come first, best checked first (paintings by their colours); the rest keep the
 instance-space order. A cropped or recoloured sprite that no candidate shows whole is completed from
-the candidates it fits best (their pixels around a crop, their palette for a recolouring) and looked up
-again (`find_by_completion`): the instance space misses such copies, not their completions. The copy
+the candidates it fits best (their pixels around a crop, their palette for a recolouring), a cropped
+painting from the candidates its keypoints align it with (their pixels around it), and looked up again
+(`find_by_completion`): the instance space misses such copies, not their completions. The copy
 verdict (`is_copy`) is the calibrated instance-space threshold, or a check that reaches its collection's
 minimum, chosen on validation pairs with the thresholds (`nftlens calibrate`: only as far as distinct
 tokens allow). For a lossless pixel-art query (its own grid is the
@@ -48,7 +49,8 @@ COMPLETE_FROM = 30  # a cropped or recoloured sprite is completed from the best 
 COMPLETIONS = 3  # ... this many at a time ...
 ROUNDS = 2  # ... at most this many times (each from the candidates the last one found)
 FACING_FROM = 3  # a painted query is checked facing the way these first candidates agree with most
-COVER_MAX = 0.95  # a painted query aligned over less than this share of a candidate is completed from it
+CROP_SHOWS = (0.25, 0.9)  # a painted query is completed from an aligned candidate it shows this share of
+COMPLETE_COLOURS = 0.4  # ... whose colours agree at least this much (a wrong alignment agrees little)
 FOUND = 0.99  # a painted candidate with colours at or above this shows the whole query: nothing to complete
 
 K = TypeVar("K")
@@ -327,25 +329,35 @@ def recolour_completions(
 def painted_completions(
     rgb: np.ndarray, images: Sequence[np.ndarray | None], checks: Sequence[Check], n: int = COMPLETIONS
 ) -> list[np.ndarray]:
-    """A cropped or turned painted query (`rgb`) completed by the painted candidates its keypoints align
-    with (`Check.transform`) but cover less than `COVER_MAX` of: the query put where it aligns over the
-    candidate, the candidate's own pixels around it; the `n` with the most inliers, best first."""
-    aligned = sorted(
-        (i for i, c in enumerate(checks) if c.transform is not None and images[i] is not None),
+    """A cropped painted query (`rgb`) completed by the painted candidates its keypoints align it with
+    (`Check.transform`) as a part of them (the aligned query spans a `CROP_SHOWS` share of the
+    candidate's area, and their colours agree at least `COMPLETE_COLOURS`): the query put where it
+    aligns over the candidate, the candidate's own pixels around it; the `n` with the most inliers,
+    best first."""
+
+    def shows(i: int) -> float:
+        t, image = checks[i].transform, images[i]
+        return abs(np.linalg.det(t[:, :2])) * rgb.shape[0] * rgb.shape[1] / (image.shape[0] * image.shape[1])
+
+    parts = sorted(
+        (
+            i
+            for i, c in enumerate(checks)
+            if c.transform is not None
+            and images[i] is not None
+            and (c.colours or 0.0) >= COMPLETE_COLOURS
+            and CROP_SHOWS[0] <= shows(i) <= CROP_SHOWS[1]
+        ),
         key=lambda i: -(checks[i].keypoints or 0),
-    )
+    )[:n]
     out = []
-    for i in aligned:
+    for i in parts:
         image, check = images[i], checks[i]
         query = np.ascontiguousarray(rgb[:, ::-1]) if check.mirrored else rgb
         size = (image.shape[1], image.shape[0])
         shown = cv2.warpAffine(np.ones(query.shape[:2], np.uint8), check.transform, size) > 0
-        if shown.mean() >= COVER_MAX:
-            continue
         warped = cv2.warpAffine(query, check.transform, size, flags=cv2.INTER_LINEAR)
         out.append(np.where(shown[..., None], warped, image))
-        if len(out) == n:
-            break
     return out
 
 

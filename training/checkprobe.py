@@ -1,0 +1,151 @@
+"""The painted checks' design check (app/verify.py), on validation paintings only.
+
+Seeded edits of validation tokens of the CDN thumbnails (`data/nft-thumbs`, split `val`) are searched
+in the instance space against all of that dataset's train and validation tokens; the best 50 candidates
+are checked as the service checks them. Per edit it prints the share of queries whose original comes
+first: ordered as before (aligned paintings by their keypoint inliers), ordered as served (by their
+colours, then inliers), and as served with the painted completion (`find_by_completion`: the query put
+over the candidates it aligns with and looked up again); and how many originals were not among the 50.
+For genuine validation tokens (their own image taken out of the candidates) it prints how many a
+completion calls a copy that the first 50 did not (a check at its collection's minimum, model.json).
+
+    python -m training.checkprobe                      # every edit, 100 queries each, 200 genuine
+    python -m training.checkprobe crop_zoom background_swap --queries 200
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+
+import numpy as np
+from tqdm import tqdm
+
+from app.inference import OnnxModel
+from app.preprocessing import preprocess_batch
+from app.sprites import SpriteQuery
+from app.verify import Check, find_by_completion, interleave, verified_order
+from training.checking import ReferenceChecks, top_candidates
+from training.datasets.select import select_rows
+from training.edits import COMBINED, EDITS
+from training.runner import edit_transform, infer, view_similarity
+
+PAINTED = "data/nft-thumbs"
+VERIFY_K = 50
+
+
+def inliers_first(scores: Sequence[float], checks: Sequence[Check]) -> list[int]:
+    """`verified_order` as it was: aligned paintings by their inliers, then score (sprites unchanged)."""
+    plain = [Check(c.layout, c.keypoints, None, c.lossless, c.edges, c.strict) for c in checks]
+    return verified_order(scores, plain)
+
+
+def probe(
+    edits: Sequence[str],
+    queries: int = 100,
+    genuine: int = 200,
+    model_dir: str = "models/default",
+    seed: int = 7,
+) -> dict:
+    """{edit: counts} and {"genuine": counts} (see the module)."""
+    model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
+    m = model.manifest
+    vpaths, vrows = select_rows([PAINTED], "val", "collection")
+    tpaths, trows = select_rows([PAINTED], "train", "collection")
+    paths, rows = [*tpaths, *vpaths], [*trows, *vrows]
+    colls = [r["collection"] for r in rows]
+    cat = infer(model, paths, desc="catalog")["instance"]
+    refs = ReferenceChecks(paths, m.preprocessing.background_rgb, True)
+    skip: set[int] = set()
+
+    def lookup(rendered: list[np.ndarray]) -> list[tuple[int, np.ndarray | None]]:
+        """The service's completion lookup (app/verify.py: catalog_lookup) over this catalog."""
+        vecs = model.run(preprocess_batch(rendered, m.preprocessing))["instance"]
+        found = interleave([top_candidates(v @ cat.T, VERIFY_K).tolist() for v in vecs])
+        return [(i, refs.image(i)) for i in found if i not in skip][:VERIFY_K]
+
+    def ranked(rgb: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, list[Check], np.ndarray, list[Check]]:
+        """The best 50 with their checks, and those with the completion's finds."""
+        top = np.array([i for i in top_candidates(sims, VERIFY_K + len(skip)) if i not in skip][:VERIFY_K])
+        query = SpriteQuery(rgb)
+        checks = refs.check(query, top)
+        images = [refs.image(int(i)) for i in top]
+        found, _, more = find_by_completion(query, top.tolist(), images, checks, lookup, True)
+        return top, checks, np.array(found), more
+
+    rng = np.random.default_rng(seed)
+    pick = sorted(rng.choice(len(vpaths), min(queries, len(vpaths)), replace=False))
+    out: dict = {}
+    for e, name in enumerate(edits):
+        rgbs: list[np.ndarray] = []
+        q = infer(
+            model,
+            [vpaths[i] for i in pick],
+            edit_transform(name),
+            desc=name,
+            seed=seed + e,
+            views=m.copies.views,
+            images=rgbs,
+        )["instance"]
+        sims = view_similarity(q, cat)
+        c = {"n": len(pick), "before": 0, "served": 0, "completed": 0, "not_in_50": 0, "looked_up": 0}
+        for j, i in enumerate(tqdm(pick, desc=f"check {name}", leave=False)):
+            truth = len(tpaths) + i
+            top, checks, found, more = ranked(rgbs[j], sims[j])
+            c["not_in_50"] += truth not in top
+            c["before"] += top[inliers_first(sims[j, top].tolist(), checks)[0]] == truth
+            c["served"] += top[verified_order(sims[j, top].tolist(), checks)[0]] == truth
+            c["completed"] += found[verified_order(sims[j, found].tolist(), more)[0]] == truth
+            c["looked_up"] += len(found) > len(top)
+        out[name] = c
+    gpick = sorted(rng.choice(len(vpaths), min(genuine, len(vpaths)), replace=False))
+    rgbs = []
+    q = infer(model, [vpaths[i] for i in gpick], desc="genuine", views=m.copies.views, images=rgbs)[
+        "instance"
+    ]
+    sims = view_similarity(q, cat)
+    g = {"n": len(gpick), "called_first_50": 0, "called_completed": 0, "looked_up": 0}
+
+    def called(idx: np.ndarray, checks: list[Check]) -> bool:
+        return any(
+            m.copies.confirmed(colls[i], c.layout, c.colours) for i, c in zip(idx, checks, strict=True)
+        )
+
+    for j, i in enumerate(tqdm(gpick, desc="check genuine", leave=False)):
+        skip.clear()
+        skip.add(len(tpaths) + i)  # the token itself is not a distinct token
+        top, checks, found, more = ranked(rgbs[j], sims[j])
+        g["called_first_50"] += called(top, checks)
+        g["called_completed"] += called(found, more)
+        g["looked_up"] += len(found) > len(top)
+    skip.clear()
+    out["genuine"] = g
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("edits", nargs="*", default=[*EDITS, *COMBINED])
+    ap.add_argument("--queries", type=int, default=100)
+    ap.add_argument("--genuine", type=int, default=200)
+    ap.add_argument("--model", default="models/default")
+    args = ap.parse_args(argv)
+    out = probe(args.edits, args.queries, args.genuine, args.model)
+    print(
+        "| edit | n | top-1 inliers first | top-1 colours first | with completion | not in 50 | looked up |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name in args.edits:
+        c = out[name]
+        rates = " | ".join(f"{c[k] / c['n']:.2f}" for k in ("before", "served", "completed"))
+        print(f"| {name} | {c['n']} | {rates} | {c['not_in_50']} | {c['looked_up']} |")
+    g = out["genuine"]
+    print(
+        f"genuine validation tokens: {g['n']}, called copies by a check in the first 50: "
+        f"{g['called_first_50']}, with the completion's finds: {g['called_completed']} "
+        f"(completion looked up for {g['looked_up']})"
+    )
+
+
+if __name__ == "__main__":
+    main()
