@@ -243,23 +243,19 @@ def test_a_saturated_copy_the_instance_space_misses_is_found_in_its_siblings_pal
     ]
 
 
-def test_the_feature_cache_keeps_candidates_keypoints_between_queries(shared_data, model_dir, tmp_path):
-    """Painted candidates checked with a `FeatureCache` rank and check exactly as without one; a second
-    query reads their features from it, a replaced image is computed again, the least recently used go
-    past its size, and size 0 keeps none."""
-    from app.catalog import SearchFilter, Token, open_catalog
+def _bayc_catalog(shared_data, model_dir, tmp_path, n: int):
+    """A real catalog (SQLite + FAISS, the shipped model's vectors) of the first `n` BAYC thumbnails:
+    (model, manifest, catalog, decoded images, model outputs; token ids are their indices)."""
+    from app.catalog import Token, open_catalog
     from app.inference import OnnxModel
-    from app.keypoints import FeatureCache
     from app.manifest import load_manifest
     from app.preprocessing import preprocess_batch
-    from app.verify import rank_by_checks
-    from training.edits import apply_edit
 
     m = load_manifest(model_dir)
     if not m.instance_dim:
         pytest.skip("the model under test has no copy head")
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
-    files = sorted((shared_data / "nft-thumbs" / "bayc").glob("*.webp"))[:12]
+    files = sorted((shared_data / "nft-thumbs" / "bayc").glob("*.webp"))[:n]
     data = [f.read_bytes() for f in files]
     rgbs = [decode_image(b, BACKGROUND) for b in data]
     out = model.run(preprocess_batch(rgbs, m.preprocessing))
@@ -267,6 +263,20 @@ def test_the_feature_cache_keeps_candidates_keypoints_between_queries(shared_dat
     catalog.upsert_many(
         [(Token("bayc", str(i)), out["embedding"][i], b, out["instance"][i]) for i, b in enumerate(data)]
     )
+    return model, m, catalog, rgbs, out
+
+
+def test_the_feature_cache_keeps_candidates_keypoints_between_queries(shared_data, model_dir, tmp_path):
+    """Painted candidates checked with a `FeatureCache` rank and check exactly as without one; a second
+    query reads their features from it, a replaced image is computed again, the least recently used go
+    past its size, and size 0 keeps none."""
+    from app.catalog import SearchFilter, Token
+    from app.keypoints import FeatureCache
+    from app.preprocessing import preprocess_batch
+    from app.verify import rank_by_checks
+    from training.edits import apply_edit
+
+    model, m, catalog, rgbs, out = _bayc_catalog(shared_data, model_dir, tmp_path, 12)
     try:
 
         def ranked(query: np.ndarray, cache: FeatureCache | None):
@@ -328,25 +338,12 @@ def test_a_painted_crop_the_instance_space_misses_is_found_through_its_completio
     FAISS, the shipped model's instance vectors) of 60 BAYC thumbnails: the crop put over the siblings
     its keypoints align with is looked up, which brings the original in, checked whole in its colours
     and ranked first."""
-    from app.catalog import SearchFilter, Token, open_catalog
-    from app.inference import OnnxModel
-    from app.manifest import load_manifest
+    from app.catalog import SearchFilter
     from app.preprocessing import preprocess_batch
     from app.verify import FOUND, catalog_lookup, rank_by_checks
     from training.edits import apply_edit
 
-    m = load_manifest(model_dir)
-    if not m.instance_dim:
-        pytest.skip("the model under test has no copy head")
-    model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
-    files = sorted((shared_data / "nft-thumbs" / "bayc").glob("*.webp"))[:60]
-    data = [f.read_bytes() for f in files]
-    rgbs = [decode_image(b, BACKGROUND) for b in data]
-    out = model.run(preprocess_batch(rgbs, m.preprocessing))
-    catalog = open_catalog(str(tmp_path / "c.db"), m.embedding_dim, "k", "flat", m.instance_dim)
-    catalog.upsert_many(
-        [(Token("bayc", str(i)), out["embedding"][i], b, out["instance"][i]) for i, b in enumerate(data)]
-    )
+    model, m, catalog, rgbs, _ = _bayc_catalog(shared_data, model_dir, tmp_path, 60)
 
     def embed(images: list[np.ndarray]) -> np.ndarray:
         return model.run(preprocess_batch(images, m.preprocessing))["instance"]

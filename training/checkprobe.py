@@ -3,8 +3,9 @@
 Seeded edits of validation tokens of the CDN thumbnails (`data/nft-thumbs`, split `val`) are searched
 in the instance space against all of that dataset's train and validation tokens; the best 50 candidates
 are checked as the service checks them. Per edit it prints the share of queries whose original comes
-first: ordered as before (aligned paintings by their keypoint inliers), ordered as served (by their
-colours, then inliers), and as served with the painted completion (`find_by_completion`: the query put
+first: ordered as before (aligned paintings by their keypoint inliers), with those whose colours show
+all of the query (`FOUND`) first and the rest by inliers, ordered as served (by their colours, then
+inliers), and as served with the painted completion (`find_by_completion`: the query put
 over the candidates it aligns with and looked up again); and how many originals were not among the 50.
 For genuine validation tokens (their own image taken out of the candidates) it prints how many a
 completion calls a copy that the first 50 did not (a check at its collection's minimum, model.json).
@@ -24,7 +25,7 @@ from tqdm import tqdm
 from app.inference import OnnxModel
 from app.preprocessing import preprocess_batch
 from app.sprites import SpriteQuery
-from app.verify import Check, find_by_completion, interleave, verified_order
+from app.verify import FOUND, Check, find_by_completion, interleave, verified_order
 from training.checking import ReferenceChecks, top_candidates
 from training.datasets.select import select_rows
 from training.edits import COMBINED, EDITS
@@ -34,9 +35,20 @@ PAINTED = "data/nft-thumbs"
 VERIFY_K = 50
 
 
-def inliers_first(scores: Sequence[float], checks: Sequence[Check]) -> list[int]:
-    """`verified_order` as it was: aligned paintings by their inliers, then score (sprites unchanged)."""
-    plain = [Check(c.layout, c.keypoints, None, c.lossless, c.edges, c.strict) for c in checks]
+def inliers_first(scores: Sequence[float], checks: Sequence[Check], whole: bool = False) -> list[int]:
+    """`verified_order` as it was: aligned paintings by their inliers, then score (sprites unchanged);
+    with `whole`, those whose colours show all of the query (`FOUND`) first."""
+    plain = [
+        Check(
+            c.layout,
+            c.keypoints,
+            1.0 if whole and (c.colours or 0.0) >= FOUND else None,
+            c.lossless,
+            c.edges,
+            c.strict,
+        )
+        for c in checks
+    ]
     return verified_order(scores, plain)
 
 
@@ -88,12 +100,21 @@ def probe(
             images=rgbs,
         )["instance"]
         sims = view_similarity(q, cat)
-        c = {"n": len(pick), "before": 0, "served": 0, "completed": 0, "not_in_50": 0, "looked_up": 0}
+        c = {
+            "n": len(pick),
+            "before": 0,
+            "whole_first": 0,
+            "served": 0,
+            "completed": 0,
+            "not_in_50": 0,
+            "looked_up": 0,
+        }
         for j, i in enumerate(tqdm(pick, desc=f"check {name}", leave=False)):
             truth = len(tpaths) + i
             top, checks, found, more = ranked(rgbs[j], sims[j])
             c["not_in_50"] += truth not in top
             c["before"] += top[inliers_first(sims[j, top].tolist(), checks)[0]] == truth
+            c["whole_first"] += top[inliers_first(sims[j, top].tolist(), checks, True)[0]] == truth
             c["served"] += top[verified_order(sims[j, top].tolist(), checks)[0]] == truth
             c["completed"] += found[verified_order(sims[j, found].tolist(), more)[0]] == truth
             c["looked_up"] += len(found) > len(top)
@@ -132,12 +153,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = ap.parse_args(argv)
     out = probe(args.edits, args.queries, args.genuine, args.model)
     print(
-        "| edit | n | top-1 inliers first | top-1 colours first | with completion | not in 50 | looked up |"
+        "| edit | n | top-1 inliers first | whole colours first, then inliers | top-1 colours first "
+        "| with completion | not in 50 | looked up |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.edits:
         c = out[name]
-        rates = " | ".join(f"{c[k] / c['n']:.2f}" for k in ("before", "served", "completed"))
+        rates = " | ".join(f"{c[k] / c['n']:.2f}" for k in ("before", "whole_first", "served", "completed"))
         print(f"| {name} | {c['n']} | {rates} | {c['not_in_50']} | {c['looked_up']} |")
     g = out["genuine"]
     print(
