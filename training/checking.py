@@ -3,14 +3,16 @@ calibration run them: each reference is decoded, and its keypoints found, once."
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
 
 from app.keypoints import FeatureCache
 from app.sprites import SpriteQuery
-from app.verify import Check, check_candidates, stored_rgb
+from app.verify import Check, check_candidates, find_by_completion, interleave, stored_rgb
+
+Lookup = Callable[[list[np.ndarray]], list[tuple[int, np.ndarray | None]]]
 
 
 class ReferenceChecks:
@@ -38,6 +40,36 @@ class ReferenceChecks:
             self.keypoints,
             lambda n, image: self._features.get(candidates[n], image),
         )
+
+    def completed(
+        self, rgb: np.ndarray, candidates: Sequence[int], lookup: Lookup
+    ) -> tuple[list[Check], list[int], list[Check]]:
+        """The query's checks against candidate references (best score first), then with the references
+        its completions find (app/verify.py: find_by_completion; `lookup`, e.g. `lookup_references`):
+        (the candidates' checks, every candidate, every candidate's check)."""
+        query, candidates = SpriteQuery(rgb), [int(i) for i in candidates]
+        checks = self.check(query, candidates)
+        images = [self.image(i) for i in candidates]
+        found, _, more = find_by_completion(query, candidates, images, checks, lookup, self.keypoints)
+        return checks, found, more
+
+
+def lookup_references(
+    embed: Callable[[list[np.ndarray]], np.ndarray],
+    references: np.ndarray,
+    refs: ReferenceChecks,
+    k: int,
+    skip: Collection[int] = (),
+) -> Lookup:
+    """The service's completion lookup (app/verify.py: catalog_lookup) over reference vectors [N, D]:
+    each rendering's `k` nearest references (`embed`: images -> vectors) taken in turn, those in `skip`
+    left out (read at each call), `k` at most, with their images."""
+
+    def lookup(rendered: list[np.ndarray]) -> list[tuple[int, np.ndarray | None]]:
+        found = interleave([top_candidates(v @ references.T, k).tolist() for v in embed(rendered)])
+        return [(i, refs.image(i)) for i in found if i not in skip][:k]
+
+    return lookup
 
 
 def top_candidates(sims: np.ndarray, k: int) -> np.ndarray:

@@ -24,9 +24,8 @@ from tqdm import tqdm
 
 from app.inference import OnnxModel
 from app.preprocessing import preprocess_batch
-from app.sprites import SpriteQuery
-from app.verify import FOUND, Check, find_by_completion, interleave, verified_order
-from training.checking import ReferenceChecks, top_candidates
+from app.verify import FOUND, Check, verified_order
+from training.checking import ReferenceChecks, lookup_references, top_candidates
 from training.datasets.select import select_rows
 from training.edits import COMBINED, EDITS
 from training.runner import edit_transform, infer, view_similarity
@@ -70,19 +69,15 @@ def probe(
     refs = ReferenceChecks(paths, m.preprocessing.background_rgb, True)
     skip: set[int] = set()
 
-    def lookup(rendered: list[np.ndarray]) -> list[tuple[int, np.ndarray | None]]:
-        """The service's completion lookup (app/verify.py: catalog_lookup) over this catalog."""
-        vecs = model.run(preprocess_batch(rendered, m.preprocessing))["instance"]
-        found = interleave([top_candidates(v @ cat.T, VERIFY_K).tolist() for v in vecs])
-        return [(i, refs.image(i)) for i in found if i not in skip][:VERIFY_K]
+    def embed(images: list[np.ndarray]) -> np.ndarray:
+        return model.run(preprocess_batch(images, m.preprocessing))["instance"]
+
+    lookup = lookup_references(embed, cat, refs, VERIFY_K, skip)
 
     def ranked(rgb: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, list[Check], np.ndarray, list[Check]]:
         """The best 50 with their checks, and those with the completion's finds."""
         top = np.array([i for i in top_candidates(sims, VERIFY_K + len(skip)) if i not in skip][:VERIFY_K])
-        query = SpriteQuery(rgb)
-        checks = refs.check(query, top)
-        images = [refs.image(int(i)) for i in top]
-        found, _, more = find_by_completion(query, top.tolist(), images, checks, lookup, True)
+        checks, found, more = refs.completed(rgb, top, lookup)
         return top, checks, np.array(found), more
 
     rng = np.random.default_rng(seed)

@@ -24,9 +24,8 @@ import numpy as np
 from app.config import Settings
 from app.inference import OnnxModel
 from app.preprocessing import preprocess_batch
-from app.sprites import SpriteQuery
-from app.verify import Check, find_by_completion, interleave, is_copy, verified_order
-from training.checking import ReferenceChecks, top_candidates
+from app.verify import Check, is_copy, verified_order
+from training.checking import ReferenceChecks, lookup_references, top_candidates
 from training.datasets.select import holdout_keys, select_rows
 from training.edits import COMBINED, EDITS
 from training.reports import markdown_table, plot_grouped_bars, plot_pr_curve
@@ -145,11 +144,7 @@ def evaluate_copies(
         if not verify_k or space != "instance":
             return out, confirmed, by, margins, seen
         for j in np.flatnonzero(~exact):
-            top = top_candidates(sims[j], verify_k)
-            query = SpriteQuery(rgbs[j])
-            checks = refs.check(query, top)
-            images = [refs.image(int(i)) for i in top]
-            found, _, checks = find_by_completion(query, top.tolist(), images, checks, lookup, keypoints)
+            _, found, checks = refs.completed(rgbs[j], top_candidates(sims[j], verify_k), lookup)
             top = np.array(found)
             seen[j] = {int(i): c for i, c in zip(top, checks, strict=True)}
             out[j] = top[verified_order(sims[j, top].tolist(), checks)[0]]
@@ -168,11 +163,9 @@ def evaluate_copies(
                 confirmed[j], by[j] = True, (int(hit[0]), hit[1])
         return out, confirmed, by, margins, seen
 
-    def lookup(rendered: list[np.ndarray]) -> list[tuple[int, np.ndarray | None]]:
-        """The service's completion lookup (app/verify.py: catalog_lookup) over the catalog here."""
-        vecs = model.run(preprocess_batch(rendered, m.preprocessing))[output]
-        found = interleave([top_candidates(v @ cat.T, verify_k).tolist() for v in vecs])[:verify_k]
-        return [(int(i), refs.image(int(i))) for i in found]
+    lookup = lookup_references(
+        lambda images: model.run(preprocess_batch(images, m.preprocessing))[output], cat, refs, verify_k
+    )
 
     def margin(i: int, score: float, check: Check) -> float:
         """A checked candidate's margin over the served verdict (`app.verify.is_copy`): 1.0 when its check
