@@ -126,10 +126,11 @@ class FeatureCache:
             self.counted(found is not None)
         if found is None:
             computed = features(image)
-            kept = None if computed.descriptors is None else computed.descriptors.astype(np.uint8)
             with self._lock:
                 self.misses += 1
                 if self.size > 0:
+                    d = computed.descriptors
+                    kept = None if d is None else d.astype(np.uint8)
                     self._entries[key] = Features(computed.points, kept, computed.scale)
                     while len(self._entries) > self.size:
                         self._entries.popitem(last=False)
