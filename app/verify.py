@@ -273,16 +273,17 @@ def verified_order(scores: Sequence[float], checks: Sequence[Check]) -> list[int
     """Candidate indices best first: sprites whose layout reaches `GATE` (by layout, then, for a crop
     that several show alike, by the layout with its cut cells, `Check.edges`, for a lossy query that
     several show alike, by the layout at the lossless tolerance, `Check.strict`, then score), then
-    paintings with at least `MIN_INLIERS` keypoint inliers (by colour agreement, then inliers, then
-    score: siblings drawn from the same layers share as many inliers as the original, within a few, but
-    not its colours), then the rest by score."""
+    paintings with at least `MIN_INLIERS` keypoint inliers (those whose colours show all of the query,
+    `FOUND`, first, then by inliers, then score: siblings drawn from the same layers share as many inliers
+    as the original, within a few, but not all of its colours; below `FOUND`, where a badge or caption
+    hides part of the query, the inliers are the surer witness), then the rest by score."""
     layout = [i for i, c in enumerate(checks) if c.layout is not None and c.layout >= GATE]
     points = [i for i, c in enumerate(checks) if c.keypoints is not None and c.keypoints >= MIN_INLIERS]
     rest = sorted(set(range(len(scores))) - set(layout) - set(points))
     layout.sort(
         key=lambda i: (-checks[i].layout, -(checks[i].edges or 0.0), -(checks[i].strict or 0.0), -scores[i])
     )
-    points.sort(key=lambda i: (-(checks[i].colours or 0.0), -checks[i].keypoints, -scores[i]))
+    points.sort(key=lambda i: (-((checks[i].colours or 0.0) >= FOUND), -checks[i].keypoints, -scores[i]))
     rest.sort(key=lambda i: -scores[i])
     return layout + points + rest
 

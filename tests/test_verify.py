@@ -90,9 +90,12 @@ def test_verified_order_puts_checked_candidates_first():
     assert verified_order(scores, checks) == [3, 1, 4, 0, 2, 5]
     assert verified_order(scores, [Check()] * 6) == [0, 1, 2, 3, 4, 5]
     assert verified_order([0.5, 0.9], [Check(keypoints=30), Check(keypoints=30)]) == [1, 0]  # ties: score
-    # aligned paintings by their colours first: a sibling a few inliers up does not pass the original
+    # aligned paintings whose colours show all of the query first: a sibling a few inliers up does not
+    # pass the original; below FOUND (a badge hides part of the query) the inliers decide, not the colours
     near_twins = [Check(keypoints=54, colours=0.937), Check(keypoints=53, colours=1.0), Check(keypoints=60)]
-    assert verified_order([0.9, 0.8, 0.7], near_twins) == [1, 0, 2]
+    assert verified_order([0.9, 0.8, 0.7], near_twins) == [1, 2, 0]
+    badged = [Check(keypoints=40, colours=0.97), Check(keypoints=48, colours=0.93), Check(keypoints=45)]
+    assert verified_order([0.9, 0.8, 0.7], badged) == [1, 2, 0]
     assert verified_order([], []) == []
 
 
