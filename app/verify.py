@@ -6,9 +6,9 @@ art) by their colour layout (`app/sprites.py`); paintings by SIFT keypoints that
 transform (`app/keypoints.py`), and by their colour agreement (`app/agreement.py`) with the query aligned
 by that transform or simply stretched over the candidate, whichever agrees more (the query first turned
 the way its first candidates agree with, `facing`: SIFT cannot match a mirror image). Candidates that pass
-(layout >= `GATE`, inliers >= `MIN_INLIERS`) come first, best checked first (paintings by their colours);
-the rest keep the instance-space order. A cropped or recoloured sprite that no candidate shows whole is completed from
-the candidates it fits best (their pixels around a crop, their palette for a recolouring), a cropped
+(layout >= `GATE`, inliers >= `MIN_INLIERS`) come first, best checked first (paintings that show all of
+the query in their colours first, then by inliers); the rest keep the instance-space order. A cropped or
+recoloured sprite that no candidate shows whole is completed from the candidates it fits best (their pixels around a crop, their palette for a recolouring), a cropped
 painting from the candidates its keypoints align it with (their pixels around it), and looked up again
 (`find_by_completion`): the instance space misses such copies, not their completions. The copy
 verdict (`is_copy`) is the calibrated instance-space threshold, or a check that reaches its collection's

@@ -25,7 +25,6 @@ from tqdm import tqdm
 from app.inference import OnnxModel
 from app.keypoints import MIN_INLIERS
 from app.preprocessing import preprocess_batch
-from app.sprites import GATE
 from app.verify import Check, verified_order
 from training.checking import ReferenceChecks, lookup_references, top_candidates
 from training.datasets.select import select_rows
@@ -45,11 +44,7 @@ def inliers_first(scores: Sequence[float], checks: Sequence[Check]) -> list[int]
 def colours_first(scores: Sequence[float], checks: Sequence[Check]) -> list[int]:
     """`verified_order` with aligned paintings by their colours, then inliers, then score."""
     order = verified_order(scores, checks)
-    aligned = [
-        i
-        for i in order
-        if (checks[i].layout is None or checks[i].layout < GATE) and (checks[i].keypoints or 0) >= MIN_INLIERS
-    ]
+    aligned = [i for i in order if (checks[i].keypoints or 0) >= MIN_INLIERS]  # as verified_order's `points`
     by_colours = iter(
         sorted(aligned, key=lambda i: (-(checks[i].colours or 0.0), -checks[i].keypoints, -scores[i]))
     )
