@@ -9,9 +9,17 @@ change explains. `agreement` warps the query onto the candidate (a similarity tr
 keypoint check), fits the global change, and returns the share of the candidate's figure (its pixels not
 joined to the border's colour) where the two agree; disagreements thinner than `OPENING` px (anti-aliased
 outlines, resampling, thin caption strokes) are not counted.
+
+A badge, logo or emoji pasted on a copy hides one region of the original's figure; a sibling's swapped
+trait is a region too, but one that other tokens of the collection are drawn with. `overlay` forgives a
+copy its largest disagreeing region when that region is small (`OVERLAY_MAX`) and the other candidates do
+not show the query's pixels there (`EXPLAINED`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import cv2
 import numpy as np
@@ -26,6 +34,18 @@ MIN_COVER = 0.4  # ... and the query this share of the candidate, or there is no
 SATURATED, LIT = 60, 30  # HSV levels above which a pixel's hue (saturation, brightness) is trusted
 FACTORS = np.geomspace(0.1, 4.0, 161)  # the saturation and brightness factors tried (2.3 % apart)
 FACTOR_TOLERANCE = 6  # HSV levels within which a factor explains a pixel (whole: `_factor`)
+OVERLAY_MAX = 0.08  # the largest disagreeing region is forgiven up to this share of the figure ...
+EXPLAINED = 0.5  # ... unless other candidates show the query's pixels in this share of it or more
+
+
+@dataclass(frozen=True, eq=False)
+class Comparison:
+    """One aligned comparison of a query with a candidate, in the candidate's frame at `SIDE`."""
+
+    share: float  # share of `where` in which the query shows the candidate's colours
+    query: np.ndarray  # the aligned query (uint8 RGB, the candidate's frame)
+    where: np.ndarray  # the candidate's figure the query covers (bool)
+    differ: np.ndarray  # where they disagree, after the opening (bool)
 
 
 def scale_transform(query_shape: tuple[int, ...], candidate_shape: tuple[int, ...]) -> np.ndarray:
@@ -89,22 +109,27 @@ def global_change(
     return cv2.cvtColor(hc.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
 
 
-def _share_agreeing(query: np.ndarray, candidate: np.ndarray, where: np.ndarray, opening: int) -> float:
-    """Share of `where` in which the query shows the candidate's colours after the global change, not
-    counting disagreements that a square opening of `opening` px removes."""
+def _compare(query: np.ndarray, candidate: np.ndarray, where: np.ndarray, opening: int) -> Comparison:
+    """Where within `where` the query (aligned, uint8) shows the candidate's colours after the global
+    change, not counting disagreements that a square opening of `opening` px removes."""
     expected = global_change(query, candidate, where)
     differ = (np.linalg.norm(query.astype(np.float32) - expected, axis=-1) >= TOLERANCE) & where
     if opening > 1:
-        differ = cv2.morphologyEx(
-            differ.astype(np.uint8), cv2.MORPH_OPEN, np.ones((opening, opening), np.uint8)
-        )
-    return float(1.0 - differ.sum() / where.sum())
+        kernel = np.ones((opening, opening), np.uint8)
+        differ = cv2.morphologyEx(differ.astype(np.uint8), cv2.MORPH_OPEN, kernel) > 0
+    return Comparison(float(1.0 - differ.sum() / where.sum()), query, where, differ)
 
 
 def agreement(query: np.ndarray, candidate: np.ndarray, transform: np.ndarray) -> float | None:
     """Share of the candidate's figure that the query, moved by `transform` (2x3, query pixels ->
     candidate pixels), shows in the candidate's colours after one global hue/saturation/brightness change.
     None when the aligned query covers too little of the candidate (a degenerate transform)."""
+    found = comparison(query, candidate, transform)
+    return None if found is None else found.share
+
+
+def comparison(query: np.ndarray, candidate: np.ndarray, transform: np.ndarray) -> Comparison | None:
+    """`agreement` with where the two agree (`Comparison`)."""
     ch, cw = candidate.shape[:2]
     f = SIDE / max(ch, cw)
     size = (max(1, round(cw * f)), max(1, round(ch * f)))
@@ -123,16 +148,47 @@ def agreement(query: np.ndarray, candidate: np.ndarray, transform: np.ndarray) -
     where = cover & ~background_region(small)
     if cover.mean() < MIN_COVER or where.mean() < MIN_FIGURE:
         return None
-    return _share_agreeing(warped, small, where, OPENING)
+    return _compare(warped, small, where, OPENING)
 
 
 def block_agreement(blocks: np.ndarray, candidate: np.ndarray) -> float | None:
     """`agreement` for a pixelated query, given as its blocks (one colour each, app/sprites.py:
     collapse_runs): the candidate averaged onto as many blocks, as pixelation averages it, compared block
     by block (no opening: a block is already coarse). None when the candidate shows no figure there."""
+    found = block_comparison(blocks, candidate)
+    return None if found is None else found.share
+
+
+def block_comparison(blocks: np.ndarray, candidate: np.ndarray) -> Comparison | None:
+    """`block_agreement` with where the two agree (`Comparison`, at the blocks' grid)."""
     gh, gw = blocks.shape[:2]
     small = cv2.resize(candidate, (gw, gh), interpolation=cv2.INTER_AREA)
     where = ~background_region(small)
     if where.mean() < MIN_FIGURE:
         return None
-    return _share_agreeing(np.clip(blocks, 0, 255).astype(np.uint8), small, where, 1)
+    return _compare(np.clip(blocks, 0, 255).astype(np.uint8), small, where, 1)
+
+
+def overlay(found: Comparison, others: Iterable[np.ndarray]) -> float:
+    """The comparison's share with its largest disagreeing region forgiven, when that region covers at
+    most `OVERLAY_MAX` of the figure and the `others` (the other candidates' images, assumed drawn in the
+    same frame, as a collection's tokens are) show the query's pixels in less than `EXPLAINED` of it:
+    what a pasted badge, logo or emoji leaves, and a sibling's swapped trait, drawn on other tokens too,
+    does not. Otherwise the share itself."""
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(found.differ.astype(np.uint8), connectivity=8)
+    if count < 2:
+        return found.share
+    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    area = int(stats[largest, cv2.CC_STAT_AREA])
+    figure = int(found.where.sum())
+    if area > OVERLAY_MAX * figure:
+        return found.share
+    region = labels == largest
+    size = (region.shape[1], region.shape[0])
+    query, shown = found.query[region].astype(np.float32), np.zeros(area, bool)
+    for other in others:
+        small = cv2.resize(other, size, interpolation=cv2.INTER_AREA)[region].astype(np.float32)
+        shown |= np.linalg.norm(query - small, axis=-1) < TOLERANCE
+        if shown.sum() >= EXPLAINED * area:
+            return found.share
+    return found.share + area / figure

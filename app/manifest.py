@@ -53,7 +53,7 @@ class Calibration(BaseModel):
 class CopyDetector(BaseModel):
     """Copy verdict: a catalog token whose instance-space cosine to the query reaches the threshold of its
     collection (`per_collection`, else the global `threshold`) is a copy, and so is a checked candidate
-    whose direct check reaches its collection's `colours_min` or `layout_min`."""
+    whose direct check reaches its collection's `colours_min`, `overlay_min` or `layout_min`."""
 
     threshold: float = Field(
         ...,
@@ -83,6 +83,12 @@ class CopyDetector(BaseModel):
         "colours (up to one global hue/saturation/brightness change) at this share or more is a copy whatever "
         "its score (app/agreement.py; none: never decides)",
     )
+    overlay_min: dict[str, float] = Field(
+        {},
+        description="per collection: a checked painted candidate whose colour agreement, with one small "
+        "region that no other candidate shows forgiven (a pasted badge, logo or emoji: app/agreement.py: "
+        "overlay), reaches this share is a copy whatever its score (none: never decides)",
+    )
     layout_min: dict[str, float] = Field(
         {},
         description="per collection: a checked sprite candidate whose layout agreement reaches this is a copy "
@@ -111,14 +117,18 @@ class CopyDetector(BaseModel):
     @property
     def check_minima(self) -> dict[str, dict[str, float]]:
         """Each direct check's per-collection minima, by check (app/verify.py: `Check`'s fields)."""
-        return {"colours": self.colours_min, "layout": self.layout_min}
+        return {"colours": self.colours_min, "overlay": self.overlay_min, "layout": self.layout_min}
 
-    def confirmed(self, collection: str, layout: float | None, colours: float | None) -> bool:
+    def confirmed(
+        self, collection: str, layout: float | None, colours: float | None, overlay: float | None = None
+    ) -> bool:
         """Whether a candidate's direct check alone makes it a copy (its collection's calibrated minimum)."""
-        lmin, cmin = self.layout_min.get(collection), self.colours_min.get(collection)
-        return (layout is not None and lmin is not None and layout >= lmin) or (
-            colours is not None and cmin is not None and colours >= cmin
-        )
+        values = {"layout": layout, "colours": colours, "overlay": overlay}
+        for kind, minima in self.check_minima.items():
+            least = minima.get(collection)
+            if values[kind] is not None and least is not None and values[kind] >= least:
+                return True
+        return False
 
 
 class ModelManifest(BaseModel):

@@ -26,7 +26,7 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
-from app.agreement import agreement, block_agreement, scale_transform
+from app.agreement import OVERLAY_MAX, Comparison, block_comparison, comparison, overlay, scale_transform
 from app.catalog import Catalog, Neighbour, SearchFilter
 from app.errors import NftlensError
 from app.imaging import decode_image
@@ -64,6 +64,7 @@ class Check:
     layout: float | None = None  # sprites: share of pixels whose colour layout and palette the query shows
     keypoints: int | None = None  # paintings: matches one similarity transform explains
     colours: float | None = None  # paintings: share of the figure the aligned query shows in its colours
+    overlay: float | None = None  # paintings: `colours` with one pasted-on region forgiven (app/agreement.py)
     lossless: bool = False  # sprites: the query shows the sprite's own pixel grid, so its layout decides
     edges: float | None = None  # sprites tied at the best layout under a crop: with the cut cells too
     strict: float | None = None  # sprites tied at the best layout of a lossy query: at the lossless tolerance
@@ -80,7 +81,7 @@ def is_copy(detector: CopyDetector, collection: str, score: float, check: Check)
     if check.lossless and check.layout is not None and collection in detector.layout_min:
         return check.layout >= detector.layout_min[collection]
     return score >= detector.threshold_for(collection) or detector.confirmed(
-        collection, check.layout, check.colours
+        collection, check.layout, check.colours, check.overlay
     )
 
 
@@ -118,6 +119,7 @@ def check_candidates(
         paintings = [im if sp is None else None for im, sp in zip(images, sprites, strict=True)]
         rgb, blocks, query_features, matched = facing(q.rgb, blocks, paintings, keypoints, features_of)
     out: list[Check] = []
+    others = [im for im, sp in zip(images, sprites, strict=True) if im is not None and sp is None]
     for i, (image, sprite) in enumerate(zip(images, sprites, strict=True)):
         if sprite is not None:
             out.append(
@@ -130,10 +132,12 @@ def check_candidates(
             if query_features is not None:
                 found = matched[i] if i in matched else match(query_features, features_of(i, image))
             inliers = None if found is None else found.inliers
+            compared = colour_comparison(rgb, image, found, blocks)
             out.append(
                 Check(
                     keypoints=inliers,
-                    colours=colour_check(rgb, image, found, blocks),
+                    colours=None if compared is None else compared.share,
+                    overlay=overlaid(compared, [im for im in others if im is not image]),
                     transform=None if found is None else found.transform,
                     mirrored=rgb is not q.rgb,
                 )
@@ -176,12 +180,29 @@ def colour_check(
     """A painted candidate's colour agreement with the query (app/agreement.py), the best of the query
     stretched over it, (with `found` keypoints) aligned by their transform, and (with the `blocks` of a
     pixelated query, app/sprites.py: collapse_runs) block by block."""
-    values = [agreement(query_rgb, image, scale_transform(query_rgb.shape, image.shape))]
+    best = colour_comparison(query_rgb, image, found, blocks)
+    return None if best is None else best.share
+
+
+def colour_comparison(
+    query_rgb: np.ndarray, image: np.ndarray, found: Match | None = None, blocks: np.ndarray | None = None
+) -> Comparison | None:
+    """`colour_check` with where the two agree: the comparison that agrees most."""
+    values = [comparison(query_rgb, image, scale_transform(query_rgb.shape, image.shape))]
     if found is not None and found.transform is not None:
-        values.append(agreement(query_rgb, image, found.transform))
+        values.append(comparison(query_rgb, image, found.transform))
     if blocks is not None:
-        values.append(block_agreement(blocks, image))
-    return max((v for v in values if v is not None), default=None)
+        values.append(block_comparison(blocks, image))
+    return max((v for v in values if v is not None), key=lambda v: v.share, default=None)
+
+
+def overlaid(compared: Comparison | None, others: Sequence[np.ndarray]) -> float | None:
+    """A painted candidate's `Check.overlay` (app/agreement.py: overlay, against the other painted
+    candidates' images), worked out where forgiving a region could make it a copy (its colours within
+    twice `OVERLAY_MAX` of the whole); else its colours."""
+    if compared is None:
+        return None
+    return overlay(compared, others) if compared.share >= 1 - 2 * OVERLAY_MAX else compared.share
 
 
 def rank_by_checks(

@@ -5,7 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from app.agreement import agreement, block_agreement, global_change, scale_transform
+from app.agreement import (
+    OVERLAY_MAX,
+    agreement,
+    block_agreement,
+    comparison,
+    global_change,
+    overlay,
+    scale_transform,
+)
 from app.imaging import background_region, decode_image
 
 BACKGROUND = (99, 133, 150)
@@ -106,3 +114,29 @@ def test_the_factor_fit_is_the_brute_force_one():
         q[:300] = rng.integers(0, 256, 300)  # pixels no factor explains
         assert _factor(c, q) == brute(c, q)
         assert abs(np.log(_factor(c, q) / f)) < 0.05
+
+
+def test_one_small_pasted_region_that_no_other_candidate_shows_is_forgiven(apes):
+    """A badge pasted on a copy: its colours miss the badge's region, its `overlay` forgives it. The same
+    region is not forgiven when another candidate shows the query's pixels there (a sibling's trait), when
+    it is larger than `OVERLAY_MAX` of the figure, nor, of two regions, the smaller one."""
+    import cv2
+
+    ape, others = apes[0], apes[1:]
+    figure = ~background_region(ape)
+    ys, xs = np.nonzero(figure)
+    centre = (int(xs.mean()), int(ys.mean()))
+    badge = ape.copy()
+    cv2.circle(badge, centre, ape.shape[0] // 14, (255, 0, 255), -1)
+    found = comparison(badge, ape, scale_transform(badge.shape, ape.shape))
+    assert found is not None and found.share < 0.99
+    assert overlay(found, others) == pytest.approx(1.0, abs=0.005)
+    assert overlay(found, [*others, badge]) == found.share  # a candidate drawn with those pixels there
+    big = ape.copy()
+    cv2.circle(big, centre, ape.shape[0] // 5, (255, 0, 255), -1)
+    found = comparison(big, ape, scale_transform(big.shape, ape.shape))
+    assert 1 - found.share > OVERLAY_MAX and overlay(found, others) == found.share
+    two = badge.copy()
+    cv2.circle(two, (centre[0], centre[1] - ape.shape[0] // 5), ape.shape[0] // 20, (0, 255, 0), -1)
+    found = comparison(two, ape, scale_transform(two.shape, ape.shape))
+    assert found.share < overlay(found, others) < 0.995

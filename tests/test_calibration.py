@@ -227,6 +227,38 @@ def test_copy_thresholds_give_a_check_minimum_only_where_distinct_tokens_stay_be
     assert alone < 0.91 and both["cats"] == pytest.approx(both["apes"]) and both["cats"] >= 0.95
 
 
+def test_an_overlay_minimum_is_chosen_within_what_the_score_and_colours_leave_of_the_budget():
+    """Badge copies show their original's colours everywhere but one region (`overlay` near 1.0, colours
+    lower); a collection whose distinct tokens never reach such an overlay gets a minimum that calls them,
+    one with a twin at 1.0 none, and the pairs' verdict (as served) keeps the false-copy promise."""
+    rng = np.random.default_rng(7)
+    n, p = 400, 200
+    pos_colours = rng.uniform(0.92, 0.97, 2 * p)
+    neg_colours = rng.uniform(0.5, 0.94, 2 * n)
+    neg_overlay = np.minimum(neg_colours + rng.uniform(0, 0.04, 2 * n), 0.975)
+    neg_overlay[n + 3 : n + 6] = 1.0  # single-trait twins among the dogs that no other candidate gave away
+    pairs = {
+        "pos": rng.normal(0.5, 0.05, 2 * p),
+        "pos_coll": np.array(["apes"] * p + ["dogs"] * p),
+        "pos_edit": np.array(["logo"] * 2 * p),
+        "neg": rng.normal(0.4, 0.05, 2 * n),
+        "neg_coll": np.array(["apes"] * n + ["dogs"] * n),
+        "pos_colours": pos_colours,
+        "neg_colours": neg_colours,
+        "pos_overlay": np.r_[np.ones(p), np.ones(p)],
+        "neg_overlay": neg_overlay,
+        "pos_layout": np.full(2 * p, np.nan),
+        "neg_layout": np.full(2 * n, np.nan),
+    }
+    chosen = copy_thresholds(pairs, 0.005)
+    allowed = int(0.005 * n)  # per collection: above all but this many of its distinct tokens
+    assert np.sort(neg_overlay[:n])[-allowed - 1] < chosen["overlay_min"]["apes"] <= 1.0
+    assert "dogs" not in chosen["overlay_min"]
+    assert chosen["recall_by_edit"]["logo"] >= 0.5 and chosen["false_copy_rate"] <= 0.005
+    without = copy_thresholds({k: v for k, v in pairs.items() if "overlay" not in k}, 0.005)
+    assert without["overlay_min"] == {} and without["recall"] < chosen["recall"]
+
+
 def test_a_lossless_layout_decides_the_pairs_verdict_where_its_collection_has_a_minimum():
     """As served (`app.verify.is_copy`): a lossless sprite pair below the layout minimum is no copy
     whatever its score, one at the minimum is; elsewhere the score or the check calls it."""

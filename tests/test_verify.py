@@ -68,7 +68,10 @@ def test_keypoints_on_flat_and_tiny_images_and_the_switch(apes):
     assert match(features(flat), features(apes[0])) == Match(0)  # no keypoints: nothing to match
     tiny = features(apes[0][:8, :8])
     assert match(tiny, features(apes[0])).inliers >= 0
-    assert check_candidates(apes[0], [apes[0], None], keypoints=False) == [Check(colours=1.0), Check()]
+    assert check_candidates(apes[0], [apes[0], None], keypoints=False) == [
+        Check(colours=1.0, overlay=1.0),
+        Check(),
+    ]
     big = np.kron(apes[0], np.ones((16, 16, 1), np.uint8))  # 2048 px: worked on at 512
     found = match(features(big), features(apes[0]))
     assert found.inliers >= MIN_INLIERS and found.transform is not None  # the same drawing, 16 times larger

@@ -16,6 +16,7 @@ Test images are never read here.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -265,7 +266,9 @@ def _check_kind(pairs: dict, pos_mask: np.ndarray, neg_mask: np.ndarray) -> str 
     return kind if kind and counts[kind] else None
 
 
-def called_copies(detector: CopyDetector, scores, colls, layouts, colours, lossless=None) -> np.ndarray:
+def called_copies(
+    detector: CopyDetector, scores, colls, layouts, colours, lossless=None, overlays=None
+) -> np.ndarray:
     """The served verdict (`app.verify.is_copy`) for each pair, its checks NaN where not checked
     (`lossless`: whether each layout check saw the sprite's own grid; none did when not given)."""
 
@@ -273,25 +276,40 @@ def called_copies(detector: CopyDetector, scores, colls, layouts, colours, lossl
         return None if not np.isfinite(v) else float(v)
 
     lossless = np.zeros(len(scores), bool) if lossless is None else lossless
+    overlays = np.full(len(scores), np.nan) if overlays is None else overlays
     return np.array(
         [
-            is_copy(detector, str(c), s, Check(layout=value(lay), colours=value(col), lossless=bool(ll)))
-            for s, c, lay, col, ll in zip(scores, colls, layouts, colours, lossless, strict=True)
+            is_copy(
+                detector,
+                str(c),
+                s,
+                Check(layout=value(lay), colours=value(col), overlay=value(ov), lossless=bool(ll)),
+            )
+            for s, c, lay, col, ov, ll in zip(
+                scores, colls, layouts, colours, overlays, lossless, strict=True
+            )
         ],
         dtype=bool,
     )
 
 
 def pooled_minimum(
-    pairs: dict, kind: str, collections: dict[str, float], thresholds: dict[str, float], false_copy: float
+    pairs: dict,
+    kind: str,
+    collections: Collection[str],
+    thresholds: dict[str, float],
+    false_copy: float,
+    called: np.ndarray | None = None,
 ) -> float | None:
     """The least check minimum that, over the distinct tokens of all `collections` together (each called
-    by score at its own threshold), calls at most `false_copy` of them copies (None: the scores alone use
-    the budget up)."""
+    by score at its own threshold, and those `called` already, a mask over all of them), calls at most
+    `false_copy` of them copies (None: the rest use the budget up)."""
     if not collections:
         return None
     mask = np.isin(pairs["neg_coll"], list(collections))
     score_called = pairs["neg"][mask] >= np.array([thresholds[c] for c in pairs["neg_coll"][mask]])
+    if called is not None:
+        score_called |= called[mask]
     left = _allowed(int(mask.sum()), false_copy) - int(score_called.sum())
     if left < 0:
         return None
@@ -310,12 +328,15 @@ def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> 
     chosen = copy_threshold(pairs["pos"], pairs["neg"], false_copy)
     per: dict[str, float] = {}
     minima: dict[str, dict] = {"colours": {}, "layout": {}}
+    painted: list[str] = []  # the collections checked by their colours
     floors = {"colours": COLOURS_FLOOR, "layout": GATE}
     for c in np.unique(pairs["neg_coll"]):
         pm, nm = pairs["pos_coll"] == c, pairs["neg_coll"] == c
         if nm.sum() < min_negatives or not pm.any():
             continue
         kind = _check_kind(pairs, pm, nm)
+        if kind == "colours":
+            painted.append(str(c))
         if kind is None:
             per[str(c)] = copy_threshold(pairs["pos"][pm], pairs["neg"][nm], false_copy)["threshold"]
             continue
@@ -334,10 +355,12 @@ def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> 
         for c in own:
             own[c] = max(own[c], pooled) if pooled is not None else float("inf")
         minima[kind] = {c: v for c, v in own.items() if np.isfinite(v)}
+    minima["overlay"] = overlay_minima(pairs, painted, per, minima["colours"], false_copy)
     detector = CopyDetector(
         threshold=chosen["threshold"],
         per_collection=per,
         colours_min=minima["colours"],
+        overlay_min=minima["overlay"],
         layout_min=minima["layout"],
     )
     unchecked = {side: np.full(len(pairs[side]), np.nan) for side in ("pos", "neg")}
@@ -349,6 +372,7 @@ def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> 
             pairs.get(f"{side}_layout", unchecked[side]),
             pairs.get(f"{side}_colours", unchecked[side]),
             pairs.get(f"{side}_lossless"),
+            pairs.get(f"{side}_overlay"),
         )
         for side in ("pos", "neg")
     )
@@ -358,12 +382,37 @@ def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> 
         "threshold": chosen["threshold"],
         "per_collection": per,
         "colours_min": minima["colours"],
+        "overlay_min": minima["overlay"],
         "layout_min": minima["layout"],
         "recall": tp / len(pos_called),
         "precision": tp / max(tp + fp, 1),
         "false_copy_rate": fp / len(neg_called),
         "recall_by_edit": by_edit,
     }
+
+
+def overlay_minima(
+    pairs: dict,
+    painted: Sequence[str],
+    thresholds: dict[str, float],
+    colours_min: dict[str, float],
+    false_copy: float,
+) -> dict[str, float]:
+    """Each `painted` collection's `overlay` minimum (app/agreement.py: overlay): the least that keeps its
+    distinct tokens, and then those of all of them together, within `false_copy`, counting those its score
+    threshold or its `colours_min` calls already; never below `COLOURS_FLOOR`, and none where only a
+    value above 1 (never reached) would do: such a collection's tokens are then not pooled either. Empty
+    when the pairs carry no overlay check."""
+    if "neg_overlay" not in pairs or not painted:
+        return {}
+    least = np.array([colours_min.get(c, np.inf) for c in pairs["neg_coll"]])
+    called = np.nan_to_num(pairs["neg_colours"], nan=-np.inf) >= least
+    own = {c: pooled_minimum(pairs, "overlay", [c], thresholds, false_copy, called) for c in painted}
+    own = {c: max(v, COLOURS_FLOOR) for c, v in own.items() if v is not None and v <= 1.0}
+    pooled = pooled_minimum(pairs, "overlay", list(own), thresholds, false_copy, called)  # as for colours
+    if pooled is None or pooled > 1.0:
+        return {}
+    return {c: float(max(v, pooled)) for c, v in own.items()}
 
 
 def pr_curve(positives: np.ndarray, negatives: np.ndarray) -> dict[str, list[float]]:
@@ -413,7 +462,7 @@ def copy_pairs(
     tkey = np.array([f"{r['collection']}/{r['token_id'] or r['path']}" for r in trows])
     refs = ReferenceChecks([*tpaths, *vpaths], model.manifest.preprocessing.background_rgb, keypoints)
     negatives = np.full(len(vrows), -1.0)
-    neg_checks = np.full((3, len(vrows)), np.nan)  # layout, colours, lossless
+    neg_checks = np.full((4, len(vrows)), np.nan)  # layout, colours, lossless, overlay
     for c in tqdm(np.unique(vcol), desc="copy negatives", leave=False):
         vi, ti = np.flatnonzero(vcol == c), np.flatnonzero(tcol == c)
         sims = view_similarity(val_q[vi], np.concatenate([ref[ti], val[vi]]))
@@ -443,7 +492,7 @@ def copy_pairs(
             pos_coll.append(vcol[i])
             pos_edit.append(name)
             pos_checks.append(
-                _best_checks(refs.check(rgbs[j], [len(tpaths) + i])) if verify_k else (np.nan,) * 3
+                _best_checks(refs.check(rgbs[j], [len(tpaths) + i])) if verify_k else (np.nan,) * 4
             )
     pairs = {
         "pos": np.array(pos),
@@ -461,17 +510,24 @@ def copy_pairs(
             neg_layout=neg_checks[0],
             neg_colours=neg_checks[1],
             neg_lossless=neg_checks[2] == 1,
+            pos_overlay=pos_c[3],
+            neg_overlay=neg_checks[3],
         )
     return pairs
 
 
-def _best_checks(checks: list[Check]) -> tuple[float, float, float]:
-    """The best layout and colour agreement among checks (NaN where none was checked that way), and 1.0
-    when every layout check was lossless (its layout alone decides, `app.verify.is_copy`), else 0.0."""
-    layouts = [c.layout for c in checks if c.layout is not None]
-    colours = [c.colours for c in checks if c.colours is not None]
-    lossless = bool(layouts) and all(c.lossless for c in checks if c.layout is not None)
-    return (max(layouts) if layouts else np.nan, max(colours) if colours else np.nan, float(lossless))
+def _best_checks(checks: list[Check]) -> tuple[float, float, float, float]:
+    """The best layout and colour agreement among checks (NaN where none was checked that way), 1.0
+    when every layout check was lossless (its layout alone decides, `app.verify.is_copy`), else 0.0, and
+    the best `overlay`."""
+
+    def best(kind: str) -> float:
+        return max((getattr(c, kind) for c in checks if getattr(c, kind) is not None), default=np.nan)
+
+    lossless = any(c.layout is not None for c in checks) and all(
+        c.lossless for c in checks if c.layout is not None
+    )
+    return best("layout"), best("colours"), float(lossless), best("overlay")
 
 
 # -- all together ------------------------------------------------------------------------------------
@@ -581,6 +637,7 @@ def calibrate(
             threshold=chosen["threshold"],
             per_collection=chosen["per_collection"],
             colours_min=chosen["colours_min"],
+            overlay_min=chosen["overlay_min"],
             layout_min=chosen["layout_min"],
             dihedral=dihedral,
             peel=peel,

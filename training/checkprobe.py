@@ -125,7 +125,8 @@ def probe(
 
     def called(idx: np.ndarray, checks: list[Check]) -> bool:
         return any(
-            m.copies.confirmed(colls[i], c.layout, c.colours) for i, c in zip(idx, checks, strict=True)
+            m.copies.confirmed(colls[i], c.layout, c.colours, c.overlay)
+            for i, c in zip(idx, checks, strict=True)
         )
 
     for j, i in enumerate(tqdm(gpick, desc="check genuine", leave=False)):

@@ -391,8 +391,11 @@ def calibrate_cmd(
             f"copy thresholds {c['per_collection']} (else {c['threshold']:.4f}): "
             f"val precision {c['precision']:.4f}, recall {c['recall']:.4f}"
         )
-        if c["colours_min"] or c["layout_min"]:
-            typer.echo(f"check minima: colours {c['colours_min']}, layout {c['layout_min']}")
+        if c["colours_min"] or c["layout_min"] or c.get("overlay_min"):
+            typer.echo(
+                f"check minima: colours {c['colours_min']}, overlay {c.get('overlay_min', {})}, "
+                f"layout {c['layout_min']}"
+            )
 
 
 @app.command("loo")

@@ -155,7 +155,7 @@ def evaluate_copies(
                 (
                     (i, c)
                     for i, c in zip(top, checks, strict=True)
-                    if detector.confirmed(key_coll[i], c.layout, c.colours)
+                    if detector.confirmed(key_coll[i], c.layout, c.colours, c.overlay)
                 ),
                 None,
             )
@@ -173,7 +173,7 @@ def evaluate_copies(
         sprite), else its score minus its collection's threshold (>= 0: a copy)."""
         coll, t = str(key_coll[i]), float(thr(np.array([i]))[0])
         if is_copy(detector, coll, score, check):
-            return 1.0 if detector.confirmed(coll, check.layout, check.colours) else score - t
+            return 1.0 if detector.confirmed(coll, check.layout, check.colours, check.overlay) else score - t
         return -1.0 if score >= t else score - t
 
     def served(best: np.ndarray, score: np.ndarray, margins: list[dict[int, float]]) -> np.ndarray:
@@ -197,10 +197,10 @@ def evaluate_copies(
             score = float(neg_sims[np.flatnonzero(np.array(distinct) == query)[0], best])
         if exact or by is None or score >= thr(np.array([best]))[0]:
             return {"query": query, "match": keys[best], "by": "exact" if exact else "score", "score": score}
-        check = by[1]
-        value = check.layout if check.layout is not None else check.colours
-        kind = "layout" if check.layout is not None else "colours"
-        return {"query": query, "match": keys[by[0]], "by": kind, "value": value}
+        check, coll, kinds = by[1], str(key_coll[by[0]]), ("layout", "colours", "overlay")
+        alone = {k: {c: getattr(check, k) if c == k else None for c in kinds} for k in kinds}
+        kind = next(k for k in kinds if detector.confirmed(coll, **alone[k]))
+        return {"query": query, "match": keys[by[0]], "by": kind, "value": getattr(check, kind)}
 
     rng = np.random.default_rng(seed)
 
