@@ -187,7 +187,9 @@ def overlay(found: Comparison, others: Iterable[np.ndarray]) -> float:
     size = (region.shape[1], region.shape[0])
     query, shown = found.query[region].astype(np.float32), np.zeros(area, bool)
     for other in others:
-        small = cv2.resize(other, size, interpolation=cv2.INTER_AREA)[region].astype(np.float32)
+        if other.shape[:2] != region.shape:
+            other = cv2.resize(other, size, interpolation=cv2.INTER_AREA)
+        small = other[region].astype(np.float32)
         shown |= np.linalg.norm(query - small, axis=-1) < TOLERANCE
         if shown.sum() >= EXPLAINED * area:
             return found.share

@@ -306,6 +306,7 @@ class Service:
                 "lossless": c.lossless,
                 "keypoints": c.keypoints,
                 "colours": None if c.colours is None else round(c.colours, 4),
+                "overlay": None if c.overlay is None else round(c.overlay, 4),
                 "metadata": h.metadata,
             }
             for h, c, called in ranked[:k]

@@ -12,7 +12,8 @@ recoloured sprite that no candidate shows whole is completed from the candidates
 painting from the candidates its keypoints align it with (their pixels around it), and looked up again
 (`find_by_completion`): the instance space misses such copies, not their completions. The copy
 verdict (`is_copy`) is the calibrated instance-space threshold, or a check that reaches its collection's
-minimum, chosen on validation pairs with the thresholds (`nftlens calibrate`: only as far as distinct
+minimum (the layout, the colours, or the colours with one pasted-on region forgiven, `Check.overlay`),
+chosen on validation pairs with the thresholds (`nftlens calibrate`: only as far as distinct
 tokens allow). For a lossless pixel-art query (its own grid is the
 sprite's) the layout alone decides: the score cannot tell a token from a sibling one pixel away.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TypeVar
 
 import cv2
@@ -119,7 +121,19 @@ def check_candidates(
         paintings = [im if sp is None else None for im, sp in zip(images, sprites, strict=True)]
         rgb, blocks, query_features, matched = facing(q.rgb, blocks, paintings, keypoints, features_of)
     out: list[Check] = []
-    others = [im for im, sp in zip(images, sprites, strict=True) if im is not None and sp is None]
+    scaled: dict[tuple[int, ...], dict[int, np.ndarray]] = {}
+
+    def others(i: int, frame: tuple[int, ...]) -> list[np.ndarray]:
+        """The painted candidates but i, scaled to a comparison's frame (each frame once)."""
+        if frame not in scaled:
+            size = (frame[1], frame[0])
+            scaled[frame] = {
+                k: cv2.resize(im, size, interpolation=cv2.INTER_AREA)
+                for k, im in enumerate(paintings)
+                if im is not None
+            }
+        return [im for k, im in scaled[frame].items() if k != i]
+
     for i, (image, sprite) in enumerate(zip(images, sprites, strict=True)):
         if sprite is not None:
             out.append(
@@ -137,7 +151,7 @@ def check_candidates(
                 Check(
                     keypoints=inliers,
                     colours=None if compared is None else compared.share,
-                    overlay=overlaid(compared, [im for im in others if im is not image]),
+                    overlay=overlaid(compared, partial(others, i)),
                     transform=None if found is None else found.transform,
                     mirrored=rgb is not q.rgb,
                 )
@@ -196,13 +210,19 @@ def colour_comparison(
     return max((v for v in values if v is not None), key=lambda v: v.share, default=None)
 
 
-def overlaid(compared: Comparison | None, others: Sequence[np.ndarray]) -> float | None:
+def overlaid(
+    compared: Comparison | None, others: Callable[[tuple[int, ...]], Sequence[np.ndarray]]
+) -> float | None:
     """A painted candidate's `Check.overlay` (app/agreement.py: overlay, against the other painted
-    candidates' images), worked out where forgiving a region could make it a copy (its colours within
-    twice `OVERLAY_MAX` of the whole); else its colours."""
+    candidates' images, `others(frame)` scaled to the comparison's frame), worked out where forgiving a region could make it a copy (its
+    colours within twice `OVERLAY_MAX` of the whole); else its colours."""
     if compared is None:
         return None
-    return overlay(compared, others) if compared.share >= 1 - 2 * OVERLAY_MAX else compared.share
+    return (
+        overlay(compared, others(compared.differ.shape))
+        if compared.share >= 1 - 2 * OVERLAY_MAX
+        else compared.share
+    )
 
 
 def rank_by_checks(

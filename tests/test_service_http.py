@@ -315,7 +315,7 @@ def _called(m, match: dict) -> bool:
     if match["lossless"] and match["layout"] is not None and match["collection"] in m.copies.layout_min:
         return match["layout"] >= m.copies.layout_min[match["collection"]]
     return match["score"] >= match["threshold"] or m.copies.confirmed(
-        match["collection"], match["layout"], match["colours"]
+        match["collection"], match["layout"], match["colours"], match["overlay"]
     )
 
 

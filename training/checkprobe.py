@@ -6,9 +6,11 @@ are checked as the service checks them. Per edit it prints the share of queries 
 first: with aligned paintings ordered by their keypoint inliers alone, as served (those whose colours
 show all of the query, `FOUND`, first, the rest by inliers), by their colours, then inliers (the order
 shipped before), and as served with the painted completion (`find_by_completion`: the query put over
-the candidates it aligns with and looked up again); and how many originals were not among the 50.
-For genuine validation tokens (their own image taken out of the candidates) it prints how many a
-completion calls a copy that the first 50 did not (a check at its collection's minimum, model.json).
+the candidates it aligns with and looked up again); the share the served verdict calls a copy
+(`is_copy`: a score or a check over its collection's threshold or minimum, model.json, among every
+candidate checked); and how many originals were not among the 50. For genuine validation tokens (their
+own image taken out of the candidates) it prints how many a check calls a copy among the first 50 and
+with the completion's finds, and how many the served verdict calls a copy.
 
     python -m training.checkprobe                      # every edit, 100 queries each, 200 genuine
     python -m training.checkprobe crop_zoom background_swap --queries 200
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 from tqdm import tqdm
@@ -25,7 +28,7 @@ from tqdm import tqdm
 from app.inference import OnnxModel
 from app.keypoints import MIN_INLIERS
 from app.preprocessing import preprocess_batch
-from app.verify import Check, verified_order
+from app.verify import Check, is_copy, verified_order
 from training.checking import ReferenceChecks, lookup_references, top_candidates
 from training.datasets.select import select_rows
 from training.edits import COMBINED, EDITS
@@ -37,7 +40,7 @@ VERIFY_K = 50
 
 def inliers_first(scores: Sequence[float], checks: Sequence[Check]) -> list[int]:
     """`verified_order` with aligned paintings by their inliers, then score (colours unused)."""
-    plain = [Check(c.layout, c.keypoints, None, c.lossless, c.edges, c.strict) for c in checks]
+    plain = [replace(c, colours=None) for c in checks]
     return verified_order(scores, plain)
 
 
@@ -81,6 +84,12 @@ def probe(
         checks, found, more = refs.completed(rgb, top, lookup)
         return top, checks, np.array(found), more
 
+    def verdict(idx: np.ndarray, scores: np.ndarray, checks: list[Check]) -> bool:
+        """The served `is_copy`: some candidate's score or check calls it (app/verify.py: is_copy)."""
+        return any(
+            is_copy(m.copies, colls[i], float(s), c) for i, s, c in zip(idx, scores, checks, strict=True)
+        )
+
     rng = np.random.default_rng(seed)
     pick = sorted(rng.choice(len(vpaths), min(queries, len(vpaths)), replace=False))
     out: dict = {}
@@ -102,6 +111,7 @@ def probe(
             "served": 0,
             "colours_first": 0,
             "completed": 0,
+            "is_copy": 0,
             "not_in_50": 0,
             "looked_up": 0,
         }
@@ -113,6 +123,7 @@ def probe(
             c["served"] += top[verified_order(sims[j, top].tolist(), checks)[0]] == truth
             c["colours_first"] += top[colours_first(sims[j, top].tolist(), checks)[0]] == truth
             c["completed"] += found[verified_order(sims[j, found].tolist(), more)[0]] == truth
+            c["is_copy"] += verdict(found, sims[j, found], more)
             c["looked_up"] += len(found) > len(top)
         out[name] = c
     gpick = sorted(rng.choice(len(vpaths), min(genuine, len(vpaths)), replace=False))
@@ -121,7 +132,7 @@ def probe(
         "instance"
     ]
     sims = view_similarity(q, cat)
-    g = {"n": len(gpick), "called_first_50": 0, "called_completed": 0, "looked_up": 0}
+    g = {"n": len(gpick), "called_first_50": 0, "called_completed": 0, "is_copy": 0, "looked_up": 0}
 
     def called(idx: np.ndarray, checks: list[Check]) -> bool:
         return any(
@@ -135,6 +146,7 @@ def probe(
         top, checks, found, more = ranked(rgbs[j], sims[j])
         g["called_first_50"] += called(top, checks)
         g["called_completed"] += called(found, more)
+        g["is_copy"] += verdict(found, sims[j, found], more)
         g["looked_up"] += len(found) > len(top)
     skip.clear()
     out["genuine"] = g
@@ -151,18 +163,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = probe(args.edits, args.queries, args.genuine, args.model)
     print(
         "| edit | n | top-1 inliers first | whole colours first, then inliers (served) | colours first "
-        "| served with completion | not in 50 | looked up |"
+        "| served with completion | is_copy (served) | not in 50 | looked up |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.edits:
         c = out[name]
-        rates = " | ".join(f"{c[k] / c['n']:.2f}" for k in ("before", "served", "colours_first", "completed"))
+        rates = " | ".join(
+            f"{c[k] / c['n']:.2f}" for k in ("before", "served", "colours_first", "completed", "is_copy")
+        )
         print(f"| {name} | {c['n']} | {rates} | {c['not_in_50']} | {c['looked_up']} |")
     g = out["genuine"]
     print(
         f"genuine validation tokens: {g['n']}, called copies by a check in the first 50: "
-        f"{g['called_first_50']}, with the completion's finds: {g['called_completed']} "
-        f"(completion looked up for {g['looked_up']})"
+        f"{g['called_first_50']}, with the completion's finds: {g['called_completed']}, "
+        f"called copies as served (score or check): {g['is_copy']} (completion looked up for {g['looked_up']})"
     )
 
 

@@ -202,6 +202,12 @@ class CopyMatch(TokenRef):
         "or stretched over it), shows in the token's colours up to one global hue/saturation/brightness change "
         "(0-1, app/agreement.py); at its collection's `colours_min` in model.json the match is a copy",
     )
+    overlay: float | None = Field(
+        None,
+        description="painted candidates: `colours` with the one small region where they disagree forgiven, "
+        "when no other candidate shows the image's pixels there (a pasted badge, logo or emoji; 0-1, "
+        "app/agreement.py: overlay); at its collection's `overlay_min` in model.json the match is a copy",
+    )
     metadata: dict[str, Any]
 
 

@@ -99,6 +99,8 @@ function showClassification(r) {
 // the direct check a match got (app/verify.py): layout for sprites, colour agreement for paintings
 function checkText(m) {
   if (m.layout != null) return `layout ${m.layout.toFixed(3)}`;
+  if (m.colours != null && m.overlay != null && m.overlay > m.colours)
+    return `colours ${m.colours.toFixed(3)}, ${m.overlay.toFixed(3)} with one pasted-on region forgiven`;
   if (m.colours != null) return `colours ${m.colours.toFixed(3)}`;
   return m.keypoints != null ? `${m.keypoints} keypoints` : "";
 }
