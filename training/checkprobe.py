@@ -8,9 +8,10 @@ show all of the query, `FOUND`, first, the rest by inliers), by their colours, t
 shipped before), and as served with the painted completion (`find_by_completion`: the query put over
 the candidates it aligns with and looked up again); the share the served verdict calls a copy
 (`is_copy`: a score or a check over its collection's threshold or minimum, model.json, among every
-candidate checked); and how many originals were not among the 50. For genuine validation tokens (their
-own image taken out of the candidates) it prints how many a check calls a copy among the first 50 and
-with the completion's finds, and how many the served verdict calls a copy.
+candidate checked), and that share without `Check.overlay`; and how many originals were not among the
+50. For genuine validation tokens (their own image taken out of the candidates) it prints how many a
+check calls a copy among the first 50 and with the completion's finds, and how many the served verdict
+calls a copy.
 
     python -m training.checkprobe                      # every edit, 100 queries each, 200 genuine
     python -m training.checkprobe crop_zoom background_swap --queries 200
@@ -112,6 +113,7 @@ def probe(
             "colours_first": 0,
             "completed": 0,
             "is_copy": 0,
+            "is_copy_without_overlay": 0,
             "not_in_50": 0,
             "looked_up": 0,
         }
@@ -124,6 +126,8 @@ def probe(
             c["colours_first"] += top[colours_first(sims[j, top].tolist(), checks)[0]] == truth
             c["completed"] += found[verified_order(sims[j, found].tolist(), more)[0]] == truth
             c["is_copy"] += verdict(found, sims[j, found], more)
+            plain = [replace(x, overlay=None) for x in more]
+            c["is_copy_without_overlay"] += verdict(found, sims[j, found], plain)
             c["looked_up"] += len(found) > len(top)
         out[name] = c
     gpick = sorted(rng.choice(len(vpaths), min(genuine, len(vpaths)), replace=False))
@@ -163,13 +167,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     out = probe(args.edits, args.queries, args.genuine, args.model)
     print(
         "| edit | n | top-1 inliers first | whole colours first, then inliers (served) | colours first "
-        "| served with completion | is_copy (served) | not in 50 | looked up |"
+        "| served with completion | is_copy (served) | is_copy without `overlay` | not in 50 | looked up |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name in args.edits:
         c = out[name]
         rates = " | ".join(
-            f"{c[k] / c['n']:.2f}" for k in ("before", "served", "colours_first", "completed", "is_copy")
+            f"{c[k] / c['n']:.2f}"
+            for k in ("before", "served", "colours_first", "completed", "is_copy", "is_copy_without_overlay")
         )
         print(f"| {name} | {c['n']} | {rates} | {c['not_in_50']} | {c['looked_up']} |")
     g = out["genuine"]
