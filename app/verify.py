@@ -214,8 +214,8 @@ def overlaid(
     compared: Comparison | None, others: Callable[[tuple[int, ...]], Sequence[np.ndarray]]
 ) -> float | None:
     """A painted candidate's `Check.overlay` (app/agreement.py: overlay, against the other painted
-    candidates' images, `others(frame)` scaled to the comparison's frame), worked out where forgiving a region could make it a copy (its
-    colours within twice `OVERLAY_MAX` of the whole); else its colours."""
+    candidates' images, `others(frame)`: scaled to the comparison's frame), worked out where forgiving a
+    region could make it a copy (its colours within twice `OVERLAY_MAX` of the whole); else its colours."""
     if compared is None:
         return None
     return (

@@ -270,7 +270,8 @@ def called_copies(
     detector: CopyDetector, scores, colls, layouts, colours, lossless=None, overlays=None
 ) -> np.ndarray:
     """The served verdict (`app.verify.is_copy`) for each pair, its checks NaN where not checked
-    (`lossless`: whether each layout check saw the sprite's own grid; none did when not given)."""
+    (`lossless`: whether each layout check saw the sprite's own grid; none did when not given;
+    `overlays`: each pair's `Check.overlay`, none checked when not given)."""
 
     def value(v: float) -> float | None:
         return None if not np.isfinite(v) else float(v)
@@ -448,7 +449,8 @@ def copy_pairs(
     Returns pos, pos_coll, pos_edit, neg, neg_coll; with `verify_k`, also each pair's direct checks
     (app/verify.py) as pos_/neg_layout and pos_/neg_colours (NaN: not checked that way): a positive's
     against its original, a negative's best over its `verify_k` nearest distinct tokens; pos_/neg_lossless
-    (bool) where those layout checks saw the sprite's own grid.
+    (bool) where those layout checks saw the sprite's own grid; pos_/neg_overlay (`Check.overlay`: a
+    positive's has no other candidate to show its pasted-on region, so it bounds the served one).
     """
     vpaths, vrows = select_rows(data, "val", label_field, exclude, holdout)
     tpaths, trows = select_rows(data, "train", label_field, exclude, holdout)
