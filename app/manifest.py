@@ -123,12 +123,24 @@ class CopyDetector(BaseModel):
         self, collection: str, layout: float | None, colours: float | None, overlay: float | None = None
     ) -> bool:
         """Whether a candidate's direct check alone makes it a copy (its collection's calibrated minimum)."""
+        return self.confirming(collection, layout, colours, overlay) is not None
+
+    def confirming(
+        self, collection: str, layout: float | None, colours: float | None, overlay: float | None = None
+    ) -> str | None:
+        """The direct check (a `check_minima` key) whose value reaches its collection's minimum, the first
+        in `check_minima`'s order; None when none does."""
         values = {"layout": layout, "colours": colours, "overlay": overlay}
-        for kind, minima in self.check_minima.items():
-            least = minima.get(collection)
-            if values[kind] is not None and least is not None and values[kind] >= least:
-                return True
-        return False
+        return next(
+            (
+                kind
+                for kind, minima in self.check_minima.items()
+                if values[kind] is not None
+                and minima.get(collection) is not None
+                and values[kind] >= minima[collection]
+            ),
+            None,
+        )
 
 
 class ModelManifest(BaseModel):

@@ -197,9 +197,8 @@ def evaluate_copies(
             score = float(neg_sims[np.flatnonzero(np.array(distinct) == query)[0], best])
         if exact or by is None or score >= thr(np.array([best]))[0]:
             return {"query": query, "match": keys[best], "by": "exact" if exact else "score", "score": score}
-        check, coll, kinds = by[1], str(key_coll[by[0]]), ("layout", "colours", "overlay")
-        alone = {k: {c: getattr(check, k) if c == k else None for c in kinds} for k in kinds}
-        kind = next(k for k in kinds if detector.confirmed(coll, **alone[k]))
+        check = by[1]
+        kind = detector.confirming(str(key_coll[by[0]]), check.layout, check.colours, check.overlay)
         return {"query": query, "match": keys[by[0]], "by": kind, "value": getattr(check, kind)}
 
     rng = np.random.default_rng(seed)
