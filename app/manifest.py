@@ -94,6 +94,17 @@ class CopyDetector(BaseModel):
         description="per collection: a checked sprite candidate whose layout agreement reaches this is a copy "
         "whatever its score (none: its layout never decides)",
     )
+    margins: dict[str, float] = Field(
+        {},
+        description="by check kind (colours: paintings, layout: sprites, none): how many tail scales of the "
+        "distinct validation tokens' values each cut was raised above them, chosen by cross-fitting "
+        "(training/calibrate.py: choose_margins)",
+    )
+    crossfit_false_copy: dict[str, float] = Field(
+        {},
+        description="by check kind: the false-copy rate expected on new distinct tokens, (k+1)/(n+1) of the "
+        "validation tokens each judged by cuts chosen without it",
+    )
     precision: float | None = Field(None, description="on the held-out calibration pairs")
     recall: float | None = Field(None, description="on the held-out calibration pairs")
     target: str = ""

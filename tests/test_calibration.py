@@ -25,13 +25,17 @@ from app.openset import (
 
 pytest.importorskip("torch", reason="the calibration code lives in training/")
 from training.calibrate import (  # noqa: E402
+    MARGINS,
     called_copies,
     checked_threshold,
+    choose_margins,
     copy_threshold,
     copy_thresholds,
+    crossfit_false_copies,
     expected_calibration_error,
     fit_temperature,
     pr_curve,
+    tail_scale,
 )
 
 
@@ -383,3 +387,58 @@ def test_reproduce_command_chains_training_stages(tmp_path):
         f"nftlens train --config {second / 'config.yaml'}",
         f"nftlens export {second / 'best.pt'} --out {tmp_path / 'model'}",
     ]
+
+
+def test_tail_scale_is_the_scale_of_an_exponential_top():
+    rng = np.random.default_rng(8)
+    assert tail_scale(rng.exponential(0.01, 20000), tail=200) == pytest.approx(0.01, rel=0.2)
+    assert tail_scale(np.r_[np.full(5, np.nan), np.arange(5.0)]) == 0.0  # too few to fit
+
+
+def _painted_pairs(rng, collections: int, negatives: int, positives: int = 60) -> dict:
+    """Pairs of painted collections whose distinct tokens' scores and colour checks have exponential tops
+    (as near twins make them); copies keep their colours, their scores spread."""
+    n, p = collections * negatives, collections * positives
+    names = [f"c{i}" for i in range(collections)]
+    return {
+        "pos": rng.uniform(0.6, 1.0, p),
+        "pos_coll": np.repeat(names, positives),
+        "pos_edit": np.array(["crop", "logo"] * (p // 2)),
+        "neg": 0.6 + rng.exponential(0.03, n),
+        "neg_coll": np.repeat(names, negatives),
+        "pos_colours": rng.uniform(0.93, 1.0, p),
+        "neg_colours": np.minimum(0.7 + rng.exponential(0.02, n), 1.0),
+        "pos_layout": np.full(p, np.nan),
+        "neg_layout": np.full(n, np.nan),
+    }
+
+
+def _fresh_false_copies(chosen: dict, fresh: dict) -> float:
+    """The share of `fresh` distinct tokens that `copy_thresholds`' cuts call copies."""
+    from app.manifest import CopyDetector
+
+    detector = CopyDetector(
+        **{k: chosen[k] for k in ("threshold", "per_collection", "colours_min", "overlay_min", "layout_min")}
+    )
+    called = called_copies(
+        detector, fresh["neg"], fresh["neg_coll"], fresh["neg_layout"], fresh["neg_colours"]
+    )
+    return float(called.mean())
+
+
+def test_cross_fitted_margins_keep_the_false_copy_promise_on_tokens_calibration_never_saw():
+    """Cuts just above ~100 distinct tokens per collection call ~1 % of new ones: the cross-fit sees it,
+    and the margin it chooses brings new tokens' false-copy rate within the promise."""
+    rng = np.random.default_rng(9)
+    pairs, fresh = _painted_pairs(rng, 20, 100), _painted_pairs(rng, 20, 3000)
+    plain = copy_thresholds(pairs, 0.005)
+    assert plain["false_copy_rate"] <= 0.005  # within the promise on the tokens it was chosen on ...
+    assert _fresh_false_copies(plain, fresh) > 0.006  # ... but not on new ones
+    assert crossfit_false_copies(pairs, 0.005)["colours"] > 0.005  # the cross-fit says so
+    margins, rates = choose_margins(pairs, 0.005)
+    assert margins["colours"] in MARGINS and margins["colours"] > 0 and rates["colours"] <= 0.005
+    kept = copy_thresholds(pairs, 0.005, margins=margins)
+    assert _fresh_false_copies(kept, fresh) <= 0.005
+    assert kept["per_collection"]["c0"] > plain["per_collection"]["c0"]
+    assert kept["colours_min"]["c0"] > plain["colours_min"]["c0"]
+    assert kept["recall"] > 0.5  # copies stay well above the raised cuts

@@ -48,6 +48,11 @@ from training.stagestats import is_stage_output
 
 STATS_FILE = "openset.npz"
 COLOURS_FLOOR = 0.9  # a colour-agreement minimum is never below this (a copy keeps most of its figure)
+TAIL = 10  # the distinct tokens' largest values that `tail_scale` fits a cut's margin to
+MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # the margins (in tail scales) `choose_margin` tries
+FOLDS = 5  # `crossfit_false_copies` holds out each fifth of the distinct tokens in turn
+GROUPS = ("colours", "layout", "none")  # check kinds: painted collections, sprites, neither
+DETECTOR_FIELDS = ("threshold", "per_collection", "colours_min", "overlay_min", "layout_min")
 OPENSET_METHODS = ("max_probability", "energy", "mahalanobis", "knn", "multilayer")
 
 
@@ -318,15 +323,29 @@ def pooled_minimum(
     return float(np.nextafter(checks[left], np.inf)) if left < len(checks) else -np.inf
 
 
-def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> dict:
+def tail_scale(values: np.ndarray, tail: int = TAIL) -> float:
+    """How fast the top of `values` (NaN: none) thins out: the mean excess of its `tail` largest over the
+    next one (the scale of an exponential tail fitted to them, peaks over threshold); 0 with too few."""
+    v = np.sort(np.asarray(values, dtype=float)[np.isfinite(values)])[::-1]
+    return float(np.mean(v[:tail] - v[tail])) if len(v) > tail else 0.0
+
+
+def copy_thresholds(
+    pairs: dict, false_copy: float, min_negatives: int = 50, margins: dict[str, float] | None = None
+) -> dict:
     """A global threshold plus one per collection with at least `min_negatives` distinct validation tokens,
     each keeping that collection's false-copy rate <= `false_copy`; where the pairs carry direct checks
     (`copy_pairs(verify_k=...)`), the collection's check minimum is chosen with its threshold
     (`checked_threshold`), then raised to what the distinct tokens of every collection checked that way
     allow together (`pooled_minimum`). The choice counts a lossless sprite pair's score as the verdict
     too, so it keeps to the budget even where the service lets the layout alone decide (`is_copy`): a
-    distinct token shown at another size would meet the score. Rates as the service applies them."""
+    distinct token shown at another size would meet the score. Rates as the service applies them.
+
+    `margins` (by check kind, `GROUPS`): each cut of a collection checked that way is then raised by this
+    many `tail_scale`s of the distinct tokens' values it cuts (its own scores; the pooled checks), since a
+    cut just above ~100 distinct tokens calls ~1 % of new ones (`crossfit_false_copies`, `choose_margins`)."""
     chosen = copy_threshold(pairs["pos"], pairs["neg"], false_copy)
+    kinds: dict[str, str] = {}  # each calibrated collection's check kind (GROUPS)
     per: dict[str, float] = {}
     minima: dict[str, dict] = {"colours": {}, "layout": {}}
     painted: list[str] = []  # the collections checked by their colours
@@ -336,6 +355,7 @@ def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> 
         if nm.sum() < min_negatives or not pm.any():
             continue
         kind = _check_kind(pairs, pm, nm)
+        kinds[str(c)] = kind or "none"
         if kind == "colours":
             painted.append(str(c))
         if kind is None:
@@ -357,6 +377,8 @@ def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> 
             own[c] = max(own[c], pooled) if pooled is not None else float("inf")
         minima[kind] = {c: v for c, v in own.items() if np.isfinite(v)}
     minima["overlay"] = overlay_minima(pairs, painted, per, minima["colours"], false_copy)
+    if margins:
+        per, minima = _with_margins(pairs, kinds, per, minima, margins)
     detector = CopyDetector(
         threshold=chosen["threshold"],
         per_collection=per,
@@ -382,6 +404,7 @@ def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> 
     return {
         "threshold": chosen["threshold"],
         "per_collection": per,
+        "kinds": kinds,
         "colours_min": minima["colours"],
         "overlay_min": minima["overlay"],
         "layout_min": minima["layout"],
@@ -390,6 +413,81 @@ def copy_thresholds(pairs: dict, false_copy: float, min_negatives: int = 50) -> 
         "false_copy_rate": fp / len(neg_called),
         "recall_by_edit": by_edit,
     }
+
+
+def _with_margins(
+    pairs: dict,
+    kinds: dict[str, str],
+    per: dict[str, float],
+    minima: dict[str, dict],
+    margins: dict[str, float],
+) -> tuple[dict[str, float], dict[str, dict]]:
+    """`per` and `minima` each raised by its kind's margin times the tail scale of what it cuts."""
+    per = {
+        c: t + margins.get(kinds[c], 0.0) * tail_scale(pairs["neg"][pairs["neg_coll"] == c])
+        for c, t in per.items()
+    }
+    raised = {}
+    for check, own in minima.items():
+        kind = "colours" if check == "overlay" else check  # the overlay is a painted collection's check
+        values = pairs[f"neg_{check}"][np.isin(pairs["neg_coll"], list(own))] if own else np.array([])
+        lift = margins.get(kind, 0.0) * tail_scale(values)
+        raised[check] = {c: v + lift for c, v in own.items()}
+    return per, raised
+
+
+def _neg_subset(pairs: dict, keep: np.ndarray) -> dict:
+    """`pairs` with only the distinct tokens (neg_*) that `keep` marks."""
+    return {k: v[keep] if k.startswith("neg") else v for k, v in pairs.items()}
+
+
+def crossfit_false_copies(
+    pairs: dict, false_copy: float, margins: dict[str, float] | None = None, folds: int = FOLDS, seed: int = 0
+) -> dict[str, float]:
+    """The false-copy rate `copy_thresholds` is expected to keep on new distinct tokens, by check kind
+    (GROUPS, over the collections checked that way): each of `folds` seeded parts of each collection's
+    distinct tokens in turn is judged by the cuts chosen on the rest (with every positive); of the n so
+    judged, k called copies give (k + 1) / (n + 1)."""
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(pairs["neg"]), int)
+    for c in np.unique(pairs["neg_coll"]):  # each collection spread evenly over the folds
+        idx = np.flatnonzero(pairs["neg_coll"] == c)
+        fold[rng.permutation(idx)] = np.arange(len(idx)) % folds
+    called = np.zeros(len(pairs["neg"]), bool)
+    kind_of = np.full(len(pairs["neg"]), "", dtype=object)
+    for f in range(folds):
+        fit, held = _neg_subset(pairs, fold != f), _neg_subset(pairs, fold == f)
+        chosen = copy_thresholds(fit, false_copy, margins=margins)
+        detector = CopyDetector(**{k: chosen[k] for k in DETECTOR_FIELDS})
+        unchecked = np.full(len(held["neg"]), np.nan)
+        called[fold == f] = called_copies(
+            detector,
+            held["neg"],
+            held["neg_coll"],
+            held.get("neg_layout", unchecked),
+            held.get("neg_colours", unchecked),
+            held.get("neg_lossless"),
+            held.get("neg_overlay"),
+        )
+        for c, kind in chosen["kinds"].items():
+            kind_of[(fold == f) & (pairs["neg_coll"] == c)] = kind
+    return {
+        g: float((called[kind_of == g].sum() + 1) / ((kind_of == g).sum() + 1))
+        for g in GROUPS
+        if (kind_of == g).any()
+    }
+
+
+def choose_margins(pairs: dict, false_copy: float, **crossfit) -> tuple[dict[str, float], dict[str, float]]:
+    """For each check kind, the least of `MARGINS` whose cross-fitted false-copy rate is within
+    `false_copy` (the largest where none is); with the cross-fitted rates at the chosen margins."""
+    rates = {
+        m: crossfit_false_copies(pairs, false_copy, dict.fromkeys(GROUPS, m), **crossfit) for m in MARGINS
+    }
+    chosen = {
+        g: next((m for m in MARGINS if rates[m][g] <= false_copy), MARGINS[-1]) for g in rates[MARGINS[0]]
+    }
+    return chosen, {g: rates[m][g] for g, m in chosen.items()}
 
 
 def overlay_minima(
@@ -549,10 +647,12 @@ def calibrate(
     outliers: list[str] | None = None,
     verify_k: int = Settings.model_fields["copy_verify_k"].default,
     keypoints: bool = Settings.model_fields["copy_keypoints"].default,
+    crossfit: bool = True,
 ) -> dict:
     """Fit temperature, open-set detector and copy threshold on validation data; update model.json
     (`copies_only`: only the copy thresholds, e.g. after the query views changed). `outliers`: auxiliary
-    outlier datasets whose validation split picks the `multilayer` score's layers."""
+    outlier datasets whose validation split picks the `multilayer` score's layers. `crossfit`: raise the
+    copy cuts by the margins cross-fitting finds they need to keep `false_copy` on new tokens."""
     from training.reports import plot_pr_curve, plot_reliability
 
     model_dir = Path(model_dir)
@@ -634,7 +734,8 @@ def calibrate(
             verify_k=verify_k,
             keypoints=keypoints,
         )
-        chosen = copy_thresholds(pairs, false_copy)
+        margins, expected = choose_margins(pairs, false_copy) if crossfit else ({}, {})
+        chosen = copy_thresholds(pairs, false_copy, margins=margins)
         m.copies = CopyDetector(
             threshold=chosen["threshold"],
             per_collection=chosen["per_collection"],
@@ -646,6 +747,8 @@ def calibrate(
             deskew=deskew,
             hues=hues,
             background=background,
+            margins=margins,
+            crossfit_false_copy=expected,
             precision=chosen["precision"],
             recall=chosen["recall"],
             target=f"false-copy rate <= {false_copy} per collection on distinct validation tokens"
@@ -658,7 +761,13 @@ def calibrate(
             out / "copies_pr_val.png",
             "copy score on validation pairs",
         )
-        result["copies"] = {**chosen, "n_positive": len(pairs["pos"]), "n_negative": len(pairs["neg"])}
+        result["copies"] = {
+            **chosen,
+            "margins": margins,
+            "crossfit_false_copy": expected,
+            "n_positive": len(pairs["pos"]),
+            "n_negative": len(pairs["neg"]),
+        }
     m.write(model_dir)
     previous = out / "calibration.json"
     if (copies_only or not copies) and previous.is_file():  # keep the part this run did not re-fit

@@ -355,6 +355,11 @@ def calibrate_cmd(
         "that call a copy alone where validation allows (0: the score alone decides)",
     ),
     keypoints: bool = typer.Option(True, help="check painted candidates by keypoints (copy_keypoints)"),
+    crossfit: bool = typer.Option(
+        True,
+        help="raise each copy cut by the margin that cross-fitting on the distinct validation tokens says "
+        "keeps --false-copy on new ones (--no-crossfit: cuts just above the validation tokens)",
+    ),
 ) -> None:
     """Fit temperature, unknown detector (+ openset.npz) and copy threshold on validation data."""
     _need_train_extra()
@@ -377,6 +382,7 @@ def calibrate_cmd(
         outliers=outliers or None,
         verify_k=verify_k,
         keypoints=keypoints,
+        crossfit=crossfit,
     )
     if not copies_only:
         typer.echo(
@@ -395,6 +401,10 @@ def calibrate_cmd(
             typer.echo(
                 f"check minima: colours {c['colours_min']}, overlay {c.get('overlay_min', {})}, "
                 f"layout {c['layout_min']}"
+            )
+        if c["margins"]:
+            typer.echo(
+                f"margins (tail scales) {c['margins']}: cross-fitted false-copy rate {c['crossfit_false_copy']}"
             )
 
 
