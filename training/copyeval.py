@@ -284,6 +284,8 @@ def evaluate_copies(
             {"default": detector.threshold, **detector.per_collection} if detector is not None else None
         ),
         "check_minima": detector.check_minima if detector is not None and verify_k else None,
+        "margins": detector.margins if detector is not None else {},
+        "crossfit_false_copy": detector.crossfit_false_copy if detector is not None else {},
         "catalog": {
             "tokens": len(keys),
             "by_collection": {
@@ -403,6 +405,15 @@ def render_markdown(r: dict) -> str:
                     if per
                 )
                 + " (app/verify.py)."
+            )
+        if r.get("crossfit_false_copy"):
+            lines.append(
+                "Cuts raised by margins of "
+                + ", ".join(f"{k} {v:g}" for k, v in r["margins"].items())
+                + " tail scales (by check kind), for an expected false-copy rate on unseen tokens (cross-fitted on "
+                "validation) of "
+                + ", ".join(f"{k} {v:.4f}" for k, v in r["crossfit_false_copy"].items())
+                + "."
             )
         if r.get("false_copies"):
             lines.append(

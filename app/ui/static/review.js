@@ -124,7 +124,9 @@ function showCopies(file, copies) {
     ? `Copy of ${best.collection}/${best.token_id}: ${why(best)}. Route to review.`
     : best.lossless && best.score >= best.threshold
       ? `No copy found: the closest token ${best.collection}/${best.token_id} scores ${best.score.toFixed(4)}, but its pixels differ (${checkText(best)}): a sibling, not a copy.`
-      : `No copy found: the closest token ${best.collection}/${best.token_id} scores ${best.score.toFixed(4)} < threshold ${best.threshold.toFixed(4)}.`;
+      : best.threshold > 1
+        ? `No copy found: the closest token ${best.collection}/${best.token_id} scores ${best.score.toFixed(4)}; in its collection only the direct check decides (the score threshold is above 1), and ${checkText(best) || "no check"} is below its minimum.`
+        : `No copy found: the closest token ${best.collection}/${best.token_id} scores ${best.score.toFixed(4)} < threshold ${best.threshold.toFixed(4)}.`;
   $("matches").replaceChildren(
     el("tr", {}, ...["", "token", "score", "threshold", "check", "verdict"].map((h) => el("th", { textContent: h }))),
     ...copies.matches.map((m) => el("tr", {},
