@@ -176,7 +176,9 @@ class UnknownVerdict(BaseModel):
 
 class CopyMatch(TokenRef):
     score: float
-    threshold: float
+    threshold: float = Field(
+        ..., description="its collection's score threshold (above 1: there only a direct check decides)"
+    )
     exact: bool = Field(..., description="the same pixels (fingerprint match)")
     is_copy: bool
     layout: float | None = Field(
