@@ -442,3 +442,29 @@ def test_cross_fitted_margins_keep_the_false_copy_promise_on_tokens_calibration_
     assert kept["per_collection"]["c0"] > plain["per_collection"]["c0"]
     assert kept["colours_min"]["c0"] > plain["colours_min"]["c0"]
     assert kept["recall"] > 0.5  # copies stay well above the raised cuts
+
+
+def test_a_layout_minimum_raised_above_one_is_dropped_so_the_score_decides_again():
+    """A lossless sprite's layout decides alone where its collection has a layout minimum: one above 1
+    would refuse every copy, so a margin that lifts it past 1 leaves the collection none."""
+    rng = np.random.default_rng(10)
+    n, p = 200, 100
+    pairs = {
+        "pos": rng.uniform(0.6, 1.0, p),
+        "pos_coll": np.array(["punks"] * p),
+        "pos_edit": np.array(["crop"] * p),
+        "neg": rng.normal(0.6, 0.05, n),
+        "neg_coll": np.array(["punks"] * n),
+        "pos_colours": np.full(p, np.nan),
+        "neg_colours": np.full(n, np.nan),
+        "pos_layout": np.ones(p),
+        "neg_layout": rng.uniform(0.5, 0.99, n),
+    }
+    plain = copy_thresholds(pairs, 0.005)
+    assert 0.98 < plain["layout_min"]["punks"] <= 1.0
+    assert (
+        copy_thresholds(pairs, 0.005, margins={"layout": 0.5})["layout_min"]["punks"]
+        > plain["layout_min"]["punks"]
+    )
+    lifted = copy_thresholds(pairs, 0.005, margins={"layout": 4.0})
+    assert lifted["layout_min"] == {} and lifted["per_collection"]["punks"] > plain["per_collection"]["punks"]

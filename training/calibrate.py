@@ -432,7 +432,9 @@ def _with_margins(
         kind = "colours" if check == "overlay" else check  # the overlay is a painted collection's check
         values = pairs[f"neg_{check}"][np.isin(pairs["neg_coll"], list(own))] if own else np.array([])
         lift = margins.get(kind, 0.0) * tail_scale(values)
-        raised[check] = {c: v + lift for c, v in own.items()}
+        # a layout minimum above 1 would make a lossless sprite's layout refuse every copy on its own
+        # (app/verify.py: is_copy): without one, its score decides; other checks above 1 never decide
+        raised[check] = {c: v + lift for c, v in own.items() if check != "layout" or v + lift <= 1.0}
     return per, raised
 
 
@@ -442,12 +444,18 @@ def _neg_subset(pairs: dict, keep: np.ndarray) -> dict:
 
 
 def crossfit_false_copies(
-    pairs: dict, false_copy: float, margins: dict[str, float] | None = None, folds: int = FOLDS, seed: int = 0
+    pairs: dict,
+    false_copy: float,
+    margins: dict[str, float] | None = None,
+    folds: int = FOLDS,
+    seed: int = 0,
+    min_negatives: int = 50,
 ) -> dict[str, float]:
     """The false-copy rate `copy_thresholds` is expected to keep on new distinct tokens, by check kind
     (GROUPS, over the collections checked that way): each of `folds` seeded parts of each collection's
     distinct tokens in turn is judged by the cuts chosen on the rest (with every positive); of the n so
-    judged, k called copies give (k + 1) / (n + 1)."""
+    judged, k called copies give (k + 1) / (n + 1). `min_negatives` as in `copy_thresholds`, for the
+    whole: each fit holds its share of it."""
     rng = np.random.default_rng(seed)
     fold = np.empty(len(pairs["neg"]), int)
     for c in np.unique(pairs["neg_coll"]):  # each collection spread evenly over the folds
@@ -457,7 +465,7 @@ def crossfit_false_copies(
     kind_of = np.full(len(pairs["neg"]), "", dtype=object)
     for f in range(folds):
         fit, held = _neg_subset(pairs, fold != f), _neg_subset(pairs, fold == f)
-        chosen = copy_thresholds(fit, false_copy, margins=margins)
+        chosen = copy_thresholds(fit, false_copy, min_negatives * (folds - 1) // folds, margins)
         detector = CopyDetector(**{k: chosen[k] for k in DETECTOR_FIELDS})
         unchecked = np.full(len(held["neg"]), np.nan)
         called[fold == f] = called_copies(

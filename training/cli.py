@@ -402,7 +402,7 @@ def calibrate_cmd(
                 f"check minima: colours {c['colours_min']}, overlay {c.get('overlay_min', {})}, "
                 f"layout {c['layout_min']}"
             )
-        if c["margins"]:
+        if c.get("margins"):
             typer.echo(
                 f"margins (tail scales) {c['margins']}: cross-fitted false-copy rate {c['crossfit_false_copy']}"
             )

@@ -125,7 +125,7 @@ function showCopies(file, copies) {
     : best.lossless && best.score >= best.threshold
       ? `No copy found: the closest token ${best.collection}/${best.token_id} scores ${best.score.toFixed(4)}, but its pixels differ (${checkText(best)}): a sibling, not a copy.`
       : best.threshold > 1
-        ? `No copy found: the closest token ${best.collection}/${best.token_id} scores ${best.score.toFixed(4)}; in its collection only the direct check decides (the score threshold is above 1), and ${checkText(best) || "no check"} is below its minimum.`
+        ? `No copy found: the closest token ${best.collection}/${best.token_id} scores ${best.score.toFixed(4)}; in its collection only a direct check decides (the score threshold is above 1), and ${checkText(best) ? `its ${checkText(best)} did not make it one` : "it was not checked"}.`
         : `No copy found: the closest token ${best.collection}/${best.token_id} scores ${best.score.toFixed(4)} < threshold ${best.threshold.toFixed(4)}.`;
   $("matches").replaceChildren(
     el("tr", {}, ...["", "token", "score", "threshold", "check", "verdict"].map((h) => el("th", { textContent: h }))),
