@@ -8,7 +8,8 @@ and writes into `model.json`:
   1 - `false_unknown` of known images known) and the sidecar statistics (`openset.npz`: class means and
   shared precision of the training embeddings, and a reference set for k-NN), pinned by sha256;
 - `copies`: the instance-space cosine threshold that keeps the false-copy rate on distinct tokens at
-  `false_copy` or below, with the precision and recall it gave on held-out validation pairs.
+  `false_copy` or below, with the precision and recall it gave on held-out validation pairs; the cuts
+  raised by the margins that cross-fitting says keep that rate on new tokens (`choose_margins`).
 
 Test images are never read here.
 """
@@ -49,7 +50,7 @@ from training.stagestats import is_stage_output
 STATS_FILE = "openset.npz"
 COLOURS_FLOOR = 0.9  # a colour-agreement minimum is never below this (a copy keeps most of its figure)
 TAIL = 10  # the distinct tokens' largest values that `tail_scale` fits a cut's margin to
-MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # the margins (in tail scales) `choose_margin` tries
+MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # the margins (in tail scales) `choose_margins` tries
 FOLDS = 5  # `crossfit_false_copies` holds out each fifth of the distinct tokens in turn
 GROUPS = ("colours", "layout", "none")  # check kinds: painted collections, sprites, neither
 DETECTOR_FIELDS = ("threshold", "per_collection", "colours_min", "overlay_min", "layout_min")
