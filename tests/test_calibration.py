@@ -25,6 +25,7 @@ from app.openset import (
 
 pytest.importorskip("torch", reason="the calibration code lives in training/")
 from training.calibrate import (  # noqa: E402
+    DETECTOR_FIELDS,
     MARGINS,
     called_copies,
     checked_threshold,
@@ -417,9 +418,7 @@ def _fresh_false_copies(chosen: dict, fresh: dict) -> float:
     """The share of `fresh` distinct tokens that `copy_thresholds`' cuts call copies."""
     from app.manifest import CopyDetector
 
-    detector = CopyDetector(
-        **{k: chosen[k] for k in ("threshold", "per_collection", "colours_min", "overlay_min", "layout_min")}
-    )
+    detector = CopyDetector(**{k: chosen[k] for k in DETECTOR_FIELDS})
     called = called_copies(
         detector, fresh["neg"], fresh["neg_coll"], fresh["neg_layout"], fresh["neg_colours"]
     )

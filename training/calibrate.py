@@ -300,6 +300,20 @@ def called_copies(
     )
 
 
+def _side_called(detector: CopyDetector, pairs: dict, side: str) -> np.ndarray:
+    """`called_copies` for one side ("pos" or "neg") of `pairs`, with whichever checks it carries."""
+    unchecked = np.full(len(pairs[side]), np.nan)
+    return called_copies(
+        detector,
+        pairs[side],
+        pairs[f"{side}_coll"],
+        pairs.get(f"{side}_layout", unchecked),
+        pairs.get(f"{side}_colours", unchecked),
+        pairs.get(f"{side}_lossless"),
+        pairs.get(f"{side}_overlay"),
+    )
+
+
 def pooled_minimum(
     pairs: dict,
     kind: str,
@@ -387,19 +401,7 @@ def copy_thresholds(
         overlay_min=minima["overlay"],
         layout_min=minima["layout"],
     )
-    unchecked = {side: np.full(len(pairs[side]), np.nan) for side in ("pos", "neg")}
-    pos_called, neg_called = (
-        called_copies(
-            detector,
-            pairs[side],
-            pairs[f"{side}_coll"],
-            pairs.get(f"{side}_layout", unchecked[side]),
-            pairs.get(f"{side}_colours", unchecked[side]),
-            pairs.get(f"{side}_lossless"),
-            pairs.get(f"{side}_overlay"),
-        )
-        for side in ("pos", "neg")
-    )
+    pos_called, neg_called = (_side_called(detector, pairs, side) for side in ("pos", "neg"))
     tp, fp = int(pos_called.sum()), int(neg_called.sum())
     by_edit = {e: float(pos_called[pairs["pos_edit"] == e].mean()) for e in dict.fromkeys(pairs["pos_edit"])}
     return {
@@ -468,16 +470,7 @@ def crossfit_false_copies(
         fit, held = _neg_subset(pairs, fold != f), _neg_subset(pairs, fold == f)
         chosen = copy_thresholds(fit, false_copy, min_negatives * (folds - 1) // folds, margins)
         detector = CopyDetector(**{k: chosen[k] for k in DETECTOR_FIELDS})
-        unchecked = np.full(len(held["neg"]), np.nan)
-        called[fold == f] = called_copies(
-            detector,
-            held["neg"],
-            held["neg_coll"],
-            held.get("neg_layout", unchecked),
-            held.get("neg_colours", unchecked),
-            held.get("neg_lossless"),
-            held.get("neg_overlay"),
-        )
+        called[fold == f] = _side_called(detector, held, "neg")
         for c, kind in chosen["kinds"].items():
             kind_of[(fold == f) & (pairs["neg_coll"] == c)] = kind
     return {
