@@ -483,6 +483,23 @@ def copies_evaluate(
         typer.echo("(no copy verdict in this space: top-1 only)")
 
 
+@copies_app.command("render")
+def copies_render(
+    report: Path = typer.Argument(Path("reports/copies"), exists=True, file_okay=False, help="report folder"),
+) -> None:
+    """Write COPIES.md again from the folder's copies.json (after the report's wording changed; nothing is
+    re-measured)."""
+    import json
+
+    from training.copyeval import render_markdown
+
+    source = report / "copies.json"
+    if not source.is_file():
+        raise typer.BadParameter(f"{source} not found: run `nftlens copies evaluate --out {report}` first")
+    (report / "COPIES.md").write_text(render_markdown(json.loads(source.read_text())))
+    typer.echo((report / "COPIES.md").read_text())
+
+
 @copies_app.command("twins")
 def copies_twins(
     data: list[str] = typer.Argument(None, help="pixel-art dataset folders (default: punks and Nouns)"),

@@ -28,6 +28,7 @@ from app.verify import Check, is_copy, verified_order
 from training.checking import ReferenceChecks, lookup_references, top_candidates
 from training.datasets.select import holdout_keys, select_rows
 from training.edits import COMBINED, EDITS
+from training.intervals import interval_text
 from training.reports import markdown_table, plot_grouped_bars, plot_pr_curve
 from training.runner import edit_transform, infer, view_similarity
 
@@ -212,6 +213,9 @@ def evaluate_copies(
 
     originals = sample(sets["originals"], per_domain)
     distinct = sample(sets["distinct"], negatives_per_domain)
+    domains = [d for d in ("pixel_art", "painted") if any(_domain(k) == d for k in originals)]
+    if not domains:
+        raise ValueError(f"no token of {data} is both unseen (a test split or {holdout}) and catalogued")
     index = {k: i for i, k in enumerate(keys)}
     per_edit: dict[str, dict[str, dict]] = {}
     positives: list[float] = []
@@ -247,7 +251,7 @@ def evaluate_copies(
                 for b, t, c in zip(best.tolist(), truth.tolist(), seen, strict=True)
             ]
         )
-        for dom in ("pixel_art", "painted"):
+        for dom in domains:  # a catalog of one domain reports that one
             mask = np.array([_domain(k) == dom for k in originals])
             row = {"n": int(mask.sum()), "top1": float((best[mask] == truth[mask]).mean())}
             row["top1_tied"] = float(tied[mask].mean())
@@ -305,6 +309,7 @@ def evaluate_copies(
         result["false_copy_rate"] = {
             d: float(called[np.array([_domain(k) == d for k in distinct])].mean())
             for d in ("pixel_art", "painted")
+            if result["distinct"][d]
         }
         result["genuine_not_copy_rate"] = float(1 - called.mean())
         result["false_copies"] = [  # which genuine tokens were called copies, of what, and why
@@ -335,10 +340,7 @@ def evaluate_copies(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     plot_grouped_bars(
-        {
-            f"top-1 {d}": {name: row[d]["top1"] for name, row in per_edit.items()}
-            for d in ("pixel_art", "painted")
-        },
+        {f"top-1 {d}": {name: row[d]["top1"] for name, row in per_edit.items()} for d in domains},
         out / "top1_by_edit.png",
         f"{result['model']}: edited copy finds its original (top-1, {space} space)",
         "top-1 rate",
@@ -385,12 +387,26 @@ def render_markdown(r: dict) -> str:
             + ", ".join(f"{n} = {' then '.join(COMBINED[n])}" for n in combined)
             + " (a lossless flip is caught by the exact stage's flip-invariant fingerprint; a re-encoded one is not)."
         )
+    cell = next(iter(next(iter(r["per_edit"].values())).values()))["n"]
+    lines.append(
+        f"Each cell of the table is {cell} queries, so a rate there is known to a few per cent: an observed "
+        f"0.95 ({interval_text(round(0.95 * cell), cell)}) or 1.00 ({interval_text(cell, cell)})."
+    )
     if t is not None:
         fc = r["false_copy_rate"]
+        n_distinct = sum(r["distinct"].values())
         lines += [
             f"Distinct tokens: {r['distinct']['pixel_art']} pixel-art and {r['distinct']['painted']} painted unseen tokens "
-            f"kept out of the catalog; false-copy rate {fc['pixel_art']:.4f} / {fc['painted']:.4f}, "
-            f"so **{r['genuine_not_copy_rate']:.4f}** of genuine distinct tokens are not called copies.",
+            "kept out of the catalog; false-copy rate "
+            + " / ".join(f"{fc[d]:.4f}" if d in fc else "–" for d in ("pixel_art", "painted"))
+            + ", "
+            f"so **{r['genuine_not_copy_rate']:.4f}** of genuine distinct tokens are not called copies"
+            + (
+                f" ({interval_text(round(r['genuine_not_copy_rate'] * n_distinct), n_distinct, digits=4)}; "
+                "Clopper-Pearson, training/intervals.py)."
+                if n_distinct
+                else "."
+            ),
             "Copy thresholds (from model.json, chosen on validation pairs): "
             + ", ".join(f"{c} {v:.4f}" for c, v in t.items())
             + ".",
