@@ -105,6 +105,11 @@ class CopyDetector(BaseModel):
         description="by check kind: the false-copy rate expected on new distinct tokens, (k+1)/(n+1) of the "
         "validation tokens each judged by cuts chosen without it",
     )
+    crossfit_called: dict[str, list[int]] = Field(
+        {},
+        description="by check kind: [k, n], the validation tokens the cross-fit called copies and those it "
+        "judged (their exact 95 % interval: `calibration.json`, `crossfit_interval_95`)",
+    )
     precision: float | None = Field(None, description="on the held-out calibration pairs")
     recall: float | None = Field(None, description="on the held-out calibration pairs")
     target: str = ""

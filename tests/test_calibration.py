@@ -434,8 +434,10 @@ def test_cross_fitted_margins_keep_the_false_copy_promise_on_tokens_calibration_
     assert plain["false_copy_rate"] <= 0.005  # within the promise on the tokens it was chosen on ...
     assert _fresh_false_copies(plain, fresh) > 0.006  # ... but not on new ones
     assert crossfit_false_copies(pairs, 0.005)["colours"] > 0.005  # the cross-fit says so
-    margins, rates = choose_margins(pairs, 0.005)
+    margins, rates, counts = choose_margins(pairs, 0.005)
     assert margins["colours"] in MARGINS and margins["colours"] > 0 and rates["colours"] <= 0.005
+    k, n = counts["colours"]
+    assert n == 2000 and rates["colours"] == (k + 1) / (n + 1)  # every distinct token judged once
     kept = copy_thresholds(pairs, 0.005, margins=margins)
     assert _fresh_false_copies(kept, fresh) <= 0.005
     assert kept["per_collection"]["c0"] > plain["per_collection"]["c0"]

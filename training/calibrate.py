@@ -43,6 +43,7 @@ from app.views import ViewSet
 from training.checking import ReferenceChecks, top_candidates
 from training.datasets.select import select_rows
 from training.edits import EDITS
+from training.intervals import clopper_pearson
 from training.metrics import auroc
 from training.runner import edit_transform, infer, view_similarity
 from training.stagestats import is_stage_output
@@ -394,23 +395,18 @@ def copy_thresholds(
     minima["overlay"] = overlay_minima(pairs, painted, per, minima["colours"], false_copy)
     if margins:
         per, minima = _with_margins(pairs, kinds, per, minima, margins)
-    detector = CopyDetector(
-        threshold=chosen["threshold"],
-        per_collection=per,
-        colours_min=minima["colours"],
-        overlay_min=minima["overlay"],
-        layout_min=minima["layout"],
-    )
+    cuts = {
+        "threshold": chosen["threshold"],
+        "per_collection": per,
+        **{f"{check}_min": own for check, own in minima.items()},
+    }
+    detector = CopyDetector(**{k: cuts[k] for k in DETECTOR_FIELDS})
     pos_called, neg_called = (_side_called(detector, pairs, side) for side in ("pos", "neg"))
     tp, fp = int(pos_called.sum()), int(neg_called.sum())
     by_edit = {e: float(pos_called[pairs["pos_edit"] == e].mean()) for e in dict.fromkeys(pairs["pos_edit"])}
     return {
-        "threshold": chosen["threshold"],
-        "per_collection": per,
+        **cuts,
         "kinds": kinds,
-        "colours_min": minima["colours"],
-        "overlay_min": minima["overlay"],
-        "layout_min": minima["layout"],
         "recall": tp / len(pos_called),
         "precision": tp / max(tp + fp, 1),
         "false_copy_rate": fp / len(neg_called),
@@ -446,19 +442,24 @@ def _neg_subset(pairs: dict, keep: np.ndarray) -> dict:
     return {k: v[keep] if k.startswith("neg") else v for k, v in pairs.items()}
 
 
-def crossfit_false_copies(
+def crossfit_false_copies(pairs: dict, false_copy: float, **crossfit) -> dict[str, float]:
+    """The false-copy rate `copy_thresholds` is expected to keep on new distinct tokens, by check kind:
+    (k + 1) / (n + 1) of `crossfit_counts`."""
+    return {g: (k + 1) / (n + 1) for g, (k, n) in crossfit_counts(pairs, false_copy, **crossfit).items()}
+
+
+def crossfit_counts(
     pairs: dict,
     false_copy: float,
     margins: dict[str, float] | None = None,
     folds: int = FOLDS,
     seed: int = 0,
     min_negatives: int = 50,
-) -> dict[str, float]:
-    """The false-copy rate `copy_thresholds` is expected to keep on new distinct tokens, by check kind
-    (GROUPS, over the collections checked that way): each of `folds` seeded parts of each collection's
-    distinct tokens in turn is judged by the cuts chosen on the rest (with every positive); of the n so
-    judged, k called copies give (k + 1) / (n + 1). `min_negatives` as in `copy_thresholds`, for the
-    whole: each fit holds its share of it."""
+) -> dict[str, tuple[int, int]]:
+    """By check kind (GROUPS, over the collections checked that way), (k, n): each of `folds` seeded parts
+    of each collection's distinct tokens in turn is judged by the cuts `copy_thresholds` chooses on the
+    rest (with every positive); n are so judged, k called copies. `min_negatives` as in
+    `copy_thresholds`, for the whole: each fit holds its share of it."""
     rng = np.random.default_rng(seed)
     fold = np.empty(len(pairs["neg"]), int)
     for c in np.unique(pairs["neg_coll"]):  # each collection spread evenly over the folds
@@ -474,22 +475,24 @@ def crossfit_false_copies(
         for c, kind in chosen["kinds"].items():
             kind_of[(fold == f) & (pairs["neg_coll"] == c)] = kind
     return {
-        g: float((called[kind_of == g].sum() + 1) / ((kind_of == g).sum() + 1))
+        g: (int(called[kind_of == g].sum()), int((kind_of == g).sum()))
         for g in GROUPS
         if (kind_of == g).any()
     }
 
 
-def choose_margins(pairs: dict, false_copy: float, **crossfit) -> tuple[dict[str, float], dict[str, float]]:
-    """For each check kind, the least of `MARGINS` whose cross-fitted false-copy rate is within
-    `false_copy` (the largest where none is); with the cross-fitted rates at the chosen margins."""
-    rates = {
-        m: crossfit_false_copies(pairs, false_copy, dict.fromkeys(GROUPS, m), **crossfit) for m in MARGINS
-    }
+def choose_margins(
+    pairs: dict, false_copy: float, **crossfit
+) -> tuple[dict[str, float], dict[str, float], dict[str, tuple[int, int]]]:
+    """For each check kind, the least of `MARGINS` whose cross-fitted false-copy rate, (k + 1) / (n + 1)
+    of `crossfit_counts`, is within `false_copy` (the largest where none is); with the cross-fitted rates
+    and counts (k, n) at the chosen margins."""
+    counts = {m: crossfit_counts(pairs, false_copy, dict.fromkeys(GROUPS, m), **crossfit) for m in MARGINS}
+    rates = {m: {g: (k + 1) / (n + 1) for g, (k, n) in c.items()} for m, c in counts.items()}
     chosen = {
         g: next((m for m in MARGINS if rates[m][g] <= false_copy), MARGINS[-1]) for g in rates[MARGINS[0]]
     }
-    return chosen, {g: rates[m][g] for g, m in chosen.items()}
+    return chosen, {g: rates[m][g] for g, m in chosen.items()}, {g: counts[m][g] for g, m in chosen.items()}
 
 
 def overlay_minima(
@@ -736,14 +739,10 @@ def calibrate(
             verify_k=verify_k,
             keypoints=keypoints,
         )
-        margins, expected = choose_margins(pairs, false_copy) if crossfit else ({}, {})
+        margins, expected, judged = choose_margins(pairs, false_copy) if crossfit else ({}, {}, {})
         chosen = copy_thresholds(pairs, false_copy, margins=margins)
         m.copies = CopyDetector(
-            threshold=chosen["threshold"],
-            per_collection=chosen["per_collection"],
-            colours_min=chosen["colours_min"],
-            overlay_min=chosen["overlay_min"],
-            layout_min=chosen["layout_min"],
+            **{k: chosen[k] for k in DETECTOR_FIELDS},
             dihedral=dihedral,
             peel=peel,
             deskew=deskew,
@@ -751,6 +750,7 @@ def calibrate(
             background=background,
             margins=margins,
             crossfit_false_copy=expected,
+            crossfit_called={g: list(kn) for g, kn in judged.items()},
             precision=chosen["precision"],
             recall=chosen["recall"],
             target=f"false-copy rate <= {false_copy} per collection on distinct validation tokens"
@@ -767,6 +767,8 @@ def calibrate(
             **chosen,
             "margins": margins,
             "crossfit_false_copy": expected,
+            # the rate that k of n held-out tokens leaves possible (training/intervals.py)
+            "crossfit_interval_95": {g: list(clopper_pearson(k, n)) for g, (k, n) in judged.items()},
             "n_positive": len(pairs["pos"]),
             "n_negative": len(pairs["neg"]),
         }

@@ -404,7 +404,8 @@ def calibrate_cmd(
             )
         if c.get("margins"):
             typer.echo(
-                f"margins (tail scales) {c['margins']}: cross-fitted false-copy rate {c['crossfit_false_copy']}"
+                f"margins (tail scales) {c['margins']}: cross-fitted false-copy rate {c['crossfit_false_copy']} "
+                f"(95 % intervals {c['crossfit_interval_95']})"
             )
 
 
