@@ -81,6 +81,13 @@ def test_evaluate_copies_reports_a_planted_copy_among_the_distinct_tokens(model_
     k = round(r["genuine_not_copy_rate"] * len(kept_out))
     assert f"{k} of {len(kept_out)}; Clopper-Pearson" in written
     assert "| exact | 1.0000 | 1.0000 |" in written
+    below = [
+        f"{e} {row['pixel_art']['top1']:.3f}"
+        for e, row in r["per_edit"].items()
+        if row["pixel_art"]["top1"] < 0.98
+    ]
+    line = next(x for x in written.splitlines() if x.startswith("Below the targets"))
+    assert all(b in line for b in below) and ("exact 1.000" not in line)
 
     (out / "COPIES.md").unlink()  # `copies render` writes the same report from copies.json
     done = CliRunner().invoke(serve_app, ["copies", "render", str(out)])

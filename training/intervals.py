@@ -1,9 +1,10 @@
 """Exact binomial intervals for the rates the evaluations report.
 
 A rate measured on n items is itself uncertain: one false copy among 1,031 genuine tokens is a rate of
-0.1 %, but one in 1,031 is also what a rate of 0.5 % gives about one time in 200. The Clopper-Pearson
+0.1 %, but a true rate of 0.5 % shows one or none in 1,031 about one time in 28. The Clopper-Pearson
 interval (the beta quantiles of k successes in n trials) holds the rate with at least its stated
-confidence, whatever it is; the copy report prints it beside every headline rate."""
+confidence, whatever it is; the copy report prints it beside its genuine rate and for its cell size, and
+`nftlens calibrate` beside its cross-fitted false-copy rate."""
 
 from __future__ import annotations
 
