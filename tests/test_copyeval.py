@@ -14,7 +14,7 @@ from app.manifest import load_manifest
 
 
 def test_clopper_pearson_matches_its_closed_forms_and_covers():
-    from training.intervals import clopper_pearson, interval_text
+    from training.intervals import chance_below, clopper_pearson, interval_text
 
     # none or all of n: the bound solves (1 - p)^n = alpha / 2 (or p^n), no beta function needed
     for n in (1, 10, 150, 1031):
@@ -29,6 +29,9 @@ def test_clopper_pearson_matches_its_closed_forms_and_covers():
     assert interval_text(142, 150) == "95 % interval 0.898–0.977, 142 of 150"
     with pytest.raises(ValueError):
         clopper_pearson(3, 2)
+    assert chance_below(150, 150, 0.98) == 1.0 and chance_below(0, 150, 0.98) == pytest.approx(0.02**150)
+    assert chance_below(149, 150, 0.98) == pytest.approx(1 - 0.98**150)  # all but "every one succeeds"
+    assert chance_below(117, 150, 0.95) < 1e-9 < chance_below(140, 150, 0.95)  # 0.78 is no chance miss
 
 
 def test_evaluate_copies_reports_a_planted_copy_among_the_distinct_tokens(model_dir, punks, tmp_path):

@@ -28,7 +28,7 @@ from app.verify import Check, is_copy, verified_order
 from training.checking import ReferenceChecks, lookup_references, top_candidates
 from training.datasets.select import holdout_keys, select_rows
 from training.edits import COMBINED, EDITS
-from training.intervals import interval_text
+from training.intervals import chance_below, interval_text
 from training.reports import markdown_table, plot_grouped_bars, plot_pr_curve
 from training.runner import edit_transform, infer, view_similarity
 
@@ -444,18 +444,24 @@ def render_markdown(r: dict) -> str:
                 )
                 + "."
             )
-    short = [
-        f"{kind.replace('top1', 'top-1')} {d}: "
-        + ", ".join(
-            f"{name} {doms[d][kind]:.3f}" for name, doms in r["per_edit"].items() if doms[d][kind] < target
+
+    def below(kind: str, d: str, target: float) -> str:
+        cells = [(name, doms[d]) for name, doms in r["per_edit"].items() if d in doms and kind in doms[d]]
+        return ", ".join(
+            f"{name} {c[kind]:.3f} (p {chance_below(round(c[kind] * c['n']), c['n'], target):.2g})"
+            for name, c in cells
+            if c[kind] < target
         )
+
+    short = [
+        f"{kind.replace('top1', 'top-1')} {d}: {found}"
         for kind, target in TARGETS.items()
         for d in ("pixel_art", "painted")
-        if any(d in doms and kind in doms[d] and doms[d][kind] < target for doms in r["per_edit"].values())
+        if (found := below(kind, d, target))
     ]
     lines.append(
-        "Below the targets (top-1 "
-        + f"{TARGETS['top1']:g}, is_copy {TARGETS['is_copy']:g} for every edit): "
+        f"Below the targets (top-1 {TARGETS['top1']:g}, is_copy {TARGETS['is_copy']:g} for every edit; p: how "
+        "often a rate truly at the target shows as few, training/intervals.py: chance_below): "
         + ("; ".join(short) + "." if short else "none.")
     )
     if r.get("layout_rerank_k"):

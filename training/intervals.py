@@ -8,7 +8,7 @@ confidence, whatever it is; the copy report prints it beside its genuine rate an
 
 from __future__ import annotations
 
-from scipy.stats import beta
+from scipy.stats import beta, binom
 
 
 def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -25,3 +25,9 @@ def interval_text(k: int, n: int, level: float = 0.95, digits: int = 3) -> str:
     """'95 % interval 0.981–0.995, 297 of 300': a rate's `clopper_pearson` interval, as the reports print it."""
     low, high = clopper_pearson(k, n, level)
     return f"{level * 100:g} % interval {low:.{digits}f}–{high:.{digits}f}, {k} of {n}"
+
+
+def chance_below(k: int, n: int, target: float) -> float:
+    """How often a rate truly at `target` shows k or fewer successes in n trials (one-sided binomial): a
+    cell just under its target by chance has a large value, one truly below it a small one."""
+    return float(binom.cdf(k, n, target))
