@@ -566,18 +566,17 @@ def copy_pairs(
     vkey = np.array([f"{r['collection']}/{r['token_id'] or r['path']}" for r in vrows])
     tkey = np.array([f"{r['collection']}/{r['token_id'] or r['path']}" for r in trows])
     refs = ReferenceChecks([*tpaths, *vpaths], model.manifest.preprocessing.background_rgb, keypoints)
-    negatives = np.full(len(vrows), -1.0)
-    neg_checks = np.full((4, len(vrows)), np.nan)  # layout, colours, lossless, overlay
-    for c in tqdm(np.unique(vcol), desc="copy negatives", leave=False):
-        vi, ti = np.flatnonzero(vcol == c), np.flatnonzero(tcol == c)
-        sims = view_similarity(val_q[vi], np.concatenate([ref[ti], val[vi]]))
-        same = vkey[vi][:, None] == np.concatenate([tkey[ti], vkey[vi]])[None, :]
-        sims[same] = -2.0  # the token itself (or another image of it) is not a distinct token
-        negatives[vi] = sims.max(1)
-        reference = np.concatenate([ti, len(tpaths) + vi])
-        for row, i in enumerate(vi if verify_k else []):
-            top = [j for j in top_candidates(sims[row], verify_k) if sims[row, j] > -2.0]
-            neg_checks[:, i] = _best_checks(refs.check(val_rgbs[i], reference[top]))
+    negatives, neg_checks = nearest_distinct(
+        val_q,
+        vcol,
+        vkey,
+        val_rgbs,
+        np.concatenate([ref, val]),
+        np.concatenate([tcol, vcol]),
+        np.concatenate([tkey, vkey]),
+        refs,
+        verify_k,
+    )
     rng = np.random.default_rng(seed)
     pos, pos_coll, pos_edit, pos_checks = [], [], [], []
     for e, name in enumerate(EDITS):
@@ -619,6 +618,35 @@ def copy_pairs(
             neg_overlay=neg_checks[3],
         )
     return pairs
+
+
+def nearest_distinct(
+    queries: np.ndarray,
+    q_coll: np.ndarray,
+    q_key: np.ndarray,
+    q_rgbs: Sequence[np.ndarray],
+    references: np.ndarray,
+    r_coll: np.ndarray,
+    r_key: np.ndarray,
+    checks: ReferenceChecks,
+    verify_k: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's nearest *distinct* token, as a genuine new mint meets the catalog: its best score
+    (`view_similarity` of its views, [N, V, D], with the `references`' vectors) over the other tokens of its
+    collection (a reference with its own key is not one), and with `verify_k` the best direct checks of its
+    `verify_k` nearest (`checks`, indexed as `references`) as [layout, colours, lossless, overlay] rows
+    (`_best_checks`; NaN where unchecked)."""
+    negatives = np.full(len(queries), -1.0)
+    neg_checks = np.full((4, len(queries)), np.nan)
+    for c in tqdm(np.unique(q_coll), desc="copy negatives", leave=False):
+        qi, ri = np.flatnonzero(q_coll == c), np.flatnonzero(r_coll == c)
+        sims = view_similarity(queries[qi], references[ri])
+        sims[q_key[qi][:, None] == r_key[ri][None, :]] = -2.0  # the token itself is not a distinct token
+        negatives[qi] = sims.max(1)
+        for row, i in enumerate(qi if verify_k else []):
+            top = [j for j in top_candidates(sims[row], verify_k) if sims[row, j] > -2.0]
+            neg_checks[:, i] = _best_checks(checks.check(q_rgbs[i], ri[top]))
+    return negatives, neg_checks
 
 
 def _best_checks(checks: list[Check]) -> tuple[float, float, float, float]:
