@@ -630,12 +630,14 @@ def nearest_distinct(
     r_key: np.ndarray,
     checks: ReferenceChecks,
     verify_k: int = 0,
+    closest: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each query's nearest *distinct* token, as a genuine new mint meets the catalog: its best score
     (`view_similarity` of its views, [N, V, D], with the `references`' vectors) over the other tokens of its
     collection (a reference with its own key is not one), and with `verify_k` the best direct checks of its
     `verify_k` nearest (`checks`, indexed as `references`) as [layout, colours, lossless, overlay] rows
-    (`_best_checks`; NaN where unchecked)."""
+    (`_best_checks`; NaN where unchecked). A `closest` array receives, for each query, the reference
+    whose `colours` agreed most (-1: none)."""
     negatives = np.full(len(queries), -1.0)
     neg_checks = np.full((4, len(queries)), np.nan)
     for c in tqdm(np.unique(q_coll), desc="copy negatives", leave=False):
@@ -645,7 +647,11 @@ def nearest_distinct(
         negatives[qi] = sims.max(1)
         for row, i in enumerate(qi if verify_k else []):
             top = [j for j in top_candidates(sims[row], verify_k) if sims[row, j] > -2.0]
-            neg_checks[:, i] = _best_checks(checks.check(q_rgbs[i], ri[top]))
+            found = checks.check(q_rgbs[i], ri[top])
+            neg_checks[:, i] = _best_checks(found)
+            if closest is not None:
+                colours = [-1.0 if c.colours is None else c.colours for c in found]
+                closest[i] = ri[top[int(np.argmax(colours))]] if max(colours, default=-1.0) >= 0 else -1
     return negatives, neg_checks
 
 

@@ -30,6 +30,7 @@ from app.inference import OnnxModel
 from app.manifest import load_manifest
 from training.calibrate import _allowed, _score_threshold, nearest_distinct, tail_scale
 from training.checking import ReferenceChecks
+from training.copyeval import token_key
 from training.datasets.select import select_rows
 from training.reports import markdown_table
 from training.runner import infer
@@ -45,13 +46,10 @@ def _rows(data: list[str], split: str, cfg: dict, painted: set[str]) -> tuple[li
     return [paths[i] for i in keep], [rows[i] for i in keep]
 
 
-def _key(row: dict) -> str:
-    return f"{row['collection']}/{row['token_id'] or row['path']}"
-
-
 def probe(model_dir: str = "models/default", per_collection: int = 100, seed: int = 0) -> dict:
     """The negatives of validation and sampled training tokens of the painted collections ({split:
-    {"coll": [...], "values": [[score, colours, overlay], ...]}})."""
+    {"coll", "values": [[score, colours, overlay], ...], "key", "closest": the sibling whose colours
+    agreed most}})."""
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
     m = model.manifest
     if m.copies is None or not m.copies.colours_min:
@@ -71,7 +69,7 @@ def probe(model_dir: str = "models/default", per_collection: int = 100, seed: in
         [infer(model, tpaths, desc="train")["instance"], infer(model, vpaths, desc="val")["instance"]]
     )
     r_coll = np.array([r["collection"] for r in [*trows, *vrows]])
-    r_key = np.array([_key(r) for r in [*trows, *vrows]])
+    r_key = np.array([token_key(r) for r in [*trows, *vrows]])
     checks = ReferenceChecks([*tpaths, *vpaths], m.preprocessing.background_rgb, Settings().copy_keypoints)
     out = {}
     for split, paths, rows in (
@@ -80,12 +78,17 @@ def probe(model_dir: str = "models/default", per_collection: int = 100, seed: in
     ):
         rgbs: list[np.ndarray] = []
         q = infer(model, paths, desc=f"{split} queries", views=m.copies.views, images=rgbs)["instance"]
-        coll = np.array([r["collection"] for r in rows])
+        coll, keys = np.array([r["collection"] for r in rows]), np.array([token_key(r) for r in rows])
+        closest = np.full(len(rows), -1)
         neg, best = nearest_distinct(
-            q, coll, np.array([_key(r) for r in rows]), rgbs, ref, r_coll, r_key, checks,
-            Settings().copy_verify_k,
+            q, coll, keys, rgbs, ref, r_coll, r_key, checks, Settings().copy_verify_k, closest
         )  # fmt: skip
-        out[split] = {"coll": coll.tolist(), "values": np.stack([neg, best[1], best[3]], 1).tolist()}
+        out[split] = {
+            "coll": coll.tolist(),
+            "values": np.stack([neg, best[1], best[3]], 1).tolist(),
+            "key": keys.tolist(),
+            "closest": [str(r_key[j]) if j >= 0 else None for j in closest],  # the best colours' sibling
+        }
     return out
 
 
@@ -121,7 +124,21 @@ def summarise(found: dict, false_copy: float = 0.005) -> dict:
     return table
 
 
-def render(summary: dict, model_dir: str, per_collection: int, shipped: dict[str, float]) -> str:
+def near_copies(found: dict, at: float = 0.99) -> list[dict]:
+    """The distinct tokens whose best `colours` reach `at`, with the sibling that agreed most (when the
+    probe recorded it): candidates for a look at what the colour check cannot tell from a copy."""
+    return [
+        {"split": split, "token": key, "sibling": sibling, "score": v[0], "colours": v[1]}
+        for split, f in found.items()
+        if "key" in f  # recorded since the probe kept them
+        for key, sibling, v in zip(f["key"], f["closest"], f["values"], strict=True)
+        if v[1] is not None and v[1] >= at
+    ]
+
+
+def render(
+    summary: dict, model_dir: str, per_collection: int, shipped: dict[str, float], near: list[dict]
+) -> str:
     lines = [
         "# Training tokens as distinct tokens for the painted copy cuts (design probe)",
         "",
@@ -157,6 +174,15 @@ def render(summary: dict, model_dir: str, per_collection: int, shipped: dict[str
             "",
             markdown_table(t["rows"], list(t["rows"][0])),
         ]
+    lines += [
+        "",
+        "## Distinct tokens at `colours` 0.99 or more",
+        "",
+        "Each with the sibling whose colours agreed most (`score`: the token's best instance score over its "
+        "collection):",
+        "",
+        markdown_table(near, ["split", "token", "sibling", "score", "colours"]) if near else "None.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -180,7 +206,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         shipped["overlay"] = min(copies.overlay_min.values())
     args.out.mkdir(parents=True, exist_ok=True)
     saved.write_text(json.dumps({"negatives": found, "summary": summary}) + "\n")
-    (args.out / "NEGATIVES.md").write_text(render(summary, args.model, args.per_collection, shipped))
+    near = near_copies(found)
+    (args.out / "NEGATIVES.md").write_text(render(summary, args.model, args.per_collection, shipped, near))
     print((args.out / "NEGATIVES.md").read_text())
 
 
