@@ -650,7 +650,7 @@ def nearest_distinct(
             found = checks.check(q_rgbs[i], ri[top])
             neg_checks[:, i] = _best_checks(found)
             if closest is not None:
-                colours = [-1.0 if c.colours is None else c.colours for c in found]
+                colours = [-1.0 if x.colours is None else x.colours for x in found]
                 closest[i] = ri[top[int(np.argmax(colours))]] if max(colours, default=-1.0) >= 0 else -1
     return negatives, neg_checks
 
