@@ -41,7 +41,7 @@ from app.sprites import GATE
 from app.verify import Check, is_copy
 from app.views import ViewSet
 from training.checking import ReferenceChecks, top_candidates
-from training.datasets.select import select_rows
+from training.datasets.select import select_rows, token_key
 from training.edits import EDITS
 from training.intervals import clopper_pearson
 from training.metrics import auroc
@@ -443,9 +443,14 @@ def _neg_subset(pairs: dict, keep: np.ndarray) -> dict:
 
 
 def crossfit_false_copies(pairs: dict, false_copy: float, **crossfit) -> dict[str, float]:
-    """The false-copy rate `copy_thresholds` is expected to keep on new distinct tokens, by check kind:
-    (k + 1) / (n + 1) of `crossfit_counts`."""
-    return {g: (k + 1) / (n + 1) for g, (k, n) in crossfit_counts(pairs, false_copy, **crossfit).items()}
+    """The false-copy rate `copy_thresholds` is expected to keep on new distinct tokens, by check kind
+    (`expected_rates` of `crossfit_counts`)."""
+    return expected_rates(crossfit_counts(pairs, false_copy, **crossfit))
+
+
+def expected_rates(counts: dict[str, tuple[int, int]]) -> dict[str, float]:
+    """(k + 1) / (n + 1) of each kind's cross-fitted (k, n): the rate expected on a new token."""
+    return {g: (k + 1) / (n + 1) for g, (k, n) in counts.items()}
 
 
 def crossfit_counts(
@@ -484,11 +489,11 @@ def crossfit_counts(
 def choose_margins(
     pairs: dict, false_copy: float, **crossfit
 ) -> tuple[dict[str, float], dict[str, float], dict[str, tuple[int, int]]]:
-    """For each check kind, the least of `MARGINS` whose cross-fitted false-copy rate, (k + 1) / (n + 1)
-    of `crossfit_counts`, is within `false_copy` (the largest where none is); with the cross-fitted rates
+    """For each check kind, the least of `MARGINS` whose cross-fitted false-copy rate (`expected_rates`
+    of `crossfit_counts`) is within `false_copy` (the largest where none is); with the cross-fitted rates
     and counts (k, n) at the chosen margins."""
     counts = {m: crossfit_counts(pairs, false_copy, dict.fromkeys(GROUPS, m), **crossfit) for m in MARGINS}
-    rates = {m: {g: (k + 1) / (n + 1) for g, (k, n) in c.items()} for m, c in counts.items()}
+    rates = {m: expected_rates(c) for m, c in counts.items()}
     chosen = {
         g: next((m for m in MARGINS if rates[m][g] <= false_copy), MARGINS[-1]) for g in rates[MARGINS[0]]
     }
@@ -563,8 +568,8 @@ def copy_pairs(
     ref = infer(model, tpaths, desc="copy ref")["instance"]
     vcol = np.array([r["collection"] for r in vrows])
     tcol = np.array([r["collection"] for r in trows])
-    vkey = np.array([f"{r['collection']}/{r['token_id'] or r['path']}" for r in vrows])
-    tkey = np.array([f"{r['collection']}/{r['token_id'] or r['path']}" for r in trows])
+    vkey = np.array([token_key(r) for r in vrows])
+    tkey = np.array([token_key(r) for r in trows])
     refs = ReferenceChecks([*tpaths, *vpaths], model.manifest.preprocessing.background_rgb, keypoints)
     negatives, neg_checks = nearest_distinct(
         val_q,

@@ -26,7 +26,7 @@ from app.inference import OnnxModel
 from app.preprocessing import preprocess_batch
 from app.verify import Check, is_copy, verified_order
 from training.checking import ReferenceChecks, lookup_references, top_candidates
-from training.datasets.select import holdout_keys, select_rows
+from training.datasets.select import holdout_keys, select_rows, token_key
 from training.edits import COMBINED, EDITS
 from training.intervals import chance_below, interval_text
 from training.reports import markdown_table, plot_grouped_bars, plot_pr_curve
@@ -35,10 +35,6 @@ from training.runner import edit_transform, infer, view_similarity
 PIXEL_ART = {"cryptopunks", "nouns"}
 TARGETS = {"top1": 0.98, "is_copy": 0.95}  # each edit's share the copy-detection issue (#9) asks for
 DEFAULT_DATA = ["data/cryptopunks", "data/nouns", "data/nft-thumbs", "data/nft-collections"]
-
-
-def token_key(row: dict) -> str:
-    return f"{row['collection']}/{row['token_id'] or row['path']}"
 
 
 def _share(key: str, seed: int) -> float:

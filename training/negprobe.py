@@ -30,8 +30,7 @@ from app.inference import OnnxModel
 from app.manifest import load_manifest
 from training.calibrate import _allowed, _score_threshold, nearest_distinct, tail_scale
 from training.checking import ReferenceChecks
-from training.copyeval import token_key
-from training.datasets.select import select_rows
+from training.datasets.select import select_rows, token_key
 from training.reports import markdown_table
 from training.runner import infer
 

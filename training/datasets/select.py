@@ -12,6 +12,11 @@ from pathlib import Path
 from training.datasets.standard import load_dataset
 
 
+def token_key(row: dict) -> str:
+    """A selected row's token: collection/token id (its path where it has no id)."""
+    return f"{row['collection']}/{row['token_id'] or row['path']}"
+
+
 def holdout_keys(folders: list[str]) -> set[tuple[str, str]]:
     """(collection, token_id) of every row of the holdout datasets that has a token id."""
     keys = set()
