@@ -13,7 +13,9 @@ outlines, resampling, thin caption strokes) are not counted.
 A badge, logo or emoji pasted on a copy hides one region of the original's figure; a sibling's swapped
 trait is a region too, but one that other tokens of the collection are drawn with. `overlay` forgives a
 copy its largest disagreeing region when that region is small (`OVERLAY_MAX`) and the other candidates do
-not show the query's pixels there (`EXPLAINED`).
+not show the query's pixels there (`EXPLAINED`): no single one of them (`WITNESSES` "one": a trait is
+drawn whole on the tokens that have it) or not all of them together ("together", the first rule; among
+fifty tokens some shows nearly any colour somewhere, so a badge's pixels are often "shown" piecemeal).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ FACTORS = np.geomspace(0.1, 4.0, 161)  # the saturation and brightness factors t
 FACTOR_TOLERANCE = 6  # HSV levels within which a factor explains a pixel (whole: `_factor`)
 OVERLAY_MAX = 0.08  # the largest disagreeing region is forgiven up to this share of the figure ...
 EXPLAINED = 0.5  # ... unless other candidates show the query's pixels in this share of it or more
+WITNESSES = ("together", "one")  # who must show that share: the other candidates together, or one of them
 
 
 @dataclass(frozen=True, eq=False)
@@ -169,12 +172,14 @@ def block_comparison(blocks: np.ndarray, candidate: np.ndarray) -> Comparison | 
     return _compare(np.clip(blocks, 0, 255).astype(np.uint8), small, where, 1)
 
 
-def overlay(found: Comparison, others: Iterable[np.ndarray]) -> float:
+def overlay(found: Comparison, others: Iterable[np.ndarray], witness: str = "together") -> float:
     """The comparison's share with its largest disagreeing region forgiven, when that region covers at
     most `OVERLAY_MAX` of the figure and the `others` (the other candidates' images, assumed drawn in the
-    same frame, as a collection's tokens are) show the query's pixels in less than `EXPLAINED` of it:
-    what a pasted badge, logo or emoji leaves, and a sibling's swapped trait, drawn on other tokens too,
-    does not. Otherwise the share itself."""
+    same frame, as a collection's tokens are) show the query's pixels in less than `EXPLAINED` of it, all
+    of them together or (`witness` "one") any one of them: what a pasted badge, logo or emoji leaves, and
+    a sibling's swapped trait, drawn on other tokens too, does not. Otherwise the share itself."""
+    if witness not in WITNESSES:
+        raise ValueError(f"witness must be one of {WITNESSES}, not {witness!r}")
     count, labels, stats, _ = cv2.connectedComponentsWithStats(found.differ.astype(np.uint8), connectivity=8)
     if count < 2:
         return found.share
@@ -185,12 +190,12 @@ def overlay(found: Comparison, others: Iterable[np.ndarray]) -> float:
         return found.share
     region = labels == largest
     size = (region.shape[1], region.shape[0])
-    query, shown = found.query[region].astype(np.float32), np.zeros(area, bool)
+    query, together = found.query[region].astype(np.float32), np.zeros(area, bool)
     for other in others:
         if other.shape[:2] != region.shape:
             other = cv2.resize(other, size, interpolation=cv2.INTER_AREA)
-        small = other[region].astype(np.float32)
-        shown |= np.linalg.norm(query - small, axis=-1) < TOLERANCE
-        if shown.sum() >= EXPLAINED * area:
+        shown = np.linalg.norm(query - other[region].astype(np.float32), axis=-1) < TOLERANCE
+        together |= shown
+        if (shown if witness == "one" else together).sum() >= EXPLAINED * area:
             return found.share
     return found.share + area / figure

@@ -83,7 +83,14 @@ def scan_folder(
                 if hits and not exact and verify_k:
                     more = catalog_lookup(catalog, embed, inst[found[i]], verify_k, flt)
                     hits, checks = rank_by_checks(
-                        catalog, hits, prepared[i][2], background, keypoints, more, cache
+                        catalog,
+                        hits,
+                        prepared[i][2],
+                        background,
+                        keypoints,
+                        more,
+                        cache,
+                        detector.overlay_witness,
                     )
                 copy = bool(exact) or any(
                     is_copy(detector, h.collection, h.score, c) for h, c in zip(hits, checks, strict=True)

@@ -89,6 +89,12 @@ class CopyDetector(BaseModel):
         "region that no other candidate shows forgiven (a pasted badge, logo or emoji: app/agreement.py: "
         "overlay), reaches this share is a copy whatever its score (none: never decides)",
     )
+    overlay_witness: Literal["together", "one"] = Field(
+        "together",
+        description="who must show a pasted-on region's pixels for `overlay` not to forgive it: the other "
+        "candidates together (the first rule, which the `overlay_min` of models calibrated before it was "
+        "chosen assume) or one of them (app/agreement.py: overlay)",
+    )
     layout_min: dict[str, float] = Field(
         {},
         description="per collection: a checked sprite candidate whose layout agreement reaches this is a copy "

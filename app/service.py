@@ -289,7 +289,14 @@ class Service:
             bg = self.model.manifest.preprocessing.background_rgb
             more = catalog_lookup(self.catalog, self._instances, instances, verify_k, flt, exact_keys)
             fuzzy, checks = rank_by_checks(
-                self.catalog, fuzzy, query_rgb, bg, self.settings.copy_keypoints, more, self.features
+                self.catalog,
+                fuzzy,
+                query_rgb,
+                bg,
+                self.settings.copy_keypoints,
+                more,
+                self.features,
+                detector.overlay_witness,
             )
         ranked = [(h, Check(), True) for h in exact] + [
             (h, c, is_copy(detector, h.collection, h.score, c)) for h, c in zip(fuzzy, checks, strict=True)

@@ -100,12 +100,15 @@ def check_candidates(
     images: Iterable[np.ndarray | None],
     keypoints: bool = True,
     features_of: Callable[[int, np.ndarray], Features] | None = None,
+    witness: str = "together",
 ) -> list[Check]:
     """Each candidate's check against the query (an RGB image, or a `SpriteQuery` to share its side of
     the sprite checks), from its decoded image (best instance-space score first): the layout check for
     sprites; for other images, when the query is painted, its colour agreement and (with `keypoints`)
     its keypoints; nothing for candidates without an image.
-    `features_of(i, image)` may hand over candidate i's keypoint features from a cache."""
+    `features_of(i, image)` may hand over candidate i's keypoint features from a cache; `witness`: who
+    must show a painted candidate's pasted-on region for `Check.overlay` (app/agreement.py: overlay; the
+    model's `CopyDetector.overlay_witness`)."""
     q = as_query(query)
     images = list(images)
     sprites = [None if im is None else native_sprite(im) for im in images]
@@ -151,7 +154,7 @@ def check_candidates(
                 Check(
                     keypoints=inliers,
                     colours=None if compared is None else compared.share,
-                    overlay=overlaid(compared, partial(others, i)),
+                    overlay=overlaid(compared, partial(others, i), witness),
                     transform=None if found is None else found.transform,
                     mirrored=rgb is not q.rgb,
                 )
@@ -211,7 +214,9 @@ def colour_comparison(
 
 
 def overlaid(
-    compared: Comparison | None, others: Callable[[tuple[int, ...]], Sequence[np.ndarray]]
+    compared: Comparison | None,
+    others: Callable[[tuple[int, ...]], Sequence[np.ndarray]],
+    witness: str = "together",
 ) -> float | None:
     """A painted candidate's `Check.overlay` (app/agreement.py: overlay, against the other painted
     candidates' images, `others(frame)`: scaled to the comparison's frame), worked out where forgiving a
@@ -219,7 +224,7 @@ def overlaid(
     if compared is None:
         return None
     return (
-        overlay(compared, others(compared.differ.shape))
+        overlay(compared, others(compared.differ.shape), witness)
         if compared.share >= 1 - 2 * OVERLAY_MAX
         else compared.share
     )
@@ -233,11 +238,12 @@ def rank_by_checks(
     keypoints: bool = True,
     more: Callable[[list[np.ndarray]], list[Neighbour]] | None = None,
     cache: FeatureCache | None = None,
+    witness: str = "together",
 ) -> tuple[list[Neighbour], list[Check]]:
     """Search hits (best score first, one per token) in their checked order, each with its check; every
     candidate's image is read from the catalog (`Catalog.image`), its keypoint features from `cache`
     when given. With `more` (`catalog_lookup`), a cropped or recoloured sprite query's completions find
-    further candidates (`find_by_completion`)."""
+    further candidates (`find_by_completion`). `witness`: as `check_candidates`."""
     stored = [catalog.image(h.collection, h.token_id) for h in hits]
     images = [stored_rgb(data, background) for data in stored]
     features_of = None
@@ -248,7 +254,7 @@ def rank_by_checks(
             return cache.get(key, image)
 
     query = SpriteQuery(query_rgb)
-    checks = check_candidates(query, images, keypoints, features_of)
+    checks = check_candidates(query, images, keypoints, features_of, witness)
     if more is not None:
         by_key = {(h.collection, h.token_id): h for h in hits}
 
@@ -260,7 +266,9 @@ def rank_by_checks(
                 for h in found
             ]
 
-        keys, images, checks = find_by_completion(query, list(by_key), images, checks, lookup, keypoints)
+        keys, images, checks = find_by_completion(
+            query, list(by_key), images, checks, lookup, keypoints, witness
+        )
         hits = [by_key[key] for key in keys]
     order = verified_order([h.score for h in hits], checks)
     return [hits[i] for i in order], [checks[i] for i in order]
@@ -440,6 +448,7 @@ def find_by_completion(
     checks: list[Check],
     lookup: Callable[[list[np.ndarray]], list[tuple[K, np.ndarray | None]]],
     keypoints: bool = True,
+    witness: str = "together",
 ) -> tuple[list[K], list[np.ndarray | None], list[Check]]:
     """Candidates (`keys`, their decoded `images` and `checks`, best instance-space score first) with
     those a completion of the query finds, when no candidate shows all of it (`_found`).
@@ -452,7 +461,7 @@ def find_by_completion(
     with (`painted_completions`).
     `lookup(rendered completions)` answers further candidates (key and image; none already among
     `keys`), which are checked and appended. Up to `ROUNDS` times, each completing from the last
-    round's finds."""
+    round's finds. `witness`: as `check_candidates`."""
     query = as_query(query)
     complete = _completer(query, checks)
     if complete is None:
@@ -466,7 +475,7 @@ def find_by_completion(
         if not found:
             break
         new_keys, new_images = [k for k, _ in found], [im for _, im in found]
-        new_checks = check_candidates(query, new_images, keypoints)
+        new_checks = check_candidates(query, new_images, keypoints, witness=witness)
         keys, images, checks = keys + new_keys, images + new_images, checks + new_checks
         if _found(new_checks):
             break

@@ -547,6 +547,7 @@ def copy_pairs(
     views: ViewSet | None = None,
     verify_k: int = 0,
     keypoints: bool = True,
+    witness: str = "one",
 ) -> dict[str, np.ndarray]:
     """Validation pairs for the copy thresholds, scored as the service scores (best of the query's
     `views`).
@@ -558,7 +559,8 @@ def copy_pairs(
     (app/verify.py) as pos_/neg_layout and pos_/neg_colours (NaN: not checked that way): a positive's
     against its original, a negative's best over its `verify_k` nearest distinct tokens; pos_/neg_lossless
     (bool) where those layout checks saw the sprite's own grid; pos_/neg_overlay (`Check.overlay`: a
-    positive's has no other candidate to show its pasted-on region, so it bounds the served one).
+    positive's has no other candidate to show its pasted-on region, so it bounds the served one; `witness`:
+    app/agreement.py: overlay).
     """
     vpaths, vrows = select_rows(data, "val", label_field, exclude, holdout)
     tpaths, trows = select_rows(data, "train", label_field, exclude, holdout)
@@ -570,7 +572,9 @@ def copy_pairs(
     tcol = np.array([r["collection"] for r in trows])
     vkey = np.array([token_key(r) for r in vrows])
     tkey = np.array([token_key(r) for r in trows])
-    refs = ReferenceChecks([*tpaths, *vpaths], model.manifest.preprocessing.background_rgb, keypoints)
+    refs = ReferenceChecks(
+        [*tpaths, *vpaths], model.manifest.preprocessing.background_rgb, keypoints, witness
+    )
     negatives, neg_checks = nearest_distinct(
         val_q,
         vcol,
@@ -692,11 +696,14 @@ def calibrate(
     verify_k: int = Settings.model_fields["copy_verify_k"].default,
     keypoints: bool = Settings.model_fields["copy_keypoints"].default,
     crossfit: bool = True,
+    overlay_witness: str = "one",
 ) -> dict:
     """Fit temperature, open-set detector and copy threshold on validation data; update model.json
     (`copies_only`: only the copy thresholds, e.g. after the query views changed). `outliers`: auxiliary
     outlier datasets whose validation split picks the `multilayer` score's layers. `crossfit`: raise the
-    copy cuts by the margins cross-fitting finds they need to keep `false_copy` on new tokens."""
+    copy cuts by the margins cross-fitting finds they need to keep `false_copy` on new tokens.
+    `overlay_witness`: who must show a pasted-on region for `overlay` not to forgive it (app/agreement.py:
+    overlay; "together": the first rule)."""
     from training.reports import plot_pr_curve, plot_reliability
 
     model_dir = Path(model_dir)
@@ -777,6 +784,7 @@ def calibrate(
             views=ViewSet(dihedral=dihedral, peel=peel, deskew=deskew, background=background, hues=hues),
             verify_k=verify_k,
             keypoints=keypoints,
+            witness=overlay_witness,
         )
         margins, expected, judged = choose_margins(pairs, false_copy) if crossfit else ({}, {}, {})
         chosen = copy_thresholds(pairs, false_copy, margins=margins)
@@ -787,6 +795,7 @@ def calibrate(
             deskew=deskew,
             hues=hues,
             background=background,
+            overlay_witness=overlay_witness,
             margins=margins,
             crossfit_false_copy=expected,
             crossfit_called={g: list(kn) for g, kn in judged.items()},

@@ -18,8 +18,15 @@ Lookup = Callable[[list[np.ndarray]], list[tuple[int, np.ndarray | None]]]
 class ReferenceChecks:
     """Check queries against reference images (image files, by index), caching what each reference costs."""
 
-    def __init__(self, paths: Sequence[Path], background: tuple[int, int, int], keypoints: bool = True):
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        background: tuple[int, int, int],
+        keypoints: bool = True,
+        witness: str = "together",
+    ):
         self.paths, self.background, self.keypoints = list(paths), background, keypoints
+        self.witness = witness  # app/agreement.py: overlay
         self._images: dict[int, np.ndarray | None] = {}
         self._features = FeatureCache(len(self.paths))  # every reference's, by index
 
@@ -39,6 +46,7 @@ class ReferenceChecks:
             (self.image(i) for i in candidates),
             self.keypoints,
             lambda n, image: self._features.get(candidates[n], image),
+            self.witness,
         )
 
     def completed(
@@ -50,7 +58,9 @@ class ReferenceChecks:
         query, candidates = SpriteQuery(rgb), [int(i) for i in candidates]
         checks = self.check(query, candidates)
         images = [self.image(i) for i in candidates]
-        found, _, more = find_by_completion(query, candidates, images, checks, lookup, self.keypoints)
+        found, _, more = find_by_completion(
+            query, candidates, images, checks, lookup, self.keypoints, self.witness
+        )
         return checks, found, more
 
 

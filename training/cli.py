@@ -360,13 +360,21 @@ def calibrate_cmd(
         help="raise each copy cut by the margin that cross-fitting on the distinct validation tokens says "
         "keeps --false-copy on new ones (--no-crossfit: cuts just above the validation tokens)",
     ),
+    overlay_witness: str = typer.Option(
+        "one",
+        help="who must show a painted candidate's pasted-on region for `overlay` not to forgive it: one other "
+        "candidate, or the others together (the first rule)",
+    ),
 ) -> None:
     """Fit temperature, unknown detector (+ openset.npz) and copy threshold on validation data."""
     _need_train_extra()
+    from app.agreement import WITNESSES
     from training.calibrate import OPENSET_METHODS, calibrate
 
     if method not in OPENSET_METHODS:
         raise typer.BadParameter(f"choose one of {', '.join(OPENSET_METHODS)}", param_hint="--method")
+    if overlay_witness not in WITNESSES:
+        raise typer.BadParameter(f"choose one of {', '.join(WITNESSES)}", param_hint="--overlay-witness")
     r = calibrate(
         model_dir,
         method,
@@ -383,6 +391,7 @@ def calibrate_cmd(
         verify_k=verify_k,
         keypoints=keypoints,
         crossfit=crossfit,
+        overlay_witness=overlay_witness,
     )
     if not copies_only:
         typer.echo(

@@ -127,7 +127,12 @@ def evaluate_copies(
             exact[:] = False
         return best, score, exact
 
-    refs = ReferenceChecks([sets["catalog"][k][0] for k in keys], m.preprocessing.background_rgb, keypoints)
+    refs = ReferenceChecks(
+        [sets["catalog"][k][0] for k in keys],
+        m.preprocessing.background_rgb,
+        keypoints,
+        m.copies.overlay_witness if m.copies else "together",
+    )
 
     def checked(
         best: np.ndarray, sims: np.ndarray, exact: np.ndarray, rgbs: list

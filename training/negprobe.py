@@ -69,7 +69,12 @@ def probe(model_dir: str = "models/default", per_collection: int = 100, seed: in
     )
     r_coll = np.array([r["collection"] for r in [*trows, *vrows]])
     r_key = np.array([token_key(r) for r in [*trows, *vrows]])
-    checks = ReferenceChecks([*tpaths, *vpaths], m.preprocessing.background_rgb, Settings().copy_keypoints)
+    checks = ReferenceChecks(
+        [*tpaths, *vpaths],
+        m.preprocessing.background_rgb,
+        Settings().copy_keypoints,
+        m.copies.overlay_witness,
+    )
     out = {}
     for split, paths, rows in (
         ("val", vpaths, vrows),
