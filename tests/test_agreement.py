@@ -140,3 +140,31 @@ def test_one_small_pasted_region_that_no_other_candidate_shows_is_forgiven(apes)
     cv2.circle(two, (centre[0], centre[1] - ape.shape[0] // 5), ape.shape[0] // 20, (0, 255, 0), -1)
     found = comparison(two, ape, scale_transform(two.shape, ape.shape))
     assert found.share < overlay(found, others) < 0.995
+
+
+def test_a_region_shown_only_piecemeal_by_several_candidates_is_forgiven_when_one_witness_must_show_it(apes):
+    """`witness` "one": a sibling's trait is drawn whole on the tokens that have it, so a pasted region
+    that two candidates each show half of (the left and the right) is forgiven, while the first rule
+    ("together") counts their halves together and does not forgive it; a candidate showing all of it
+    stops both. Any other witness is refused."""
+    import cv2
+
+    ape, others = apes[0], apes[1:]
+    figure = ~background_region(ape)
+    ys, xs = np.nonzero(figure)
+    centre, r = (int(xs.mean()), int(ys.mean())), ape.shape[0] // 14
+    badge = ape.copy()
+    cv2.circle(badge, centre, r, (255, 0, 255), -1)
+    left, right = ape.copy(), ape.copy()
+    left[:, : centre[0]] = badge[:, : centre[0]]
+    right[:, centre[0] :] = badge[:, centre[0] :]
+    found = comparison(badge, ape, scale_transform(badge.shape, ape.shape))
+    assert (
+        overlay(found, others, "one") == overlay(found, others, "together") == pytest.approx(1.0, abs=0.005)
+    )
+    halves = [*others, left, right]
+    assert overlay(found, halves, "together") == found.share
+    assert overlay(found, halves, "one") == pytest.approx(1.0, abs=0.005)
+    assert overlay(found, [*halves, badge], "one") == found.share
+    with pytest.raises(ValueError, match="witness"):
+        overlay(found, others, "anyone")

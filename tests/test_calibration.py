@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -469,3 +470,18 @@ def test_a_layout_minimum_raised_above_one_is_dropped_so_the_score_decides_again
     )
     lifted = copy_thresholds(pairs, 0.005, margins={"layout": 4.0})
     assert lifted["layout_min"] == {} and lifted["per_collection"]["punks"] > plain["per_collection"]["punks"]
+
+
+def test_a_manifest_without_an_overlay_witness_keeps_the_first_rule_and_no_other_is_taken():
+    """`overlay_min` cuts fit the `overlay` they were calibrated with: a manifest written before the
+    witness was a choice (int8's, `models/default-int8`) keeps "together"; an unknown witness is refused."""
+    from pydantic import ValidationError
+
+    from app.manifest import CopyDetector, load_manifest
+
+    assert CopyDetector(threshold=0.5).overlay_witness == "together"
+    assert CopyDetector(threshold=0.5, overlay_witness="one").overlay_witness == "one"
+    with pytest.raises(ValidationError):
+        CopyDetector(threshold=0.5, overlay_witness="anyone")
+    shipped_int8 = Path(__file__).resolve().parents[1] / "models" / "default-int8"
+    assert load_manifest(shipped_int8).copies.overlay_witness == "together"
