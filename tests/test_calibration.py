@@ -485,3 +485,11 @@ def test_a_manifest_without_an_overlay_witness_keeps_the_first_rule_and_no_other
         CopyDetector(threshold=0.5, overlay_witness="anyone")
     shipped_int8 = Path(__file__).resolve().parents[1] / "models" / "default-int8"
     assert load_manifest(shipped_int8).copies.overlay_witness == "together"
+    from typer.testing import CliRunner
+
+    from app.cli import serve_app
+
+    before = (shipped_int8 / "model.json").read_bytes()
+    refused = CliRunner().invoke(serve_app, ["calibrate", str(shipped_int8), "--overlay-witness", "anyone"])
+    assert refused.exit_code == 2 and "overlay-witness" in refused.output
+    assert (shipped_int8 / "model.json").read_bytes() == before
