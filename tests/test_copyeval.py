@@ -38,7 +38,7 @@ def test_evaluate_copies_reports_a_planted_copy_among_the_distinct_tokens(model_
     if load_manifest(model_dir).copies is None:
         pytest.skip("the model under test has no copy head")
     from app.cli import serve_app
-    from training.copyeval import _share, evaluate_copies
+    from training.copyeval import _share, evaluate_copies, render_markdown
     from training.datasets.standard import write_dataset
 
     root = tmp_path / "mini"
@@ -80,6 +80,7 @@ def test_evaluate_copies_reports_a_planted_copy_among_the_distinct_tokens(model_
     assert planted_copy in [{k: f[k] for k in ("query", "match", "by")} for f in r["false_copies"]]
     assert r["genuine_not_copy_rate"] == pytest.approx(1 - len(r["false_copies"]) / len(kept_out))
     assert json.loads((out / "copies.json").read_text()) == r
+    assert r["overlay_witness"] == load_manifest(model_dir).copies.overlay_witness
     written = (out / "COPIES.md").read_text()
     k = round(r["genuine_not_copy_rate"] * len(kept_out))
     assert f"{k} of {len(kept_out)}; Clopper-Pearson" in written
@@ -98,3 +99,9 @@ def test_evaluate_copies_reports_a_planted_copy_among_the_distinct_tokens(model_
     assert (out / "COPIES.md").read_text() == written
     missing = CliRunner().invoke(serve_app, ["copies", "render", str(tmp_path)])
     assert missing.exit_code != 0 and "copies.json" in missing.output
+    # with painted overlay minima the report says which witness the rule took (older reports: nothing)
+    painted = {**r, "check_minima": {**(r["check_minima"] or {}), "overlay": {"bayc": 0.99}}}
+    assert "unless one other candidate shows" in render_markdown({**painted, "overlay_witness": "one"})
+    assert "overlay_witness" not in render_markdown(
+        {k: v for k, v in painted.items() if k != "overlay_witness"}
+    )

@@ -290,6 +290,7 @@ def evaluate_copies(
             {"default": detector.threshold, **detector.per_collection} if detector is not None else None
         ),
         "check_minima": detector.check_minima if detector is not None and verify_k else None,
+        "overlay_witness": detector.overlay_witness if detector is not None and verify_k else None,
         "margins": detector.margins if detector is not None else {},
         "crossfit_false_copy": detector.crossfit_false_copy if detector is not None else {},
         "catalog": {
@@ -423,6 +424,12 @@ def render_markdown(r: dict) -> str:
                     if per
                 )
                 + " (app/verify.py)."
+            )
+        if minima.get("overlay") and r.get("overlay_witness"):  # reports before stop 39 do not say
+            who = {"one": "one other candidate shows", "together": "the other candidates together show"}
+            lines.append(
+                f"`overlay` forgives a pasted-on region unless {who[r['overlay_witness']]} the query's "
+                "pixels in half of it (model.json: overlay_witness)."
             )
         if r.get("crossfit_false_copy"):
             lines.append(
