@@ -195,7 +195,9 @@ def overlay(found: Comparison, others: Iterable[np.ndarray], witness: str = "tog
         if other.shape[:2] != region.shape:
             other = cv2.resize(other, size, interpolation=cv2.INTER_AREA)
         shown = np.linalg.norm(query - other[region].astype(np.float32), axis=-1) < TOLERANCE
-        together |= shown
-        if (shown if witness == "one" else together).sum() >= EXPLAINED * area:
+        if witness == "together":  # what this candidate shows counts with what the others showed
+            together |= shown
+            shown = together
+        if shown.sum() >= EXPLAINED * area:
             return found.share
     return found.share + area / figure
