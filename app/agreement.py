@@ -16,6 +16,10 @@ copy its largest disagreeing region when that region is small (`OVERLAY_MAX`) an
 not show the query's pixels there (`EXPLAINED`): no single one of them (`WITNESSES` "one": a trait is
 drawn whole on the tokens that have it) or not all of them together ("together", the first rule; among
 fifty tokens some shows nearly any colour somewhere, so a badge's pixels are often "shown" piecemeal).
+A copy shows nothing beyond the original's figure but its own background (swapped or not) and what was
+pasted on: with `OverlayRule.beyond`, a region is forgiven only when, outside it, the query shows at most
+that share of the figure where the candidate has background and neither background is shown (a sibling
+on another background that differs by one trait inside the figure often wears another beyond it).
 """
 
 from __future__ import annotations
@@ -41,6 +45,23 @@ EXPLAINED = 0.5  # ... unless other candidates show the query's pixels in this s
 WITNESSES = ("together", "one")  # who must show that share: the other candidates together, or one of them
 
 
+@dataclass(frozen=True)
+class OverlayRule:
+    """How `overlay` forgives a pasted-on region (the model's, `CopyDetector.overlay_rule`): who must show
+    its pixels for it not to be forgiven (`WITNESSES`: the other candidates together, or one of them), and
+    how much the query may show beyond the candidate's figure outside it (a share of the figure; None: not
+    looked at, the rule before `beyond` was chosen)."""
+
+    witness: str = "together"
+    beyond: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.witness not in WITNESSES:
+            raise ValueError(f"witness must be one of {WITNESSES}, not {self.witness!r}")
+        if self.beyond is not None and not 0.0 <= self.beyond <= 1.0:
+            raise ValueError(f"beyond must be a share of the figure (0..1), not {self.beyond!r}")
+
+
 @dataclass(frozen=True, eq=False)
 class Comparison:
     """One aligned comparison of a query with a candidate, in the candidate's frame at `SIDE`."""
@@ -49,6 +70,9 @@ class Comparison:
     query: np.ndarray  # the aligned query (uint8 RGB, the candidate's frame)
     where: np.ndarray  # the candidate's figure the query covers (bool)
     differ: np.ndarray  # where they disagree, after the opening (bool)
+    # where the query shows something over the candidate's background that is neither background (the
+    # candidate's, in its changed colours, nor the query's own), after the opening; None: not looked at
+    beyond: np.ndarray | None = None
 
 
 def scale_transform(query_shape: tuple[int, ...], candidate_shape: tuple[int, ...]) -> np.ndarray:
@@ -112,15 +136,30 @@ def global_change(
     return cv2.cvtColor(hc.astype(np.uint8), cv2.COLOR_HSV2RGB).astype(np.float32)
 
 
-def _compare(query: np.ndarray, candidate: np.ndarray, where: np.ndarray, opening: int) -> Comparison:
+def _compare(
+    query: np.ndarray,
+    candidate: np.ndarray,
+    where: np.ndarray,
+    opening: int,
+    outside: np.ndarray | None = None,
+) -> Comparison:
     """Where within `where` the query (aligned, uint8) shows the candidate's colours after the global
-    change, not counting disagreements that a square opening of `opening` px removes."""
+    change, not counting disagreements that a square opening of `opening` px removes; with `outside` (the
+    candidate's background that the query covers and does not show as its own), where the query shows
+    something else there too (`Comparison.beyond`)."""
     expected = global_change(query, candidate, where)
-    differ = (np.linalg.norm(query.astype(np.float32) - expected, axis=-1) >= TOLERANCE) & where
-    if opening > 1:
-        kernel = np.ones((opening, opening), np.uint8)
-        differ = cv2.morphologyEx(differ.astype(np.uint8), cv2.MORPH_OPEN, kernel) > 0
-    return Comparison(float(1.0 - differ.sum() / where.sum()), query, where, differ)
+    apart = np.linalg.norm(query.astype(np.float32) - expected, axis=-1) >= TOLERANCE
+    differ = _opened(apart & where, opening)
+    beyond = None if outside is None else _opened(apart & outside, opening)
+    return Comparison(float(1.0 - differ.sum() / where.sum()), query, where, differ, beyond)
+
+
+def _opened(mask: np.ndarray, opening: int) -> np.ndarray:
+    """`mask` without what a square opening of `opening` px removes (as it is for 1 or less)."""
+    if opening <= 1:
+        return mask
+    kernel = np.ones((opening, opening), np.uint8)
+    return cv2.morphologyEx(mask.astype(np.uint8), cv2.MORPH_OPEN, kernel) > 0
 
 
 def agreement(query: np.ndarray, candidate: np.ndarray, transform: np.ndarray) -> float | None:
@@ -148,10 +187,13 @@ def comparison(query: np.ndarray, candidate: np.ndarray, transform: np.ndarray) 
     warped = cv2.warpAffine(query, m[:2], size, flags=cv2.INTER_LINEAR)
     cover = cv2.warpAffine(np.full(query.shape[:2], 255, np.uint8), m[:2], size, flags=cv2.INTER_NEAREST)
     cover = cv2.erode(cover, np.ones((3, 3), np.uint8)) > 0  # the footprint's own edge is interpolated
-    where = cover & ~background_region(small)
+    background = background_region(small)
+    where = cover & ~background
     if cover.mean() < MIN_COVER or where.mean() < MIN_FIGURE:
         return None
-    return _compare(warped, small, where, OPENING)
+    own = background_region(query).astype(np.uint8)  # the query's own background, however coloured
+    own = cv2.warpAffine(own, m[:2], size, flags=cv2.INTER_NEAREST) > 0
+    return _compare(warped, small, where, OPENING, cover & background & ~own)
 
 
 def block_agreement(blocks: np.ndarray, candidate: np.ndarray) -> float | None:
@@ -172,30 +214,38 @@ def block_comparison(blocks: np.ndarray, candidate: np.ndarray) -> Comparison | 
     return _compare(np.clip(blocks, 0, 255).astype(np.uint8), small, where, 1)
 
 
-def overlay(found: Comparison, others: Iterable[np.ndarray], witness: str = "together") -> float:
+def overlay(found: Comparison, others: Iterable[np.ndarray], rule: OverlayRule = OverlayRule()) -> float:
     """The comparison's share with its largest disagreeing region forgiven, when that region covers at
     most `OVERLAY_MAX` of the figure and the `others` (the other candidates' images, assumed drawn in the
     same frame, as a collection's tokens are) show the query's pixels in less than `EXPLAINED` of it, all
-    of them together or (`witness` "one") any one of them: what a pasted badge, logo or emoji leaves, and
-    a sibling's swapped trait, drawn on other tokens too, does not. Otherwise the share itself."""
-    if witness not in WITNESSES:
-        raise ValueError(f"witness must be one of {WITNESSES}, not {witness!r}")
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(found.differ.astype(np.uint8), connectivity=8)
+    of them together or (`rule.witness` "one") any one of them: what a pasted badge, logo or emoji leaves,
+    and a sibling's swapped trait, drawn on other tokens too, does not. With `rule.beyond` (and a
+    comparison that looked, `Comparison.beyond`), regions are taken with what the query shows beyond the
+    figure (the largest: the most disagreeing figure pixels), and one is forgiven only when, outside it,
+    the query shows at most `rule.beyond` of the figure there. Otherwise the share itself."""
+    beyond = found.beyond if rule.beyond is not None else None
+    joined = found.differ if beyond is None else found.differ | beyond
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(joined.astype(np.uint8), connectivity=8)
     if count < 2:
         return found.share
-    largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    area = int(stats[largest, cv2.CC_STAT_AREA])
+    if beyond is None:
+        largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+    else:  # the region with the most disagreeing figure pixels; pixels beyond the figure are not forgiven
+        largest = 1 + int(np.argmax(np.bincount(labels[found.differ], minlength=count)[1:]))
+    region = (labels == largest) & found.differ
+    area = int(region.sum())
     figure = int(found.where.sum())
-    if area > OVERLAY_MAX * figure:
+    if area == 0 or area > OVERLAY_MAX * figure:
         return found.share
-    region = labels == largest
+    if beyond is not None and int((beyond & (labels != largest)).sum()) > rule.beyond * figure:
+        return found.share
     size = (region.shape[1], region.shape[0])
     query, together = found.query[region].astype(np.float32), np.zeros(area, bool)
     for other in others:
         if other.shape[:2] != region.shape:
             other = cv2.resize(other, size, interpolation=cv2.INTER_AREA)
         shown = np.linalg.norm(query - other[region].astype(np.float32), axis=-1) < TOLERANCE
-        if witness == "together":  # what this candidate shows counts with what the others showed
+        if rule.witness == "together":  # what this candidate shows counts with what the others showed
             together |= shown
             shown = together
         if shown.sum() >= EXPLAINED * area:

@@ -90,7 +90,7 @@ def scan_folder(
                         keypoints,
                         more,
                         cache,
-                        detector.overlay_witness,
+                        detector.overlay_rule,
                     )
                 copy = bool(exact) or any(
                     is_copy(detector, h.collection, h.score, c) for h, c in zip(hits, checks, strict=True)

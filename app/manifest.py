@@ -9,6 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from app.agreement import OverlayRule
 from app.denoiser import load_denoiser
 from app.errors import ModelIntegrityError
 from app.preprocessing import InputFormat, PreprocessConfig
@@ -95,6 +96,14 @@ class CopyDetector(BaseModel):
         "candidates together (the first rule, which the `overlay_min` of models calibrated before it was "
         "chosen assume) or one of them (app/agreement.py: overlay)",
     )
+    overlay_beyond: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="a pasted-on region is forgiven only when, outside it, the query shows at most this share "
+        "of the figure beyond it (over the candidate's background, neither background shown; app/agreement.py: "
+        "overlay); none: not looked at (models calibrated before it was chosen)",
+    )
     layout_min: dict[str, float] = Field(
         {},
         description="per collection: a checked sprite candidate whose layout agreement reaches this is a copy "
@@ -131,6 +140,11 @@ class CopyDetector(BaseModel):
             background=self.background,
             hues=self.hues,
         )
+
+    @property
+    def overlay_rule(self) -> OverlayRule:
+        """How `overlay` forgives a pasted-on region, as calibrated (app/agreement.py)."""
+        return OverlayRule(self.overlay_witness, self.overlay_beyond)
 
     def threshold_for(self, collection: str) -> float:
         """The threshold a match from `collection` must reach."""

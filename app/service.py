@@ -296,7 +296,7 @@ class Service:
                 self.settings.copy_keypoints,
                 more,
                 self.features,
-                detector.overlay_witness,
+                detector.overlay_rule,
             )
         ranked = [(h, Check(), True) for h in exact] + [
             (h, c, is_copy(detector, h.collection, h.score, c)) for h, c in zip(fuzzy, checks, strict=True)

@@ -28,7 +28,15 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
-from app.agreement import OVERLAY_MAX, Comparison, block_comparison, comparison, overlay, scale_transform
+from app.agreement import (
+    OVERLAY_MAX,
+    Comparison,
+    OverlayRule,
+    block_comparison,
+    comparison,
+    overlay,
+    scale_transform,
+)
 from app.catalog import Catalog, Neighbour, SearchFilter
 from app.errors import NftlensError
 from app.imaging import decode_image
@@ -100,15 +108,15 @@ def check_candidates(
     images: Iterable[np.ndarray | None],
     keypoints: bool = True,
     features_of: Callable[[int, np.ndarray], Features] | None = None,
-    witness: str = "together",
+    rule: OverlayRule = OverlayRule(),
 ) -> list[Check]:
     """Each candidate's check against the query (an RGB image, or a `SpriteQuery` to share its side of
     the sprite checks), from its decoded image (best instance-space score first): the layout check for
     sprites; for other images, when the query is painted, its colour agreement and (with `keypoints`)
     its keypoints; nothing for candidates without an image.
-    `features_of(i, image)` may hand over candidate i's keypoint features from a cache; `witness`: who
-    must show a painted candidate's pasted-on region for `Check.overlay` (app/agreement.py: overlay; the
-    model's `CopyDetector.overlay_witness`)."""
+    `features_of(i, image)` may hand over candidate i's keypoint features from a cache; `rule`: how a
+    painted candidate's `Check.overlay` forgives a pasted-on region (app/agreement.py: overlay; the
+    model's `CopyDetector.overlay_rule`)."""
     q = as_query(query)
     images = list(images)
     sprites = [None if im is None else native_sprite(im) for im in images]
@@ -154,7 +162,7 @@ def check_candidates(
                 Check(
                     keypoints=inliers,
                     colours=None if compared is None else compared.share,
-                    overlay=overlaid(compared, partial(others, i), witness),
+                    overlay=overlaid(compared, partial(others, i), rule),
                     transform=None if found is None else found.transform,
                     mirrored=rgb is not q.rgb,
                 )
@@ -216,7 +224,7 @@ def colour_comparison(
 def overlaid(
     compared: Comparison | None,
     others: Callable[[tuple[int, ...]], Sequence[np.ndarray]],
-    witness: str = "together",
+    rule: OverlayRule = OverlayRule(),
 ) -> float | None:
     """A painted candidate's `Check.overlay` (app/agreement.py: overlay, against the other painted
     candidates' images, `others(frame)`: scaled to the comparison's frame), worked out where forgiving a
@@ -224,7 +232,7 @@ def overlaid(
     if compared is None:
         return None
     return (
-        overlay(compared, others(compared.differ.shape), witness)
+        overlay(compared, others(compared.differ.shape), rule)
         if compared.share >= 1 - 2 * OVERLAY_MAX
         else compared.share
     )
@@ -238,12 +246,12 @@ def rank_by_checks(
     keypoints: bool = True,
     more: Callable[[list[np.ndarray]], list[Neighbour]] | None = None,
     cache: FeatureCache | None = None,
-    witness: str = "together",
+    rule: OverlayRule = OverlayRule(),
 ) -> tuple[list[Neighbour], list[Check]]:
     """Search hits (best score first, one per token) in their checked order, each with its check; every
     candidate's image is read from the catalog (`Catalog.image`), its keypoint features from `cache`
     when given. With `more` (`catalog_lookup`), a cropped or recoloured sprite query's completions find
-    further candidates (`find_by_completion`). `witness`: as `check_candidates`."""
+    further candidates (`find_by_completion`). `rule`: as `check_candidates`."""
     stored = [catalog.image(h.collection, h.token_id) for h in hits]
     images = [stored_rgb(data, background) for data in stored]
     features_of = None
@@ -254,7 +262,7 @@ def rank_by_checks(
             return cache.get(key, image)
 
     query = SpriteQuery(query_rgb)
-    checks = check_candidates(query, images, keypoints, features_of, witness)
+    checks = check_candidates(query, images, keypoints, features_of, rule)
     if more is not None:
         by_key = {(h.collection, h.token_id): h for h in hits}
 
@@ -267,7 +275,7 @@ def rank_by_checks(
             ]
 
         keys, images, checks = find_by_completion(
-            query, list(by_key), images, checks, lookup, keypoints, witness
+            query, list(by_key), images, checks, lookup, keypoints, rule
         )
         hits = [by_key[key] for key in keys]
     order = verified_order([h.score for h in hits], checks)
@@ -448,7 +456,7 @@ def find_by_completion(
     checks: list[Check],
     lookup: Callable[[list[np.ndarray]], list[tuple[K, np.ndarray | None]]],
     keypoints: bool = True,
-    witness: str = "together",
+    rule: OverlayRule = OverlayRule(),
 ) -> tuple[list[K], list[np.ndarray | None], list[Check]]:
     """Candidates (`keys`, their decoded `images` and `checks`, best instance-space score first) with
     those a completion of the query finds, when no candidate shows all of it (`_found`).
@@ -461,7 +469,7 @@ def find_by_completion(
     with (`painted_completions`).
     `lookup(rendered completions)` answers further candidates (key and image; none already among
     `keys`), which are checked and appended. Up to `ROUNDS` times, each completing from the last
-    round's finds. `witness`: as `check_candidates`."""
+    round's finds. `rule`: as `check_candidates`."""
     query = as_query(query)
     complete = _completer(query, checks)
     if complete is None:
@@ -475,7 +483,7 @@ def find_by_completion(
         if not found:
             break
         new_keys, new_images = [k for k, _ in found], [im for _, im in found]
-        new_checks = check_candidates(query, new_images, keypoints, witness=witness)
+        new_checks = check_candidates(query, new_images, keypoints, rule=rule)
         keys, images, checks = keys + new_keys, images + new_images, checks + new_checks
         if _found(new_checks):
             break

@@ -7,6 +7,7 @@ import pytest
 
 from app.agreement import (
     OVERLAY_MAX,
+    OverlayRule,
     agreement,
     block_agreement,
     comparison,
@@ -159,12 +160,61 @@ def test_a_region_shown_only_piecemeal_by_several_candidates_is_forgiven_when_on
     left[:, : centre[0]] = badge[:, : centre[0]]
     right[:, centre[0] :] = badge[:, centre[0] :]
     found = comparison(badge, ape, scale_transform(badge.shape, ape.shape))
-    assert (
-        overlay(found, others, "one") == overlay(found, others, "together") == pytest.approx(1.0, abs=0.005)
-    )
+    one, together = OverlayRule("one"), OverlayRule("together")
+    assert overlay(found, others, one) == overlay(found, others, together) == pytest.approx(1.0, abs=0.005)
     halves = [*others, left, right]
-    assert overlay(found, halves, "together") == found.share
-    assert overlay(found, halves, "one") == pytest.approx(1.0, abs=0.005)
-    assert overlay(found, [*halves, badge], "one") == found.share
+    assert overlay(found, halves, together) == found.share
+    assert overlay(found, halves, one) == pytest.approx(1.0, abs=0.005)
+    assert overlay(found, [*halves, badge], one) == found.share
     with pytest.raises(ValueError, match="witness"):
-        overlay(found, others, "anyone")
+        OverlayRule("anyone")
+
+
+@pytest.fixture(scope="module")
+def moonbirds(shared_data) -> list[np.ndarray]:
+    files = sorted((shared_data / "nft-thumbs" / "moonbirds").glob("*.webp"))[:6]
+    return [decode_image(f.read_bytes(), BACKGROUND) for f in files]
+
+
+def test_a_region_is_not_forgiven_when_the_query_wears_something_else_beyond_the_figure(moonbirds):
+    """`OverlayRule.beyond`: a sibling on another background that differs by one trait inside the figure
+    often wears another over the background (a validation MoonBird's flame), which the colours, counted
+    on the candidate's figure only, do not see. On a real MoonBird with its background swapped and a
+    badge on its figure, the badge is forgiven with or without `beyond` (the query's own background is
+    not counted, nor the part of a badge that spills over the background); with a second object drawn on
+    the background, only the rule without `beyond` still forgives it. A share outside 0..1 is refused."""
+    import cv2
+
+    from training.edits import apply_edit
+
+    bird, others = moonbirds[0], moonbirds[1:]
+    figure = ~background_region(bird)
+    assert 0.2 < figure.mean() < 0.8  # a background to wear something on
+    ys, xs = np.nonzero(figure)
+    centre, r = (int(xs.mean()), int(ys.mean())), bird.shape[0] // 14
+    swapped = apply_edit("background_swap", bird, np.random.default_rng(0))
+    badge = swapped.copy()
+    cv2.circle(badge, centre, r, (255, 0, 255), -1)
+    spill = swapped.copy()  # a badge half over the figure's left edge, half over the background
+    cv2.circle(spill, (int(np.argmax(figure[centre[1]])), centre[1]), r, (255, 0, 255), -1)
+    h, w = bird.shape[:2]
+    far = cv2.distanceTransform((~figure).astype(np.uint8), cv2.DIST_L2, 3) > r + 2
+    yy, xx = np.mgrid[:h, :w]
+    inside = np.minimum.reduce([yy, xx, h - 1 - yy, w - 1 - xx]) > r + 2  # the corners stay background
+    y, x = np.argwhere(far & inside)[0]
+    worn = badge.copy()
+    cv2.circle(worn, (int(x), int(y)), r, (255, 128, 0), -1)
+    plain, strict = OverlayRule("one"), OverlayRule("one", 0.01)
+    for query in (badge, spill):
+        found = comparison(query, bird, scale_transform(query.shape, bird.shape))
+        assert found.share < 0.99
+        assert (
+            overlay(found, others, plain) == overlay(found, others, strict) == pytest.approx(1.0, abs=0.005)
+        )
+    found = comparison(worn, bird, scale_transform(worn.shape, bird.shape))
+    assert found.beyond.sum() > 0.01 * found.where.sum()
+    assert overlay(found, others, plain) == pytest.approx(1.0, abs=0.005)
+    assert overlay(found, others, strict) == found.share < 0.99
+    for share in (-0.1, 1.5):
+        with pytest.raises(ValueError, match="beyond"):
+            OverlayRule("one", share)

@@ -474,17 +474,22 @@ def test_a_layout_minimum_raised_above_one_is_dropped_so_the_score_decides_again
 
 def test_a_manifest_without_an_overlay_witness_keeps_the_first_rule_and_no_other_is_taken():
     """`overlay_min` cuts fit the `overlay` they were calibrated with: a manifest written before the
-    witness was a choice (int8's, `models/default-int8`) keeps "together"; an unknown witness is refused."""
+    witness was a choice (int8's, `models/default-int8`) keeps "together" and does not look beyond the
+    figure (`overlay_beyond` None); an unknown witness, or a `--overlay-beyond` that is not a share, is
+    refused before the manifest is touched."""
     from pydantic import ValidationError
 
+    from app.agreement import OverlayRule
     from app.manifest import CopyDetector, load_manifest
 
-    assert CopyDetector(threshold=0.5).overlay_witness == "together"
-    assert CopyDetector(threshold=0.5, overlay_witness="one").overlay_witness == "one"
-    with pytest.raises(ValidationError):
-        CopyDetector(threshold=0.5, overlay_witness="anyone")
+    assert CopyDetector(threshold=0.5).overlay_rule == OverlayRule("together", None)
+    chosen = CopyDetector(threshold=0.5, overlay_witness="one", overlay_beyond=0.01)
+    assert chosen.overlay_rule == OverlayRule("one", 0.01)
+    for wrong in ({"overlay_witness": "anyone"}, {"overlay_beyond": 1.5}):
+        with pytest.raises(ValidationError):
+            CopyDetector(threshold=0.5, **wrong)
     shipped_int8 = Path(__file__).resolve().parents[1] / "models" / "default-int8"
-    assert load_manifest(shipped_int8).copies.overlay_witness == "together"
+    assert load_manifest(shipped_int8).copies.overlay_rule == OverlayRule("together", None)
     from typer.testing import CliRunner
 
     from app.cli import serve_app
@@ -492,4 +497,7 @@ def test_a_manifest_without_an_overlay_witness_keeps_the_first_rule_and_no_other
     before = (shipped_int8 / "model.json").read_bytes()
     refused = CliRunner().invoke(serve_app, ["calibrate", str(shipped_int8), "--overlay-witness", "anyone"])
     assert refused.exit_code == 2 and "overlay-witness" in refused.output
+    for share in ("lots", "1.5"):
+        refused = CliRunner().invoke(serve_app, ["calibrate", str(shipped_int8), "--overlay-beyond", share])
+        assert refused.exit_code == 2 and "overlay-beyond" in refused.output
     assert (shipped_int8 / "model.json").read_bytes() == before

@@ -80,7 +80,8 @@ def test_evaluate_copies_reports_a_planted_copy_among_the_distinct_tokens(model_
     assert planted_copy in [{k: f[k] for k in ("query", "match", "by")} for f in r["false_copies"]]
     assert r["genuine_not_copy_rate"] == pytest.approx(1 - len(r["false_copies"]) / len(kept_out))
     assert json.loads((out / "copies.json").read_text()) == r
-    assert r["overlay_witness"] == load_manifest(model_dir).copies.overlay_witness
+    rule = load_manifest(model_dir).copies.overlay_rule
+    assert (r["overlay_witness"], r["overlay_beyond"]) == (rule.witness, rule.beyond)
     written = (out / "COPIES.md").read_text()
     k = round(r["genuine_not_copy_rate"] * len(kept_out))
     assert f"{k} of {len(kept_out)}; Clopper-Pearson" in written
@@ -102,6 +103,10 @@ def test_evaluate_copies_reports_a_planted_copy_among_the_distinct_tokens(model_
     # with painted overlay minima the report says which witness the rule took (older reports: nothing)
     painted = {**r, "check_minima": {**(r["check_minima"] or {}), "overlay": {"bayc": 0.99}}}
     assert "unless one other candidate shows" in render_markdown({**painted, "overlay_witness": "one"})
+    beyond = render_markdown({**painted, "overlay_witness": "one", "overlay_beyond": 0.01})
+    assert "at most 0.01 of the figure beyond" in beyond  # stop 40's rule; reports before it do not say
+    before = {k: v for k, v in painted.items() if k != "overlay_beyond"}
+    assert "overlay_beyond" not in render_markdown({**before, "overlay_witness": "one"})
     assert "overlay_witness" not in render_markdown(
         {k: v for k, v in painted.items() if k != "overlay_witness"}
     )

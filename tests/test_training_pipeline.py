@@ -107,6 +107,7 @@ def test_train_export_evaluate_serve_contract(cli, punks, nouns, avatars, tmp_pa
     assert -1 <= m.copies.threshold <= 1.01 and m.copies.dihedral and 0 <= m.copies.recall <= 1
     assert set(m.copies.per_collection) <= {"cryptopunks", "nouns"}
     assert m.copies.overlay_witness == "one"  # the default; a manifest without the field means "together"
+    assert m.copies.overlay_beyond == 0.01  # the default; without the field: not looked at
     assert {"reliability_val.png", "copies_pr_val.png", "calibration.json"} <= {
         p.name for p in (model_dir / "report").iterdir()
     }

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from app.agreement import OverlayRule
 from app.config import Settings
 from app.inference import OnnxModel, logits_of
 from app.manifest import Calibration, CopyDetector, UnknownDetector, sha256_of
@@ -55,6 +56,7 @@ MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # the margins (in tail scales) `c
 FOLDS = 5  # `crossfit_false_copies` holds out each fifth of the distinct tokens in turn
 GROUPS = ("colours", "layout", "none")  # check kinds: painted collections, sprites, neither
 DETECTOR_FIELDS = ("threshold", "per_collection", "colours_min", "overlay_min", "layout_min")
+BEYOND = 0.01  # `OverlayRule.beyond` calibrated by default: a share of the figure (app/agreement.py: overlay)
 OPENSET_METHODS = ("max_probability", "energy", "mahalanobis", "knn", "multilayer")
 
 
@@ -547,7 +549,7 @@ def copy_pairs(
     views: ViewSet | None = None,
     verify_k: int = 0,
     keypoints: bool = True,
-    witness: str = "one",
+    rule: OverlayRule = OverlayRule("one", BEYOND),
 ) -> dict[str, np.ndarray]:
     """Validation pairs for the copy thresholds, scored as the service scores (best of the query's
     `views`).
@@ -559,7 +561,7 @@ def copy_pairs(
     (app/verify.py) as pos_/neg_layout and pos_/neg_colours (NaN: not checked that way): a positive's
     against its original, a negative's best over its `verify_k` nearest distinct tokens; pos_/neg_lossless
     (bool) where those layout checks saw the sprite's own grid; pos_/neg_overlay (`Check.overlay`: a
-    positive's has no other candidate to show its pasted-on region, so it bounds the served one; `witness`:
+    positive's has no other candidate to show its pasted-on region, so it bounds the served one; `rule`:
     app/agreement.py: overlay).
     """
     vpaths, vrows = select_rows(data, "val", label_field, exclude, holdout)
@@ -572,9 +574,7 @@ def copy_pairs(
     tcol = np.array([r["collection"] for r in trows])
     vkey = np.array([token_key(r) for r in vrows])
     tkey = np.array([token_key(r) for r in trows])
-    refs = ReferenceChecks(
-        [*tpaths, *vpaths], model.manifest.preprocessing.background_rgb, keypoints, witness
-    )
+    refs = ReferenceChecks([*tpaths, *vpaths], model.manifest.preprocessing.background_rgb, keypoints, rule)
     negatives, neg_checks = nearest_distinct(
         val_q,
         vcol,
@@ -696,14 +696,14 @@ def calibrate(
     verify_k: int = Settings.model_fields["copy_verify_k"].default,
     keypoints: bool = Settings.model_fields["copy_keypoints"].default,
     crossfit: bool = True,
-    overlay_witness: str = "one",
+    overlay_rule: OverlayRule = OverlayRule("one", BEYOND),
 ) -> dict:
     """Fit temperature, open-set detector and copy threshold on validation data; update model.json
     (`copies_only`: only the copy thresholds, e.g. after the query views changed). `outliers`: auxiliary
     outlier datasets whose validation split picks the `multilayer` score's layers. `crossfit`: raise the
     copy cuts by the margins cross-fitting finds they need to keep `false_copy` on new tokens.
-    `overlay_witness`: who must show a pasted-on region for `overlay` not to forgive it (app/agreement.py:
-    overlay; "together": the first rule)."""
+    `overlay_rule`: how `overlay` forgives a pasted-on region (app/agreement.py: overlay; witness
+    "together" without `beyond`: the first rule)."""
     from training.reports import plot_pr_curve, plot_reliability
 
     model_dir = Path(model_dir)
@@ -784,7 +784,7 @@ def calibrate(
             views=ViewSet(dihedral=dihedral, peel=peel, deskew=deskew, background=background, hues=hues),
             verify_k=verify_k,
             keypoints=keypoints,
-            witness=overlay_witness,
+            rule=overlay_rule,
         )
         margins, expected, judged = choose_margins(pairs, false_copy) if crossfit else ({}, {}, {})
         chosen = copy_thresholds(pairs, false_copy, margins=margins)
@@ -795,7 +795,8 @@ def calibrate(
             deskew=deskew,
             hues=hues,
             background=background,
-            overlay_witness=overlay_witness,
+            overlay_witness=overlay_rule.witness,
+            overlay_beyond=overlay_rule.beyond,
             margins=margins,
             crossfit_false_copy=expected,
             crossfit_called={g: list(kn) for g, kn in judged.items()},

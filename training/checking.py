@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.agreement import OverlayRule
 from app.keypoints import FeatureCache
 from app.sprites import SpriteQuery
 from app.verify import Check, check_candidates, find_by_completion, interleave, stored_rgb
@@ -23,10 +24,10 @@ class ReferenceChecks:
         paths: Sequence[Path],
         background: tuple[int, int, int],
         keypoints: bool = True,
-        witness: str = "together",
+        rule: OverlayRule = OverlayRule(),
     ):
         self.paths, self.background, self.keypoints = list(paths), background, keypoints
-        self.witness = witness  # app/agreement.py: overlay
+        self.rule = rule  # app/agreement.py: overlay
         self._images: dict[int, np.ndarray | None] = {}
         self._features = FeatureCache(len(self.paths))  # every reference's, by index
 
@@ -46,7 +47,7 @@ class ReferenceChecks:
             (self.image(i) for i in candidates),
             self.keypoints,
             lambda n, image: self._features.get(candidates[n], image),
-            self.witness,
+            self.rule,
         )
 
     def completed(
@@ -59,7 +60,7 @@ class ReferenceChecks:
         checks = self.check(query, candidates)
         images = [self.image(i) for i in candidates]
         found, _, more = find_by_completion(
-            query, candidates, images, checks, lookup, self.keypoints, self.witness
+            query, candidates, images, checks, lookup, self.keypoints, self.rule
         )
         return checks, found, more
 

@@ -71,7 +71,7 @@ def probe(
     paths, rows = [*tpaths, *vpaths], [*trows, *vrows]
     colls = [r["collection"] for r in rows]
     cat = infer(model, paths, desc="catalog")["instance"]
-    refs = ReferenceChecks(paths, m.preprocessing.background_rgb, True, m.copies.overlay_witness)
+    refs = ReferenceChecks(paths, m.preprocessing.background_rgb, True, m.copies.overlay_rule)
     skip: set[int] = set()
 
     def embed(images: list[np.ndarray]) -> np.ndarray:

@@ -365,16 +365,30 @@ def calibrate_cmd(
         help="who must show a painted candidate's pasted-on region for `overlay` not to forgive it: one other "
         "candidate, or the others together (the first rule)",
     ),
+    overlay_beyond: str = typer.Option(
+        "0.01",
+        help="forgive a painted candidate's pasted-on region only when, outside it, the query shows at most "
+        "this share of the figure beyond the candidate's figure (`none`: not looked at, the rule before)",
+    ),
 ) -> None:
     """Fit temperature, unknown detector (+ openset.npz) and copy threshold on validation data."""
     _need_train_extra()
-    from app.agreement import WITNESSES
+    from app.agreement import OverlayRule
     from training.calibrate import OPENSET_METHODS, calibrate
 
     if method not in OPENSET_METHODS:
         raise typer.BadParameter(f"choose one of {', '.join(OPENSET_METHODS)}", param_hint="--method")
-    if overlay_witness not in WITNESSES:
-        raise typer.BadParameter(f"choose one of {', '.join(WITNESSES)}", param_hint="--overlay-witness")
+    try:
+        beyond = None if overlay_beyond.strip().lower() == "none" else float(overlay_beyond)
+    except ValueError:
+        raise typer.BadParameter(
+            "a share of the figure (0..1) or none", param_hint="--overlay-beyond"
+        ) from None
+    try:
+        rule = OverlayRule(overlay_witness, beyond)
+    except ValueError as e:
+        hint = "--overlay-witness" if "witness" in str(e) else "--overlay-beyond"
+        raise typer.BadParameter(str(e), param_hint=hint) from None
     r = calibrate(
         model_dir,
         method,
@@ -391,7 +405,7 @@ def calibrate_cmd(
         verify_k=verify_k,
         keypoints=keypoints,
         crossfit=crossfit,
-        overlay_witness=overlay_witness,
+        overlay_rule=rule,
     )
     if not copies_only:
         typer.echo(

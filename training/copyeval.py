@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from app.agreement import OverlayRule
 from app.config import Settings
 from app.inference import OnnxModel
 from app.preprocessing import preprocess_batch
@@ -131,7 +132,7 @@ def evaluate_copies(
         [sets["catalog"][k][0] for k in keys],
         m.preprocessing.background_rgb,
         keypoints,
-        m.copies.overlay_witness if m.copies else "together",
+        m.copies.overlay_rule if m.copies else OverlayRule(),
     )
 
     def checked(
@@ -291,6 +292,7 @@ def evaluate_copies(
         ),
         "check_minima": detector.check_minima if detector is not None and verify_k else None,
         "overlay_witness": detector.overlay_witness if detector is not None and verify_k else None,
+        "overlay_beyond": detector.overlay_beyond if detector is not None and verify_k else None,
         "margins": detector.margins if detector is not None else {},
         "crossfit_false_copy": detector.crossfit_false_copy if detector is not None else {},
         "catalog": {
@@ -427,9 +429,16 @@ def render_markdown(r: dict) -> str:
             )
         if minima.get("overlay") and r.get("overlay_witness"):  # reports before stop 39 do not say
             who = {"one": "one other candidate shows", "together": "the other candidates together show"}
+            beyond = r.get("overlay_beyond")  # reports before stop 40 do not say
             lines.append(
                 f"`overlay` forgives a pasted-on region unless {who[r['overlay_witness']]} the query's "
-                "pixels in half of it (model.json: overlay_witness)."
+                "pixels in half of it (model.json: overlay_witness)"
+                + (
+                    f", and only when, outside it, the query shows at most {beyond:g} of the figure beyond the "
+                    "original's figure and either background (model.json: overlay_beyond)."
+                    if beyond is not None
+                    else "."
+                )
             )
         if r.get("crossfit_false_copy"):
             lines.append(

@@ -73,7 +73,7 @@ def probe(model_dir: str = "models/default", per_collection: int = 100, seed: in
         [*tpaths, *vpaths],
         m.preprocessing.background_rgb,
         Settings().copy_keypoints,
-        m.copies.overlay_witness,
+        m.copies.overlay_rule,
     )
     out = {}
     for split, paths, rows in (
