@@ -373,22 +373,20 @@ def calibrate_cmd(
 ) -> None:
     """Fit temperature, unknown detector (+ openset.npz) and copy threshold on validation data."""
     _need_train_extra()
-    from app.agreement import OverlayRule
+    from app.agreement import WITNESSES, OverlayRule
     from training.calibrate import OPENSET_METHODS, calibrate
 
     if method not in OPENSET_METHODS:
         raise typer.BadParameter(f"choose one of {', '.join(OPENSET_METHODS)}", param_hint="--method")
+    if overlay_witness not in WITNESSES:
+        raise typer.BadParameter(f"choose one of {', '.join(WITNESSES)}", param_hint="--overlay-witness")
     try:
         beyond = None if overlay_beyond.strip().lower() == "none" else float(overlay_beyond)
+        rule = OverlayRule(overlay_witness, beyond)  # refuses a share outside 0..1
     except ValueError:
         raise typer.BadParameter(
             "a share of the figure (0..1) or none", param_hint="--overlay-beyond"
         ) from None
-    try:
-        rule = OverlayRule(overlay_witness, beyond)
-    except ValueError as e:
-        hint = "--overlay-witness" if "witness" in str(e) else "--overlay-beyond"
-        raise typer.BadParameter(str(e), param_hint=hint) from None
     r = calibrate(
         model_dir,
         method,
