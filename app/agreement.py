@@ -19,7 +19,9 @@ fifty tokens some shows nearly any colour somewhere, so a badge's pixels are oft
 A copy shows nothing beyond the original's figure but its own background (swapped or not) and what was
 pasted on: with `OverlayRule.beyond`, a region is forgiven only when, outside it, the query shows at most
 that share of the figure where the candidate has background and neither background is shown (a sibling
-on another background that differs by one trait inside the figure often wears another beyond it).
+on another background that differs by one trait inside the figure often wears another beyond it). A
+caption is many regions, one per letter or what is left of it after the opening: with `OverlayRule.lines`,
+regions that line up as a line of text in one colour (`text_lines`) are one region.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ FACTOR_TOLERANCE = 6  # HSV levels within which a factor explains a pixel (whole
 OVERLAY_MAX = 0.08  # the largest disagreeing region is forgiven up to this share of the figure ...
 EXPLAINED = 0.5  # ... unless other candidates show the query's pixels in this share of it or more
 WITNESSES = ("together", "one")  # who must show that share: the other candidates together, or one of them
+# a line of text (`text_lines`): regions side by side, each at most LINE_GAP times the taller one's height
+# from the next and overlapping it by LINE_OVERLAP of the shorter one's height, at least LINE_MIN of them
+# spanning LINE_ASPECT times their height, and LINE_COLOURS of them in the line's colour (their median
+# colours within `TOLERANCE` of the median of those)
+LINE_GAP, LINE_OVERLAP, LINE_MIN, LINE_ASPECT, LINE_COLOURS = 3.0, 0.5, 3, 2.0, 0.8
 
 
 @dataclass(frozen=True)
@@ -50,10 +57,12 @@ class OverlayRule:
     """How `overlay` forgives a pasted-on region (the model's, `CopyDetector.overlay_rule`): who must show
     its pixels for it not to be forgiven (`WITNESSES`: the other candidates together, or one of them), and
     how much the query may show beyond the candidate's figure outside it (a share of the figure; None: not
-    looked at, the rule before `beyond` was chosen)."""
+    looked at, the rule before `beyond` was chosen), and whether regions that line up as text are one
+    (`text_lines`; False: each region on its own, the rule before)."""
 
     witness: str = "together"
     beyond: float | None = None
+    lines: bool = False
 
     def __post_init__(self) -> None:
         if self.witness not in WITNESSES:
@@ -214,6 +223,52 @@ def block_comparison(blocks: np.ndarray, candidate: np.ndarray) -> Comparison | 
     return _compare(np.clip(blocks, 0, 255).astype(np.uint8), small, where, 1)
 
 
+def text_lines(stats: np.ndarray, labels: np.ndarray, query: np.ndarray) -> list[list[int]]:
+    """The regions (`stats`: OpenCV's connected components of `labels`, 0 the background) as lines of text
+    and single regions: regions that line up (`LINE_GAP`, `LINE_OVERLAP`) are joined, and what they join
+    is one region when it is a line (`LINE_MIN` regions spanning `LINE_ASPECT` times its height) in one
+    colour (`LINE_COLOURS` of the regions' median colours in the query within `TOLERANCE` of theirs);
+    otherwise each of its regions is one on its own. A caption's letters come apart (each its own region,
+    thin strokes lost to the opening); two eyes or two swapped traits are fewer or not in one line."""
+    x, y, w, h = (stats[1:, k].astype(np.float64) for k in range(4))
+    n = len(x)
+    tall, short = np.maximum.outer(h, h), np.minimum.outer(h, h)
+    overlap = np.minimum.outer(y + h, y + h) - np.maximum.outer(y, y)
+    gap = np.maximum.outer(x, x) - np.minimum.outer(x + w, x + w)
+    parent = list(range(n))
+
+    def root(a: int) -> int:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    for a, b in np.argwhere((overlap >= LINE_OVERLAP * short) & (gap <= LINE_GAP * tall)):
+        if a < b:
+            parent[root(int(a))] = root(int(b))
+    joined: dict[int, list[int]] = {}
+    for a in range(n):
+        joined.setdefault(root(a), []).append(a + 1)
+    out: list[list[int]] = []
+    for group in joined.values():
+        g = np.array(group)
+        span = (x[g - 1] + w[g - 1]).max() - x[g - 1].min()
+        height = (y[g - 1] + h[g - 1]).max() - y[g - 1].min()
+        if len(group) >= LINE_MIN and span >= LINE_ASPECT * height and _one_colour(labels, query, group):
+            out.append(group)
+        else:
+            out.extend([i] for i in group)
+    return out
+
+
+def _one_colour(labels: np.ndarray, query: np.ndarray, group: list[int]) -> bool:
+    """Whether `LINE_COLOURS` of the regions' median colours in the query lie within `TOLERANCE` of the
+    median of those."""
+    medians = np.array([np.median(query[labels == i].astype(np.float32), axis=0) for i in group])
+    centre = np.median(medians, axis=0)
+    return bool((np.linalg.norm(medians - centre, axis=1) < TOLERANCE).mean() >= LINE_COLOURS)
+
+
 def overlay(found: Comparison, others: Iterable[np.ndarray], rule: OverlayRule = OverlayRule()) -> float:
     """The comparison's share with its largest disagreeing region forgiven, when that region covers at
     most `OVERLAY_MAX` of the figure and the `others` (the other candidates' images, assumed drawn in the
@@ -221,23 +276,25 @@ def overlay(found: Comparison, others: Iterable[np.ndarray], rule: OverlayRule =
     of them together or (`rule.witness` "one") any one of them: what a pasted badge, logo or emoji leaves,
     and a sibling's swapped trait, drawn on other tokens too, does not. With `rule.beyond` (and a
     comparison that looked, `Comparison.beyond`), regions are taken with what the query shows beyond the
-    figure (the largest: the most disagreeing figure pixels), and one is forgiven only when, outside it,
-    the query shows at most `rule.beyond` of the figure there. Otherwise the share itself."""
+    figure, and one is forgiven only when, outside it, the query shows at most `rule.beyond` of the figure
+    there; with `rule.lines`, a line of text is one region (`text_lines`). The largest region is the one
+    with the most disagreeing figure pixels (pixels beyond the figure are not forgiven). Otherwise the
+    share itself."""
     beyond = found.beyond if rule.beyond is not None else None
     joined = found.differ if beyond is None else found.differ | beyond
     count, labels, stats, _ = cv2.connectedComponentsWithStats(joined.astype(np.uint8), connectivity=8)
     if count < 2:
         return found.share
-    if beyond is None:
-        largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    else:  # the region with the most disagreeing figure pixels; pixels beyond the figure are not forgiven
-        largest = 1 + int(np.argmax(np.bincount(labels[found.differ], minlength=count)[1:]))
-    region = (labels == largest) & found.differ
+    regions = text_lines(stats, labels, found.query) if rule.lines else [[i] for i in range(1, count)]
+    disagree = np.bincount(labels[found.differ], minlength=count)
+    largest = max(regions, key=lambda r: int(disagree[r].sum()))  # the first of equals, as np.argmax
+    inside = np.isin(labels, largest)
+    region = inside & found.differ
     area = int(region.sum())
     figure = int(found.where.sum())
     if area == 0 or area > OVERLAY_MAX * figure:
         return found.share
-    if beyond is not None and int((beyond & (labels != largest)).sum()) > rule.beyond * figure:
+    if beyond is not None and int((beyond & ~inside).sum()) > rule.beyond * figure:
         return found.share
     size = (region.shape[1], region.shape[0])
     query, together = found.query[region].astype(np.float32), np.zeros(area, bool)

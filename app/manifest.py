@@ -104,6 +104,12 @@ class CopyDetector(BaseModel):
         "of the figure beyond it (over the candidate's background, neither background shown; app/agreement.py: "
         "overlay); none: not looked at (models calibrated before it was chosen)",
     )
+    overlay_lines: bool = Field(
+        False,
+        description="regions that line up as a line of text in one colour (a caption's letters) are one "
+        "pasted-on region for `overlay` (app/agreement.py: text_lines); false: each region on its own (models "
+        "calibrated before it was chosen)",
+    )
     layout_min: dict[str, float] = Field(
         {},
         description="per collection: a checked sprite candidate whose layout agreement reaches this is a copy "
@@ -144,7 +150,7 @@ class CopyDetector(BaseModel):
     @property
     def overlay_rule(self) -> OverlayRule:
         """How `overlay` forgives a pasted-on region, as calibrated (app/agreement.py)."""
-        return OverlayRule(self.overlay_witness, self.overlay_beyond)
+        return OverlayRule(self.overlay_witness, self.overlay_beyond, self.overlay_lines)
 
     def threshold_for(self, collection: str) -> float:
         """The threshold a match from `collection` must reach."""

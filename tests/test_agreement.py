@@ -14,6 +14,7 @@ from app.agreement import (
     global_change,
     overlay,
     scale_transform,
+    text_lines,
 )
 from app.imaging import background_region, decode_image
 
@@ -218,3 +219,46 @@ def test_a_region_is_not_forgiven_when_the_query_wears_something_else_beyond_the
     for share in (-0.1, 1.5):
         with pytest.raises(ValueError, match="beyond"):
             OverlayRule("one", share)
+
+
+def _caption(image: np.ndarray, colours: list[tuple[int, int, int]], text: str = "NFT COPY") -> np.ndarray:
+    """`text` written letter by letter across the lower part of `image`, each letter in its colour."""
+    import cv2
+
+    out, (h, w) = image.copy(), image.shape[:2]
+    x, scale, thick = w // 10, h / 200 * 1.4, max(1, round(h / 32))
+    for letter, colour in zip(text, colours, strict=True):
+        cv2.putText(
+            out, letter, (x, int(h * 0.8)), cv2.FONT_HERSHEY_SIMPLEX, scale, colour, thick, cv2.LINE_AA
+        )
+        x += cv2.getTextSize(letter, cv2.FONT_HERSHEY_SIMPLEX, scale, thick)[0][0] + 1
+    return out
+
+
+def test_a_caption_in_one_colour_is_one_region_when_lines_are_joined(apes):
+    """`OverlayRule.lines`: a caption is a region per letter, and forgiving the largest leaves the rest;
+    regions that line up as text in one colour (`text_lines`) are one, forgiven whole. The same letters
+    each in another colour stay regions on their own, and so do two same-coloured marks side by side
+    (two eyes: fewer than `LINE_MIN`)."""
+    import cv2
+
+    ape, others = apes[0], apes[1:]
+    joined, apart = OverlayRule("one", 0.01, lines=True), OverlayRule("one", 0.01)
+    one = _caption(ape, [(255, 0, 255)] * 8)
+    found = comparison(one, ape, scale_transform(one.shape, ape.shape))
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(found.differ.astype(np.uint8), connectivity=8)
+    assert count - 1 >= 4 and found.share < 0.97  # several letters, more than one region forgiven can mend
+    assert text_lines(stats, labels, found.query) == [list(range(1, count))]
+    assert overlay(found, others, apart) < 0.98
+    assert overlay(found, others, joined) == pytest.approx(1.0, abs=0.005)
+    assert overlay(found, [*others, one], joined) == found.share  # a candidate that shows the caption
+    rainbow = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)]
+    many = _caption(ape, [*rainbow, (255, 255, 255), (0, 0, 0)])
+    found = comparison(many, ape, scale_transform(many.shape, ape.shape))
+    assert overlay(found, others, joined) == overlay(found, others, apart) < 0.98
+    h, w = ape.shape[:2]
+    eyes = ape.copy()
+    for x in (w // 3, 2 * w // 3):
+        cv2.circle(eyes, (x, h // 2), h // 16, (255, 0, 255), -1)
+    found = comparison(eyes, ape, scale_transform(eyes.shape, ape.shape))
+    assert overlay(found, others, joined) == overlay(found, others, apart) < 0.995

@@ -81,7 +81,11 @@ def test_evaluate_copies_reports_a_planted_copy_among_the_distinct_tokens(model_
     assert r["genuine_not_copy_rate"] == pytest.approx(1 - len(r["false_copies"]) / len(kept_out))
     assert json.loads((out / "copies.json").read_text()) == r
     rule = load_manifest(model_dir).copies.overlay_rule
-    assert (r["overlay_witness"], r["overlay_beyond"]) == (rule.witness, rule.beyond)
+    assert (r["overlay_witness"], r["overlay_beyond"], r["overlay_lines"]) == (
+        rule.witness,
+        rule.beyond,
+        rule.lines,
+    )
     written = (out / "COPIES.md").read_text()
     k = round(r["genuine_not_copy_rate"] * len(kept_out))
     assert f"{k} of {len(kept_out)}; Clopper-Pearson" in written
@@ -105,7 +109,11 @@ def test_evaluate_copies_reports_a_planted_copy_among_the_distinct_tokens(model_
     assert "unless one other candidate shows" in render_markdown({**painted, "overlay_witness": "one"})
     beyond = render_markdown({**painted, "overlay_witness": "one", "overlay_beyond": 0.01})
     assert "at most 0.01 of the figure beyond" in beyond  # stop 40's rule; reports before it do not say
-    before = {k: v for k, v in painted.items() if k != "overlay_beyond"}
+    assert "overlay_lines" in render_markdown({**painted, "overlay_witness": "one", "overlay_lines": True})
+    assert "overlay_lines" not in render_markdown(
+        {**painted, "overlay_witness": "one", "overlay_lines": False}
+    )
+    before = {k: v for k, v in painted.items() if k not in ("overlay_beyond", "overlay_lines")}
     assert "overlay_beyond" not in render_markdown({**before, "overlay_witness": "one"})
     assert "overlay_witness" not in render_markdown(
         {k: v for k, v in painted.items() if k != "overlay_witness"}

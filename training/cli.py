@@ -370,6 +370,11 @@ def calibrate_cmd(
         help="forgive a painted candidate's pasted-on region only when, outside it, the query shows at most "
         "this share of the figure beyond the candidate's figure (`none`: not looked at, the rule before)",
     ),
+    overlay_lines: bool = typer.Option(
+        True,
+        help="take regions that line up as a line of text in one colour (a caption's letters) as one pasted-on "
+        "region (--no-overlay-lines: each region on its own, the rule before)",
+    ),
 ) -> None:
     """Fit temperature, unknown detector (+ openset.npz) and copy threshold on validation data."""
     _need_train_extra()
@@ -382,7 +387,7 @@ def calibrate_cmd(
         raise typer.BadParameter(f"choose one of {', '.join(WITNESSES)}", param_hint="--overlay-witness")
     try:
         beyond = None if overlay_beyond.strip().lower() == "none" else float(overlay_beyond)
-        rule = OverlayRule(overlay_witness, beyond)  # refuses a share outside 0..1
+        rule = OverlayRule(overlay_witness, beyond, overlay_lines)  # refuses a share outside 0..1
     except ValueError:
         raise typer.BadParameter(
             "a share of the figure (0..1) or none", param_hint="--overlay-beyond"

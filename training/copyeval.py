@@ -293,6 +293,7 @@ def evaluate_copies(
         "check_minima": detector.check_minima if detector is not None and verify_k else None,
         "overlay_witness": detector.overlay_witness if detector is not None and verify_k else None,
         "overlay_beyond": detector.overlay_beyond if detector is not None and verify_k else None,
+        "overlay_lines": detector.overlay_lines if detector is not None and verify_k else None,
         "margins": detector.margins if detector is not None else {},
         "crossfit_false_copy": detector.crossfit_false_copy if detector is not None else {},
         "catalog": {
@@ -438,6 +439,12 @@ def render_markdown(r: dict) -> str:
                     "original's figure and either background (model.json: overlay_beyond)."
                     if beyond is not None
                     else "."
+                )
+                + (  # reports before stop 41 do not say
+                    " A caption's letters, regions that line up as a line of text in one colour, are one "
+                    "region (model.json: overlay_lines)."
+                    if r.get("overlay_lines")
+                    else ""
                 )
             )
         if r.get("crossfit_false_copy"):
