@@ -21,7 +21,9 @@ pasted on: with `OverlayRule.beyond`, a region is forgiven only when, outside it
 that share of the figure where the candidate has background and neither background is shown (a sibling
 on another background that differs by one trait inside the figure often wears another beyond it). A
 caption is many regions, one per letter or what is left of it after the opening: with `OverlayRule.lines`,
-regions that line up as a line of text in one colour (`text_lines`) are one region.
+regions that line up as a line of text in one colour (`text_lines`) are one region. A sticker, badge or
+emoji is one compact shape, larger than most traits a sibling swaps: with `OverlayRule.compact`, a
+compact region (`compact`) may cover up to `COMPACT_MAX` of the figure.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ SATURATED, LIT = 60, 30  # HSV levels above which a pixel's hue (saturation, bri
 FACTORS = np.geomspace(0.1, 4.0, 161)  # the saturation and brightness factors tried (2.3 % apart)
 FACTOR_TOLERANCE = 6  # HSV levels within which a factor explains a pixel (whole: `_factor`)
 OVERLAY_MAX = 0.08  # the largest disagreeing region is forgiven up to this share of the figure ...
+COMPACT_MAX = 0.12  # ... and a compact one (`compact`, with `OverlayRule.compact`) up to this ...
 EXPLAINED = 0.5  # ... unless other candidates show the query's pixels in this share of it or more
 WITNESSES = ("together", "one")  # who must show that share: the other candidates together, or one of them
 # a line of text (`text_lines`): regions side by side, each at most LINE_GAP times the taller one's height
@@ -50,6 +53,10 @@ WITNESSES = ("together", "one")  # who must show that share: the other candidate
 # spanning LINE_ASPECT times their height, and LINE_COLOURS of them in the line's colour (their median
 # colours within `TOLERANCE` of the median of those)
 LINE_GAP, LINE_OVERLAP, LINE_MIN, LINE_ASPECT, LINE_COLOURS = 3.0, 0.5, 3, 2.0, 0.8
+SOLIDITY, COMPACT_ASPECT = (
+    0.9,
+    0.5,
+)  # a compact region fills its convex hull so far, its box at least so square
 
 
 @dataclass(frozen=True)
@@ -57,12 +64,14 @@ class OverlayRule:
     """How `overlay` forgives a pasted-on region (the model's, `CopyDetector.overlay_rule`): who must show
     its pixels for it not to be forgiven (`WITNESSES`: the other candidates together, or one of them), and
     how much the query may show beyond the candidate's figure outside it (a share of the figure; None: not
-    looked at, the rule before `beyond` was chosen), and whether regions that line up as text are one
-    (`text_lines`; False: each region on its own, the rule before)."""
+    looked at, the rule before `beyond` was chosen), whether regions that line up as text are one
+    (`text_lines`; False: each region on its own, the rule before), and whether a compact region may
+    cover up to `COMPACT_MAX` of the figure (`compact`; False: every region `OVERLAY_MAX`)."""
 
     witness: str = "together"
     beyond: float | None = None
     lines: bool = False
+    compact: bool = False
 
     def __post_init__(self) -> None:
         if self.witness not in WITNESSES:
@@ -269,6 +278,18 @@ def _one_colour(labels: np.ndarray, query: np.ndarray, group: list[int]) -> bool
     return bool((np.linalg.norm(medians - centre, axis=1) < TOLERANCE).mean() >= LINE_COLOURS)
 
 
+def compact(region: np.ndarray) -> bool:
+    """Whether a region (bool mask, one connected shape) is compact, as a pasted sticker, badge or emoji
+    is: it fills `SOLIDITY` of its convex hull (pixels over the hull's area) and its box's shorter side is
+    at least `COMPACT_ASPECT` of its longer one; a swapped hat, hair or mouth is mostly neither."""
+    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    if not contours:
+        return False
+    hull = cv2.contourArea(cv2.convexHull(np.vstack(contours)))
+    _, _, w, h = cv2.boundingRect(region.astype(np.uint8))
+    return hull > 0 and region.sum() / hull >= SOLIDITY and min(w, h) >= COMPACT_ASPECT * max(w, h)
+
+
 def overlay(found: Comparison, others: Iterable[np.ndarray], rule: OverlayRule = OverlayRule()) -> float:
     """The comparison's share with its largest disagreeing region forgiven, when that region covers at
     most `OVERLAY_MAX` of the figure and the `others` (the other candidates' images, assumed drawn in the
@@ -277,7 +298,8 @@ def overlay(found: Comparison, others: Iterable[np.ndarray], rule: OverlayRule =
     and a sibling's swapped trait, drawn on other tokens too, does not. With `rule.beyond` (and a
     comparison that looked, `Comparison.beyond`), regions are taken with what the query shows beyond the
     figure, and one is forgiven only when, outside it, the query shows at most `rule.beyond` of the figure
-    there; with `rule.lines`, a line of text is one region (`text_lines`). The largest region is the one
+    there; with `rule.lines`, a line of text is one region (`text_lines`); with `rule.compact`, a compact
+    region (`compact`) may cover up to `COMPACT_MAX` of the figure. The largest region is the one
     with the most disagreeing figure pixels (pixels beyond the figure are not forgiven). Otherwise the
     share itself."""
     beyond = found.beyond if rule.beyond is not None else None
@@ -292,7 +314,10 @@ def overlay(found: Comparison, others: Iterable[np.ndarray], rule: OverlayRule =
     region = inside & found.differ
     area = int(region.sum())
     figure = int(found.where.sum())
-    if area == 0 or area > OVERLAY_MAX * figure:
+    if area == 0 or (
+        area > OVERLAY_MAX * figure
+        and not (rule.compact and len(largest) == 1 and area <= COMPACT_MAX * figure and compact(inside))
+    ):
         return found.share
     if beyond is not None and int((beyond & ~inside).sum()) > rule.beyond * figure:
         return found.share

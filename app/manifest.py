@@ -110,6 +110,12 @@ class CopyDetector(BaseModel):
         "pasted-on region for `overlay` (app/agreement.py: text_lines); false: each region on its own (models "
         "calibrated before it was chosen)",
     )
+    overlay_compact: bool = Field(
+        False,
+        description="a compact pasted-on region (a sticker, badge or emoji: app/agreement.py: compact) may cover "
+        "up to `COMPACT_MAX` of the figure for `overlay`; false: every region `OVERLAY_MAX` (models calibrated "
+        "before it was chosen)",
+    )
     layout_min: dict[str, float] = Field(
         {},
         description="per collection: a checked sprite candidate whose layout agreement reaches this is a copy "
@@ -150,7 +156,9 @@ class CopyDetector(BaseModel):
     @property
     def overlay_rule(self) -> OverlayRule:
         """How `overlay` forgives a pasted-on region, as calibrated (app/agreement.py)."""
-        return OverlayRule(self.overlay_witness, self.overlay_beyond, self.overlay_lines)
+        return OverlayRule(
+            self.overlay_witness, self.overlay_beyond, self.overlay_lines, self.overlay_compact
+        )
 
     def threshold_for(self, collection: str) -> float:
         """The threshold a match from `collection` must reach."""

@@ -262,3 +262,41 @@ def test_a_caption_in_one_colour_is_one_region_when_lines_are_joined(apes):
         cv2.circle(eyes, (x, h // 2), h // 16, (255, 0, 255), -1)
     found = comparison(eyes, ape, scale_transform(eyes.shape, ape.shape))
     assert overlay(found, others, joined) == overlay(found, others, apart) < 0.995
+
+
+def test_a_compact_region_may_be_larger_when_compact_regions_are_allowed(apes):
+    """`OverlayRule.compact`: a badge over a tenth of the figure is more than `OVERLAY_MAX`, but compact
+    (a disc fills its hull, its box is square), so it is forgiven up to `COMPACT_MAX`; a bar of the same
+    colour and about the same area (a long, thin box) is not, nor is a disc over `COMPACT_MAX`."""
+    import cv2
+
+    from app.agreement import COMPACT_MAX, compact
+
+    ape, others = apes[0], apes[1:]
+    figure = ~background_region(ape)
+    ys, xs = np.nonzero(figure)
+    centre = (int(xs.mean()), int(ys.mean()))
+    larger, plain = OverlayRule("one", 0.01, compact=True), OverlayRule("one", 0.01)
+
+    def disc(share: float) -> np.ndarray:
+        out = ape.copy()
+        cv2.circle(out, centre, round(np.sqrt(share * figure.sum() / np.pi)), (255, 0, 255), -1)
+        return out
+
+    found = comparison(disc(0.1), ape, scale_transform(ape.shape, ape.shape))
+    assert OVERLAY_MAX < 1 - found.share < COMPACT_MAX
+    assert compact(found.differ)
+    assert overlay(found, others, plain) == found.share
+    assert overlay(found, others, larger) == pytest.approx(1.0, abs=0.005)
+    h = max(3, round(0.1 * figure.sum() / (0.8 * ape.shape[1])))
+    bar = ape.copy()
+    bar[centre[1] - h // 2 : centre[1] - h // 2 + h, ape.shape[1] // 10 : ape.shape[1] * 9 // 10] = (
+        255,
+        0,
+        255,
+    )
+    found = comparison(bar, ape, scale_transform(ape.shape, ape.shape))
+    assert OVERLAY_MAX < 1 - found.share and not compact(found.differ)
+    assert overlay(found, others, larger) == found.share
+    found = comparison(disc(0.16), ape, scale_transform(ape.shape, ape.shape))
+    assert overlay(found, others, larger) == found.share

@@ -475,16 +475,21 @@ def test_a_layout_minimum_raised_above_one_is_dropped_so_the_score_decides_again
 def test_a_manifest_without_an_overlay_witness_keeps_the_first_rule_and_no_other_is_taken():
     """`overlay_min` cuts fit the `overlay` they were calibrated with: a manifest written before the
     witness was a choice (int8's, `models/default-int8`) keeps "together" and does not look beyond the
-    figure (`overlay_beyond` None) nor joins a caption's letters (`overlay_lines` False); an unknown
+    figure (`overlay_beyond` None), joins no caption's letters (`overlay_lines` False) nor lets a compact
+    region be larger (`overlay_compact` False); an unknown
     witness, or a `--overlay-beyond` that is not a share, is refused before the manifest is touched."""
     from pydantic import ValidationError
 
     from app.agreement import OverlayRule
     from app.manifest import CopyDetector, load_manifest
 
-    assert CopyDetector(threshold=0.5).overlay_rule == OverlayRule("together", None, lines=False)
-    chosen = CopyDetector(threshold=0.5, overlay_witness="one", overlay_beyond=0.01, overlay_lines=True)
-    assert chosen.overlay_rule == OverlayRule("one", 0.01, lines=True)
+    assert CopyDetector(threshold=0.5).overlay_rule == OverlayRule(
+        "together", None, lines=False, compact=False
+    )
+    chosen = CopyDetector(
+        threshold=0.5, overlay_witness="one", overlay_beyond=0.01, overlay_lines=True, overlay_compact=True
+    )
+    assert chosen.overlay_rule == OverlayRule("one", 0.01, lines=True, compact=True)
     for wrong in ({"overlay_witness": "anyone"}, {"overlay_beyond": 1.5}):
         with pytest.raises(ValidationError):
             CopyDetector(threshold=0.5, **wrong)

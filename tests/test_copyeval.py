@@ -81,11 +81,8 @@ def test_evaluate_copies_reports_a_planted_copy_among_the_distinct_tokens(model_
     assert r["genuine_not_copy_rate"] == pytest.approx(1 - len(r["false_copies"]) / len(kept_out))
     assert json.loads((out / "copies.json").read_text()) == r
     rule = load_manifest(model_dir).copies.overlay_rule
-    assert (r["overlay_witness"], r["overlay_beyond"], r["overlay_lines"]) == (
-        rule.witness,
-        rule.beyond,
-        rule.lines,
-    )
+    recorded = (r["overlay_witness"], r["overlay_beyond"], r["overlay_lines"], r["overlay_compact"])
+    assert recorded == (rule.witness, rule.beyond, rule.lines, rule.compact)
     written = (out / "COPIES.md").read_text()
     k = round(r["genuine_not_copy_rate"] * len(kept_out))
     assert f"{k} of {len(kept_out)}; Clopper-Pearson" in written
@@ -113,7 +110,10 @@ def test_evaluate_copies_reports_a_planted_copy_among_the_distinct_tokens(model_
     assert "overlay_lines" not in render_markdown(
         {**painted, "overlay_witness": "one", "overlay_lines": False}
     )
-    before = {k: v for k, v in painted.items() if k not in ("overlay_beyond", "overlay_lines")}
+    compact = render_markdown({**painted, "overlay_witness": "one", "overlay_compact": True})
+    assert "up to 0.12 of the figure" in compact and "overlay_compact" in compact
+    later = ("overlay_beyond", "overlay_lines", "overlay_compact")  # stops 40 and 41: older reports lack them
+    before = {k: v for k, v in painted.items() if k not in later}
     assert "overlay_beyond" not in render_markdown({**before, "overlay_witness": "one"})
     assert "overlay_witness" not in render_markdown(
         {k: v for k, v in painted.items() if k != "overlay_witness"}

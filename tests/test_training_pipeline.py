@@ -109,6 +109,7 @@ def test_train_export_evaluate_serve_contract(cli, punks, nouns, avatars, tmp_pa
     assert m.copies.overlay_witness == "one"  # the default; a manifest without the field means "together"
     assert m.copies.overlay_beyond == 0.01  # the default; without the field: not looked at
     assert m.copies.overlay_lines  # the default; without the field: each region on its own
+    assert m.copies.overlay_compact  # the default; without the field: every region OVERLAY_MAX
     assert {"reliability_val.png", "copies_pr_val.png", "calibration.json"} <= {
         p.name for p in (model_dir / "report").iterdir()
     }

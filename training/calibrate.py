@@ -549,7 +549,7 @@ def copy_pairs(
     views: ViewSet | None = None,
     verify_k: int = 0,
     keypoints: bool = True,
-    rule: OverlayRule = OverlayRule("one", BEYOND, lines=True),
+    rule: OverlayRule = OverlayRule("one", BEYOND, lines=True, compact=True),
 ) -> dict[str, np.ndarray]:
     """Validation pairs for the copy thresholds, scored as the service scores (best of the query's
     `views`).
@@ -696,14 +696,14 @@ def calibrate(
     verify_k: int = Settings.model_fields["copy_verify_k"].default,
     keypoints: bool = Settings.model_fields["copy_keypoints"].default,
     crossfit: bool = True,
-    overlay_rule: OverlayRule = OverlayRule("one", BEYOND, lines=True),
+    overlay_rule: OverlayRule = OverlayRule("one", BEYOND, lines=True, compact=True),
 ) -> dict:
     """Fit temperature, open-set detector and copy threshold on validation data; update model.json
     (`copies_only`: only the copy thresholds, e.g. after the query views changed). `outliers`: auxiliary
     outlier datasets whose validation split picks the `multilayer` score's layers. `crossfit`: raise the
     copy cuts by the margins cross-fitting finds they need to keep `false_copy` on new tokens.
     `overlay_rule`: how `overlay` forgives a pasted-on region (app/agreement.py: overlay; witness
-    "together" without `beyond` or `lines`: the first rule)."""
+    "together" without `beyond`, `lines` or `compact`: the first rule)."""
     from training.reports import plot_pr_curve, plot_reliability
 
     model_dir = Path(model_dir)
@@ -798,6 +798,7 @@ def calibrate(
             overlay_witness=overlay_rule.witness,
             overlay_beyond=overlay_rule.beyond,
             overlay_lines=overlay_rule.lines,
+            overlay_compact=overlay_rule.compact,
             margins=margins,
             crossfit_false_copy=expected,
             crossfit_called={g: list(kn) for g, kn in judged.items()},

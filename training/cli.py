@@ -375,6 +375,11 @@ def calibrate_cmd(
         help="take regions that line up as a line of text in one colour (a caption's letters) as one pasted-on "
         "region (--no-overlay-lines: each region on its own, the rule before)",
     ),
+    overlay_compact: bool = typer.Option(
+        True,
+        help="let a compact pasted-on region (a sticker, badge or emoji) cover up to COMPACT_MAX of the figure "
+        "(--no-overlay-compact: every region OVERLAY_MAX, the rule before)",
+    ),
 ) -> None:
     """Fit temperature, unknown detector (+ openset.npz) and copy threshold on validation data."""
     _need_train_extra()
@@ -387,7 +392,9 @@ def calibrate_cmd(
         raise typer.BadParameter(f"choose one of {', '.join(WITNESSES)}", param_hint="--overlay-witness")
     try:
         beyond = None if overlay_beyond.strip().lower() == "none" else float(overlay_beyond)
-        rule = OverlayRule(overlay_witness, beyond, overlay_lines)  # refuses a share outside 0..1
+        rule = OverlayRule(
+            overlay_witness, beyond, overlay_lines, overlay_compact
+        )  # refuses a share outside 0..1
     except ValueError:
         raise typer.BadParameter(
             "a share of the figure (0..1) or none", param_hint="--overlay-beyond"

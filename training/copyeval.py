@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.agreement import OverlayRule
+from app.agreement import COMPACT_MAX, OverlayRule
 from app.config import Settings
 from app.inference import OnnxModel
 from app.preprocessing import preprocess_batch
@@ -294,6 +294,7 @@ def evaluate_copies(
         "overlay_witness": detector.overlay_witness if detector is not None and verify_k else None,
         "overlay_beyond": detector.overlay_beyond if detector is not None and verify_k else None,
         "overlay_lines": detector.overlay_lines if detector is not None and verify_k else None,
+        "overlay_compact": detector.overlay_compact if detector is not None and verify_k else None,
         "margins": detector.margins if detector is not None else {},
         "crossfit_false_copy": detector.crossfit_false_copy if detector is not None else {},
         "catalog": {
@@ -444,6 +445,12 @@ def render_markdown(r: dict) -> str:
                     " A caption's letters, regions that line up as a line of text in one colour, are one "
                     "region (model.json: overlay_lines)."
                     if r.get("overlay_lines")
+                    else ""
+                )
+                + (  # reports before stop 41 do not say
+                    f" A compact region (a sticker, badge or emoji) may cover up to {COMPACT_MAX:g} of the "
+                    "figure (model.json: overlay_compact)."
+                    if r.get("overlay_compact")
                     else ""
                 )
             )
