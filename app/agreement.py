@@ -53,10 +53,8 @@ WITNESSES = ("together", "one")  # who must show that share: the other candidate
 # spanning LINE_ASPECT times their height, and LINE_COLOURS of them in the line's colour (their median
 # colours within `TOLERANCE` of the median of those)
 LINE_GAP, LINE_OVERLAP, LINE_MIN, LINE_ASPECT, LINE_COLOURS = 3.0, 0.5, 3, 2.0, 0.8
-SOLIDITY, COMPACT_ASPECT = (
-    0.9,
-    0.5,
-)  # a compact region fills its convex hull so far, its box at least so square
+# a compact region (`compact`): it fills SOLIDITY of its convex hull, its box COMPACT_ASPECT as wide as long
+SOLIDITY, COMPACT_ASPECT = 0.9, 0.5
 
 
 @dataclass(frozen=True)

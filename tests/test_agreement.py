@@ -296,7 +296,7 @@ def test_a_compact_region_may_be_larger_when_compact_regions_are_allowed(apes):
         255,
     )
     found = comparison(bar, ape, scale_transform(ape.shape, ape.shape))
-    assert OVERLAY_MAX < 1 - found.share and not compact(found.differ)
+    assert 1 - found.share > OVERLAY_MAX and not compact(found.differ)
     assert overlay(found, others, larger) == found.share
     found = comparison(disc(0.16), ape, scale_transform(ape.shape, ape.shape))
     assert overlay(found, others, larger) == found.share

@@ -392,9 +392,8 @@ def calibrate_cmd(
         raise typer.BadParameter(f"choose one of {', '.join(WITNESSES)}", param_hint="--overlay-witness")
     try:
         beyond = None if overlay_beyond.strip().lower() == "none" else float(overlay_beyond)
-        rule = OverlayRule(
-            overlay_witness, beyond, overlay_lines, overlay_compact
-        )  # refuses a share outside 0..1
+        # OverlayRule refuses a share outside 0..1
+        rule = OverlayRule(overlay_witness, beyond, overlay_lines, overlay_compact)
     except ValueError:
         raise typer.BadParameter(
             "a share of the figure (0..1) or none", param_hint="--overlay-beyond"
