@@ -290,11 +290,17 @@ def evaluate_copies(
         "thresholds": (
             {"default": detector.threshold, **detector.per_collection} if detector is not None else None
         ),
-        "check_minima": detector.check_minima if detector is not None and verify_k else None,
-        "overlay_witness": detector.overlay_witness if detector is not None and verify_k else None,
-        "overlay_beyond": detector.overlay_beyond if detector is not None and verify_k else None,
-        "overlay_lines": detector.overlay_lines if detector is not None and verify_k else None,
-        "overlay_compact": detector.overlay_compact if detector is not None and verify_k else None,
+        # what only the checks use: none without them
+        **{
+            field: getattr(detector, field) if detector is not None and verify_k else None
+            for field in (
+                "check_minima",
+                "overlay_witness",
+                "overlay_beyond",
+                "overlay_lines",
+                "overlay_compact",
+            )
+        },
         "margins": detector.margins if detector is not None else {},
         "crossfit_false_copy": detector.crossfit_false_copy if detector is not None else {},
         "catalog": {
