@@ -5,7 +5,7 @@ The best `copy_verify_k` candidates of a copy query are checked against the quer
 art) by their colour layout (`app/sprites.py`); paintings by SIFT keypoints that agree on one similarity
 transform (`app/keypoints.py`), and by their colour agreement (`app/agreement.py`) with the query aligned
 by that transform or simply stretched over the candidate, whichever agrees more (the query first turned
-the way its first candidates agree with, `facing`: SIFT cannot match a mirror image). Candidates that pass
+the way its candidates agree with most, `facing`: SIFT cannot match a mirror image). Candidates that pass
 (layout >= `GATE`, inliers >= `MIN_INLIERS`) come first, best checked first (paintings that show all of
 the query in their colours first, then by inliers); the rest keep the instance-space order. A cropped or
 recoloured sprite that no candidate shows whole is completed from the candidates it fits best (their pixels around a crop, their palette for a recolouring), a cropped
@@ -58,7 +58,7 @@ from app.sprites import (
 COMPLETE_FROM = 30  # a cropped or recoloured sprite is completed from the best of this many candidates ...
 COMPLETIONS = 3  # ... this many at a time ...
 ROUNDS = 2  # ... at most this many times (each from the candidates the last one found)
-FACING_FROM = 3  # a painted query is checked facing the way these first candidates agree with most
+FACING_FROM = 3  # without keypoints, a painted query faces the way these first candidates' colours agree
 CROP_SHOWS = (0.25, 0.9)  # a painted query is completed from an aligned candidate it shows this share of
 COMPLETE_COLOURS = 0.4  # ... whose colours agree at least this much (a wrong alignment agrees little)
 FOUND = 0.99  # a painted candidate with colours at or above this shows the whole query: nothing to complete
@@ -179,13 +179,16 @@ def facing(
     keypoints: bool,
     features_of: Callable[[int, np.ndarray], Features],
 ) -> tuple[np.ndarray, np.ndarray | None, Features | None, dict[int, Match]]:
-    """A painted query as it is or mirrored left to right, whichever the first `FACING_FROM` candidates
-    with an image agree with more: SIFT matches no drawing to its mirror image, and the colour check
-    compares the query unturned. Agreement is the most keypoint inliers (with `keypoints`), else the
-    best colour agreement; a tie keeps the query as it is. Returns its image, its `blocks` (a pixelated
-    query's, app/sprites.py: collapse_runs) turned alike, its keypoint features (None without
-    `keypoints`) and its matches with those first candidates, by index (for the caller to reuse)."""
-    first = [(i, im) for i, im in enumerate(images) if im is not None][:FACING_FROM]
+    """A painted query as it is or mirrored left to right, whichever the candidates with an image agree
+    with more: SIFT matches no drawing to its mirror image, and the colour check compares the query
+    unturned. Agreement is the most keypoint inliers with any candidate (with `keypoints`: an original
+    below a few siblings still decides, where siblings' chance inliers either way do not), else the best
+    colour agreement of the first `FACING_FROM`; a tie keeps the query as it is. Returns its image, its
+    `blocks` (a pixelated query's, app/sprites.py: collapse_runs) turned alike, its keypoint features
+    (None without `keypoints`) and its matches with those candidates, by index (for the caller to
+    reuse: only the other side's matches are extra work)."""
+    first = [(i, im) for i, im in enumerate(images) if im is not None]
+    first = first if keypoints else first[:FACING_FROM]
     turned = None if blocks is None else np.ascontiguousarray(blocks[:, ::-1])
     sides = [(rgb, blocks), (np.ascontiguousarray(rgb[:, ::-1]), turned)]
     if keypoints:

@@ -43,7 +43,7 @@ def test_an_edited_painting_keeps_more_keypoints_with_its_original_than_with_its
 
 def test_a_flipped_painting_is_checked_facing_its_candidates_way(apes):
     """SIFT matches no drawing to its mirror image: a flipped, re-encoded copy is turned back (the way its
-    first candidates agree with most, siblings included) before its keypoints and colours are compared;
+    candidates agree with most, siblings included) before its keypoints and colours are compared;
     without keypoints, the colours choose. An unflipped query stays as it is."""
     from app.verify import facing
     from training.edits import apply_edit
@@ -61,6 +61,27 @@ def test_a_flipped_painting_is_checked_facing_its_candidates_way(apes):
             assert plain is ape
         checks = check_candidates(flipped, apes, keypoints=False)
         assert checks[j].colours > 0.95 > max(c.colours for k, c in enumerate(checks) if k != j)
+
+
+def test_a_painting_faces_the_way_its_best_candidate_agrees_not_its_first_ones(apes):
+    """An unflipped crop whose first candidates are siblings facing the other way (their mirror images
+    share the base drawing with the query's mirror image) and whose original comes fourth: the original
+    agrees most, so the query stays as it is, and the original is checked first with its transform."""
+    from app.verify import facing
+    from training.edits import apply_edit
+
+    def features_of(i, image):
+        return features(image)
+
+    for j, ape in enumerate(apes):
+        query = apply_edit("crop_zoom", ape, np.random.default_rng(j))
+        turned = [np.ascontiguousarray(a[:, ::-1]) for k, a in enumerate(apes) if k != j][:3]
+        candidates = [*turned, ape]
+        rgb, _, _, matched = facing(query, None, candidates, True, features_of)
+        assert rgb is query and matched[3].inliers > max(matched[k].inliers for k in range(3)), j
+        checks = check_candidates(query, candidates)
+        assert not checks[3].mirrored and checks[3].transform is not None
+        assert verified_order([0.9, 0.8, 0.7, 0.6], checks)[0] == 3
 
 
 def test_keypoints_on_flat_and_tiny_images_and_the_switch(apes):
