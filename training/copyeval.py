@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from app.agreement import COMPACT_MAX, OverlayRule
+from app.agreement import COMPACT_MAX, OVERLAY_MAX, OverlayRule
 from app.config import Settings
 from app.inference import OnnxModel
 from app.preprocessing import preprocess_batch
@@ -301,6 +301,11 @@ def evaluate_copies(
                 "overlay_compact",
             )
         },
+        # the largest region `overlay` forgives, and a compact one, as shares of the figure (the code's
+        # constants, app/agreement.py: recorded so that `copies render` says what this run used)
+        "overlay_max": (
+            {"region": OVERLAY_MAX, "compact": COMPACT_MAX} if detector is not None and verify_k else None
+        ),
         "margins": detector.margins if detector is not None else {},
         "crossfit_false_copy": detector.crossfit_false_copy if detector is not None else {},
         "catalog": {
@@ -437,9 +442,15 @@ def render_markdown(r: dict) -> str:
             )
         if minima.get("overlay") and r.get("overlay_witness"):  # reports before stop 39 do not say
             who = {"one": "one other candidate shows", "together": "the other candidates together show"}
+            # reports before stop 42 do not record the sizes: stop 41's, the only one with compact regions
+            # then, used 0.12 (and every one 0.08 for a region, which they did not print)
+            sizes = r.get("overlay_max") or {}
+            compact_max = sizes.get("compact", 0.12)
             beyond = r.get("overlay_beyond")  # reports before stop 40 do not say
             lines.append(
-                f"`overlay` forgives a pasted-on region unless {who[r['overlay_witness']]} the query's "
+                "`overlay` forgives a pasted-on region"
+                + (f" of up to {sizes['region']:g} of the figure" if "region" in sizes else "")
+                + f" unless {who[r['overlay_witness']]} the query's "
                 "pixels in half of it (model.json: overlay_witness)"
                 + (
                     f", and only when, outside it, the query shows at most {beyond:g} of the figure beyond the "
@@ -454,7 +465,7 @@ def render_markdown(r: dict) -> str:
                     else ""
                 )
                 + (  # reports before stop 41 do not say
-                    f" A compact region (a sticker, badge or emoji) may cover up to {COMPACT_MAX:g} of the "
+                    f" A compact region (a sticker, badge or emoji) may cover up to {compact_max:g} of the "
                     "figure (model.json: overlay_compact)."
                     if r.get("overlay_compact")
                     else ""
