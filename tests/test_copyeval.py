@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from app.agreement import COMPACT_MAX, OVERLAY_MAX
 from app.manifest import load_manifest
 
 
@@ -112,6 +113,14 @@ def test_evaluate_copies_reports_a_planted_copy_among_the_distinct_tokens(model_
     )
     compact = render_markdown({**painted, "overlay_witness": "one", "overlay_compact": True})
     assert "up to 0.12 of the figure" in compact and "overlay_compact" in compact
+    # the sizes the run used, as recorded, not the code's constants now (reports before stop 42: 0.12)
+    assert r["overlay_max"] == {"region": OVERLAY_MAX, "compact": COMPACT_MAX}
+    assert "a pasted-on region of up to 0.08 of the figure unless" in compact
+    sized = {**painted, "overlay_witness": "one", "overlay_compact": True}
+    larger = render_markdown({**sized, "overlay_max": {"region": 0.05, "compact": 0.2}})
+    assert "up to 0.2 of the figure (model.json: overlay_compact)" in larger and "up to 0.05 of" in larger
+    unsized = render_markdown({k: v for k, v in sized.items() if k != "overlay_max"})
+    assert "up to 0.12 of the figure" in unsized and "a pasted-on region unless" in unsized
     later = ("overlay_beyond", "overlay_lines", "overlay_compact")  # stops 40 and 41: older reports lack them
     before = {k: v for k, v in painted.items() if k not in later}
     assert "overlay_beyond" not in render_markdown({**before, "overlay_witness": "one"})
