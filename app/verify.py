@@ -193,7 +193,8 @@ def facing(
     sides = [(rgb, blocks), (np.ascontiguousarray(rgb[:, ::-1]), turned)]
     if keypoints:
         found = [features(r) for r, _ in sides]
-        matches = [{i: match(f, features_of(i, im)) for i, im in first} for f in found]
+        theirs = {i: features_of(i, im) for i, im in first}  # once each: both sides match them
+        matches = [{i: match(f, theirs[i]) for i in theirs} for f in found]
         value = [max((m.inliers for m in ms.values()), default=0) for ms in matches]
     else:
         found, matches = [None, None], [{}, {}]
