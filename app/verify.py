@@ -187,18 +187,21 @@ def facing(
     `blocks` (a pixelated query's, app/sprites.py: collapse_runs) turned alike, its keypoint features
     (None without `keypoints`) and its matches with those candidates, by index (for the caller to
     reuse: only the other side's matches are extra work)."""
-    first = [(i, im) for i, im in enumerate(images) if im is not None]
-    first = first if keypoints else first[:FACING_FROM]
+    voters = [(i, im) for i, im in enumerate(images) if im is not None]
+    if not keypoints:
+        voters = voters[:FACING_FROM]
     turned = None if blocks is None else np.ascontiguousarray(blocks[:, ::-1])
     sides = [(rgb, blocks), (np.ascontiguousarray(rgb[:, ::-1]), turned)]
     if keypoints:
         found = [features(r) for r, _ in sides]
-        theirs = {i: features_of(i, im) for i, im in first}  # once each: both sides match them
+        theirs = {i: features_of(i, im) for i, im in voters}  # once each: both sides match them
         matches = [{i: match(f, theirs[i]) for i in theirs} for f in found]
         value = [max((m.inliers for m in ms.values()), default=0) for ms in matches]
     else:
         found, matches = [None, None], [{}, {}]
-        value = [max((colour_check(r, im, None, b) or 0.0 for _, im in first), default=0.0) for r, b in sides]
+        value = [
+            max((colour_check(r, im, None, b) or 0.0 for _, im in voters), default=0.0) for r, b in sides
+        ]
     k = int(value[1] > value[0])
     return sides[k][0], sides[k][1], found[k], matches[k]
 
