@@ -277,6 +277,7 @@ def evaluate_copies(
     neg_sims = view_similarity(neg_out[output], cat)
     neg_arg, neg_best, neg_exact = exact_stage(neg_out, neg_sims)
     _, neg_confirmed, neg_by, neg_margins, _ = checked(neg_arg, neg_sims, neg_exact, neg_rgbs)
+    with_checks = detector is not None and bool(verify_k)  # what only the checks use is none without them
     result: dict = {
         "model": f"{m.name}@{m.version}",
         "space": space,
@@ -290,9 +291,8 @@ def evaluate_copies(
         "thresholds": (
             {"default": detector.threshold, **detector.per_collection} if detector is not None else None
         ),
-        # what only the checks use: none without them
         **{
-            field: getattr(detector, field) if detector is not None and verify_k else None
+            field: getattr(detector, field) if with_checks else None
             for field in (
                 "check_minima",
                 "overlay_witness",
@@ -303,9 +303,7 @@ def evaluate_copies(
         },
         # the largest region `overlay` forgives, and a compact one, as shares of the figure (the code's
         # constants, app/agreement.py: recorded so that `copies render` says what this run used)
-        "overlay_max": (
-            {"region": OVERLAY_MAX, "compact": COMPACT_MAX} if detector is not None and verify_k else None
-        ),
+        "overlay_max": ({"region": OVERLAY_MAX, "compact": COMPACT_MAX} if with_checks else None),
         "margins": detector.margins if detector is not None else {},
         "crossfit_false_copy": detector.crossfit_false_copy if detector is not None else {},
         "catalog": {
