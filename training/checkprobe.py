@@ -1,7 +1,8 @@
-"""The painted checks' design check (app/verify.py), on validation paintings only.
+"""The checks' design check (app/verify.py), on validation tokens only.
 
-Seeded edits of validation tokens of the CDN thumbnails (`data/nft-thumbs`, split `val`) are searched
-in the instance space against all of that dataset's train and validation tokens; the best 50 candidates
+Seeded edits of validation tokens of the CDN thumbnails (`data/nft-thumbs`, split `val`; or of other
+datasets, `--data`: the pixel art's `data/cryptopunks data/nouns`) are searched in the instance space
+against all of those datasets' train and validation tokens; the best 50 candidates
 are checked as the service checks them. Per edit it prints the share of queries whose original comes
 first: with aligned paintings ordered by their keypoint inliers alone, as served (those whose colours
 show all of the query, `FOUND`, first, the rest by inliers), by their colours, then inliers (the order
@@ -15,6 +16,7 @@ calls a copy.
 
     python -m training.checkprobe                      # every edit, 100 queries each, 200 genuine
     python -m training.checkprobe crop_zoom background_swap --queries 200
+    python -m training.checkprobe crop_zoom --data data/cryptopunks data/nouns --misses   # pixel art
 """
 
 from __future__ import annotations
@@ -62,12 +64,15 @@ def probe(
     genuine: int = 200,
     model_dir: str = "models/default",
     seed: int = 7,
+    data: Sequence[str] = (PAINTED,),
 ) -> dict:
-    """{edit: counts} and {"genuine": counts} (see the module)."""
+    """{edit: counts} and {"genuine": counts} (see the module); each edit's counts carry `misses`: for
+    each query whose original the served order with completion does not put first, (the query's path,
+    the first candidate's path, the original's place among the checked candidates or None)."""
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
     m = model.manifest
-    vpaths, vrows = select_rows([PAINTED], "val", "collection")
-    tpaths, trows = select_rows([PAINTED], "train", "collection")
+    vpaths, vrows = select_rows(list(data), "val", "collection")
+    tpaths, trows = select_rows(list(data), "train", "collection")
     paths, rows = [*tpaths, *vpaths], [*trows, *vrows]
     colls = [r["collection"] for r in rows]
     cat = infer(model, paths, desc="catalog")["instance"]
@@ -116,6 +121,7 @@ def probe(
             "is_copy_without_overlay": 0,
             "not_in_50": 0,
             "looked_up": 0,
+            "misses": [],
         }
         for j, i in enumerate(tqdm(pick, desc=f"check {name}", leave=False)):
             truth = len(tpaths) + i
@@ -124,7 +130,11 @@ def probe(
             c["before"] += top[inliers_first(sims[j, top].tolist(), checks)[0]] == truth
             c["served"] += top[verified_order(sims[j, top].tolist(), checks)[0]] == truth
             c["colours_first"] += top[colours_first(sims[j, top].tolist(), checks)[0]] == truth
-            c["completed"] += found[verified_order(sims[j, found].tolist(), more)[0]] == truth
+            order = found[verified_order(sims[j, found].tolist(), more)]
+            c["completed"] += order[0] == truth
+            if order[0] != truth:
+                place = int(np.flatnonzero(order == truth)[0]) if truth in order else None
+                c["misses"].append((str(paths[truth]), str(paths[order[0]]), place))
             c["is_copy"] += verdict(found, sims[j, found], more)
             plain = [replace(x, overlay=None) for x in more]
             c["is_copy_without_overlay"] += verdict(found, sims[j, found], plain)
@@ -163,8 +173,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--queries", type=int, default=100)
     ap.add_argument("--genuine", type=int, default=200)
     ap.add_argument("--model", default="models/default")
+    ap.add_argument("--data", nargs="+", default=[PAINTED], help="the datasets queried and searched")
+    ap.add_argument("--misses", action="store_true", help="list the served misses (with completion)")
     args = ap.parse_args(argv)
-    out = probe(args.edits, args.queries, args.genuine, args.model)
+    out = probe(args.edits, args.queries, args.genuine, args.model, data=args.data)
     print(
         "| edit | n | top-1 inliers first | whole colours first, then inliers (served) | colours first "
         "| served with completion | is_copy (served) | is_copy without `overlay` | not in 50 | looked up |"
@@ -177,6 +189,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             for k in ("before", "served", "colours_first", "completed", "is_copy", "is_copy_without_overlay")
         )
         print(f"| {name} | {c['n']} | {rates} | {c['not_in_50']} | {c['looked_up']} |")
+    for name in args.edits if args.misses else ():
+        for query, first, place in out[name]["misses"]:
+            print(f"{name} miss: {query} -> {first} (original's place: {place})")
     g = out["genuine"]
     print(
         f"genuine validation tokens: {g['n']}, called copies by a check in the first 50: "
