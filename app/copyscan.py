@@ -81,7 +81,7 @@ def scan_folder(
                 )
                 checks = [Check()] * len(hits)
                 if hits and not exact and verify_k:
-                    more = catalog_lookup(catalog, embed, inst[found[i]], verify_k, flt)
+                    more = catalog_lookup(catalog, embed, inst[found[i]], verify_k, flt, background)
                     hits, checks = rank_by_checks(
                         catalog,
                         hits,

@@ -287,7 +287,7 @@ class Service:
         checks = [Check()] * len(fuzzy)
         if verify_k:
             bg = self.model.manifest.preprocessing.background_rgb
-            more = catalog_lookup(self.catalog, self._instances, instances, verify_k, flt, exact_keys)
+            more = catalog_lookup(self.catalog, self._instances, instances, verify_k, flt, bg, exact_keys)
             fuzzy, checks = rank_by_checks(
                 self.catalog,
                 fuzzy,

@@ -48,6 +48,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from functools import cached_property
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -398,19 +399,24 @@ def _turns(patch: np.ndarray) -> list[np.ndarray]:
     return [np.rot90(v, k) for v in (patch, patch[:, ::-1]) for k in range(4)]
 
 
-def completed_crop(
-    patch: np.ndarray, sprite: np.ndarray, tolerance: float = TOLERANCE
-) -> tuple[float, np.ndarray] | None:
+class CropFit(NamedTuple):
+    """Where a crop fits a sprite best (`completed_crop`)."""
+
+    share: float  # the share of the crop's cells that disagree there (0: the sprite shows it as it is)
+    sprite: np.ndarray  # the sprite with the crop's native pixels put in there
+    turned: np.ndarray  # the crop's native pixels in the turn that fits
+
+
+def completed_crop(patch: np.ndarray, sprite: np.ndarray, tolerance: float = TOLERANCE) -> CropFit | None:
     """The sprite with the native pixels a crop shows (`regrid`) put in at their best place and turn
-    (the fewest layout disagreements, `_disagreements`), and the share of the crop's cells that disagree
-    there (0: the sprite shows the crop as it is). What the crop cut off stays the sprite's: a sibling
-    of the cropped token mostly shares it, so the completion stands for the whole token, which the
-    instance space finds. None when the patch is no crop of the sprite's grid."""
+    (the fewest layout disagreements, `_disagreements`). What the crop cut off stays the sprite's: a
+    sibling of the cropped token mostly shares it, so the completion stands for the whole token, which
+    the instance space finds. None when the patch is no crop of the sprite's grid."""
     h, w = sprite.shape[:2]
     back = _background(sprite)
     labels, ref = _labels(sprite, back), sprite.astype(np.float32)
     turns = _turns(patch)
-    best: tuple[float, np.ndarray] | None = None
+    best: CropFit | None = None
     for a, b in {t.shape[:2] for t in turns}:
         if not _is_crop(a, b, h, w):
             continue
@@ -419,11 +425,33 @@ def completed_crop(
         bad = _disagreements(stack, win_labels, win_ref, tolerance)  # [O, T, a, b]
         share = bad.reshape(*bad.shape[:2], -1).mean(2)
         o, t = np.unravel_index(int(share.argmin()), share.shape)
-        if best is None or share[o, t] < best[0]:
+        if best is None or share[o, t] < best.share:
             y, x = divmod(int(o), w - b + 1)
             out = sprite.copy()
             out[y : y + a, x : x + b] = np.clip(np.rint(stack[t]), 0, 255).astype(np.uint8)
-            best = (float(share[o, t]), out)
+            best = CropFit(float(share[o, t]), out, stack[t])
+    return best
+
+
+def crop_misfit(
+    turned: Sequence[np.ndarray], sprite: np.ndarray | None, tolerance: float = TOLERANCE
+) -> float:
+    """How badly a crop's native pixels (each of `turned`: in a turn a completion put them,
+    `CropFit.turned`) fit a sprite: the smallest share of them farther than `tolerance` (RGB) from the
+    sprite's pixels, at any place they fit inside it; inf for no sprite or one too small. A cheap
+    stand-in for `completed_crop`'s fit (no regions, no other turns) that orders hundreds of candidates
+    (app/verify.py: find_by_completion)."""
+    best = float("inf")
+    if sprite is None:
+        return best
+    ref = sprite.astype(np.float32)
+    for patch in turned:
+        a, b = patch.shape[:2]
+        if a > sprite.shape[0] or b > sprite.shape[1]:
+            continue
+        d = sliding_window_view(ref, (a, b, 3))[:, :, 0] - patch  # [rows, cols, a, b, 3]
+        far = d[..., 0] * d[..., 0] + d[..., 1] * d[..., 1] + d[..., 2] * d[..., 2] > tolerance * tolerance
+        best = min(best, float(far.mean((-1, -2)).min()))
     return best
 
 

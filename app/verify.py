@@ -48,6 +48,7 @@ from app.sprites import (
     as_query,
     candidate_layouts,
     completed_crop,
+    crop_misfit,
     edge_layouts,
     lossless,
     native_sprite,
@@ -57,6 +58,7 @@ from app.sprites import (
 
 COMPLETE_FROM = 30  # a cropped or recoloured sprite is completed from the best of this many candidates ...
 COMPLETIONS = 3  # ... this many at a time ...
+CROP_DEPTH = 300  # ... each looking this deep for a sprite crop, kept by how the crop fits (`fitting_first`)
 ROUNDS = 2  # ... at most this many times (each from the candidates the last one found)
 FACING_FROM = 3  # without keypoints, a painted query faces the way these first candidates' colours agree
 CROP_SHOWS = (0.25, 0.9)  # a painted query is completed from an aligned candidate it shows this share of
@@ -65,6 +67,8 @@ FOUND = 0.99  # a painted candidate with colours at or above this shows the whol
 
 K = TypeVar("K")
 T = TypeVar("T")
+# a found candidate (key, decoded image) -> how badly the query fits it
+Misfit = Callable[[K, np.ndarray | None], float]
 
 
 @dataclass(frozen=True)
@@ -273,8 +277,10 @@ def rank_by_checks(
     if more is not None:
         by_key = {(h.collection, h.token_id): h for h in hits}
 
-        def lookup(rendered: list[np.ndarray]) -> list[tuple[tuple[str, str], np.ndarray | None]]:
-            found = [h for h in more(rendered) if (h.collection, h.token_id) not in by_key]
+        def lookup(
+            rendered: list[np.ndarray], fit: Misfit | None = None
+        ) -> list[tuple[tuple[str, str], np.ndarray | None]]:
+            found = [h for h in more(rendered, fit) if (h.collection, h.token_id) not in by_key]
             by_key.update({(h.collection, h.token_id): h for h in found})
             return [
                 ((h.collection, h.token_id), stored_rgb(catalog.image(h.collection, h.token_id), background))
@@ -308,27 +314,44 @@ def catalog_lookup(
     instances: np.ndarray,
     k: int,
     flt: SearchFilter,
+    background: tuple[int, int, int],
     skip: Iterable[tuple[str, str]] = (),
-) -> Callable[[list[np.ndarray]], list[Neighbour]]:
+) -> Callable[..., list[Neighbour]]:
     """`rank_by_checks`' `more`: the catalog's nearest tokens (instance space, within `flt`, not those in
     `skip`) to images (`embed`: images -> their instance vectors), `k` of them taken in turn from each
     image's (`interleave`: one completion's near siblings cannot crowd out another's finds), each scored by
     the query's own vectors (`instances` [V, D]: its best view, as its own search scores it), so the
-    verdict on them is the query's."""
+    verdict on them is the query's. `more(images, fit)`: with a `fit` (`Misfit`, keyed (collection,
+    token id), given each stored image decoded over `background`), `CROP_DEPTH` taken from each image's,
+    the `k` that fit best kept (`fitting_first`)."""
     skipped, queries = set(skip), np.atleast_2d(instances)
 
-    def more(images: list[np.ndarray]) -> list[Neighbour]:
+    def more(images: list[np.ndarray], fit: Misfit | None = None) -> list[Neighbour]:
         found = interleave(
-            [catalog.search(v, k, flt, space="instance") for v in embed(images)],
+            [
+                catalog.search(v, k if fit is None else CROP_DEPTH, flt, space="instance")
+                for v in embed(images)
+            ],
             lambda h: (h.collection, h.token_id),
         )
+        found = [h for h in found if (h.collection, h.token_id) not in skipped]
+        if fit is not None:
+            pairs = [(h, stored_rgb(catalog.image(h.collection, h.token_id), background)) for h in found]
+            found = [
+                h
+                for h, _ in fitting_first(
+                    pairs, lambda h, im: fit((h.collection, h.token_id), im), len(pairs)
+                )
+            ]
         out = []
-        for h in (h for h in found if (h.collection, h.token_id) not in skipped):
+        for h in found:
             token = catalog.get(h.collection, h.token_id, with_vector=True)
             if token is not None and token.instance is not None and token.instance.shape == queries.shape[1:]:
                 score = float((queries @ token.instance).max())
                 out.append(Neighbour(h.collection, h.token_id, score, h.metadata))
-        return out[:k]
+                if len(out) == k:
+                    break
+        return out
 
     return more
 
@@ -354,18 +377,30 @@ def verified_order(scores: Sequence[float], checks: Sequence[Check]) -> list[int
 
 def crop_completions(
     patch: np.ndarray, images: Sequence[np.ndarray | None], n: int = COMPLETIONS
-) -> list[np.ndarray]:
+) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """The sprite candidates (decoded images) that best fit a crop's native pixels (`patch`:
     app/sprites.py: SpriteQuery.patch), completed by it (`completed_crop`) and rendered at the candidate's
-    size, best fit first: at most `n`."""
+    size, best fit first: at most `n`; and the crop's pixels in the turn each completion put them."""
     fits = []
     for image in images:
         sprite = None if image is None else native_sprite(image)
         found = None if sprite is None else completed_crop(patch, sprite)
         if found is not None:
-            up = cv2.resize(found[1], (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
-            fits.append((found[0], len(fits), up))
-    return [up for _, _, up in sorted(fits, key=lambda f: f[:2])[:n]]
+            up = cv2.resize(found.sprite, (image.shape[1], image.shape[0]), interpolation=cv2.INTER_NEAREST)
+            fits.append((found.share, len(fits), up, found.turned))
+    best = sorted(fits, key=lambda f: f[:2])[:n]
+    return [f[2] for f in best], [f[3] for f in best]
+
+
+def fitting_first(
+    found: Sequence[tuple[K, np.ndarray | None]], fit: Misfit | None, k: int
+) -> list[tuple[K, np.ndarray | None]]:
+    """A completion lookup's finds (key, decoded image) cut to `k`: the first `k`, or with `fit` the `k`
+    that fit best, ties in their order."""
+    if fit is None:
+        return list(found[:k])
+    misfits = [fit(key, image) for key, image in found]
+    return [found[i] for i in sorted(range(len(found)), key=lambda i: misfits[i])[:k]]
 
 
 def recolour_completions(
@@ -431,29 +466,49 @@ def _found(checks: Iterable[Check]) -> bool:
     return any((c.layout or 0.0) >= 1.0 or (c.colours or 0.0) >= FOUND for c in checks)
 
 
-def _completer(
-    query: SpriteQuery, checks: Sequence[Check]
-) -> Callable[[list[np.ndarray | None], list[Check]], list[np.ndarray]] | None:
-    """How to complete the query from candidates (their images and checks), or None: a lossless sprite
-    query by recolouring, a sprite crop by its patch, a painting by the candidates it aligns with."""
+# candidates (images, checks) -> the query's completions, and a `Misfit` that orders a deeper look-up
+Completer = Callable[[list[np.ndarray | None], list[Check]], tuple[list[np.ndarray], Misfit | None]]
+
+
+def _completer(query: SpriteQuery, checks: Sequence[Check]) -> Completer | None:
+    """How to complete the query from candidates (their images and checks): the completions, and how
+    badly the query fits a further candidate where that orders a deeper look-up (a sprite crop:
+    `crop_misfit`), or None: a lossless sprite query by recolouring, a sprite crop by its patch, a
+    painting by the candidates it aligns with."""
     if _found(checks):
         return None
     if any(c.layout is not None for c in checks):
         if any(c.lossless for c in checks) and query.native is not None:
             native = query.native
-            return lambda scan, scan_checks: recolour_completions(
-                native, scan[:COMPLETE_FROM], scan_checks[:COMPLETE_FROM]
+            return lambda scan, scan_checks: (
+                recolour_completions(native, scan[:COMPLETE_FROM], scan_checks[:COMPLETE_FROM]),
+                None,
             )
         if query.patch is not None:
             patch = query.patch
-            return lambda scan, scan_checks: crop_completions(patch, scan[:COMPLETE_FROM])
+
+            def crop(
+                scan: list[np.ndarray | None], scan_checks: list[Check]
+            ) -> tuple[list[np.ndarray], Misfit]:
+                completions, turned = crop_completions(patch, scan[:COMPLETE_FROM])
+                return completions, lambda key, image: crop_misfit(
+                    turned, None if image is None else native_sprite(image)
+                )
+
+            return crop
         return None
     if any(c.transform is not None for c in checks):
         rgb = query.rgb
-        return lambda scan, scan_checks: painted_completions(
-            rgb, scan[:COMPLETE_FROM], scan_checks[:COMPLETE_FROM]
+        return lambda scan, scan_checks: (
+            painted_completions(rgb, scan[:COMPLETE_FROM], scan_checks[:COMPLETE_FROM]),
+            None,
         )
     return None
+
+
+def _unknown_first(fit: Misfit, known: set, key: K, image: np.ndarray | None) -> float:
+    """`fit`, with the candidates already `known` last."""
+    return float("inf") if key in known else fit(key, image)
 
 
 def find_by_completion(
@@ -461,7 +516,7 @@ def find_by_completion(
     keys: list[K],
     images: list[np.ndarray | None],
     checks: list[Check],
-    lookup: Callable[[list[np.ndarray]], list[tuple[K, np.ndarray | None]]],
+    lookup: Callable[[list[np.ndarray], Misfit | None], list[tuple[K, np.ndarray | None]]],
     keypoints: bool = True,
     rule: OverlayRule = OverlayRule(),
 ) -> tuple[list[K], list[np.ndarray | None], list[Check]]:
@@ -474,8 +529,11 @@ def find_by_completion(
     (`crop_completions`), a lossless sprite query put back into the palette of the candidates it lays out
     best on (`recolour_completions`), a painted query put over the candidates its keypoints align it
     with (`painted_completions`).
-    `lookup(rendered completions)` answers further candidates (key and image; none already among
-    `keys`), which are checked and appended. Up to `ROUNDS` times, each completing from the last
+    `lookup(rendered completions, fit)` answers further candidates (key and image), which are checked and
+    appended (those not already among `keys`); for a sprite crop, whose original may sit a few hundred
+    deep behind the siblings a completion borrowed its cut-off cells from, `fit` (`crop_misfit`, the
+    candidates already among `keys` last) asks it to look `CROP_DEPTH` deep and keep those the crop fits
+    best. Up to `ROUNDS` times, each completing from the last
     round's finds. `rule`: as `check_candidates`."""
     query = as_query(query)
     complete = _completer(query, checks)
@@ -484,9 +542,11 @@ def find_by_completion(
     keys, images, checks = list(keys), list(images), list(checks)
     scan, scan_checks = images, checks
     for _ in range(ROUNDS):
-        completions = complete(scan, scan_checks)
+        completions, fit = complete(scan, scan_checks)
         known = set(keys)
-        found = [(k, im) for k, im in lookup(completions) if k not in known] if completions else []
+        if fit is not None:
+            fit = partial(_unknown_first, fit, known)
+        found = [(k, im) for k, im in lookup(completions, fit) if k not in known] if completions else []
         if not found:
             break
         new_keys, new_images = [k for k, _ in found], [im for _, im in found]

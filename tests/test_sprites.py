@@ -253,10 +253,10 @@ def test_a_crop_is_completed_from_any_sprite_it_fits(sprites, punks):
         query = apply_edit("crop_zoom", punk, np.random.default_rng(j))
         patch = SpriteQuery(query).patch
         assert patch is not None and patch.shape[0] < 24
-        misfit, own = completed_crop(patch, punk)
+        misfit, own, _ = completed_crop(patch, punk)
         assert misfit == 0.0 and np.array_equal(own, punk), i
         other = sprites[PUNKS[(j + 1) % len(PUNKS)]]
-        misfit, mixed = completed_crop(patch, other)
+        misfit, mixed, _ = completed_crop(patch, other)
         assert misfit > 0.0
         cells = np.rint(patch).astype(np.uint8)
         placed = [  # the crop's cells, as they are in some dihedral turn, at one place

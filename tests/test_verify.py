@@ -224,7 +224,7 @@ def _found_by_completion(punk_catalog, query: np.ndarray, target: int):
     hits = [
         h for h in catalog.search(own[0], 50, SearchFilter(), space="instance") if h.token_id != str(target)
     ]
-    more = catalog_lookup(catalog, embed, own, 50, SearchFilter())
+    more = catalog_lookup(catalog, embed, own, 50, SearchFilter(), BACKGROUND)
     ranked, checks = rank_by_checks(catalog, hits, query, BACKGROUND, False, more)
     return ranked, checks, calls, own
 
@@ -250,9 +250,52 @@ def test_a_crop_the_instance_space_misses_is_found_through_its_completion(punk_c
     whole = np.kron(rgbs[target], np.ones((8, 8, 1), np.uint8))  # its nearest upscale: nothing cut off
     hits = catalog.search(own[0], 50, SearchFilter(), space="instance")
     ranked, checks = rank_by_checks(
-        catalog, hits, whole, BACKGROUND, False, catalog_lookup(catalog, None, own, 50, SearchFilter())
+        catalog,
+        hits,
+        whole,
+        BACKGROUND,
+        False,
+        catalog_lookup(catalog, None, own, 50, SearchFilter(), BACKGROUND),
     )
     assert ranked[0].token_id == "7804"  # `embed` (None) never called
+
+
+def test_a_crop_whose_original_sits_behind_the_completions_siblings_is_found_by_its_fit(punk_catalog):
+    """A cropped punk (2703, seeded) completed from the 5 candidates the instance space gives it: the 5
+    tokens nearest its completions are siblings that share what the crop shows but not what it cut off,
+    so a look-up of 5 misses 2703. Asked with the crop's fit (`crop_misfit`), the look-up reads
+    `CROP_DEPTH` deep and keeps the 5 the crop's pixels fit best: 2703 (fitting better than those 5) among them,
+    and the served ranking puts it first, whole (layout 1)."""
+    from app.catalog import SearchFilter
+    from app.preprocessing import preprocess_batch
+    from app.sprites import SpriteQuery, crop_misfit, native_sprite
+    from app.verify import catalog_lookup, crop_completions, rank_by_checks, stored_rgb
+    from training.edits import apply_edit
+
+    model, m, catalog, rgbs, _, _ = punk_catalog
+
+    def embed(images: list[np.ndarray]) -> np.ndarray:
+        return model.run(preprocess_batch(images, m.preprocessing))["instance"]
+
+    query = apply_edit("crop_zoom", rgbs[2703], np.random.default_rng(1))
+    own = embed([query])
+    hits = [h for h in catalog.search(own[0], 5, SearchFilter(), space="instance") if h.token_id != "2703"]
+    images = [stored_rgb(catalog.image(h.collection, h.token_id), BACKGROUND) for h in hits]
+    patch = SpriteQuery(query).patch
+    completions, turned = crop_completions(patch, images)
+    more = catalog_lookup(catalog, embed, own, 5, SearchFilter(), BACKGROUND)
+    assert "2703" not in [h.token_id for h in more(completions)]  # the plain look-up's 5
+
+    def fit(key: tuple[str, str], image: np.ndarray | None) -> float:
+        return crop_misfit(turned, None if image is None else native_sprite(image))
+
+    plain = more(completions)
+    fitting = more(completions, fit)
+    assert "2703" in [h.token_id for h in fitting] and len(fitting) == 5
+    misfit = {h.token_id: fit((h.collection, h.token_id), rgbs[int(h.token_id)]) for h in plain + fitting}
+    assert misfit["2703"] < min(misfit[h.token_id] for h in plain), misfit  # it fits better than they do
+    ranked, checks = rank_by_checks(catalog, hits, query, BACKGROUND, False, more)
+    assert ranked[0].token_id == "2703" and checks[0].layout == 1.0, [h.token_id for h in ranked[:5]]
 
 
 def test_a_saturated_copy_the_instance_space_misses_is_found_in_its_siblings_palette(punk_catalog):
@@ -386,7 +429,7 @@ def test_a_painted_crop_the_instance_space_misses_is_found_through_its_completio
                 for h in catalog.search(own[0], 20, SearchFilter(), space="instance")
                 if h.token_id != str(target)
             ]
-            more = catalog_lookup(catalog, embed, own, 20, SearchFilter())
+            more = catalog_lookup(catalog, embed, own, 20, SearchFilter(), BACKGROUND)
             ranked, checks = rank_by_checks(catalog, hits, query, BACKGROUND, True, more)
             found += ranked[0].token_id == str(target) and checks[0].colours >= FOUND
             assert len({h.token_id for h in ranked}) == len(ranked)

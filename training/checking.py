@@ -11,9 +11,18 @@ import numpy as np
 from app.agreement import OverlayRule
 from app.keypoints import FeatureCache
 from app.sprites import SpriteQuery
-from app.verify import Check, check_candidates, find_by_completion, interleave, stored_rgb
+from app.verify import (
+    CROP_DEPTH,
+    Check,
+    Misfit,
+    check_candidates,
+    find_by_completion,
+    fitting_first,
+    interleave,
+    stored_rgb,
+)
 
-Lookup = Callable[[list[np.ndarray]], list[tuple[int, np.ndarray | None]]]
+Lookup = Callable[[list[np.ndarray], Misfit | None], list[tuple[int, np.ndarray | None]]]
 
 
 class ReferenceChecks:
@@ -74,11 +83,14 @@ def lookup_references(
 ) -> Lookup:
     """The service's completion lookup (app/verify.py: catalog_lookup) over reference vectors [N, D]:
     each rendering's `k` nearest references (`embed`: images -> vectors) taken in turn, those in `skip`
-    left out (read at each call), `k` at most, with their images."""
+    left out (read at each call), `k` at most, with their images; with a `fit` (app/verify.py: Misfit),
+    `CROP_DEPTH` from each rendering's, the `k` that fit best kept."""
 
-    def lookup(rendered: list[np.ndarray]) -> list[tuple[int, np.ndarray | None]]:
-        found = interleave([top_candidates(v @ references.T, k).tolist() for v in embed(rendered)])
-        return [(i, refs.image(i)) for i in found if i not in skip][:k]
+    def lookup(rendered: list[np.ndarray], fit: Misfit | None = None) -> list[tuple[int, np.ndarray | None]]:
+        depth = k if fit is None else CROP_DEPTH
+        found = interleave([top_candidates(v @ references.T, depth).tolist() for v in embed(rendered)])
+        found = [i for i in found if i not in skip]
+        return fitting_first([(i, refs.image(i)) for i in (found if fit is not None else found[:k])], fit, k)
 
     return lookup
 
