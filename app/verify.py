@@ -10,7 +10,9 @@ the way its candidates agree with most, `facing`: SIFT cannot match a mirror ima
 the query in their colours first, then by inliers); the rest keep the instance-space order. A cropped or
 recoloured sprite that no candidate shows whole is completed from the candidates it fits best (their pixels around a crop, their palette for a recolouring), a cropped
 painting from the candidates its keypoints align it with (their pixels around it), and looked up again
-(`find_by_completion`): the instance space misses such copies, not their completions. The copy
+(`find_by_completion`; a sprite crop's look-up reads deeper and keeps the tokens the crop fits best:
+the tokens nearest a completion share the cells it borrowed): the instance space misses such copies,
+not their completions. The copy
 verdict (`is_copy`) is the calibrated instance-space threshold, or a check that reaches its collection's
 minimum (the layout, the colours, or the colours with one pasted-on region forgiven, `Check.overlay`),
 chosen on validation pairs with the thresholds (`nftlens calibrate`: only as far as distinct
