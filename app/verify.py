@@ -60,7 +60,7 @@ from app.sprites import (
 
 COMPLETE_FROM = 30  # a cropped or recoloured sprite is completed from the best of this many candidates ...
 COMPLETIONS = 3  # ... this many at a time ...
-CROP_DEPTH = 300  # ... each looking this deep for a sprite crop, kept by how the crop fits (`fitting_first`)
+CROP_DEPTH = 300  # ... each looking this deep for a sprite crop, kept by how the crop fits (`by_fit`)
 ROUNDS = 2  # ... at most this many times (each from the candidates the last one found)
 FACING_FROM = 3  # without keypoints, a painted query faces the way these first candidates' colours agree
 CROP_SHOWS = (0.25, 0.9)  # a painted query is completed from an aligned candidate it shows this share of
@@ -325,7 +325,7 @@ def catalog_lookup(
     the query's own vectors (`instances` [V, D]: its best view, as its own search scores it), so the
     verdict on them is the query's. `more(images, fit)`: with a `fit` (`Misfit`, keyed (collection,
     token id), given each stored image decoded over `background`), `CROP_DEPTH` taken from each image's,
-    the `k` that fit best kept (`fitting_first`)."""
+    the `k` that fit best kept (`by_fit`)."""
     skipped, queries = set(skip), np.atleast_2d(instances)
 
     def more(images: list[np.ndarray], fit: Misfit | None = None) -> list[Neighbour]:
@@ -339,12 +339,7 @@ def catalog_lookup(
         found = [h for h in found if (h.collection, h.token_id) not in skipped]
         if fit is not None:
             pairs = [(h, stored_rgb(catalog.image(h.collection, h.token_id), background)) for h in found]
-            found = [
-                h
-                for h, _ in fitting_first(
-                    pairs, lambda h, im: fit((h.collection, h.token_id), im), len(pairs)
-                )
-            ]
+            found = [h for h, _ in by_fit(pairs, lambda h, im: fit((h.collection, h.token_id), im))]
         out = []
         for h in found:
             token = catalog.get(h.collection, h.token_id, with_vector=True)
@@ -394,15 +389,15 @@ def crop_completions(
     return [f[2] for f in best], [f[3] for f in best]
 
 
-def fitting_first(
-    found: Sequence[tuple[K, np.ndarray | None]], fit: Misfit | None, k: int
+def by_fit(
+    found: Sequence[tuple[K, np.ndarray | None]], fit: Misfit | None
 ) -> list[tuple[K, np.ndarray | None]]:
-    """A completion lookup's finds (key, decoded image) cut to `k`: the first `k`, or with `fit` the `k`
-    that fit best, ties in their order."""
+    """A completion look-up's finds (key, decoded image) as they are, or with `fit` those that fit best
+    first, ties in their order."""
     if fit is None:
-        return list(found[:k])
+        return list(found)
     misfits = [fit(key, image) for key, image in found]
-    return [found[i] for i in sorted(range(len(found)), key=lambda i: misfits[i])[:k]]
+    return [found[i] for i in sorted(range(len(found)), key=lambda i: misfits[i])]
 
 
 def recolour_completions(

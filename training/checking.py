@@ -15,9 +15,9 @@ from app.verify import (
     CROP_DEPTH,
     Check,
     Misfit,
+    by_fit,
     check_candidates,
     find_by_completion,
-    fitting_first,
     interleave,
     stored_rgb,
 )
@@ -90,7 +90,7 @@ def lookup_references(
         depth = k if fit is None else CROP_DEPTH
         found = interleave([top_candidates(v @ references.T, depth).tolist() for v in embed(rendered)])
         found = [i for i in found if i not in skip]
-        return fitting_first([(i, refs.image(i)) for i in (found if fit is not None else found[:k])], fit, k)
+        return by_fit([(i, refs.image(i)) for i in (found if fit is not None else found[:k])], fit)[:k]
 
     return lookup
 
