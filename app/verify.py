@@ -41,7 +41,7 @@ from app.agreement import (
 )
 from app.catalog import Catalog, Neighbour, SearchFilter
 from app.errors import NftlensError
-from app.imaging import decode_image
+from app.imaging import background_region, decode_image
 from app.keypoints import MIN_INLIERS, FeatureCache, Features, Match, features, match
 from app.manifest import CopyDetector
 from app.sprites import (
@@ -66,6 +66,8 @@ FACING_FROM = 3  # without keypoints, a painted query faces the way these first 
 CROP_SHOWS = (0.25, 0.9)  # a painted query is completed from an aligned candidate it shows this share of
 COMPLETE_COLOURS = 0.4  # ... whose colours agree at least this much (a wrong alignment agrees little)
 FOUND = 0.99  # a painted candidate with colours at or above this shows the whole query: nothing to complete
+BACKDROP_MIN = 0.05  # a painted query is put on its candidates' backgrounds when its own covers this share
+BACKDROP_APART = 40.0  # ... each a background colour this far (RGB distance) from its own and the others
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -458,6 +460,44 @@ def painted_completions(
     return out
 
 
+def backdrop_completions(
+    rgb: np.ndarray, images: Sequence[np.ndarray | None], n: int = COMPLETIONS
+) -> list[np.ndarray]:
+    """A painted query on a swapped background (`rgb`) put back on the backgrounds its candidates (decoded
+    images) are drawn on: its background (app/imaging.py: background_region, at least `BACKDROP_MIN` of
+    it) painted in each of the `n` background colours most candidates show (their median background
+    colour, `BACKDROP_APART` from the query's own and from each other), most shown first, ties by rank;
+    none when a candidate is drawn on the query's own background colour (a genuine token's, most often)."""
+    region = background_region(rgb)
+    if region.mean() < BACKDROP_MIN:
+        return []
+    seen = [np.median(rgb[region], axis=0)]
+    counts: list[int] = []
+    own_shown = False
+    for image in images:
+        theirs = None if image is None else background_region(image)
+        if theirs is None or theirs.mean() < BACKDROP_MIN:
+            continue
+        colour = np.median(image[theirs], axis=0)
+        near = [j for j, c in enumerate(seen) if np.linalg.norm(c - colour) <= BACKDROP_APART]
+        if not near:
+            seen.append(colour)
+            counts.append(1)
+        elif near[0] > 0:
+            counts[near[0] - 1] += 1
+        else:
+            own_shown = True
+    if own_shown:
+        return []
+    best = sorted(range(len(counts)), key=lambda j: (-counts[j], j))[:n]
+    out = []
+    for j in best:
+        done = rgb.copy()
+        done[region] = np.round(seen[j + 1]).astype(np.uint8)
+        out.append(done)
+    return out
+
+
 def _found(checks: Iterable[Check]) -> bool:
     """Some candidate shows all of the query: a sprite's layout of 1, a painting's colours of `FOUND`."""
     return any((c.layout or 0.0) >= 1.0 or (c.colours or 0.0) >= FOUND for c in checks)
@@ -494,13 +534,13 @@ def _completer(query: SpriteQuery, checks: Sequence[Check]) -> Completer | None:
 
             return crop
         return None
-    if any(c.transform is not None for c in checks):
-        rgb = query.rgb
-        return lambda scan, scan_checks: (
-            painted_completions(rgb, scan[:COMPLETE_FROM], scan_checks[:COMPLETE_FROM]),
-            None,
-        )
-    return None
+    rgb = query.rgb
+
+    def painted(scan: list[np.ndarray | None], scan_checks: list[Check]) -> tuple[list[np.ndarray], None]:
+        parts = painted_completions(rgb, scan[:COMPLETE_FROM], scan_checks[:COMPLETE_FROM])
+        return parts or backdrop_completions(rgb, scan[:COMPLETE_FROM]), None
+
+    return painted
 
 
 def _unknown_first(fit: Misfit, known: set, key: K, image: np.ndarray | None) -> float:

@@ -313,9 +313,10 @@ def test_a_saturated_copy_the_instance_space_misses_is_found_in_its_siblings_pal
     ]
 
 
-def _bayc_catalog(shared_data, model_dir, tmp_path, n: int):
-    """A real catalog (SQLite + FAISS, the shipped model's vectors) of the first `n` BAYC thumbnails:
-    (model, manifest, catalog, decoded images, model outputs; token ids are their indices)."""
+def _thumb_catalog(shared_data, model_dir, tmp_path, n: int, collection: str = "bayc"):
+    """A real catalog (SQLite + FAISS, the shipped model's vectors) of the first `n` thumbnails of a
+    collection (BAYC): (model, manifest, catalog, decoded images, model outputs; token ids are their
+    indices)."""
     from app.catalog import Token, open_catalog
     from app.inference import OnnxModel
     from app.manifest import load_manifest
@@ -325,13 +326,13 @@ def _bayc_catalog(shared_data, model_dir, tmp_path, n: int):
     if not m.instance_dim:
         pytest.skip("the model under test has no copy head")
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
-    files = sorted((shared_data / "nft-thumbs" / "bayc").glob("*.webp"))[:n]
+    files = sorted((shared_data / "nft-thumbs" / collection).glob("*.webp"))[:n]
     data = [f.read_bytes() for f in files]
     rgbs = [decode_image(b, BACKGROUND) for b in data]
     out = model.run(preprocess_batch(rgbs, m.preprocessing))
     catalog = open_catalog(str(tmp_path / "c.db"), m.embedding_dim, "k", "flat", m.instance_dim)
     catalog.upsert_many(
-        [(Token("bayc", str(i)), out["embedding"][i], b, out["instance"][i]) for i, b in enumerate(data)]
+        [(Token(collection, str(i)), out["embedding"][i], b, out["instance"][i]) for i, b in enumerate(data)]
     )
     return model, m, catalog, rgbs, out
 
@@ -346,7 +347,7 @@ def test_the_feature_cache_keeps_candidates_keypoints_between_queries(shared_dat
     from app.verify import rank_by_checks
     from training.edits import apply_edit
 
-    model, m, catalog, rgbs, out = _bayc_catalog(shared_data, model_dir, tmp_path, 12)
+    model, m, catalog, rgbs, out = _thumb_catalog(shared_data, model_dir, tmp_path, 12)
     try:
 
         def ranked(query: np.ndarray, cache: FeatureCache | None):
@@ -414,7 +415,7 @@ def test_a_painted_crop_the_instance_space_misses_is_found_through_its_completio
     from app.verify import FOUND, catalog_lookup, rank_by_checks
     from training.edits import apply_edit
 
-    model, m, catalog, rgbs, _ = _bayc_catalog(shared_data, model_dir, tmp_path, 60)
+    model, m, catalog, rgbs, _ = _thumb_catalog(shared_data, model_dir, tmp_path, 60)
 
     def embed(images: list[np.ndarray]) -> np.ndarray:
         return model.run(preprocess_batch(images, m.preprocessing))["instance"]
@@ -433,6 +434,68 @@ def test_a_painted_crop_the_instance_space_misses_is_found_through_its_completio
             ranked, checks = rank_by_checks(catalog, hits, query, BACKGROUND, True, more)
             found += ranked[0].token_id == str(target) and checks[0].colours >= FOUND
             assert len({h.token_id for h in ranked}) == len(ranked)
+        assert found >= 6, found
+    finally:
+        catalog.close()
+
+
+def test_a_painting_on_a_swapped_background_is_put_back_on_its_candidates_backgrounds(shared_data):
+    """A background-swapped Azuki (`backdrop_completions`) is painted on the background colours its
+    candidates show, never its own new one: on its original's colour it is the original again, to the
+    level of the thumbnail's compression. A query with hardly any background is not completed."""
+    from app.imaging import background_region
+    from app.verify import backdrop_completions
+    from training.edits import apply_edit
+
+    files = sorted((shared_data / "nft-thumbs" / "azuki").glob("*.webp"))[:6]
+    apes = [decode_image(f.read_bytes(), BACKGROUND) for f in files]
+    near = 0
+    for j, ape in enumerate(apes):
+        query = apply_edit("background_swap", ape, np.random.default_rng(j))
+        region = background_region(query)
+        own = query[region].mean(axis=0)
+        done = backdrop_completions(query, apes, n=len(apes))
+        assert done and all(d.shape == query.shape for d in done)
+        assert all(np.linalg.norm(d[region].mean(axis=0) - own) > 40 for d in done)
+        assert all(np.array_equal(d[~region], query[~region]) for d in done)  # only the background changes
+        best = min(np.abs(d.astype(int) - ape.astype(int)).mean() for d in done)
+        near += best < 2.5 < np.abs(query.astype(int) - ape.astype(int)).mean()
+    assert near >= 5, near
+    h, w = apes[0].shape[:2]
+    inner = apes[0][h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
+    assert background_region(inner).mean() < 0.05 and backdrop_completions(inner, apes) == []
+
+
+def test_a_painting_on_a_swapped_background_the_instance_space_misses_is_found_on_its_candidates(
+    shared_data, model_dir, tmp_path
+):
+    """A background-swapped Azuki whose original is not among the first candidates, over a real catalog
+    (SQLite + FAISS, the shipped model's instance vectors) of 60 Azuki thumbnails: the query put back on
+    the backgrounds its candidates are drawn on is looked up, which brings the original in, checked whole
+    in its colours and ranked first."""
+    from app.catalog import SearchFilter
+    from app.preprocessing import preprocess_batch
+    from app.verify import FOUND, catalog_lookup, rank_by_checks
+    from training.edits import apply_edit
+
+    model, m, catalog, rgbs, _ = _thumb_catalog(shared_data, model_dir, tmp_path, 60, "azuki")
+
+    def embed(images: list[np.ndarray]) -> np.ndarray:
+        return model.run(preprocess_batch(images, m.preprocessing))["instance"]
+
+    try:
+        found = 0
+        for target in range(8):
+            query = apply_edit("background_swap", rgbs[target], np.random.default_rng(target))
+            own = embed([query])
+            hits = [
+                h
+                for h in catalog.search(own[0], 20, SearchFilter(), space="instance")
+                if h.token_id != str(target)
+            ]
+            more = catalog_lookup(catalog, embed, own, 20, SearchFilter(), BACKGROUND)
+            ranked, checks = rank_by_checks(catalog, hits, query, BACKGROUND, True, more)
+            found += ranked[0].token_id == str(target) and checks[0].colours >= FOUND
         assert found >= 6, found
     finally:
         catalog.close()
