@@ -95,6 +95,9 @@ def test_evaluate_copies_reports_a_planted_copy_among_the_distinct_tokens(model_
     ]
     line = next(x for x in written.splitlines() if x.startswith("Below the targets"))
     assert all(b in line for b in below) and ("exact 1.000" not in line)
+    # the edits the exact stage caught are named (a mirror always; the exact copy is no edit)
+    caught = next(x for x in written.splitlines() if x.startswith("Edited queries the exact stage matched"))
+    assert "mirror pixel_art 1.00" in caught and "exact pixel_art" not in caught
 
     (out / "COPIES.md").unlink()  # `copies render` writes the same report from copies.json
     done = CliRunner().invoke(serve_app, ["copies", "render", str(out)])

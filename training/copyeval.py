@@ -403,6 +403,20 @@ def render_markdown(r: dict) -> str:
             + ", ".join(f"{n} = {' then '.join(COMBINED[n])}" for n in combined)
             + " (a lossless flip is caught by the exact stage's flip-invariant fingerprint; a re-encoded one is not)."
         )
+    unchanged = [
+        f"{name} {d} {v['exact_stage']:.2f}"
+        for name, doms in r["per_edit"].items()
+        if name != "exact"
+        for d, v in doms.items()
+        if v.get("exact_stage")
+    ]
+    if unchanged:
+        lines.append(
+            "Edited queries the exact stage matched (the original's pixels, as they are or losslessly turned "
+            "or flipped: a mirror or a quarter turn, or an edit that changed nothing, such as a pixelation "
+            "back onto a sprite's own grid or a background swap of a thumbnail whose corners are not in its "
+            "border's colour, which has no background region to swap): " + ", ".join(unchanged) + "."
+        )
     cell = next(iter(next(iter(r["per_edit"].values())).values()))["n"]
     lines.append(
         f"Each cell of the table is {cell} queries, so a rate there is known to a few per cent: an observed "
