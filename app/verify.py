@@ -9,7 +9,8 @@ the way its candidates agree with most, `facing`: SIFT cannot match a mirror ima
 (layout >= `GATE`, inliers >= `MIN_INLIERS`) come first, best checked first (paintings that show all of
 the query in their colours first, then by inliers); the rest keep the instance-space order. A cropped or
 recoloured sprite that no candidate shows whole is completed from the candidates it fits best (their pixels around a crop, their palette for a recolouring), a cropped
-painting from the candidates its keypoints align it with (their pixels around it), and looked up again
+painting from the candidates its keypoints align it with (their pixels around it), a painting on a new
+background put on the backgrounds its candidates are drawn on, and looked up again
 (`find_by_completion`; a sprite crop's look-up reads deeper and keeps the tokens the crop fits best:
 the tokens nearest a completion share the cells it borrowed): the instance space misses such copies,
 not their completions. The copy
@@ -511,7 +512,7 @@ def _completer(query: SpriteQuery, checks: Sequence[Check]) -> Completer | None:
     """How to complete the query from candidates (their images and checks): the completions, and how
     badly the query fits a further candidate where that orders a deeper look-up (a sprite crop:
     `crop_misfit`), or None: a lossless sprite query by recolouring, a sprite crop by its patch, a
-    painting by the candidates it aligns with."""
+    painting by the candidates it aligns with as a part or, failing that, on its candidates' backgrounds."""
     if _found(checks):
         return None
     if any(c.layout is not None for c in checks):
@@ -565,7 +566,8 @@ def find_by_completion(
     (`SpriteQuery.patch`) put into the first `COMPLETE_FROM` candidates they fit best
     (`crop_completions`), a lossless sprite query put back into the palette of the candidates it lays out
     best on (`recolour_completions`), a painted query put over the candidates its keypoints align it
-    with (`painted_completions`).
+    with (`painted_completions`), a painting on a new background put on its candidates' backgrounds
+    (`backdrop_completions`).
     `lookup(rendered completions, fit)` answers further candidates (key and image), which are checked and
     appended (those not already among `keys`); for a sprite crop, whose original may sit a few hundred
     deep behind the siblings a completion borrowed its cut-off cells from, `fit` (`crop_misfit`, the
