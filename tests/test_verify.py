@@ -442,28 +442,30 @@ def test_a_painted_crop_the_instance_space_misses_is_found_through_its_completio
 def test_a_painting_on_a_swapped_background_is_put_back_on_its_candidates_backgrounds(shared_data):
     """A background-swapped Azuki (`backdrop_completions`) is painted on the background colours its
     candidates show, never its own new one: on its original's colour it is the original again, to the
-    level of the thumbnail's compression. A query with hardly any background is not completed."""
+    level of the thumbnail's compression. A query with hardly any background is not completed, nor one
+    on the background colour some candidate is drawn on (a genuine token among its siblings)."""
     from app.imaging import background_region
     from app.verify import backdrop_completions
     from training.edits import apply_edit
 
     files = sorted((shared_data / "nft-thumbs" / "azuki").glob("*.webp"))[:6]
-    apes = [decode_image(f.read_bytes(), BACKGROUND) for f in files]
+    azukis = [decode_image(f.read_bytes(), BACKGROUND) for f in files]
     near = 0
-    for j, ape in enumerate(apes):
-        query = apply_edit("background_swap", ape, np.random.default_rng(j))
+    for j, azuki in enumerate(azukis):
+        query = apply_edit("background_swap", azuki, np.random.default_rng(j))
         region = background_region(query)
         own = query[region].mean(axis=0)
-        done = backdrop_completions(query, apes, n=len(apes))
+        done = backdrop_completions(query, azukis, n=len(azukis))
         assert done and all(d.shape == query.shape for d in done)
         assert all(np.linalg.norm(d[region].mean(axis=0) - own) > 40 for d in done)
         assert all(np.array_equal(d[~region], query[~region]) for d in done)  # only the background changes
-        best = min(np.abs(d.astype(int) - ape.astype(int)).mean() for d in done)
-        near += best < 2.5 < np.abs(query.astype(int) - ape.astype(int)).mean()
+        best = min(np.abs(d.astype(int) - azuki.astype(int)).mean() for d in done)
+        near += best < 2.5 < np.abs(query.astype(int) - azuki.astype(int)).mean()
+        assert backdrop_completions(azuki, azukis) == []  # itself, and maybe siblings, on its colour
     assert near >= 5, near
-    h, w = apes[0].shape[:2]
-    inner = apes[0][h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
-    assert background_region(inner).mean() < 0.05 and backdrop_completions(inner, apes) == []
+    h, w = azukis[0].shape[:2]
+    inner = azukis[0][h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
+    assert background_region(inner).mean() < 0.05 and backdrop_completions(inner, azukis) == []
 
 
 def test_a_painting_on_a_swapped_background_the_instance_space_misses_is_found_on_its_candidates(
