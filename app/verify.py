@@ -474,7 +474,6 @@ def backdrop_completions(
         return []
     seen = [np.median(rgb[region], axis=0)]
     counts: list[int] = []
-    own_shown = False
     for image in images:
         theirs = None if image is None else background_region(image)
         if theirs is None or theirs.mean() < BACKDROP_MIN:
@@ -484,12 +483,10 @@ def backdrop_completions(
         if not near:
             seen.append(colour)
             counts.append(1)
-        elif near[0] > 0:
-            counts[near[0] - 1] += 1
+        elif near[0] == 0:  # drawn on the query's own colour: the rest need not be read
+            return []
         else:
-            own_shown = True
-    if own_shown:
-        return []
+            counts[near[0] - 1] += 1
     best = sorted(range(len(counts)), key=lambda j: (-counts[j], j))[:n]
     out = []
     for j in best:
