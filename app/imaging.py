@@ -133,23 +133,31 @@ def media_type(data: bytes) -> str:
     return next((mime for magic, mime in _SIGNATURES if data.startswith(magic)), "application/octet-stream")
 
 
+CORNER_REACH = 0.05  # how far along a corner's diagonal (share of the shorter side) a background seed may lie
+
+
 def border_colour(rgb: np.ndarray) -> np.ndarray:
     """The median colour of the image's outermost ring of pixels (its background, for most NFTs)."""
     ring = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
     return np.median(ring, axis=0)
 
 
-def background_region(rgb: np.ndarray, tolerance: int = 12) -> np.ndarray:
+def background_region(rgb: np.ndarray, tolerance: int = 12, reach: float = CORNER_REACH) -> np.ndarray:
     """[H, W] bool: the background, the pixels joined (4-connected, within `tolerance` per channel) to a
-    corner that has the border's colour. Empty when no corner has it."""
+    corner in the border's colour: seeded at each pixel in that colour along the corners' diagonals, within
+    `reach` of the shorter side (rounded, anti-aliased corners: a CDN thumbnail's transparent corners
+    decode to another colour, and its halo is a ring apart). Empty when no corner has one."""
     import cv2
 
     h, w = rgb.shape[:2]
     bg = border_colour(rgb)
+    steps = int(reach * min(h, w)) + 1  # the corner itself, then along the diagonal
     mask = np.zeros((h + 2, w + 2), np.uint8)
     tol = (tolerance,) * 3
     work = rgb.copy()  # OpenCV wants a writable image even for a mask-only fill: one copy serves all 4
-    for y, x in ((0, 0), (0, w - 1), (h - 1, 0), (h - 1, w - 1)):
-        if np.abs(rgb[y, x].astype(int) - bg).max() <= tolerance and not mask[y + 1, x + 1]:
-            cv2.floodFill(work, mask, (x, y), 0, tol, tol, cv2.FLOODFILL_MASK_ONLY | 4 | (255 << 8))
+    for y0, x0, dy, dx in ((0, 0, 1, 1), (0, w - 1, 1, -1), (h - 1, 0, -1, 1), (h - 1, w - 1, -1, -1)):
+        for i in range(min(steps, h, w)):
+            y, x = y0 + dy * i, x0 + dx * i
+            if not mask[y + 1, x + 1] and np.abs(rgb[y, x].astype(int) - bg).max() <= tolerance:
+                cv2.floodFill(work, mask, (x, y), 0, tol, tol, cv2.FLOODFILL_MASK_ONLY | 4 | (255 << 8))
     return mask[1:-1, 1:-1].astype(bool)

@@ -27,6 +27,15 @@ def apes(shared_data) -> list[np.ndarray]:
     return [decode_image(f.read_bytes(), BACKGROUND) for f in files]
 
 
+@pytest.fixture(scope="module")
+def framed(shared_data) -> list[np.ndarray]:
+    """Five World of Women thumbnails whose figure fills the frame (no background region: a gradient
+    backdrop), for marks placed anywhere on the image to land on the figure."""
+    files = sorted((shared_data / "nft-thumbs" / "world_of_women").glob("*.webp"))
+    images = (decode_image(f.read_bytes(), BACKGROUND) for f in files)
+    return [image for image in images if not background_region(image).any()][:5]
+
+
 def stretched(query: np.ndarray, candidate: np.ndarray) -> float | None:
     return agreement(query, candidate, scale_transform(query.shape, candidate.shape))
 
@@ -235,17 +244,17 @@ def _caption(image: np.ndarray, colours: list[tuple[int, int, int]], text: str =
     return out
 
 
-def test_a_caption_in_one_colour_is_one_region_when_lines_are_joined(apes):
+def test_a_caption_in_one_colour_is_one_region_when_lines_are_joined(framed):
     """`OverlayRule.lines`: a caption is a region per letter, and forgiving the largest leaves the rest;
     regions that line up as text in one colour (`text_lines`) are one, forgiven whole. The same letters
     each in another colour stay regions on their own, and so do two same-coloured marks side by side
     (two eyes: fewer than `LINE_MIN`)."""
     import cv2
 
-    ape, others = apes[0], apes[1:]
+    token, others = framed[0], framed[1:]
     joined, apart = OverlayRule("one", 0.01, lines=True), OverlayRule("one", 0.01)
-    one = _caption(ape, [(255, 0, 255)] * 8)
-    found = comparison(one, ape, scale_transform(one.shape, ape.shape))
+    one = _caption(token, [(255, 0, 255)] * 8)
+    found = comparison(one, token, scale_transform(one.shape, token.shape))
     count, labels, stats, _ = cv2.connectedComponentsWithStats(found.differ.astype(np.uint8), connectivity=8)
     assert count - 1 >= 4 and found.share < 0.97  # several letters, more than one region forgiven can mend
     assert text_lines(stats, labels, found.query) == [list(range(1, count))]
@@ -253,18 +262,18 @@ def test_a_caption_in_one_colour_is_one_region_when_lines_are_joined(apes):
     assert overlay(found, others, joined) == pytest.approx(1.0, abs=0.005)
     assert overlay(found, [*others, one], joined) == found.share  # a candidate that shows the caption
     rainbow = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)]
-    many = _caption(ape, [*rainbow, (255, 255, 255), (0, 0, 0)])
-    found = comparison(many, ape, scale_transform(many.shape, ape.shape))
+    many = _caption(token, [*rainbow, (255, 255, 255), (0, 0, 0)])
+    found = comparison(many, token, scale_transform(many.shape, token.shape))
     assert overlay(found, others, joined) == overlay(found, others, apart) < 0.98
-    h, w = ape.shape[:2]
-    eyes = ape.copy()
+    h, w = token.shape[:2]
+    eyes = token.copy()
     for x in (w // 3, 2 * w // 3):
         cv2.circle(eyes, (x, h // 2), h // 16, (255, 0, 255), -1)
-    found = comparison(eyes, ape, scale_transform(eyes.shape, ape.shape))
+    found = comparison(eyes, token, scale_transform(eyes.shape, token.shape))
     assert overlay(found, others, joined) == overlay(found, others, apart) < 0.995
 
 
-def test_a_compact_region_may_be_larger_when_compact_regions_are_allowed(apes):
+def test_a_compact_region_may_be_larger_when_compact_regions_are_allowed(framed):
     """`OverlayRule.compact`: a badge over a tenth of the figure is more than `OVERLAY_MAX`, but compact
     (a disc fills its hull, its box is square), so it is forgiven up to `COMPACT_MAX`; a bar of the same
     colour and about the same area (a long, thin box) is not, nor is a disc over `COMPACT_MAX`."""
@@ -272,31 +281,31 @@ def test_a_compact_region_may_be_larger_when_compact_regions_are_allowed(apes):
 
     from app.agreement import COMPACT_MAX, compact
 
-    ape, others = apes[0], apes[1:]
-    figure = ~background_region(ape)
+    token, others = framed[0], framed[1:]
+    figure = ~background_region(token)
     ys, xs = np.nonzero(figure)
     centre = (int(xs.mean()), int(ys.mean()))
     larger, plain = OverlayRule("one", 0.01, compact=True), OverlayRule("one", 0.01)
 
     def disc(share: float) -> np.ndarray:
-        out = ape.copy()
+        out = token.copy()
         cv2.circle(out, centre, round(np.sqrt(share * figure.sum() / np.pi)), (255, 0, 255), -1)
         return out
 
-    found = comparison(disc(0.1), ape, scale_transform(ape.shape, ape.shape))
+    found = comparison(disc(0.1), token, scale_transform(token.shape, token.shape))
     assert OVERLAY_MAX < 1 - found.share < COMPACT_MAX
     assert compact(found.differ)
     assert overlay(found, others, plain) == found.share
     assert overlay(found, others, larger) == pytest.approx(1.0, abs=0.005)
-    h = max(3, round(0.1 * figure.sum() / (0.8 * ape.shape[1])))
-    bar = ape.copy()
-    bar[centre[1] - h // 2 : centre[1] - h // 2 + h, ape.shape[1] // 10 : ape.shape[1] * 9 // 10] = (
+    h = max(3, round(0.1 * figure.sum() / (0.8 * token.shape[1])))
+    bar = token.copy()
+    bar[centre[1] - h // 2 : centre[1] - h // 2 + h, token.shape[1] // 10 : token.shape[1] * 9 // 10] = (
         255,
         0,
         255,
     )
-    found = comparison(bar, ape, scale_transform(ape.shape, ape.shape))
+    found = comparison(bar, token, scale_transform(token.shape, token.shape))
     assert 1 - found.share > OVERLAY_MAX and not compact(found.differ)
     assert overlay(found, others, larger) == found.share
-    found = comparison(disc(0.16), ape, scale_transform(ape.shape, ape.shape))
+    found = comparison(disc(0.16), token, scale_transform(token.shape, token.shape))
     assert overlay(found, others, larger) == found.share

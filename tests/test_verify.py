@@ -60,7 +60,7 @@ def test_a_flipped_painting_is_checked_facing_its_candidates_way(apes):
             plain, _, _, _ = facing(ape, None, others, keypoints, features_of)
             assert plain is ape
         checks = check_candidates(flipped, apes, keypoints=False)
-        assert checks[j].colours > 0.95 > max(c.colours for k, c in enumerate(checks) if k != j)
+        assert checks[j].colours > 0.9 > max(c.colours for k, c in enumerate(checks) if k != j)
 
 
 def test_a_painting_faces_the_way_its_best_candidate_agrees_not_its_first_ones(apes):
