@@ -69,6 +69,7 @@ COMPLETE_COLOURS = 0.4  # ... whose colours agree at least this much (a wrong al
 FOUND = 0.99  # a painted candidate with colours at or above this shows the whole query: nothing to complete
 BACKDROP_MIN = 0.05  # a painted query is put on its candidates' backgrounds when its own covers this share
 BACKDROP_APART = 40.0  # ... each a background colour this far (RGB distance) from its own and the others
+BACKDROPS = 8  # ... in at most this many of them (a collection's few background colours, all of them)
 
 K = TypeVar("K")
 T = TypeVar("T")
@@ -462,7 +463,7 @@ def painted_completions(
 
 
 def backdrop_completions(
-    rgb: np.ndarray, images: Sequence[np.ndarray | None], n: int = COMPLETIONS
+    rgb: np.ndarray, images: Sequence[np.ndarray | None], n: int = BACKDROPS
 ) -> list[np.ndarray]:
     """A painted query on a swapped background (`rgb`) put back on the backgrounds its candidates (decoded
     images) are drawn on: its background (app/imaging.py: background_region, at least `BACKDROP_MIN` of
