@@ -441,16 +441,20 @@ def test_a_painted_copy_the_instance_space_misses_is_found_through_its_completio
         catalog.close()
 
 
-def test_a_painting_on_a_swapped_background_is_put_back_on_its_candidates_backgrounds(shared_data):
-    """A background-swapped Azuki (`backdrop_completions`) is painted on the background colours its
-    candidates show, never its own new one: on its original's colour it is the original again, to the
-    level of the thumbnail's compression. A query with hardly any background is not completed, nor one
-    on the background colour some candidate is drawn on (a genuine token among its siblings)."""
+@pytest.mark.parametrize("collection", ["azuki", "bayc"])  # BAYC: rounded corners (stop 45)
+def test_a_painting_on_a_swapped_background_is_put_back_on_its_candidates_backgrounds(
+    shared_data, collection
+):
+    """A background-swapped Azuki or BAYC ape (`backdrop_completions`) is painted on the background
+    colours its candidates show, never its own new one: on its original's colour it is the original again,
+    to the level of the thumbnail's compression. Not completed: a query on the background colour some
+    candidate is drawn on (a genuine token among its siblings, or a copy whose new colour happens to be one
+    of theirs), nor one with hardly any background (an Azuki's centre)."""
     from app.imaging import background_region
     from app.verify import backdrop_completions
     from training.edits import apply_edit
 
-    files = sorted((shared_data / "nft-thumbs" / "azuki").glob("*.webp"))[:6]
+    files = sorted((shared_data / "nft-thumbs" / collection).glob("*.webp"))[:6]
     azukis = [decode_image(f.read_bytes(), BACKGROUND) for f in files]
     near = 0
     for j, azuki in enumerate(azukis):
@@ -458,13 +462,18 @@ def test_a_painting_on_a_swapped_background_is_put_back_on_its_candidates_backgr
         region = background_region(query)
         own = query[region].mean(axis=0)
         done = backdrop_completions(query, azukis, n=len(azukis))
+        theirs = [np.median(a[background_region(a)], axis=0) for a in azukis]
+        if min(np.linalg.norm(c - own) for c in theirs) <= 40:  # a sibling is drawn on the new colour
+            assert done == []
+            continue
         assert done and all(d.shape == query.shape for d in done)
         assert all(np.linalg.norm(d[region].mean(axis=0) - own) > 40 for d in done)
         assert all(np.array_equal(d[~region], query[~region]) for d in done)  # only the background changes
         best = min(np.abs(d.astype(int) - azuki.astype(int)).mean() for d in done)
         near += best < 2.5 < np.abs(query.astype(int) - azuki.astype(int)).mean()
         assert backdrop_completions(azuki, azukis) == []  # itself, and maybe siblings, on its colour
-    assert near >= 5, near
-    h, w = azukis[0].shape[:2]
-    inner = azukis[0][h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
-    assert background_region(inner).mean() < 0.05 and backdrop_completions(inner, azukis) == []
+    assert near >= 4, near
+    if collection == "azuki":  # an ape's figure is smaller: its centre still shows background
+        h, w = azukis[0].shape[:2]
+        inner = azukis[0][h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
+        assert background_region(inner).mean() < 0.05 and backdrop_completions(inner, azukis) == []
