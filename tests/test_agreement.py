@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -33,7 +35,7 @@ def framed(shared_data) -> list[np.ndarray]:
     backdrop), for marks placed anywhere on the image to land on the figure."""
     files = sorted((shared_data / "nft-thumbs" / "world_of_women").glob("*.webp"))
     images = (decode_image(f.read_bytes(), BACKGROUND) for f in files)
-    return [image for image in images if not background_region(image).any()][:5]
+    return list(itertools.islice((image for image in images if not background_region(image).any()), 5))
 
 
 def stretched(query: np.ndarray, candidate: np.ndarray) -> float | None:
