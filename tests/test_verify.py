@@ -456,23 +456,24 @@ def test_a_painting_on_a_swapped_background_is_put_back_on_its_candidates_backgr
 
     files = sorted((shared_data / "nft-thumbs" / collection).glob("*.webp"))[:6]
     azukis = [decode_image(f.read_bytes(), BACKGROUND) for f in files]
-    near = 0
+    theirs = [np.median(a[background_region(a)], axis=0) for a in azukis]
+    near = completed = 0
     for j, azuki in enumerate(azukis):
         query = apply_edit("background_swap", azuki, np.random.default_rng(j))
         region = background_region(query)
         own = query[region].mean(axis=0)
         done = backdrop_completions(query, azukis, n=len(azukis))
-        theirs = [np.median(a[background_region(a)], axis=0) for a in azukis]
         if min(np.linalg.norm(c - own) for c in theirs) <= 40:  # a sibling is drawn on the new colour
             assert done == []
             continue
+        completed += 1
         assert done and all(d.shape == query.shape for d in done)
         assert all(np.linalg.norm(d[region].mean(axis=0) - own) > 40 for d in done)
         assert all(np.array_equal(d[~region], query[~region]) for d in done)  # only the background changes
         best = min(np.abs(d.astype(int) - azuki.astype(int)).mean() for d in done)
         near += best < 2.5 < np.abs(query.astype(int) - azuki.astype(int)).mean()
         assert backdrop_completions(azuki, azukis) == []  # itself, and maybe siblings, on its colour
-    assert near >= 4, near
+    assert near >= completed - 1 >= 4, (near, completed)
     if collection == "azuki":  # an ape's figure is smaller: its centre still shows background
         h, w = azukis[0].shape[:2]
         inner = azukis[0][h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
