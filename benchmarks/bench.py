@@ -445,21 +445,12 @@ def bench_copies(
     noise (renormalised) up to `tokens` rows: real-looking geometry, built in seconds instead of embedding
     100k images.
     """
-    from app.inference import OnnxModel
     from benchmarks.serverproc import running_server
-    from training.runner import infer
 
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
     m = model.manifest
     if not m.instance_dim or m.copies is None:
         return {"skipped": f"{m.name}@{m.version} has no copy head"}
-    out = infer(model, images, desc="bench vectors")
-    rng = np.random.default_rng(0)
-
-    def noisy(v: np.ndarray, source: np.ndarray) -> np.ndarray:
-        base = v[source] + 0.05 * _unit(rng, len(source), v.shape[1])
-        return base / np.linalg.norm(base, axis=1, keepdims=True)
-
     data = [p.read_bytes() for p in images]
     crops = _edited(data, m.preprocessing.background_rgb, "crop_zoom")
     lossy = _edited(data, m.preprocessing.background_rgb, "reencode_resize")
@@ -474,16 +465,7 @@ def bench_copies(
         "copy_verify_k": verify_k,
     }
     with tempfile.TemporaryDirectory() as tmp:
-        cat = open_catalog(f"{tmp}/c.db", m.embedding_dim, m.catalog_key, "auto", m.instance_dim)
-        t0 = time.perf_counter()
-        for s in range(0, tokens, 5000):
-            source = rng.integers(0, len(data), min(5000, tokens - s))
-            emb, inst = noisy(out["embedding"], source), noisy(out["instance"], source)
-            cat.upsert_many(  # each row keeps its source image, which the layout check reads
-                [(Token("bench", str(s + i), {}), emb[i], data[j], inst[i]) for i, j in enumerate(source)]
-            )
-        result["build_s"] = time.perf_counter() - t0
-        cat.close()
+        result["build_s"] = replicated_catalog(model, images, Path(tmp) / "c.db", tokens)
         # /copies with the checks off on one server; then, on a server as served but with every
         # candidate's keypoints computed per query (no features cache, so each query pays its own checks),
         # /copies and /classify; then, as served, /copies over a few queries whose candidates all fit in
@@ -516,6 +498,34 @@ def bench_copies(
                         "latency_ms": _percentiles(lat),
                     }
     return result
+
+
+def replicated_catalog(model: OnnxModel, images: list[Path], path: Path, tokens: int) -> float:
+    """Write a catalog of `tokens` rows to `path` (collection "bench") and return the seconds it took: the
+    real collection and instance vectors of `images`, replicated with small noise (renormalised), each row
+    keeping its source image, which the checks read. Real-looking geometry, built in seconds instead of
+    embedding `tokens` images."""
+    from training.runner import infer
+
+    m = model.manifest
+    out = infer(model, images, desc="bench vectors")
+    data = [p.read_bytes() for p in images]
+    rng = np.random.default_rng(0)
+
+    def noisy(v: np.ndarray, source: np.ndarray) -> np.ndarray:
+        base = v[source] + 0.05 * _unit(rng, len(source), v.shape[1])
+        return base / np.linalg.norm(base, axis=1, keepdims=True)
+
+    cat = open_catalog(str(path), m.embedding_dim, m.catalog_key, "auto", m.instance_dim)
+    t0 = time.perf_counter()
+    for s in range(0, tokens, 5000):
+        source = rng.integers(0, len(data), min(5000, tokens - s))
+        emb, inst = noisy(out["embedding"], source), noisy(out["instance"], source)
+        cat.upsert_many(
+            [(Token("bench", str(s + i), {}), emb[i], data[j], inst[i]) for i, j in enumerate(source)]
+        )
+    cat.close()
+    return time.perf_counter() - t0
 
 
 def _edited(data: list[bytes], background: tuple[int, int, int], edit: str) -> list[bytes]:

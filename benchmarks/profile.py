@@ -2,6 +2,7 @@
 
     python -m benchmarks.profile ops --model-dir models/default-int8 --batch 4
     python -m benchmarks.profile threads --model-dir models/default-int8 --seconds 8
+    python -m benchmarks.profile copies --model-dir models/default --edit crop_zoom --queries 40
 
 - `ops`: ONNX Runtime's own profiler over repeated runs at one batch size on one intra-op thread (as one
   serving worker runs it): the share of kernel time per operator type and per node, img/s, and the time
@@ -10,6 +11,13 @@
   thumbnail, as `nftlens bench peers` does) and prints each thread's share of a core, from the kernel's
   per-thread CPU counters, with req/s. The service names its threads for the kernel (`nftlens-infer`,
   `nftlens-decode`, `nftlens-catalog`, `app/threadnames.py`); a worker's main thread runs its event loop.
+- `copies`: the copy search of POST /copies (`Service.copies`: search, checks, completions) in process,
+  one query at a time, over the catalog `nftlens bench copies` builds (the images' vectors replicated to
+  `--tokens` rows) with the features cache off, as its main routes run: each query is an edited copy
+  (`--edit`, training/edits.py) of one of the images. It prints the time per query and, from cProfile,
+  where it goes: the candidates' SIFT, keypoint matching, colour comparison, catalog search, and the
+  completion (`find_by_completion`: its look-ups and the checks of the candidates they find), with how
+  many queries looked anything up.
 """
 
 from __future__ import annotations
@@ -135,17 +143,104 @@ def profile_threads(model_dir: Path, image: Path, seconds: float) -> None:
     print(f"| all | | {sum(s for s, _ in shares):.1%} |")
 
 
+# (label, module path suffix, function name) of the copy search's stages; they nest (the completion's
+# checks run SIFT and comparisons too), so their shares need not add up
+COPY_STAGES = (
+    ("copy search (`Service.copies`)", "app/service.py", "copies"),
+    ("checks of the first candidates and of the completion's finds", "app/verify.py", "check_candidates"),
+    ("candidates' SIFT (`keypoints.features`)", "app/keypoints.py", "features"),
+    ("keypoint matching (`keypoints.match`)", "app/keypoints.py", "match"),
+    ("colour comparison (`agreement.comparison`)", "app/agreement.py", "comparison"),
+    ("stored images read and decoded (`verify.stored_rgb`)", "app/verify.py", "stored_rgb"),
+    ("completion (`find_by_completion`: look-ups and their checks)", "app/verify.py", "find_by_completion"),
+    ("completion look-ups (`catalog_lookup`: embed, search)", "app/verify.py", "more"),
+)
+
+
+def profile_copies(model_dir: Path, images: Path, edit: str, queries: int, tokens: int) -> None:
+    """Time per query of the copy search and its stages' shares (see the module), in process."""
+    import asyncio
+    import cProfile
+    import pstats
+
+    from app.catalog import SearchFilter
+    from app.config import Settings
+    from app.inference import OnnxModel
+    from app.service import Service
+    from benchmarks.bench import _edited, replicated_catalog
+    from training.datasets import load_dataset
+
+    ds = load_dataset(images)
+    paths = [ds.image_path(r) for r in ds.rows[:: max(1, len(ds.rows) // 200)]]  # as `nftlens bench`
+    model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
+    bg = model.manifest.preprocessing.background_rgb
+    data = [p.read_bytes() for p in paths]
+    asked = _edited(data[:queries], bg, edit)
+    with tempfile.TemporaryDirectory() as tmp:
+        replicated_catalog(model, paths, Path(tmp) / "c.db", tokens)
+        settings = Settings(
+            model_dir=str(model_dir),
+            catalog=str(Path(tmp) / "c.db"),
+            providers=["CPUExecutionProvider"],
+            copy_features_cache=0,
+            batching=False,
+        )
+        service, profiler, seconds = Service(settings), cProfile.Profile(), []
+
+        async def run() -> None:
+            await service.start()
+            try:
+                for query in asked:
+                    instances, fingerprint, rgb = await service.copy_query(query)
+                    t0 = time.perf_counter()
+                    profiler.enable()
+                    service.copies(instances, 5, SearchFilter(), fingerprint, rgb)
+                    profiler.disable()
+                    seconds.append(time.perf_counter() - t0)
+            finally:
+                await service.stop()
+
+        asyncio.run(run())
+    stats = pstats.Stats(
+        profiler
+    ).stats  # (file, line, name) -> (calls, primitive calls, own, cumulative, ..)
+    total = sum(seconds)
+
+    def stage(suffix: str, name: str) -> tuple[int, float]:
+        found = [v for (f, _, n), v in stats.items() if f.endswith(suffix) and n == name]
+        return sum(v[1] for v in found), sum(v[3] for v in found)
+
+    m = model.manifest
+    print(
+        f"{m.name}@{m.version}, {tokens:,} tokens, {len(asked)} `{edit}` queries, features cache off: "
+        f"copy search median {np.median(seconds) * 1000:.0f} ms, mean {total / len(asked) * 1000:.0f} ms per "
+        "query (one at a time, one process)"
+    )
+    print("\n| stage | calls | ms per query | share of the copy search |\n|---|---:|---:|---:|")
+    for label, suffix, name in COPY_STAGES:
+        calls, cum = stage(suffix, name)
+        print(f"| {label} | {calls} | {cum / len(asked) * 1000:.0f} | {cum / total:.1%} |")
+    looked_up = stage("app/verify.py", "lookup")[0]  # rank_by_checks' lookup: once per completion round
+    print(f"\nqueries: {len(asked)}; completion rounds that looked candidates up: {looked_up}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("what", choices=["ops", "threads"])
+    ap.add_argument("what", choices=["ops", "threads", "copies"])
     ap.add_argument("--model-dir", type=Path, default=Path("models/default-int8"))
     ap.add_argument("--batch", type=int, default=4, help="ops: batch size")
     ap.add_argument("--runs", type=int, default=300, help="ops: profiled runs")
     ap.add_argument("--image", type=Path, default=Path("data/nft-thumbs/images/azuki/1009.webp"))
     ap.add_argument("--seconds", type=float, default=8.0, help="threads: measured seconds under load")
+    ap.add_argument("--images", type=Path, default=Path("data/nft-thumbs"), help="copies: the images")
+    ap.add_argument("--edit", default="crop_zoom", help="copies: the queries' edit (training/edits.py)")
+    ap.add_argument("--queries", type=int, default=40, help="copies: profiled queries")
+    ap.add_argument("--tokens", type=int, default=100_000, help="copies: catalog rows")
     args = ap.parse_args()
     if args.what == "ops":
         profile_ops(args.model_dir, args.batch, args.runs)
+    elif args.what == "copies":
+        profile_copies(args.model_dir, args.images, args.edit, args.queries, args.tokens)
     else:
         profile_threads(args.model_dir, args.image, args.seconds)
 
