@@ -63,6 +63,7 @@ model: outlier-data           ## reproduce the default model (needs $(SHARED): t
 	$(BIN)/nftlens export runs/default-resnet18-copies-head/best.pt --out models/default
 	$(BIN)/nftlens uint8-input models/default   # pixels in, normalising inside the graph
 	$(BIN)/nftlens stage-stats models/default   # per-stage channel statistics for the multilayer unknown score
+	$(BIN)/nftlens whiten models/default        # collections further apart in the embedding (training/whiten.py)
 	$(BIN)/nftlens calibrate models/default --method $(OPENSET) --outliers $(DATA)/avatars --out reports/default
 	$(MAKE) evaluate
 
@@ -96,6 +97,7 @@ clean:
 int8: outlier-data            ## the int8 variant of the default model: quantise, calibrate and evaluate it
 	$(BIN)/nftlens quantize models/default --out models/default-int8
 	$(BIN)/nftlens stage-stats models/default-int8
+	$(BIN)/nftlens whiten models/default-int8
 	$(BIN)/nftlens calibrate models/default-int8 --method $(OPENSET) --outliers $(DATA)/avatars --overlay-witness together --overlay-beyond none --no-overlay-lines --no-overlay-compact --out reports/int8
 	$(BIN)/nftlens evaluate models/default-int8 $(TEST_SETS) --label-field collection --no-robustness --out reports/int8
 	$(BIN)/nftlens copies evaluate models/default-int8 --verify-k 0 --out reports/int8/copies

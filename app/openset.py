@@ -70,10 +70,11 @@ def stage_features(x: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.n
 
 class LayeredMahalanobis:
     """The `multilayer` score: sum over layers of (Mahalanobis(layer) - mu) / sigma, where mu and sigma are
-    that layer's score spread on known validation images. Layer `embedding` is the embedding as is; a
-    `stageI` layer goes through `stage_features` first. `stats` holds, per stage layer L, `L/center`,
-    `L/scale`, `L/means`, `L/precision`, and for every layer `L/z` = [mu, sigma] (the embedding's means and
-    precision are the top-level `means` and `precision`)."""
+        that layer's score spread on known validation images. Layer `embedding` is the network's embedding as is
+    (`network_embedding`); a
+        `stageI` layer goes through `stage_features` first. `stats` holds, per stage layer L, `L/center`,
+        `L/scale`, `L/means`, `L/precision`, and for every layer `L/z` = [mu, sigma] (the embedding's means and
+        precision are the top-level `means` and `precision`)."""
 
     def __init__(self, layers: list[str], stats: Mapping[str, np.ndarray]):
         if not layers:
@@ -89,7 +90,11 @@ class LayeredMahalanobis:
     def layer_scores(self, out: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Each layer's raw Mahalanobis score for a batch of outputs."""
         return {
-            name: scorer.score(out[name] if norm is None else stage_features(out[name], *norm))
+            name: scorer.score(
+                (network_embedding(out) if name == "embedding" else out[name])
+                if norm is None
+                else stage_features(out[name], *norm)
+            )
             for name, scorer, norm, _, _ in self.parts
         }
 
@@ -100,6 +105,16 @@ class LayeredMahalanobis:
 
     def score(self, out: Mapping[str, np.ndarray]) -> np.ndarray:
         return sum(self.standardised(out).values())
+
+
+NETWORK_EMBEDDING = "network_embedding"  # a whitened graph's own embedding (training/whiten.py)
+
+
+def network_embedding(out: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The embedding the network computes, which every open-set score reads: `network_embedding` where a
+    whitened graph outputs it beside its whitened `embedding`, else `embedding`. The detector, fitted on
+    it, is then the same before and after `nftlens whiten`."""
+    return out[NETWORK_EMBEDDING] if NETWORK_EMBEDDING in out else out["embedding"]
 
 
 def layer_keys(name: str) -> dict[str, str]:
@@ -179,8 +194,8 @@ class OpenSetScorer:
             fn = max_probability_score if d.method == "max_probability" else energy_score
             return fn(logits, d.temperature)
         if d.method == "mahalanobis":
-            return self._mahalanobis.score(out["embedding"])
-        return knn_score(out["embedding"], self.stats["references"], d.k)
+            return self._mahalanobis.score(network_embedding(out))
+        return knn_score(network_embedding(out), self.stats["references"], d.k)
 
     def verdict(self, score: float) -> dict:
         """The `unknown` block of one image's response, from its score."""

@@ -34,6 +34,7 @@ from app.openset import (
     knn_score,
     mahalanobis_score,
     max_probability_score,
+    network_embedding,
     save_statistics,
     softmax,
     stage_features,
@@ -106,7 +107,7 @@ def openset_scores(
     layers: list[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Every open-set score (higher = more unknown) for a batch of outputs (`multilayer` with `layers`)."""
-    logits, emb = logits_of(out), out["embedding"]
+    logits, emb = logits_of(out), network_embedding(out)
     scores = {
         "max_probability": max_probability_score(logits, temperature),
         "energy": energy_score(logits, temperature),
@@ -193,8 +194,9 @@ def fit_openset_statistics(
     )
     out = infer(model, [paths[i] for i in pick], desc="openset stats")
     y = np.array([model.labels.index(lab) for lab in labels[pick]])
-    stats = fit_statistics(out["embedding"], y)
-    stats["references"] = out["embedding"].astype(np.float16)
+    emb = network_embedding(out)  # the network's own, whitened or not (training/whiten.py)
+    stats = fit_statistics(emb, y)
+    stats["references"] = emb.astype(np.float16)
     return stats | fit_stage_statistics(out, y)
 
 

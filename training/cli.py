@@ -320,6 +320,30 @@ def stage_stats_cmd(
     )
 
 
+@app.command("whiten")
+def whiten_cmd(
+    model_dir: Path = typer.Argument(
+        ..., exists=True, help="folder with model.onnx + model.json (rewritten)"
+    ),
+    alpha: float = typer.Option(0.5, min=0.0, max=1.0, help="power of the whitening: 0 none, 1 full"),
+    shrink: float = typer.Option(0.01, min=0.0, max=1.0, help="shrinkage of the covariance to the identity"),
+    images: int = typer.Option(6000, min=100, help="training images the statistics are fitted on"),
+    data: list[str] = typer.Option(None, help="training datasets (default: the manifest's)"),
+) -> None:
+    """Whiten the collection embedding inside the graph, fitted on training images (training/whiten.py)."""
+    _need_train_extra()
+    from training.whiten import whiten_model
+
+    try:
+        fitted = whiten_model(model_dir, alpha, shrink, images, data or None)
+    except ValueError as e:
+        raise typer.BadParameter(str(e), param_hint="MODEL_DIR") from e
+    typer.echo(
+        f"{model_dir}: embedding whitened (alpha {alpha}, shrink {shrink}, {fitted['images']} training "
+        f"images); new catalog key: run `nftlens catalog reindex` on catalogs made with the old file"
+    )
+
+
 @app.command("calibrate")
 def calibrate_cmd(
     model_dir: Path = typer.Argument(..., exists=True, help="folder with model.onnx + model.json"),

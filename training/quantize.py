@@ -15,9 +15,11 @@ import numpy as np
 from tqdm import tqdm
 
 from app.manifest import load_manifest, sha256_of
+from app.openset import NETWORK_EMBEDDING
 from app.preprocessing import InputFormat, decode_and_preprocess
 from training.stagestats import is_stage_output, strip_stage_statistics
 from training.uint8input import PREFIX
+from training.whiten import is_whitened, strip_whitening
 
 
 class ImageReader:
@@ -58,6 +60,9 @@ def quantize_model(model_dir: Path, out: Path, images: list[Path], per_channel: 
         if any(is_stage_output(o) for o in m.outputs):  # quantise the network; `stage-stats` adds them after
             strip_stage_statistics(source, Path(tmp) / "network.onnx")
             source = Path(tmp) / "network.onnx"
+        if is_whitened(source):  # ... and `whiten` fits the int8 embedding's own
+            strip_whitening(source, Path(tmp) / "unwhitened.onnx")
+            source = Path(tmp) / "unwhitened.onnx"
         quant_pre_process(str(source), str(pre))
         prefix = [n.name for n in onnx.load(str(pre)).graph.node if n.name.startswith(PREFIX)]
         if m.input_format == "uint8_nhwc" and len(prefix) != 4:
@@ -76,7 +81,7 @@ def quantize_model(model_dir: Path, out: Path, images: list[Path], per_channel: 
     manifest = m.model_copy(
         update={
             "name": f"{m.name}-int8",
-            "outputs": [o for o in m.outputs if not is_stage_output(o)],
+            "outputs": [o for o in m.outputs if not is_stage_output(o) and o != NETWORK_EMBEDDING],
             "sha256": sha256_of(out / m.onnx_file),
             "vectors_sha256": None,  # new weights, new vectors
             "unknown": None,
@@ -85,7 +90,7 @@ def quantize_model(model_dir: Path, out: Path, images: list[Path], per_channel: 
             "metrics": {},
             "robustness": {},
             "training": {
-                **m.training,
+                **{k: v for k, v in m.training.items() if k != "embedding_whitening"},
                 "quantized_from": {"model": f"{m.name}@{m.version}", "sha256": m.sha256},
                 "quantization": {
                     "format": "QDQ",
