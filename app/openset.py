@@ -70,11 +70,10 @@ def stage_features(x: np.ndarray, center: np.ndarray, scale: np.ndarray) -> np.n
 
 class LayeredMahalanobis:
     """The `multilayer` score: sum over layers of (Mahalanobis(layer) - mu) / sigma, where mu and sigma are
-        that layer's score spread on known validation images. Layer `embedding` is the network's embedding as is
-    (`network_embedding`); a
-        `stageI` layer goes through `stage_features` first. `stats` holds, per stage layer L, `L/center`,
-        `L/scale`, `L/means`, `L/precision`, and for every layer `L/z` = [mu, sigma] (the embedding's means and
-        precision are the top-level `means` and `precision`)."""
+    that layer's score spread on known validation images. Layer `embedding` is the network's embedding as
+    is (`network_embedding`); a `stageI` layer goes through `stage_features` first. `stats` holds, per
+    stage layer L, `L/center`, `L/scale`, `L/means`, `L/precision`, and for every layer `L/z` = [mu,
+    sigma] (the embedding's means and precision are the top-level `means` and `precision`)."""
 
     def __init__(self, layers: list[str], stats: Mapping[str, np.ndarray]):
         if not layers:
