@@ -145,7 +145,9 @@ def whiten_model(
     if not data:
         raise ValueError("no training data found: pass the datasets the model was trained on (--data)")
     label = config.get("label_field", "collection")
-    paths, rows = select_rows(data, "train", label)
+    # as training chose its images: without the excluded labels and the held-out (test) tokens
+    held = [h for h in config.get("holdout") or [] if Path(h, "manifest.csv").is_file()]
+    paths, rows = select_rows(data, "train", label, config.get("exclude") or {}, held)
     keep = sorted(np.random.default_rng(seed).choice(len(paths), min(images, len(paths)), replace=False))
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
     emb = infer(model, [paths[i] for i in keep], desc="training embeddings")["embedding"]
@@ -200,6 +202,8 @@ def validation_sweep(
     config = m.training.get("config", {})
     data = [d for d in config.get("data", []) if Path(d, "manifest.csv").is_file()]
     label = config.get("label_field", "collection")
+    held = [h for h in config.get("holdout") or [] if Path(h, "manifest.csv").is_file()]
+    exclude = config.get("exclude") or {}
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(model_dir)
         if is_whitened(source / m.onnx_file):  # the network's own embedding
@@ -209,13 +213,13 @@ def validation_sweep(
             outputs = [o for o in m.outputs if o != RAW]
             m.model_copy(update={"sha256": sha256_of(source / m.onnx_file), "outputs": outputs}).write(source)
         model = OnnxModel(source, providers=["CPUExecutionProvider"])
-        tpaths, trows = select_rows(data, "train", label)
+        tpaths, trows = select_rows(data, "train", label, exclude, held)
         keep = sorted(
             np.random.default_rng(seed).choice(len(tpaths), min(images, len(tpaths)), replace=False)
         )
         train = infer(model, [tpaths[i] for i in keep], desc="training embeddings")["embedding"]
         ytrain = np.array([trows[i][label] for i in keep])
-        vpaths, vrows = select_rows(data, "val", label)
+        vpaths, vrows = select_rows(data, "val", label, exclude, held)
         val = infer(model, vpaths, desc="validation embeddings")["embedding"]
         yval = np.array([r[label] for r in vrows])
         pick = sorted(
