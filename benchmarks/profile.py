@@ -201,9 +201,8 @@ def profile_copies(model_dir: Path, images: Path, edit: str, queries: int, token
                 await service.stop()
 
         asyncio.run(run())
-    stats = pstats.Stats(
-        profiler
-    ).stats  # (file, line, name) -> (calls, primitive calls, own, cumulative, ..)
+    # (file, line, name) -> (calls, primitive calls, own time, cumulative time, callers)
+    stats = pstats.Stats(profiler).stats
     total = sum(seconds)
 
     def stage(suffix: str, name: str) -> tuple[int, float]:

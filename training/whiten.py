@@ -120,6 +120,26 @@ def is_whitened(path: Path) -> bool:
     return any(n.name.startswith(PREFIX) for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
+def _images(m, split: str, data: list[str] | None = None) -> tuple[list[str], list[Path], np.ndarray]:
+    """(datasets, image paths, labels) of the model's `split`, chosen as training chose its images: its
+    datasets (or `data`) by its label field, without the excluded labels and the held-out (test) tokens."""
+    from training.datasets.select import select_rows
+
+    config = m.training.get("config", {})
+    data = data or [d for d in config.get("data", []) if Path(d, "manifest.csv").is_file()]
+    if not data:
+        raise ValueError("no training data found: pass the datasets the model was trained on (--data)")
+    label = config.get("label_field", "collection")
+    held = [h for h in config.get("holdout") or [] if Path(h, "manifest.csv").is_file()]
+    paths, rows = select_rows(data, split, label, config.get("exclude") or {}, held)
+    return data, paths, np.array([r[label] for r in rows])
+
+
+def _sample(n: int, k: int, seed: int) -> np.ndarray:
+    """A seeded, sorted sample of min(k, n) of range(n)."""
+    return np.sort(np.random.default_rng(seed).choice(n, min(k, n), replace=False))
+
+
 def whiten_model(
     model_dir: Path,
     alpha: float = ALPHA,
@@ -133,25 +153,17 @@ def whiten_model(
     import onnx
 
     from app.inference import OnnxModel
-    from training.datasets.select import select_rows
     from training.runner import infer
 
     m = load_manifest(model_dir)
     path = Path(model_dir) / m.onnx_file
     if is_whitened(path):
         raise ValueError(f"{path} is whitened already (strip it first: training/whiten.py strip_whitening)")
-    config = m.training.get("config", {})
-    data = data or [d for d in config.get("data", []) if Path(d, "manifest.csv").is_file()]
-    if not data:
-        raise ValueError("no training data found: pass the datasets the model was trained on (--data)")
-    label = config.get("label_field", "collection")
-    # as training chose its images: without the excluded labels and the held-out (test) tokens
-    held = [h for h in config.get("holdout") or [] if Path(h, "manifest.csv").is_file()]
-    paths, rows = select_rows(data, "train", label, config.get("exclude") or {}, held)
-    keep = sorted(np.random.default_rng(seed).choice(len(paths), min(images, len(paths)), replace=False))
+    data, paths, labels = _images(m, "train", data)
+    keep = _sample(len(paths), images, seed)
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
     emb = infer(model, [paths[i] for i in keep], desc="training embeddings")["embedding"]
-    mean, projection = fit_whitening(emb, np.array([rows[i][label] for i in keep]), alpha, shrink)
+    mean, projection = fit_whitening(emb, labels[keep], alpha, shrink)
     graph = onnx.load(str(path))
     _append(graph.graph, mean, projection)
     onnx.checker.check_model(graph)
@@ -194,16 +206,12 @@ def validation_sweep(
     import tempfile
 
     from app.inference import OnnxModel
-    from training.datasets.select import select_rows
     from training.metrics import precision_at_k
     from training.runner import edit_transform, infer
 
     m = load_manifest(model_dir)
-    config = m.training.get("config", {})
-    data = [d for d in config.get("data", []) if Path(d, "manifest.csv").is_file()]
-    label = config.get("label_field", "collection")
-    held = [h for h in config.get("holdout") or [] if Path(h, "manifest.csv").is_file()]
-    exclude = config.get("exclude") or {}
+    _, tpaths, ytrain = _images(m, "train")
+    _, vpaths, yval = _images(m, "val")
     with tempfile.TemporaryDirectory() as tmp:
         source = Path(model_dir)
         if is_whitened(source / m.onnx_file):  # the network's own embedding
@@ -213,18 +221,11 @@ def validation_sweep(
             outputs = [o for o in m.outputs if o != RAW]
             m.model_copy(update={"sha256": sha256_of(source / m.onnx_file), "outputs": outputs}).write(source)
         model = OnnxModel(source, providers=["CPUExecutionProvider"])
-        tpaths, trows = select_rows(data, "train", label, exclude, held)
-        keep = sorted(
-            np.random.default_rng(seed).choice(len(tpaths), min(images, len(tpaths)), replace=False)
-        )
+        keep = _sample(len(tpaths), images, seed)  # as `whiten_model` fits
         train = infer(model, [tpaths[i] for i in keep], desc="training embeddings")["embedding"]
-        ytrain = np.array([trows[i][label] for i in keep])
-        vpaths, vrows = select_rows(data, "val", label, exclude, held)
+        ytrain = ytrain[keep]
         val = infer(model, vpaths, desc="validation embeddings")["embedding"]
-        yval = np.array([r[label] for r in vrows])
-        pick = sorted(
-            np.random.default_rng(seed + 1).choice(len(vpaths), min(queries, len(vpaths)), replace=False)
-        )
+        pick = _sample(len(vpaths), queries, seed + 1)
         edited = {
             e: infer(model, [vpaths[i] for i in pick], edit_transform(e), desc=e, seed=seed + 3)["embedding"]
             for e in SWEEP_EDITS
@@ -243,7 +244,7 @@ def validation_sweep(
             return whitened(x, *fit[1:]) if fit[0] else x / np.linalg.norm(x, axis=1, keepdims=True)
 
         g = space(gallery)
-        top1 = [float(((space(q) @ g.T).argmax(1) == np.array(pick)).mean()) for q in edited.values()]
+        top1 = [float(((space(q) @ g.T).argmax(1) == pick).mean()) for q in edited.values()]
         lines.append(
             f"| {alpha:g} | {precision_at_k(space(val), yval, 10):.4f} | "
             + " | ".join(f"{t:.3f}" for t in top1)
