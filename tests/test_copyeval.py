@@ -130,3 +130,39 @@ def test_evaluate_copies_reports_a_planted_copy_among_the_distinct_tokens(model_
     assert "overlay_witness" not in render_markdown(
         {k: v for k, v in painted.items() if k != "overlay_witness"}
     )
+
+
+def test_build_sets_design_run_queries_validation_and_never_catalogues_a_test_token(punks, tmp_path):
+    from training.copyeval import build_sets
+    from training.datasets.standard import write_dataset
+
+    root, held = tmp_path / "mini", tmp_path / "held"
+    (root / "images").mkdir(parents=True)
+    (held / "images").mkdir(parents=True)
+    rows, held_rows = [], []
+    for i, row in enumerate(punks.rows[:40]):  # 20 train, 10 val, 10 test
+        shutil.copy(punks.image_path(row), root / "images" / f"{row['token_id']}.png")
+        split = "train" if i < 20 else "val" if i < 30 else "test"
+        r = {"path": f"images/{row['token_id']}.png", "collection": "cryptopunks"}
+        rows.append({**r, "token_id": row["token_id"], "label": "cryptopunks", "split": split})
+    write_dataset(root, rows, "mini", "40 punks")
+    # a holdout dataset holding one train-split token of the first: a test token, wherever it appears
+    shutil.copy(root / rows[0]["path"], held / rows[0]["path"])
+    held_rows.append({**rows[0], "split": "test"})
+    write_dataset(held, held_rows, "held", "one punk")
+    keys = {
+        s: {f"cryptopunks/{r['token_id']}" for r in rows if r["split"] == s} for s in ("train", "val", "test")
+    }
+    first = f"cryptopunks/{rows[0]['token_id']}"
+
+    val = build_sets([str(root), str(held)], ["cryptopunks"], [str(held)], split="val")
+    assert set(val["originals"]) | set(val["distinct"]) == keys["val"]
+    assert set(val["catalog"]) == (keys["train"] - {first}) | set(val["originals"])
+    assert not set(val["rows"]) & (keys["test"] | {first})
+    test = build_sets([str(root), str(held)], ["cryptopunks"], [str(held)])  # the reported run, as before
+    assert set(test["originals"]) | set(test["distinct"]) == keys["test"] | {first}  # a holdout token
+    assert keys["train"] - {first} <= set(test["catalog"]) and not set(test["catalog"]) & set(
+        test["distinct"]
+    )
+    with pytest.raises(ValueError, match="test or val"):
+        build_sets([str(root)], ["cryptopunks"], [], split="train")

@@ -521,6 +521,12 @@ def copies_evaluate(
         50, min=0, help="candidates checked and re-ranked, as the service's copy_verify_k (0: off)"
     ),
     keypoints: bool = typer.Option(True, help="check painted candidates by keypoints (copy_keypoints)"),
+    split: str = typer.Option(
+        "test",
+        help="test | val: val is a design run on validation tokens; every test token (test split, holdout) "
+        "is left out of its catalog",
+    ),
+    edit: list[str] = typer.Option(None, help="only these edits' rows (default: every edit)"),
 ) -> None:
     """Edited copies of unseen tokens against the full catalog: top-1 and verdict per edit."""
     from training.copyeval import evaluate_copies
@@ -534,6 +540,8 @@ def copies_evaluate(
         holdout=holdout or None,
         verify_k=verify_k,
         keypoints=keypoints,
+        split=split,
+        edits=edit or None,
     )
     typer.echo((out / "COPIES.md").read_text())
     if r["thresholds"] is None:
