@@ -145,6 +145,43 @@ def refit_head_cmd(
     typer.echo(f"best checkpoint: {refit_head(checkpoint, out, epochs, lr)}")
 
 
+@app.command("refit-instance")
+def refit_instance_cmd(
+    model_dir: Path = typer.Argument(..., exists=True, file_okay=False, help="an exported model folder"),
+    out: Path = typer.Option(None, help="write the refitted model here (default: rewrite MODEL_DIR)"),
+    tokens: int = typer.Option(6000, min=64, help="training tokens whose features are cached"),
+    val_tokens: int = typer.Option(1000, min=1, help="validation tokens that pick the epoch"),
+    views: int = typer.Option(6, min=1, help="edited views cached per token"),
+    epochs: int = typer.Option(30, min=1),
+    lr: float = typer.Option(1e-4),
+    weight: list[str] = typer.Option(None, help="EDIT=W: an edit's draw weight over the run's (repeatable)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Refit the instance head on frozen backbone features with today's edits (training/instancerefit.py);
+    then calibrate the copy verdict again (`nftlens calibrate MODEL_DIR --copies-only`)."""
+    _need_train_extra()
+    from training.instancerefit import refit_instance
+
+    weights = {}
+    for w in weight or []:
+        name, _, value = w.partition("=")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise typer.BadParameter(f"--weight takes EDIT=NUMBER, not {w!r}") from None
+    done = refit_instance(
+        model_dir, tokens, val_tokens, views, epochs, lr, weights=weights, seed=seed, out=out
+    )
+    before, after = done["val_top1_before"], done["val_top1_after"]
+    typer.echo("| first edit | val top-1 before | after |\n|---|---:|---:|")
+    for k in before:
+        typer.echo(f"| {k} | {before[k]:.3f} | {after[k]:.3f} |")
+    if done["epoch_kept"]:
+        typer.echo(f"kept epoch {done['epoch_kept']} of {epochs}; wrote {out or model_dir}")
+    else:
+        typer.echo(f"no epoch beat the head as it was: {out or model_dir} keeps it")
+
+
 @app.command("export")
 def export_cmd(
     checkpoint: Path = typer.Argument(..., exists=True, help="a best.pt from `nftlens train`"),
