@@ -152,10 +152,13 @@ def refit_instance_cmd(
     tokens: int = typer.Option(6000, min=64, help="training tokens whose features are cached"),
     val_tokens: int = typer.Option(1000, min=1, help="validation tokens that pick the epoch"),
     views: int = typer.Option(6, min=1, help="edited views cached per token"),
-    epochs: int = typer.Option(30, min=1),
-    lr: float = typer.Option(1e-4),
+    epochs: int = typer.Option(60, min=1),
+    lr: float = typer.Option(1e-3),
     weight: list[str] = typer.Option(None, help="EDIT=W: an edit's draw weight over the run's (repeatable)"),
     seed: int = typer.Option(0),
+    cache: Path = typer.Option(
+        Path("runs/instance-features"), help="where the cached features are kept between runs"
+    ),
 ) -> None:
     """Refit the instance head on frozen backbone features with today's edits (training/instancerefit.py);
     then calibrate the copy verdict again (`nftlens calibrate MODEL_DIR --copies-only`)."""
@@ -170,7 +173,7 @@ def refit_instance_cmd(
         except ValueError:
             raise typer.BadParameter(f"--weight takes EDIT=NUMBER, not {w!r}") from None
     done = refit_instance(
-        model_dir, tokens, val_tokens, views, epochs, lr, weights=weights, seed=seed, out=out
+        model_dir, tokens, val_tokens, views, epochs, lr, weights=weights, seed=seed, out=out, cache=cache
     )
     before, after = done["val_top1_before"], done["val_top1_after"]
     typer.echo("| first edit | val top-1 before | after |\n|---|---:|---:|")
