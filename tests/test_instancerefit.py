@@ -19,6 +19,7 @@ def test_refit_instance_rewrites_the_head_and_leaves_every_other_output(punks, n
     from app.preprocessing import load_tensor
     from tests.tiny_model import export_tiny_model
     from training.instancerefit import POOLED, WEIGHTS, _embed, _head, pooled_model_dir, refit_instance
+    from training.whiten import _images
 
     plain = export_tiny_model(tmp_path / "float", [punks.root, nouns.root])
     files = [punks.image_path(r).read_bytes() for r in punks.rows[:6]]
@@ -37,7 +38,9 @@ def test_refit_instance_rewrites_the_head_and_leaves_every_other_output(punks, n
     out = tmp_path / "refit"
     done = refit_instance(plain, tokens=64, val_tokens=16, views=2, epochs=2, out=out, select="last")
     after = load_manifest(out)
-    assert done["epoch_kept"] == 2 and done["tokens"] == 64 and done["val_tokens"] == 16
+    _, _, vlabels = _images(before, "val")  # an even share of each label, as many as it has
+    assert done["val_tokens"] == sum(min(int((vlabels == c).sum()), 8) for c in set(vlabels.tolist()))
+    assert done["epoch_kept"] == 2 and done["tokens"] == 64
     assert after.sha256 == sha256_of(out / after.onnx_file) != before.sha256
     assert after.catalog_key != before.catalog_key  # a new instance space: catalogs need a reindex
     assert after.training["instance_refit"] == done and done["from_sha256"] == before.sha256
