@@ -172,9 +172,12 @@ def refit_instance_cmd(
             weights[name] = float(value)
         except ValueError:
             raise typer.BadParameter(f"--weight takes EDIT=NUMBER, not {w!r}") from None
-    done = refit_instance(
-        model_dir, tokens, val_tokens, views, epochs, lr, weights=weights, seed=seed, out=out, cache=cache
-    )
+    try:
+        done = refit_instance(
+            model_dir, tokens, val_tokens, views, epochs, lr, weights=weights, seed=seed, out=out, cache=cache
+        )
+    except ValueError as e:  # a name that is no edit, a model without the head
+        raise typer.BadParameter(str(e)) from None
     before, after = done["val_top1_before"], done["val_top1_after"]
     typer.echo("| first edit | val top-1 before | after |\n|---|---:|---:|")
     for k in before:
@@ -570,7 +573,13 @@ def copies_evaluate(
 ) -> None:
     """Edited copies of unseen tokens against the full catalog: top-1 and verdict per edit."""
     from training.copyeval import evaluate_copies
+    from training.edits import COMBINED, EDITS
 
+    if split not in ("test", "val"):
+        raise typer.BadParameter(f"--split takes test or val, not {split!r}")
+    known = [*EDITS, *COMBINED]
+    if set(edit or ()) - set(known):
+        raise typer.BadParameter(f"--edit takes one of {known}, not {sorted(set(edit) - set(known))}")
     r = evaluate_copies(
         model_dir,
         data or None,

@@ -11,6 +11,9 @@ test splits and the holdout datasets) are split by hash into:
   and must not be called copies.
 
 Search is exact inner product over the whole catalog, as FAISS flat does in the service.
+
+`split="val"` (`nftlens copies evaluate --split val`) is the same run on validation tokens, every test
+token out of the catalog: the design check, reports/default/design-val.
 """
 
 from __future__ import annotations
@@ -109,7 +112,8 @@ def evaluate_copies(
     As the service does, the best `verify_k` candidates of each non-exact query are checked against it
     (app/verify.py: layout for sprites, keypoints (with `keypoints`) and colours for paintings) for the top-1; the
     verdict is the threshold on the best score, or a checked candidate at its collection's check minimum.
-    `split` "val" (with `holdout` []) measures validation tokens instead, for design; `edits` picks rows."""
+    `split` "val" measures validation tokens instead, for design (the holdout still names the test tokens
+    it leaves out of the catalog); `edits` picks rows."""
     model = OnnxModel(model_dir, providers=["CPUExecutionProvider"])
     m = model.manifest
     output = "instance" if space == "instance" else "embedding"
