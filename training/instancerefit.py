@@ -56,9 +56,8 @@ def pooled_model_dir(model_dir: Path, tmp: Path) -> Path:
     m = load_manifest(model_dir)
     proto = onnx.load(str(Path(model_dir) / m.onnx_file))
     name = _head_input(proto.graph)
-    proto.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     proto.graph.node.append(onnx.helper.make_node("Identity", [name], [POOLED]))
-    proto.graph.output[-1].name = POOLED
+    proto.graph.output.append(onnx.helper.make_tensor_value_info(POOLED, onnx.TensorProto.FLOAT, None))
     path = tmp / m.onnx_file
     onnx.save(proto, str(path))
     m.model_copy(update={"outputs": [*m.outputs, POOLED], "sha256": sha256_of(path)}).write(tmp)
