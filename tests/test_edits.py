@@ -115,6 +115,13 @@ def test_random_edit_weights_pick_the_named_edits(punk):
         rng, twin = np.random.default_rng(seed), np.random.default_rng(seed)
         twin.random(), twin.choice(13, p=np.ones(13) / 13)  # the draws random_edit made before editing
         assert np.array_equal(edit(punk, rng), EDITS["colour_shift"](working_copy(punk), twin))
+    names: list[str] = []
+    every = random_edit(None, second_prob=0.0, weights=only, record=names)  # no identity draw at all
+    rng, twin = np.random.default_rng(7), np.random.default_rng(7)
+    twin.choice(13, p=np.ones(13) / 13)
+    assert np.array_equal(every(punk, rng), EDITS["colour_shift"](working_copy(punk), twin))
+    random_edit(1.0, record=names)(punk, rng)
+    assert names == ["colour_shift", "identity"]
     with pytest.raises(ValueError, match="unknown edits"):
         random_edit(weights={"sepia": 2.0})
     with pytest.raises(ValueError, match="positive sum"):

@@ -53,5 +53,6 @@ def test_refit_instance_rewrites_the_head_and_leaves_every_other_output(punks, n
     assert not np.allclose(refit["instance"], raw["instance"], atol=1e-4)
     np.testing.assert_allclose(np.linalg.norm(refit["instance"], axis=1), 1.0, rtol=1e-5)
     assert load_manifest(plain).sha256 == before.sha256  # `out` given: the source is left as it was
-    with pytest.raises(ValueError, match="edit weights"):
-        refit_instance(plain, tokens=64, weights={"sepia": 2.0})
+    for bad in ({"sepia": 2.0}, {"exact": 1.0}):
+        with pytest.raises(ValueError, match="unknown edits"):
+            refit_instance(plain, tokens=64, weights=bad)

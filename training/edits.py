@@ -201,12 +201,17 @@ def apply_edit(name: str, rgb: np.ndarray, rng: np.random.Generator) -> np.ndarr
 
 
 def random_edit(
-    identity_prob: float = 0.2, second_prob: float = 0.3, weights: dict[str, float] | None = None
+    identity_prob: float | None = 0.2,
+    second_prob: float = 0.3,
+    weights: dict[str, float] | None = None,
+    record: list[str] | None = None,
 ) -> Edit:
     """Training views: with `identity_prob` the image untouched at its own resolution (so degradations
     act on native pixels, as the robustness table applies them), else one random edit of the working
     copy, and with `second_prob` a second one on top (copymints often combine a flip with a colour change).
-    `weights` makes some edits likelier than others (an edit not named weighs 1)."""
+    `weights` makes some edits likelier than others (an edit not named weighs 1). `identity_prob=None`
+    edits every view without drawing for it (the stream of `refit-instance`'s views); `record` collects
+    each view's first edit by name ("identity" when untouched)."""
     names = [n for n in EDITS if n != "exact"]
     unknown = set(weights or {}) - set(names)
     if unknown:
@@ -216,16 +221,19 @@ def random_edit(
         raise ValueError("edit weights must be non-negative with a positive sum")
     p /= p.sum()
 
-    def pick(rng: np.random.Generator) -> Edit:  # uniform draws keep the stream of unweighted runs
-        i = rng.choice(len(names), p=p) if weights else rng.integers(len(names))
-        return EDITS[names[int(i)]]
+    def pick(rng: np.random.Generator) -> str:  # uniform draws keep the stream of unweighted runs
+        return names[int(rng.choice(len(names), p=p) if weights else rng.integers(len(names)))]
 
     def apply(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if rng.random() < identity_prob:
-            return rgb
-        out = pick(rng)(working_copy(rgb), rng)
-        if rng.random() < second_prob:
-            out = pick(rng)(out, rng)
+        if identity_prob is not None and rng.random() < identity_prob:
+            first, out = "identity", rgb
+        else:
+            first = pick(rng)
+            out = EDITS[first](working_copy(rgb), rng)
+            if rng.random() < second_prob:
+                out = EDITS[pick(rng)](out, rng)
+        if record is not None:
+            record.append(first)
         return out
 
     return apply

@@ -64,28 +64,10 @@ def pooled_model_dir(model_dir: Path, tmp: Path) -> Path:
     return tmp
 
 
-def _edit_drawer(weights: dict[str, float], names: list[str]):
-    """A transform drawing one named edit per image (recorded in `names`), a second on top 30 % of the time."""
-    from training.edits import EDITS, apply_edit
-
-    kinds = [n for n in EDITS if n != "exact"]
-    p = np.array([weights.get(n, 1.0) for n in kinds], dtype=float)
-    p /= p.sum()
-
-    def apply(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        first = kinds[int(rng.choice(len(kinds), p=p))]
-        out = apply_edit(first, rgb, rng)
-        if rng.random() < 0.3:  # as training's random_edit: a second edit on top
-            out = EDITS[kinds[int(rng.choice(len(kinds), p=p))]](out, rng)
-        names.append(first)
-        return out
-
-    return apply
-
-
 def features(model_dir: Path, paths: list[Path], views: int, weights: dict[str, float], seed: int, desc: str):
     """(originals [N, F], edited views [N, V, F], the first edit of each view [N, V]) of the head's input."""
     from app.inference import OnnxModel
+    from training.edits import random_edit
     from training.runner import infer
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,7 +80,7 @@ def features(model_dir: Path, paths: list[Path], views: int, weights: dict[str, 
                 infer(
                     model,
                     paths,
-                    _edit_drawer(weights, names),
+                    random_edit(None, weights=weights, record=names),
                     desc=f"{desc} view {v + 1}/{views}",
                     seed=seed + v,
                 )[POOLED]
@@ -196,11 +178,9 @@ def refit_instance(
     temperature = temperature or config.get("instance_temperature", 0.1)
     koleo_weight = config.get("koleo_weight", 0.0) if koleo_weight is None else koleo_weight
     weights = {**(config.get("edit_weights") or {}), **(weights or {})}
-    from training.edits import EDITS
+    from training.edits import random_edit
 
-    bad = sorted({k for k, w in weights.items() if k not in EDITS or k == "exact" or w < 0})
-    if bad:
-        raise ValueError(f"edit weights must name edits of {sorted(EDITS)} (not exact), each >= 0: {bad}")
+    random_edit(weights=weights)  # a clear ValueError for an unknown edit or a negative weight
     _, tpaths, tlabels = _images(m, "train")
     _, vpaths, vlabels = _images(m, "val")
     tk, vk = _balanced(tlabels, tokens, seed), _balanced(vlabels, val_tokens, seed + 1)
