@@ -64,6 +64,7 @@ model: outlier-data           ## reproduce the default model (needs $(SHARED): t
 	$(BIN)/nftlens uint8-input models/default   # pixels in, normalising inside the graph
 	$(BIN)/nftlens stage-stats models/default   # per-stage channel statistics for the multilayer unknown score
 	$(BIN)/nftlens whiten models/default        # collections further apart in the embedding (training/whiten.py)
+	$(BIN)/nftlens refit-instance models/default --weight background_swap=4   # the instance head again, with real background swaps (training/instancerefit.py)
 	$(BIN)/nftlens calibrate models/default --method $(OPENSET) --outliers $(DATA)/avatars --out reports/default
 	$(MAKE) evaluate
 
