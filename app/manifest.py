@@ -123,9 +123,8 @@ class CopyDetector(BaseModel):
     )
     margins: dict[str, float] = Field(
         {},
-        description="by check kind and cut ('kind:cut'; kinds colours: paintings, layout: sprites, none; cuts "
-        "score, colours, overlay, layout; a bare kind: all its cuts): how many tail scales of the distinct "
-        "validation tokens' values each cut was raised above them, chosen by cross-fitting "
+        description="by check kind (colours: paintings, layout: sprites, none): how many tail scales of the "
+        "distinct validation tokens' values each cut was raised above them, chosen by cross-fitting "
         "(training/calibrate.py: choose_margins)",
     )
     crossfit_false_copy: dict[str, float] = Field(
@@ -136,8 +135,7 @@ class CopyDetector(BaseModel):
     crossfit_called: dict[str, list[int]] = Field(
         {},
         description="by check kind: [k, n], the validation tokens the cross-fit called copies and those it "
-        "judged, over its repeated fold assignments (each token judged once per repeat; the exact 95 % "
-        "interval of one repeat's worth: `calibration.json`, `crossfit_interval_95`)",
+        "judged (their exact 95 % interval: `calibration.json`, `crossfit_interval_95`)",
     )
     precision: float | None = Field(None, description="on the held-out calibration pairs")
     recall: float | None = Field(None, description="on the held-out calibration pairs")

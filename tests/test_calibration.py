@@ -33,11 +33,9 @@ from training.calibrate import (  # noqa: E402
     choose_margins,
     copy_threshold,
     copy_thresholds,
-    crossfit_counts,
     crossfit_false_copies,
     expected_calibration_error,
     fit_temperature,
-    margin_of,
     pr_curve,
     tail_scale,
 )
@@ -437,50 +435,15 @@ def test_cross_fitted_margins_keep_the_false_copy_promise_on_tokens_calibration_
     assert plain["false_copy_rate"] <= 0.005  # within the promise on the tokens it was chosen on ...
     assert _fresh_false_copies(plain, fresh) > 0.006  # ... but not on new ones
     assert crossfit_false_copies(pairs, 0.005)["colours"] > 0.005  # the cross-fit says so
-    margins, rates, counts = choose_margins(pairs, 0.005, repeats=2)
-    assert set(margins) == {"colours:score", "colours:colours", "colours:overlay"}
-    assert set(margins.values()) <= set(MARGINS) and any(margins.values()) and rates["colours"] <= 0.005
+    margins, rates, counts = choose_margins(pairs, 0.005)
+    assert margins["colours"] in MARGINS and margins["colours"] > 0 and rates["colours"] <= 0.005
     k, n = counts["colours"]
-    assert n == 2 * 2000 and rates["colours"] == (k + 1) / (n + 1)  # each token judged once per repeat
+    assert n == 2000 and rates["colours"] == (k + 1) / (n + 1)  # every distinct token judged once
     kept = copy_thresholds(pairs, 0.005, margins=margins)
     assert _fresh_false_copies(kept, fresh) <= 0.005
+    assert kept["per_collection"]["c0"] > plain["per_collection"]["c0"]
+    assert kept["colours_min"]["c0"] > plain["colours_min"]["c0"]
     assert kept["recall"] > 0.5  # copies stay well above the raised cuts
-    # one margin for every cut (the least the cross-fit allows) keeps the promise too, calling no more
-    single = next(
-        m for m in MARGINS if crossfit_false_copies(pairs, 0.005, margins={"colours": m})["colours"] <= 0.005
-    )
-    shared = copy_thresholds(pairs, 0.005, margins={"colours": single})
-    assert _fresh_false_copies(shared, fresh) <= 0.005
-    assert kept["recall"] >= shared["recall"]
-
-
-def test_each_cut_gets_the_margin_it_needs_so_copies_the_check_sees_are_not_lost():
-    """The score cuts stand on one collection's ~100 distinct tokens, the colour minimum on all of them
-    pooled: where the score cuts need a margin and the pooled check none, one shared margin raises the
-    check for nothing and loses the copies only the check sees; a margin per cut keeps them."""
-    rng = np.random.default_rng(11)
-    pairs, fresh = _painted_pairs(rng, 20, 100), _painted_pairs(rng, 20, 3000)
-    for p in (pairs, fresh):  # distinct tokens' colours well apart from copies': the check needs no margin
-        p["neg_colours"] = np.minimum(p["neg_colours"], 0.9)
-    pairs["pos_colours"] = rng.uniform(0.93, 1.0, len(pairs["pos"]))
-    margins, rates, _ = choose_margins(pairs, 0.005, repeats=2)
-    assert margins["colours:colours"] < margins["colours:score"]
-    kept = copy_thresholds(pairs, 0.005, margins=margins)
-    assert _fresh_false_copies(kept, fresh) <= 0.005 and rates["colours"] <= 0.005
-    shared = copy_thresholds(pairs, 0.005, margins={"colours": margins["colours:score"]})
-    assert kept["recall"] > shared["recall"]
-
-
-def test_a_cut_without_its_own_margin_takes_its_kinds():
-    margins = {"colours": 1.5, "colours:overlay": 0.0}
-    assert margin_of(margins, "colours", "overlay") == 0.0
-    assert margin_of(margins, "colours", "score") == 1.5
-    assert margin_of(margins, "layout", "layout") == 0.0
-    # the cross-fit with one margin per cut of the kind equals that with the kind's bare margin
-    rng = np.random.default_rng(12)
-    pairs = _painted_pairs(rng, 6, 60)
-    cuts = {f"colours:{c}": 1.0 for c in ("score", "colours", "overlay")}
-    assert crossfit_counts(pairs, 0.005, cuts) == crossfit_counts(pairs, 0.005, {"colours": 1.0})
 
 
 def test_a_layout_minimum_raised_above_one_is_dropped_so_the_score_decides_again():

@@ -16,7 +16,6 @@ Test images are never read here.
 
 from __future__ import annotations
 
-import itertools
 import json
 from collections.abc import Collection, Sequence
 from pathlib import Path
@@ -55,11 +54,8 @@ STATS_FILE = "openset.npz"
 COLOURS_FLOOR = 0.9  # a colour-agreement minimum is never below this (a copy keeps most of its figure)
 TAIL = 10  # the distinct tokens' largest values that `tail_scale` fits a cut's margin to
 MARGINS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # the margins (in tail scales) `choose_margins` tries
-FOLDS = 5  # `crossfit_false_copies` holds out each fifth of the distinct tokens in turn ...
-REPEATS = 5  # ... and `choose_margins` cross-fits this many seeded fold assignments
+FOLDS = 5  # `crossfit_false_copies` holds out each fifth of the distinct tokens in turn
 GROUPS = ("colours", "layout", "none")  # check kinds: painted collections, sprites, neither
-# each kind's cuts, each raised by its own margin (`margin_of`): the score threshold and the check minima
-CUTS = {"colours": ("score", "colours", "overlay"), "layout": ("score", "layout"), "none": ("score",)}
 DETECTOR_FIELDS = ("threshold", "per_collection", "colours_min", "overlay_min", "layout_min")
 BEYOND = 0.01  # `OverlayRule.beyond` calibrated by default: a share of the figure (app/agreement.py: overlay)
 OPENSET_METHODS = ("max_probability", "energy", "mahalanobis", "knn", "multilayer")
@@ -365,16 +361,9 @@ def copy_thresholds(
     too, so it keeps to the budget even where the service lets the layout alone decide (`is_copy`): a
     distinct token shown at another size would meet the score. Rates as the service applies them.
 
-    `margins` (`margin_of`: by check kind and cut, `CUTS`): each cut is then raised by this many
-    `tail_scale`s of the distinct tokens' values it cuts (a collection's own scores; the pooled checks),
-    since a cut just above ~100 distinct tokens calls ~1 % of new ones (`crossfit_false_copies`,
-    `choose_margins`)."""
-    return _judged(pairs, _with_margins(pairs, base_cuts(pairs, false_copy, min_negatives), margins or {}))
-
-
-def base_cuts(pairs: dict, false_copy: float, min_negatives: int = 50) -> dict:
-    """`copy_thresholds`' cuts before any margin: threshold, per_collection, the check minima and each
-    calibrated collection's check kind (`kinds`)."""
+    `margins` (by check kind, `GROUPS`): each cut of a collection checked that way is then raised by this
+    many `tail_scale`s of the distinct tokens' values it cuts (its own scores; the pooled checks), since a
+    cut just above ~100 distinct tokens calls ~1 % of new ones (`crossfit_false_copies`, `choose_margins`)."""
     chosen = copy_threshold(pairs["pos"], pairs["neg"], false_copy)
     kinds: dict[str, str] = {}  # each calibrated collection's check kind (GROUPS)
     per: dict[str, float] = {}
@@ -408,26 +397,20 @@ def base_cuts(pairs: dict, false_copy: float, min_negatives: int = 50) -> dict:
             own[c] = max(own[c], pooled) if pooled is not None else float("inf")
         minima[kind] = {c: v for c, v in own.items() if np.isfinite(v)}
     minima["overlay"] = overlay_minima(pairs, painted, per, minima["colours"], false_copy)
-    return {
+    if margins:
+        per, minima = _with_margins(pairs, kinds, per, minima, margins)
+    cuts = {
         "threshold": chosen["threshold"],
         "per_collection": per,
         **{f"{check}_min": own for check, own in minima.items()},
-        "kinds": kinds,
     }
-
-
-def _detector(cuts: dict) -> CopyDetector:
-    return CopyDetector(**{k: cuts[k] for k in DETECTOR_FIELDS})
-
-
-def _judged(pairs: dict, cuts: dict) -> dict:
-    """`cuts` with the recall, precision, false-copy rate and recall by edit they give on `pairs`."""
-    detector = _detector(cuts)
+    detector = CopyDetector(**{k: cuts[k] for k in DETECTOR_FIELDS})
     pos_called, neg_called = (_side_called(detector, pairs, side) for side in ("pos", "neg"))
     tp, fp = int(pos_called.sum()), int(neg_called.sum())
     by_edit = {e: float(pos_called[pairs["pos_edit"] == e].mean()) for e in dict.fromkeys(pairs["pos_edit"])}
     return {
         **cuts,
+        "kinds": kinds,
         "recall": tp / len(pos_called),
         "precision": tp / max(tp + fp, 1),
         "false_copy_rate": fp / len(neg_called),
@@ -435,29 +418,27 @@ def _judged(pairs: dict, cuts: dict) -> dict:
     }
 
 
-def margin_of(margins: dict[str, float], kind: str, cut: str) -> float:
-    """The margin (tail scales) of one cut of a check kind's collections: `margins["kind:cut"]`, else the
-    kind's own (`margins["kind"]`, one margin for all its cuts), else none."""
-    return margins.get(f"{kind}:{cut}", margins.get(kind, 0.0))
-
-
-def _with_margins(pairs: dict, cuts: dict, margins: dict[str, float]) -> dict:
-    """`cuts` (`base_cuts`) with each cut raised by its margin times the tail scale of what it cuts."""
-    kinds = cuts["kinds"]
+def _with_margins(
+    pairs: dict,
+    kinds: dict[str, str],
+    per: dict[str, float],
+    minima: dict[str, dict],
+    margins: dict[str, float],
+) -> tuple[dict[str, float], dict[str, dict]]:
+    """`per` and `minima` each raised by its kind's margin times the tail scale of what it cuts."""
     per = {
-        c: t + margin_of(margins, kinds[c], "score") * tail_scale(pairs["neg"][pairs["neg_coll"] == c])
-        for c, t in cuts["per_collection"].items()
+        c: t + margins.get(kinds[c], 0.0) * tail_scale(pairs["neg"][pairs["neg_coll"] == c])
+        for c, t in per.items()
     }
     raised = {}
-    for check in ("colours", "overlay", "layout"):
-        own = cuts[f"{check}_min"]
+    for check, own in minima.items():
         kind = "colours" if check == "overlay" else check  # the overlay is a painted collection's check
         values = pairs[f"neg_{check}"][np.isin(pairs["neg_coll"], list(own))] if own else np.array([])
-        lift = margin_of(margins, kind, check) * tail_scale(values)
+        lift = margins.get(kind, 0.0) * tail_scale(values)
         # a layout minimum above 1 would make a lossless sprite's layout refuse every copy on its own
         # (app/verify.py: is_copy): without one, its score decides; other checks above 1 never decide
-        raised[f"{check}_min"] = {c: v + lift for c, v in own.items() if check != "layout" or v + lift <= 1.0}
-    return {**cuts, "per_collection": per, **raised}
+        raised[check] = {c: v + lift for c, v in own.items() if check != "layout" or v + lift <= 1.0}
+    return per, raised
 
 
 def _neg_subset(pairs: dict, keep: np.ndarray) -> dict:
@@ -488,80 +469,39 @@ def crossfit_counts(
     of each collection's distinct tokens in turn is judged by the cuts `copy_thresholds` chooses on the
     rest (with every positive); n are so judged, k called copies. `min_negatives` as in
     `copy_thresholds`, for the whole: each fit holds its share of it."""
-    return _fold_counts(pairs, _fold_cuts(pairs, false_copy, folds, seed, min_negatives), margins or {})
-
-
-def _fold_cuts(
-    pairs: dict, false_copy: float, folds: int, seed: int, min_negatives: int
-) -> list[tuple[np.ndarray, dict]]:
-    """Each of `folds` seeded parts of each collection's distinct tokens (a mask over them) with the
-    `base_cuts` the rest give."""
     rng = np.random.default_rng(seed)
     fold = np.empty(len(pairs["neg"]), int)
     for c in np.unique(pairs["neg_coll"]):  # each collection spread evenly over the folds
         idx = np.flatnonzero(pairs["neg_coll"] == c)
         fold[rng.permutation(idx)] = np.arange(len(idx)) % folds
-    least = min_negatives * (folds - 1) // folds
-    return [(fold == f, base_cuts(_neg_subset(pairs, fold != f), false_copy, least)) for f in range(folds)]
-
-
-def _fold_counts(
-    pairs: dict, parts: list[tuple[np.ndarray, dict]], margins: dict[str, float], only: str | None = None
-) -> dict[str, tuple[int, int]]:
-    """By check kind, (k, n) of the held-out distinct tokens of `parts` (`_fold_cuts`, several fold
-    assignments pooled) judged by their cuts raised by `margins`; `only`: that kind alone."""
-    k: dict[str, int] = {}
-    n: dict[str, int] = {}
-    for held, cuts in parts:
-        kind_of = np.array([cuts["kinds"].get(str(c), "") for c in pairs["neg_coll"]], dtype=object)
-        judged = held & (kind_of != "") & ((kind_of == only) if only else True)
-        lifted = _with_margins(_neg_subset(pairs, ~held), cuts, margins)
-        called = _side_called(_detector(lifted), _neg_subset(pairs, judged), "neg")
-        for g in GROUPS:
-            mine = kind_of[judged] == g
-            k[g], n[g] = k.get(g, 0) + int(called[mine].sum()), n.get(g, 0) + int(mine.sum())
-    return {g: (k[g], n[g]) for g in GROUPS if n.get(g)}
+    called = np.zeros(len(pairs["neg"]), bool)
+    kind_of = np.full(len(pairs["neg"]), "", dtype=object)
+    for f in range(folds):
+        fit, held = _neg_subset(pairs, fold != f), _neg_subset(pairs, fold == f)
+        chosen = copy_thresholds(fit, false_copy, min_negatives * (folds - 1) // folds, margins)
+        detector = CopyDetector(**{k: chosen[k] for k in DETECTOR_FIELDS})
+        called[fold == f] = _side_called(detector, held, "neg")
+        for c, kind in chosen["kinds"].items():
+            kind_of[(fold == f) & (pairs["neg_coll"] == c)] = kind
+    return {
+        g: (int(called[kind_of == g].sum()), int((kind_of == g).sum()))
+        for g in GROUPS
+        if (kind_of == g).any()
+    }
 
 
 def choose_margins(
-    pairs: dict, false_copy: float, repeats: int = REPEATS, seed: int = 0, **crossfit
+    pairs: dict, false_copy: float, **crossfit
 ) -> tuple[dict[str, float], dict[str, float], dict[str, tuple[int, int]]]:
-    """For each check kind, one margin per cut (`CUTS`, each one of `MARGINS`): of the combinations whose
-    cross-fitted false-copy rate (`expected_rates` of `crossfit_counts`, pooled over `repeats` seeded
-    fold assignments) is within `false_copy`, the one that calls the most of the kind's validation copies
-    (ties: the lower margins, then the lower rate); the highest margins where none is. Returns the margins
-    ("kind:cut", `margin_of`), and the cross-fitted rates and counts (k, n: over all repeats) at them.
-
-    One margin for all of a kind's cuts spends its budget where a cut needs it least: the score cuts are
-    chosen on one collection's ~100 distinct tokens, the check minima on all of a kind's together."""
-    folds, least = crossfit.get("folds", FOLDS), crossfit.get("min_negatives", 50)
-    parts = [p for r in range(repeats) for p in _fold_cuts(pairs, false_copy, folds, seed + r, least)]
-    full = base_cuts(pairs, false_copy, least)
-    pos_kind = np.array([full["kinds"].get(str(c), "") for c in pairs["pos_coll"]], dtype=object)
-    chosen: dict[str, float] = {}
-    rates: dict[str, float] = {}
-    counts: dict[str, tuple[int, int]] = {}
-    for kind, cuts in CUTS.items():
-        if kind not in full["kinds"].values():
-            continue
-        best: tuple | None = None
-        combos = list(itertools.product(MARGINS, repeat=len(cuts)))
-        for combo in tqdm(combos, desc=f"margins ({kind})", leave=False, disable=len(combos) < 50):
-            margins = {f"{kind}:{cut}": m for cut, m in zip(cuts, combo, strict=True)}
-            kn = _fold_counts(pairs, parts, margins, only=kind)[kind]
-            rate = expected_rates({kind: kn})[kind]
-            called = _side_called(_detector(_with_margins(pairs, full, margins)), pairs, "pos")
-            key = (rate <= false_copy, float(called[pos_kind == kind].mean()), -sum(combo), -rate)
-            if best is None or key > best[0]:
-                best = (key, margins, rate, kn)
-        if best is not None and not best[0][0]:  # none keeps the promise: the highest margins
-            margins = {f"{kind}:{cut}": MARGINS[-1] for cut in cuts}
-            kn = _fold_counts(pairs, parts, margins, only=kind)[kind]
-            best = (best[0], margins, expected_rates({kind: kn})[kind], kn)
-        assert best is not None
-        chosen.update(best[1])
-        rates[kind], counts[kind] = best[2], best[3]
-    return chosen, rates, counts
+    """For each check kind, the least of `MARGINS` whose cross-fitted false-copy rate (`expected_rates`
+    of `crossfit_counts`) is within `false_copy` (the largest where none is); with the cross-fitted rates
+    and counts (k, n) at the chosen margins."""
+    counts = {m: crossfit_counts(pairs, false_copy, dict.fromkeys(GROUPS, m), **crossfit) for m in MARGINS}
+    rates = {m: expected_rates(c) for m, c in counts.items()}
+    chosen = {
+        g: next((m for m in MARGINS if rates[m][g] <= false_copy), MARGINS[-1]) for g in rates[MARGINS[0]]
+    }
+    return chosen, {g: rates[m][g] for g, m in chosen.items()}, {g: counts[m][g] for g, m in chosen.items()}
 
 
 def overlay_minima(
@@ -880,12 +820,8 @@ def calibrate(
             **chosen,
             "margins": margins,
             "crossfit_false_copy": expected,
-            # the rate that k of n held-out tokens leaves possible (training/intervals.py), for one fold
-            # assignment's worth of them (the repeats judge the same tokens again): ceil(k / REPEATS)
-            # of n / REPEATS
-            "crossfit_interval_95": {
-                g: list(clopper_pearson(-(-k // REPEATS), n // REPEATS)) for g, (k, n) in judged.items()
-            },
+            # the rate that k of n held-out tokens leaves possible (training/intervals.py)
+            "crossfit_interval_95": {g: list(clopper_pearson(k, n)) for g, (k, n) in judged.items()},
             "n_positive": len(pairs["pos"]),
             "n_negative": len(pairs["neg"]),
         }
