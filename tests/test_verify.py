@@ -263,9 +263,10 @@ def test_a_crop_the_instance_space_misses_is_found_through_its_completion(punk_c
 def test_a_crop_whose_original_sits_behind_the_completions_siblings_is_found_by_its_fit(punk_catalog):
     """A cropped punk (3953, seeded; 2703 until stop 48's refitted instance head found it plainly)
     completed from the 5 candidates the instance space gives it: the 5 tokens nearest its completions
-    are siblings that share what the crop shows but not what it cut off, so a look-up of 5 misses 3953. Asked with the crop's fit (`crop_misfit`), the look-up reads
-    `CROP_DEPTH` deep and keeps the 5 the crop's pixels fit best: 3953 (fitting better than those 5) among them,
-    and the served ranking puts it first, whole (layout 1)."""
+    are siblings that share what the crop shows but not what it cut off, so a look-up of 5 misses it.
+    Asked with the crop's fit (`crop_misfit`), the look-up reads `CROP_DEPTH` deep and keeps the 5 the
+    crop's pixels fit best: the original (fitting better than those 5) among them, and the served
+    ranking puts it first, whole (layout 1)."""
     from app.catalog import SearchFilter
     from app.preprocessing import preprocess_batch
     from app.sprites import SpriteQuery, crop_misfit, native_sprite
@@ -277,25 +278,26 @@ def test_a_crop_whose_original_sits_behind_the_completions_siblings_is_found_by_
     def embed(images: list[np.ndarray]) -> np.ndarray:
         return model.run(preprocess_batch(images, m.preprocessing))["instance"]
 
-    query = apply_edit("crop_zoom", rgbs[3953], np.random.default_rng(1))
+    original = "3953"
+    query = apply_edit("crop_zoom", rgbs[int(original)], np.random.default_rng(1))
     own = embed([query])
-    hits = [h for h in catalog.search(own[0], 5, SearchFilter(), space="instance") if h.token_id != "3953"]
+    hits = [h for h in catalog.search(own[0], 5, SearchFilter(), space="instance") if h.token_id != original]
     images = [stored_rgb(catalog.image(h.collection, h.token_id), BACKGROUND) for h in hits]
     patch = SpriteQuery(query).patch
     completions, turned = crop_completions(patch, images)
     more = catalog_lookup(catalog, embed, own, 5, SearchFilter(), BACKGROUND)
-    assert "3953" not in [h.token_id for h in more(completions)]  # the plain look-up's 5
+    plain = more(completions)
+    assert original not in [h.token_id for h in plain]  # the plain look-up's 5
 
     def fit(key: tuple[str, str], image: np.ndarray | None) -> float:
         return crop_misfit(turned, None if image is None else native_sprite(image))
 
-    plain = more(completions)
     fitting = more(completions, fit)
-    assert "3953" in [h.token_id for h in fitting] and len(fitting) == 5
+    assert original in [h.token_id for h in fitting] and len(fitting) == 5
     misfit = {h.token_id: fit((h.collection, h.token_id), rgbs[int(h.token_id)]) for h in plain + fitting}
-    assert misfit["3953"] < min(misfit[h.token_id] for h in plain), misfit  # it fits better than they do
+    assert misfit[original] < min(misfit[h.token_id] for h in plain), misfit  # it fits better than they do
     ranked, checks = rank_by_checks(catalog, hits, query, BACKGROUND, False, more)
-    assert ranked[0].token_id == "3953" and checks[0].layout == 1.0, [h.token_id for h in ranked[:5]]
+    assert ranked[0].token_id == original and checks[0].layout == 1.0, [h.token_id for h in ranked[:5]]
 
 
 def test_a_saturated_copy_the_instance_space_misses_is_found_in_its_siblings_palette(punk_catalog):
