@@ -124,8 +124,9 @@ class CopyDetector(BaseModel):
     margins: dict[str, float] = Field(
         {},
         description="by check kind (colours: paintings, layout: sprites, none): how many tail scales of the "
-        "distinct validation tokens' values each cut was raised above them, chosen by cross-fitting "
-        "(training/calibrate.py: choose_margins)",
+        "distinct validation tokens' values each cut was raised above them, chosen by cross-fitting; overlay: "
+        "the paintings' overlay cut alone, where it was lowered below theirs within a share of the budget "
+        "(training/calibrate.py: choose_margins, overlay_margin)",
     )
     crossfit_false_copy: dict[str, float] = Field(
         {},

@@ -28,6 +28,7 @@ pytest.importorskip("torch", reason="the calibration code lives in training/")
 from training.calibrate import (  # noqa: E402
     DETECTOR_FIELDS,
     MARGINS,
+    OVERLAY_SHARE,
     called_copies,
     checked_threshold,
     choose_margins,
@@ -36,6 +37,7 @@ from training.calibrate import (  # noqa: E402
     crossfit_false_copies,
     expected_calibration_error,
     fit_temperature,
+    overlay_margin,
     pr_curve,
     tail_scale,
 )
@@ -421,7 +423,12 @@ def _fresh_false_copies(chosen: dict, fresh: dict) -> float:
 
     detector = CopyDetector(**{k: chosen[k] for k in DETECTOR_FIELDS})
     called = called_copies(
-        detector, fresh["neg"], fresh["neg_coll"], fresh["neg_layout"], fresh["neg_colours"]
+        detector,
+        fresh["neg"],
+        fresh["neg_coll"],
+        fresh["neg_layout"],
+        fresh["neg_colours"],
+        overlays=fresh.get("neg_overlay"),
     )
     return float(called.mean())
 
@@ -435,7 +442,7 @@ def test_cross_fitted_margins_keep_the_false_copy_promise_on_tokens_calibration_
     assert plain["false_copy_rate"] <= 0.005  # within the promise on the tokens it was chosen on ...
     assert _fresh_false_copies(plain, fresh) > 0.006  # ... but not on new ones
     assert crossfit_false_copies(pairs, 0.005)["colours"] > 0.005  # the cross-fit says so
-    margins, rates, counts = choose_margins(pairs, 0.005)
+    margins, rates, counts, _ = choose_margins(pairs, 0.005)
     assert margins["colours"] in MARGINS and margins["colours"] > 0 and rates["colours"] <= 0.005
     k, n = counts["colours"]
     assert n == 2000 and rates["colours"] == (k + 1) / (n + 1)  # every distinct token judged once
@@ -444,6 +451,43 @@ def test_cross_fitted_margins_keep_the_false_copy_promise_on_tokens_calibration_
     assert kept["per_collection"]["c0"] > plain["per_collection"]["c0"]
     assert kept["colours_min"]["c0"] > plain["colours_min"]["c0"]
     assert kept["recall"] > 0.5  # copies stay well above the raised cuts
+
+
+def _badged_pairs(rng, collections: int, negatives: int) -> dict:
+    """`_painted_pairs` whose copies are half badged (colours broken where the badge sits, `overlay` near
+    1) and whose distinct tokens' overlays have an exponential top."""
+    pairs = _painted_pairs(rng, collections, negatives)
+    badged = pairs["pos_edit"] == "logo"
+    pairs["pos_colours"][badged] = rng.uniform(0.8, 0.9, badged.sum())
+    pairs["pos_overlay"] = np.where(badged, rng.uniform(0.9, 1.0, len(badged)), pairs["pos_colours"])
+    pairs["neg_overlay"] = np.minimum(0.8 + rng.exponential(0.02, len(pairs["neg"])), 1.0)
+    return pairs
+
+
+def test_the_overlay_cut_alone_is_lowered_within_a_share_of_the_budget():
+    """Below the paintings' shared margin, the overlay cut gets the least margin whose cross-fitted rate,
+    pooled over seeds, spends at most `OVERLAY_SHARE` of the budget: badged copies gain, new distinct
+    tokens stay within the promise; with no share to spend it stays at the shared margin."""
+    rng = np.random.default_rng(12)
+    pairs, fresh = _badged_pairs(rng, 10, 100), _badged_pairs(rng, 10, 3000)
+    shared = {"colours": 4.0, "layout": 0.0, "none": 0.0}  # score and colour cuts well above their tokens
+    margin, tried = overlay_margin(pairs, 0.005, shared)
+    assert margin < shared["colours"] and tried[margin] <= OVERLAY_SHARE * 0.005
+    assert all(rate > OVERLAY_SHARE * 0.005 for m, rate in tried.items() if m < margin)  # the least
+    assert overlay_margin(pairs, 0.005, shared, share=1e-4)[0] == shared["colours"]
+    before = copy_thresholds(pairs, 0.005, margins=shared)
+    after = copy_thresholds(pairs, 0.005, margins={**shared, "overlay": margin})
+    assert after["overlay_min"]["c0"] < before["overlay_min"]["c0"]
+    assert (
+        after["colours_min"] == before["colours_min"] and after["per_collection"] == before["per_collection"]
+    )
+    assert after["recall_by_edit"]["logo"] > before["recall_by_edit"]["logo"] + 0.1
+    assert _fresh_false_copies(after, fresh) <= 0.005
+    chosen = choose_margins(pairs, 0.005)[0]  # the kind margins, then the overlay's where it is lower
+    kinds = {k: v for k, v in chosen.items() if k != "overlay"}
+    assert (
+        chosen.get("overlay", kinds["colours"]) == overlay_margin(pairs, 0.005, kinds)[0] <= kinds["colours"]
+    )
 
 
 def test_a_layout_minimum_raised_above_one_is_dropped_so_the_score_decides_again():
