@@ -23,6 +23,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from app.agreement import COMPACT_MAX, OVERLAY_MAX, OverlayRule
 from app.config import Settings
@@ -163,18 +164,18 @@ def evaluate_copies(
     )
 
     def checked(
-        best: np.ndarray, sims: np.ndarray, exact: np.ndarray, rgbs: list
+        best: np.ndarray, sims: np.ndarray, exact: np.ndarray, rgbs: list, desc: str
     ) -> tuple[np.ndarray, np.ndarray, dict[int, tuple[int, Check]], list[dict[int, float]], list[dict]]:
         """The top-1 the service answers (the best `verify_k` candidates in their checked order), whether
         a checked candidate's check reaches its collection's minimum (a copy by the check), for those
         queries the first such candidate with its check, each checked candidate's margin (`margin`), and
-        each checked candidate's check."""
+        each checked candidate's check (`desc`: the progress bar's)."""
         out, confirmed, by = best.copy(), np.zeros(len(best), bool), {}
         margins: list[dict[int, float]] = [{} for _ in best]
         seen: list[dict[int, Check]] = [{} for _ in best]
         if not verify_k or space != "instance":
             return out, confirmed, by, margins, seen
-        for j in np.flatnonzero(~exact):
+        for j in tqdm(np.flatnonzero(~exact), desc=desc, leave=False):
             _, found, checks = refs.completed(rgbs[j], top_candidates(sims[j], verify_k), lookup)
             top = np.array(found)
             seen[j] = {int(i): c for i, c in zip(top, checks, strict=True)}
@@ -266,7 +267,7 @@ def evaluate_copies(
         q = q_out[output]
         sims = view_similarity(q, cat)
         by_score, score, exact = exact_stage(q_out, sims)
-        best, confirmed, _, margins, seen = checked(by_score, sims, exact, rgbs)
+        best, confirmed, _, margins, seen = checked(by_score, sims, exact, rgbs, f"check {name}")
         truth = np.array([index[k] for k in originals])
         if detector is not None:  # the pair's margin (its truth's, as checked when it was a candidate)
             pair = sims[np.arange(len(q)), truth] - thr(truth)
@@ -305,7 +306,9 @@ def evaluate_copies(
     )
     neg_sims = view_similarity(neg_out[output], cat)
     neg_arg, neg_best, neg_exact = exact_stage(neg_out, neg_sims)
-    _, neg_confirmed, neg_by, neg_margins, _ = checked(neg_arg, neg_sims, neg_exact, neg_rgbs)
+    _, neg_confirmed, neg_by, neg_margins, _ = checked(
+        neg_arg, neg_sims, neg_exact, neg_rgbs, "check distinct tokens"
+    )
     with_checks = detector is not None and bool(verify_k)  # what only the checks use is none without them
     result: dict = {
         "model": f"{m.name}@{m.version}",
