@@ -526,7 +526,9 @@ def render_markdown(r: dict) -> str:
             lines.append(
                 "Cuts raised by margins of "
                 + ", ".join(f"{k} {v:g}" for k, v in r["margins"].items())
-                + " tail scales (by check kind), for an expected false-copy rate on unseen tokens (cross-fitted on "
+                + " tail scales (by check kind"
+                + ("; overlay: the paintings' overlay cut alone" if "overlay" in r["margins"] else "")
+                + "), for an expected false-copy rate on unseen tokens (cross-fitted on "
                 "validation) of "
                 + ", ".join(f"{k} {v:.4f}" for k, v in r["crossfit_false_copy"].items())
                 + "."
