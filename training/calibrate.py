@@ -512,7 +512,7 @@ def choose_margins(
     overlay, tried = overlay_margin(pairs, false_copy, chosen, **crossfit)
     if overlay is not None and overlay < chosen["colours"]:
         chosen["overlay"] = overlay
-        judged = crossfit_counts(pairs, false_copy, {**dict.fromkeys(GROUPS, 0.0), **chosen}, **crossfit)
+        judged = crossfit_counts(pairs, false_copy, chosen, **crossfit)
     return chosen, expected_rates(judged), judged, tried
 
 
@@ -536,12 +536,13 @@ def overlay_margin(
     if "neg_overlay" not in pairs or "colours" not in margins:
         return None, {}
     fixed = {k: v for k, v in crossfit.items() if k != "seed"}
-    base = {**dict.fromkeys(GROUPS, 0.0), **margins}
     tried: dict[float, float] = {}
     for m in (x for x in MARGINS if x <= margins["colours"]):
         k = n = 0
         for seed in range(seeds):
-            kk, nn = crossfit_counts(pairs, false_copy, {**base, "overlay": m}, seed=seed, **fixed)["colours"]
+            kk, nn = crossfit_counts(pairs, false_copy, {**margins, "overlay": m}, seed=seed, **fixed)[
+                "colours"
+            ]
             k, n = k + kk, n + nn
         tried[m] = (k + 1) / (n + 1)
         if tried[m] <= share * false_copy:
