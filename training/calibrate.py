@@ -540,10 +540,8 @@ def overlay_margin(
     for m in (x for x in MARGINS if x <= margins["colours"]):
         k = n = 0
         for seed in range(seeds):
-            kk, nn = crossfit_counts(pairs, false_copy, {**margins, "overlay": m}, seed=seed, **fixed)[
-                "colours"
-            ]
-            k, n = k + kk, n + nn
+            counts = crossfit_counts(pairs, false_copy, {**margins, "overlay": m}, seed=seed, **fixed)
+            k, n = k + counts["colours"][0], n + counts["colours"][1]
         tried[m] = (k + 1) / (n + 1)
         if tried[m] <= share * false_copy:
             return m, tried
