@@ -99,7 +99,7 @@ int8: outlier-data            ## the int8 variant of the default model: quantise
 	$(BIN)/nftlens quantize models/default --out models/default-int8
 	$(BIN)/nftlens stage-stats models/default-int8
 	$(BIN)/nftlens whiten models/default-int8
-	$(BIN)/nftlens calibrate models/default-int8 --method $(OPENSET) --outliers $(DATA)/avatars --overlay-witness together --overlay-beyond none --no-overlay-lines --no-overlay-compact --out reports/int8
+	$(BIN)/nftlens calibrate models/default-int8 --method $(OPENSET) --outliers $(DATA)/avatars --out reports/int8
 	$(BIN)/nftlens evaluate models/default-int8 $(TEST_SETS) --label-field collection --no-robustness --out reports/int8
 	$(BIN)/nftlens copies evaluate models/default-int8 --verify-k 0 --out reports/int8/copies
 	$(BIN)/nftlens copies evaluate models/default-int8 --out reports/int8/copies-checked
